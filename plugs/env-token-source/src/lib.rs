@@ -1,0 +1,1 @@
+//! env-token-source (skeleton: to be written)

@@ -1,0 +1,1 @@
+//! file-token-source (skeleton: to be written)

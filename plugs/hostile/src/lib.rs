@@ -1,0 +1,1 @@
+//! hostile (skeleton: to be written)

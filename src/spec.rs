@@ -1,0 +1,412 @@
+//! The generator manifest: parsing, defaults and validation.
+//!
+//! Every check runs before any network call, and every failure names the
+//! field at fault, so a user can fix a manifest from the error alone.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use serde_json::{Map, Value};
+
+use crate::sanitize::one_line;
+
+/// The generator kind this crate implements.
+pub const KIND: &str = "CloudsmithAccessToken";
+/// The API group of ESO generators; any version of it is accepted.
+pub const API_GROUP: &str = "generators.external-secrets.io";
+/// The API version ESO serves this generator under.
+pub const API_VERSION: &str = "generators.external-secrets.io/v1alpha1";
+/// Where the exchange goes when the spec names no API.
+pub const DEFAULT_API: &str = "https://api.cloudsmith.io";
+
+/// A validated generator spec, ready to drive an exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// The Cloudsmith API to exchange with.
+    pub api: ApiBase,
+    /// The Cloudsmith organisation (workspace) slug.
+    pub org_slug: String,
+    /// The OIDC service slug configured in Cloudsmith.
+    pub service_slug: String,
+    /// The service account whose token is exchanged, audiences filled in.
+    pub service_account: ServiceAccountRef,
+}
+
+/// `spec.serviceAccountRef`, with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountRef {
+    /// The service account's name.
+    pub name: String,
+    /// The namespace the spec names, if any.
+    pub namespace: Option<String>,
+    /// Never empty: defaults to the API's origin.
+    pub audiences: Vec<String>,
+}
+
+/// URL scheme of the Cloudsmith API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// TLS, the default.
+    Https,
+    /// Plain HTTP: only when the spec writes `http://` explicitly.
+    Http,
+}
+
+impl Scheme {
+    /// The scheme as written in a URL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Https => "https",
+            Scheme::Http => "http",
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Https => 443,
+            Scheme::Http => 80,
+        }
+    }
+}
+
+/// A validated API base URL: scheme, authority and an optional path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiBase {
+    /// `https` or `http`.
+    pub scheme: Scheme,
+    /// Lower-cased host, with the port only when it is not the scheme's default.
+    pub authority: String,
+    /// Path prefix without a trailing slash (empty, or starting with `/`).
+    pub path: String,
+}
+
+impl ApiBase {
+    /// Parses `apiHost`/`apiUrl`: a bare host (`api.cloudsmith.io`,
+    /// `host:8443`) means https; a URL keeps its scheme. `field` names the
+    /// spec field in errors.
+    pub fn parse(raw: &str, field: &str) -> Result<ApiBase, SpecError> {
+        let bad = |why: &str| SpecError::new(format!("{field} {}: {why}", quoted(raw)));
+        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("must not contain whitespace"));
+        }
+        if raw.contains('?') {
+            return Err(bad("must not have a query"));
+        }
+        if raw.contains('#') {
+            return Err(bad("must not have a fragment"));
+        }
+        let (scheme, rest) = match raw.find("://") {
+            Some(i) => {
+                let scheme = match raw[..i].to_ascii_lowercase().as_str() {
+                    "https" => Scheme::Https,
+                    "http" => Scheme::Http,
+                    _ => return Err(bad("scheme must be https (or http, written explicitly)")),
+                };
+                (scheme, &raw[i + 3..])
+            }
+            None => (Scheme::Https, raw),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.contains('@') {
+            return Err(bad("must not contain userinfo (credentials belong in no URL)"));
+        }
+        let authority = parse_authority(authority, scheme).map_err(|why| bad(&why))?;
+        let path = path.trim_end_matches('/');
+        if !path.bytes().all(is_path_byte) {
+            return Err(bad("path has characters outside [A-Za-z0-9-._~/]"));
+        }
+        if path.split('/').any(|seg| seg == "." || seg == "..") {
+            return Err(bad("path must not contain . or .. segments"));
+        }
+        Ok(ApiBase {
+            scheme,
+            authority,
+            path: path.to_string(),
+        })
+    }
+
+    /// `scheme://authority`: the audience Cloudsmith expects by default.
+    pub fn origin(&self) -> String {
+        format!("{}://{}", self.scheme.as_str(), self.authority)
+    }
+
+    /// The authority with its port always present, as host allowlists write it.
+    pub fn authority_with_port(&self) -> String {
+        if has_port(&self.authority) {
+            self.authority.clone()
+        } else {
+            format!("{}:{}", self.authority, self.scheme.default_port())
+        }
+    }
+}
+
+fn has_port(authority: &str) -> bool {
+    match authority.rfind(':') {
+        Some(i) => !authority[i..].contains(']'),
+        None => false,
+    }
+}
+
+fn is_path_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/')
+}
+
+fn parse_authority(authority: &str, scheme: Scheme) -> Result<String, String> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']').ok_or("IPv6 host is missing its closing ]")?;
+        let host = &rest[..end];
+        if host.is_empty() || !host.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return Err("IPv6 host is not valid".into());
+        }
+        let after = &rest[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err("unexpected characters after the IPv6 host".into()),
+        };
+        (format!("[{}]", host.to_ascii_lowercase()), port)
+    } else {
+        let (host, port) = match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        if host.is_empty() {
+            return Err("host is empty".into());
+        }
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if host.len() > 253 || !host.trim_end_matches('.').split('.').all(label_ok) {
+            return Err("host is not a valid DNS name or IP address".into());
+        }
+        (host.to_ascii_lowercase(), port)
+    };
+    match port {
+        None => Ok(host),
+        Some(p) => {
+            let n: u16 = p
+                .parse()
+                .ok()
+                .filter(|n| *n > 0 && p.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or("port must be a number from 1 to 65535")?;
+            if n == scheme.default_port() {
+                Ok(host)
+            } else {
+                Ok(format!("{host}:{n}"))
+            }
+        }
+    }
+}
+
+/// A manifest or spec that cannot be used; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError(pub String);
+
+impl SpecError {
+    fn new(msg: String) -> Self {
+        SpecError(msg)
+    }
+}
+
+impl core::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Quotes a user-supplied value for an error message: one line, bounded.
+fn quoted(raw: &str) -> String {
+    format!("\"{}\"", one_line(raw, 100))
+}
+
+/// Parses `manifest` (the whole generator resource, or just its spec) into a
+/// validated [`Spec`].
+pub fn parse_manifest(manifest: &str) -> Result<Spec, SpecError> {
+    let value: Value = serde_json::from_str(manifest)
+        .map_err(|e| SpecError::new(format!("manifest is not valid JSON: {e}")))?;
+    let Value::Object(top) = value else {
+        return Err(SpecError::new("manifest must be a JSON object".into()));
+    };
+    let spec = if top.contains_key("spec") || top.contains_key("kind") || top.contains_key("apiVersion") {
+        check_resource_header(&top)?;
+        match top.get("spec") {
+            Some(Value::Object(spec)) => spec,
+            Some(_) => return Err(SpecError::new("spec must be an object".into())),
+            None => return Err(SpecError::new("spec is required".into())),
+        }
+    } else {
+        &top
+    };
+    parse_spec(spec)
+}
+
+fn check_resource_header(top: &Map<String, Value>) -> Result<(), SpecError> {
+    if let Some(kind) = top.get("kind") {
+        match kind.as_str() {
+            Some(KIND) => {}
+            Some(other) => {
+                return Err(SpecError::new(format!("kind {} is not {KIND}", quoted(other))));
+            }
+            None => return Err(SpecError::new("kind must be a string".into())),
+        }
+    }
+    if let Some(version) = top.get("apiVersion") {
+        match version.as_str() {
+            Some(v) if v.split_once('/').map(|(g, _)| g) == Some(API_GROUP) => {}
+            Some(other) => {
+                return Err(SpecError::new(format!(
+                    "apiVersion {} is not in the {API_GROUP} group",
+                    quoted(other)
+                )));
+            }
+            None => return Err(SpecError::new("apiVersion must be a string".into())),
+        }
+    }
+    Ok(())
+}
+
+/// Parses and validates a spec object.
+fn parse_spec(spec: &Map<String, Value>) -> Result<Spec, SpecError> {
+    // apiUrl is the field ESO's controller reads, so it wins: a manifest then
+    // behaves the same here as in ESO.
+    let api = match (
+        optional_string(spec, "apiUrl", "spec.apiUrl")?,
+        optional_string(spec, "apiHost", "spec.apiHost")?,
+    ) {
+        (Some(url), _) => ApiBase::parse(url, "spec.apiUrl")?,
+        (None, Some(host)) => ApiBase::parse(host, "spec.apiHost")?,
+        (None, None) => ApiBase::parse(DEFAULT_API, "default API")?,
+    };
+    let org_slug = slug(spec, "orgSlug")?;
+    let service_slug = slug(spec, "serviceSlug")?;
+    let service_account = match spec.get("serviceAccountRef") {
+        None | Some(Value::Null) => {
+            return Err(SpecError::new("spec.serviceAccountRef is required".into()));
+        }
+        Some(Value::Object(r)) => service_account_ref(r, &api)?,
+        Some(_) => return Err(SpecError::new("spec.serviceAccountRef must be an object".into())),
+    };
+    Ok(Spec {
+        api,
+        org_slug,
+        service_slug,
+        service_account,
+    })
+}
+
+fn service_account_ref(r: &Map<String, Value>, api: &ApiBase) -> Result<ServiceAccountRef, SpecError> {
+    const NAME: &str = "spec.serviceAccountRef.name";
+    const NAMESPACE: &str = "spec.serviceAccountRef.namespace";
+    const AUDIENCES: &str = "spec.serviceAccountRef.audiences";
+    let name = optional_string(r, "name", NAME)?
+        .ok_or_else(|| SpecError::new(format!("{NAME} is required")))?;
+    validate_dns_subdomain(name, NAME)?;
+    let namespace = optional_string(r, "namespace", NAMESPACE)?;
+    if let Some(ns) = namespace {
+        validate_namespace(ns, NAMESPACE)?;
+    }
+    let mut audiences = Vec::new();
+    match r.get("audiences") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str() {
+                    Some(a) if !a.trim().is_empty() && !a.chars().any(char::is_control) => {
+                        audiences.push(a.to_string())
+                    }
+                    Some(_) => {
+                        return Err(SpecError::new(format!(
+                            "{AUDIENCES}[{i}] must be a non-empty single-line string"
+                        )))
+                    }
+                    None => return Err(SpecError::new(format!("{AUDIENCES}[{i}] must be a string"))),
+                }
+            }
+        }
+        Some(_) => return Err(SpecError::new(format!("{AUDIENCES} must be a list of strings"))),
+    }
+    // Cloudsmith rejects the cluster's default audience (the API server), so an
+    // empty list asks for the audience Cloudsmith does accept: its own origin.
+    if audiences.is_empty() {
+        audiences.push(api.origin());
+    }
+    Ok(ServiceAccountRef {
+        name: name.to_string(),
+        namespace: namespace.map(str::to_string),
+        audiences,
+    })
+}
+
+/// A string field that may be absent, null or empty (all meaning "unset").
+fn optional_string<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    field: &str,
+) -> Result<Option<&'a str>, SpecError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(SpecError::new(format!("{field} must be a string"))),
+    }
+}
+
+/// A required Cloudsmith slug. The pattern is Cloudsmith's own, and it also
+/// keeps `/`, `..`, `?` and `#` out of the request path.
+fn slug(spec: &Map<String, Value>, key: &str) -> Result<String, SpecError> {
+    let field = format!("spec.{key}");
+    let value = optional_string(spec, key, &field)?
+        .ok_or_else(|| SpecError::new(format!("{field} is required")))?;
+    if value.len() > 128 || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(SpecError::new(format!(
+            "{field} {} is invalid: must match ^[-a-zA-Z0-9_]+$ (at most 128 characters)",
+            quoted(value)
+        )));
+    }
+    Ok(value.to_string())
+}
+
+/// Checks a Kubernetes namespace name (an RFC 1123 label). `field` names the
+/// input in errors.
+pub fn validate_namespace(ns: &str, field: &str) -> Result<(), SpecError> {
+    if ns.is_empty() {
+        return Err(SpecError::new(format!("{field} is empty")));
+    }
+    if !is_dns_label(ns) {
+        return Err(SpecError::new(format!(
+            "{field} {} is not a valid namespace name (lower-case letters, digits and '-', at most 63)",
+            quoted(ns)
+        )));
+    }
+    Ok(())
+}
+
+/// Service account names are RFC 1123 subdomains; checking here keeps path
+/// characters out of the TokenRequest URL a host builds from them.
+fn validate_dns_subdomain(name: &str, field: &str) -> Result<(), SpecError> {
+    if name.len() > 253 || !name.split('.').all(is_dns_label) {
+        return Err(SpecError::new(format!(
+            "{field} {} is not a valid service account name (lower-case letters, digits, '-' and '.')",
+            quoted(name)
+        )));
+    }
+    Ok(())
+}
+
+fn is_dns_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !l.starts_with('-')
+        && !l.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests;

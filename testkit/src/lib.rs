@@ -1,0 +1,1 @@
+//! testkit (skeleton: to be written)
