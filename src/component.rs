@@ -32,13 +32,18 @@ impl wit::Guest for Component {
         wit::GeneratorInfo {
             kind: crate::spec::KIND.into(),
             api_version: crate::spec::API_VERSION.into(),
-            output_keys: crate::output::OUTPUT_KEYS.iter().map(|k| String::from(*k)).collect(),
+            output_keys: crate::output::OUTPUT_KEYS
+                .iter()
+                .map(|k| String::from(*k))
+                .collect(),
             version: env!("CARGO_PKG_VERSION").into(),
         }
     }
 
     fn generate(manifest: String, namespace: String) -> Result<Vec<(String, Vec<u8>)>, wit::GenerateError> {
-        let mut platform = WasiPlatform { start: Instant::now() };
+        let mut platform = WasiPlatform {
+            start: Instant::now(),
+        };
         crate::generate(&mut platform, &manifest, &namespace).map_err(to_wit)
     }
 }
@@ -51,7 +56,11 @@ struct WasiPlatform {
 }
 
 impl Platform for WasiPlatform {
-    fn service_account_token(&mut self, account: &ServiceAccountRef, namespace: &str) -> Result<Secret, String> {
+    fn service_account_token(
+        &mut self,
+        account: &ServiceAccountRef,
+        namespace: &str,
+    ) -> Result<Secret, String> {
         let account = token_source::ServiceAccountRef {
             name: account.name.clone(),
             namespace: account.namespace.clone(),
@@ -73,7 +82,10 @@ impl Platform for WasiPlatform {
     }
 
     fn now_unix(&self) -> Option<u64> {
-        SystemTime::now().duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs())
     }
 }
 

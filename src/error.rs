@@ -57,7 +57,11 @@ impl fmt::Display for GenerateError {
             GenerateError::TokenSource(m) => write!(f, "token source failed: {m}"),
             GenerateError::PolicyDenied(m) => write!(f, "refused by host policy: {m}"),
             GenerateError::Unauthorized(s) => {
-                write!(f, "Cloudsmith rejected the credentials ({}): {}", s.status, s.detail)
+                write!(
+                    f,
+                    "Cloudsmith rejected the credentials ({}): {}",
+                    s.status, s.detail
+                )
             }
             GenerateError::Rejected(s) => {
                 write!(f, "Cloudsmith rejected the request ({}): {}", s.status, s.detail)

@@ -178,9 +178,10 @@ pub fn interpret(answer: &Answer, now_unix: Option<u64>, secrets: &[&str]) -> Ve
 /// pass.
 pub fn transport_verdict(err: &TransportError, url: &str) -> Verdict {
     match err {
-        TransportError::Denied(why) => {
-            Verdict::Fail(GenerateError::PolicyDenied(format!("request to {url} refused: {}", one_line(why, 200))))
-        }
+        TransportError::Denied(why) => Verdict::Fail(GenerateError::PolicyDenied(format!(
+            "request to {url} refused: {}",
+            one_line(why, 200)
+        ))),
         TransportError::Timeout(why) | TransportError::Failed(why) => Verdict::Retry {
             retry_after: None,
             error: GenerateError::Upstream(UpstreamFailure {
@@ -273,7 +274,9 @@ fn parse_imf_fixdate(s: &str) -> Option<u64> {
     let doy = (153 * mp + 2) / 5 + day as i64 - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days).ok().map(|d| d * 86_400 + h * 3600 + m * 60 + sec)
+    u64::try_from(days)
+        .ok()
+        .map(|d| d * 86_400 + h * 3600 + m * 60 + sec)
 }
 
 /// Bounds on retrying, and on the whole call.
@@ -306,7 +309,12 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// How long to wait before the next attempt, or `None` to stop now.
     /// `attempts` is how many were made; `elapsed` is time since the call began.
-    pub fn next_delay(&self, attempts: u32, retry_after: Option<Duration>, elapsed: Duration) -> Option<Duration> {
+    pub fn next_delay(
+        &self,
+        attempts: u32,
+        retry_after: Option<Duration>,
+        elapsed: Duration,
+    ) -> Option<Duration> {
         if attempts >= self.max_attempts {
             return None;
         }
@@ -314,7 +322,9 @@ impl RetryPolicy {
             Some(wait) if wait > self.max_retry_after => return None,
             Some(wait) => wait,
             None => {
-                let doubled = self.base_delay.saturating_mul(1u32 << (attempts.saturating_sub(1)).min(16));
+                let doubled = self
+                    .base_delay
+                    .saturating_mul(1u32 << (attempts.saturating_sub(1)).min(16));
                 doubled.min(self.max_delay)
             }
         };

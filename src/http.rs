@@ -18,9 +18,13 @@ const WRITE_CHUNK: usize = 4096;
 /// Sends `request` and reads at most [`MAX_ANSWER_BYTES`] of the answer.
 pub fn send(request: &Request, timeouts: Timeouts) -> Result<Answer, TransportError> {
     let outgoing = outgoing_request(request)?;
-    let body = outgoing.body().map_err(|()| failed("request body already taken"))?;
+    let body = outgoing
+        .body()
+        .map_err(|()| failed("request body already taken"))?;
     {
-        let stream = body.write().map_err(|()| failed("request body stream unavailable"))?;
+        let stream = body
+            .write()
+            .map_err(|()| failed("request body stream unavailable"))?;
         for chunk in request.body.chunks(WRITE_CHUNK) {
             stream
                 .blocking_write_and_flush(chunk)
@@ -58,7 +62,9 @@ fn outgoing_request(request: &Request) -> Result<OutgoingRequest, TransportError
         outgoing.set_path_with_query(Some(&request.path)),
     ];
     if set.iter().any(Result::is_err) {
-        return Err(failed("host refused the request's method, scheme, authority or path"));
+        return Err(failed(
+            "host refused the request's method, scheme, authority or path",
+        ));
     }
     Ok(outgoing)
 }
@@ -95,8 +101,12 @@ fn read_answer(response: IncomingResponse) -> Result<Answer, TransportError> {
         });
     }
 
-    let incoming = response.consume().map_err(|()| failed("response body already taken"))?;
-    let stream = incoming.stream().map_err(|()| failed("response body stream unavailable"))?;
+    let incoming = response
+        .consume()
+        .map_err(|()| failed("response body already taken"))?;
+    let stream = incoming
+        .stream()
+        .map_err(|()| failed("response body stream unavailable"))?;
     let mut body = Vec::new();
     let mut oversized = false;
     loop {
@@ -113,7 +123,10 @@ fn read_answer(response: IncomingResponse) -> Result<Answer, TransportError> {
             }
             Err(StreamError::Closed) => break,
             Err(StreamError::LastOperationFailed(e)) => {
-                return Err(failed(&format!("reading the response body: {}", e.to_debug_string())));
+                return Err(failed(&format!(
+                    "reading the response body: {}",
+                    e.to_debug_string()
+                )));
             }
         }
     }
@@ -140,11 +153,13 @@ fn failed(why: &str) -> TransportError {
 
 fn transport_error(code: ErrorCode) -> TransportError {
     match code {
-        ErrorCode::HttpRequestDenied => {
-            TransportError::Denied("the host's outbound policy does not allow it (HTTP-request-denied)".into())
-        }
+        ErrorCode::HttpRequestDenied => TransportError::Denied(
+            "the host's outbound policy does not allow it (HTTP-request-denied)".into(),
+        ),
         ErrorCode::ConnectionTimeout => TransportError::Timeout("connection timed out".into()),
-        ErrorCode::ConnectionReadTimeout => TransportError::Timeout("timed out waiting for the answer".into()),
+        ErrorCode::ConnectionReadTimeout => {
+            TransportError::Timeout("timed out waiting for the answer".into())
+        }
         ErrorCode::ConnectionWriteTimeout => TransportError::Timeout("timed out sending the request".into()),
         ErrorCode::InternalError(Some(msg)) => TransportError::Failed(msg),
         other => TransportError::Failed(format!("{other:?}")),

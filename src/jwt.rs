@@ -28,7 +28,10 @@ impl core::fmt::Display for JwtError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             JwtError::NotThreeParts(n) => {
-                write!(f, "access token is not a JWT: it has {n} dot-separated parts, not 3")
+                write!(
+                    f,
+                    "access token is not a JWT: it has {n} dot-separated parts, not 3"
+                )
             }
             JwtError::PayloadNotBase64 => f.write_str("access token's JWT payload is not base64url"),
             JwtError::PayloadNotJson => f.write_str("access token's JWT payload is not a JSON object"),
@@ -62,7 +65,11 @@ pub fn expiry(token: &str) -> Result<String, JwtError> {
 
 fn format_exp(n: &serde_json::Number) -> Result<String, JwtError> {
     if let Some(u) = n.as_u64() {
-        return if u == 0 { Err(JwtError::ExpNotNumeric) } else { Ok(u.to_string()) };
+        return if u == 0 {
+            Err(JwtError::ExpNotNumeric)
+        } else {
+            Ok(u.to_string())
+        };
     }
     match n.as_f64() {
         // Rust's `Display` for f64 is the shortest round-tripping decimal with
@@ -98,10 +105,19 @@ mod tests {
 
     #[test]
     fn float_exp_is_formatted_like_go() {
-        assert_eq!(expiry(&token_with(r#"{"exp":1700000000.5}"#)).unwrap(), "1700000000.5");
-        assert_eq!(expiry(&token_with(r#"{"exp":1700000000.0}"#)).unwrap(), "1700000000");
+        assert_eq!(
+            expiry(&token_with(r#"{"exp":1700000000.5}"#)).unwrap(),
+            "1700000000.5"
+        );
+        assert_eq!(
+            expiry(&token_with(r#"{"exp":1700000000.0}"#)).unwrap(),
+            "1700000000"
+        );
         assert_eq!(expiry(&token_with(r#"{"exp":1.7e9}"#)).unwrap(), "1700000000");
-        assert_eq!(expiry(&token_with(r#"{"exp":1e21}"#)).unwrap(), "1000000000000000000000");
+        assert_eq!(
+            expiry(&token_with(r#"{"exp":1e21}"#)).unwrap(),
+            "1000000000000000000000"
+        );
     }
 
     #[test]
@@ -112,8 +128,17 @@ mod tests {
 
     #[test]
     fn non_numeric_or_non_positive_exp_is_an_error() {
-        for payload in [r#"{"exp":"1700000000"}"#, r#"{"exp":true}"#, r#"{"exp":-5}"#, r#"{"exp":0}"#] {
-            assert_eq!(expiry(&token_with(payload)), Err(JwtError::ExpNotNumeric), "{payload}");
+        for payload in [
+            r#"{"exp":"1700000000"}"#,
+            r#"{"exp":true}"#,
+            r#"{"exp":-5}"#,
+            r#"{"exp":0}"#,
+        ] {
+            assert_eq!(
+                expiry(&token_with(payload)),
+                Err(JwtError::ExpNotNumeric),
+                "{payload}"
+            );
         }
     }
 

@@ -37,7 +37,11 @@ use spec::ServiceAccountRef;
 /// What the generator needs from its host.
 pub trait Platform {
     /// Gets a service account token for `account` in the target `namespace`.
-    fn service_account_token(&mut self, account: &ServiceAccountRef, namespace: &str) -> Result<Secret, String>;
+    fn service_account_token(
+        &mut self,
+        account: &ServiceAccountRef,
+        namespace: &str,
+    ) -> Result<Secret, String>;
     /// Sends `request`, reading at most [`exchange::MAX_ANSWER_BYTES`] of the body.
     fn send(&mut self, request: &Request, timeouts: Timeouts) -> Result<Answer, TransportError>;
     /// Waits `duration` (between attempts).
@@ -53,7 +57,11 @@ pub type Outputs = Vec<(String, Vec<u8>)>;
 
 /// Runs the generator: `manifest` is the generator resource or its spec (JSON),
 /// `namespace` the target namespace.
-pub fn generate(platform: &mut impl Platform, manifest: &str, namespace: &str) -> Result<Outputs, GenerateError> {
+pub fn generate(
+    platform: &mut impl Platform,
+    manifest: &str,
+    namespace: &str,
+) -> Result<Outputs, GenerateError> {
     generate_with(platform, manifest, namespace, &RetryPolicy::default())
 }
 

@@ -13,7 +13,11 @@ pub fn one_line(text: &str, max: usize) -> String {
     let mut count = 0;
     let mut last_space = false;
     for c in text.trim().chars() {
-        let c = if c.is_control() || c.is_whitespace() { ' ' } else { c };
+        let c = if c.is_control() || c.is_whitespace() {
+            ' '
+        } else {
+            c
+        };
         if c == ' ' && last_space {
             continue;
         }
@@ -60,7 +64,10 @@ mod tests {
     #[test]
     fn redact_replaces_each_secret_everywhere() {
         let text = "token eyJsecretvalue and again eyJsecretvalue";
-        assert_eq!(redact(text, &["eyJsecretvalue"]), "token [redacted] and again [redacted]");
+        assert_eq!(
+            redact(text, &["eyJsecretvalue"]),
+            "token [redacted] and again [redacted]"
+        );
     }
 
     #[test]

@@ -158,7 +158,11 @@ fn parse_authority(authority: &str, scheme: Scheme) -> Result<String, String> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let end = rest.find(']').ok_or("IPv6 host is missing its closing ]")?;
         let host = &rest[..end];
-        if host.is_empty() || !host.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+        if host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
             return Err("IPv6 host is not valid".into());
         }
         let after = &rest[end + 1..];
@@ -305,8 +309,8 @@ fn service_account_ref(r: &Map<String, Value>, api: &ApiBase) -> Result<ServiceA
     const NAME: &str = "spec.serviceAccountRef.name";
     const NAMESPACE: &str = "spec.serviceAccountRef.namespace";
     const AUDIENCES: &str = "spec.serviceAccountRef.audiences";
-    let name = optional_string(r, "name", NAME)?
-        .ok_or_else(|| SpecError::new(format!("{NAME} is required")))?;
+    let name =
+        optional_string(r, "name", NAME)?.ok_or_else(|| SpecError::new(format!("{NAME} is required")))?;
     validate_dns_subdomain(name, NAME)?;
     let namespace = optional_string(r, "namespace", NAMESPACE)?;
     if let Some(ns) = namespace {
@@ -362,9 +366,13 @@ fn optional_string<'a>(
 /// keeps `/`, `..`, `?` and `#` out of the request path.
 fn slug(spec: &Map<String, Value>, key: &str) -> Result<String, SpecError> {
     let field = format!("spec.{key}");
-    let value = optional_string(spec, key, &field)?
-        .ok_or_else(|| SpecError::new(format!("{field} is required")))?;
-    if value.len() > 128 || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    let value =
+        optional_string(spec, key, &field)?.ok_or_else(|| SpecError::new(format!("{field} is required")))?;
+    if value.len() > 128
+        || !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(SpecError::new(format!(
             "{field} {} is invalid: must match ^[-a-zA-Z0-9_]+$ (at most 128 characters)",
             quoted(value)
@@ -403,7 +411,8 @@ fn validate_dns_subdomain(name: &str, field: &str) -> Result<(), SpecError> {
 fn is_dns_label(l: &str) -> bool {
     !l.is_empty()
         && l.len() <= 63
-        && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && l.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !l.starts_with('-')
         && !l.ends_with('-')
 }
