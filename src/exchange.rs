@@ -6,9 +6,9 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration;
-use serde_json::Value;
 
 use crate::error::{GenerateError, UpstreamFailure, UpstreamStatus};
+use crate::json::{self, Json};
 use crate::sanitize::{one_line, redact};
 use crate::secret::Secret;
 use crate::spec::{Scheme, Spec};
@@ -62,11 +62,12 @@ impl Request {
 /// Builds `POST {base}/openid/{org}/` with the JSON body Cloudsmith's
 /// `openid_create` operation takes.
 pub fn build_request(spec: &Spec, oidc_token: &Secret) -> Request {
-    let body = serde_json::to_vec(&serde_json::json!({
-        "oidc_token": oidc_token.expose(),
-        "service_slug": spec.service_slug,
-    }))
-    .unwrap_or_default();
+    let mut body = String::from("{\"oidc_token\":");
+    json::write_string(&mut body, oidc_token.expose());
+    body.push_str(",\"service_slug\":");
+    json::write_string(&mut body, &spec.service_slug);
+    body.push('}');
+    let body = body.into_bytes();
     Request {
         scheme: spec.api.scheme,
         authority: spec.api.authority.clone(),
@@ -200,22 +201,23 @@ fn token_from(answer: &Answer) -> Verdict {
             "answer is larger than {MAX_ANSWER_BYTES} bytes"
         )));
     }
-    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(&answer.body) else {
-        return invalid("answer is not a JSON object");
+    let obj = match json::parse(&answer.body) {
+        Ok(obj @ Json::Object(_)) => obj,
+        _ => return invalid("answer is not a JSON object"),
     };
     match obj.get("token") {
-        Some(Value::String(t)) if !t.is_empty() => Verdict::Token(Secret::new(t.clone())),
-        Some(Value::String(_)) | None | Some(Value::Null) => invalid("token not found in response"),
+        Some(Json::String(t)) if !t.is_empty() => Verdict::Token(Secret::new(t.clone())),
+        Some(Json::String(_)) | None | Some(Json::Null) => invalid("token not found in response"),
         Some(_) => invalid("token in response is not a string"),
     }
 }
 
 /// Cloudsmith's `detail` (or `error`) field, else a sanitized prefix of the body.
 fn detail(answer: &Answer, secrets: &[&str]) -> String {
-    let from_json = match serde_json::from_slice::<Value>(&answer.body) {
-        Ok(Value::Object(obj)) => ["detail", "error"].iter().find_map(|k| match obj.get(*k) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(v @ (Value::Array(_) | Value::Object(_))) => Some(v.to_string()),
+    let from_json = match json::parse(&answer.body) {
+        Ok(obj @ Json::Object(_)) => ["detail", "error"].iter().find_map(|k| match obj.get(k) {
+            Some(Json::String(s)) => Some(s.clone()),
+            Some(v @ (Json::Array(_) | Json::Object(_))) => Some(v.to_json()),
             _ => None,
         }),
         _ => None,

@@ -48,7 +48,7 @@ fn outgoing_request(request: &Request) -> Result<OutgoingRequest, TransportError
     for (name, value) in &request.headers {
         headers
             .append(name, value.as_bytes())
-            .map_err(|e| failed(&format!("header {name} refused: {e:?}")))?;
+            .map_err(|_| failed(&format!("header {name} refused by the host")))?;
     }
     let outgoing = OutgoingRequest::new(headers);
     let scheme = match request.scheme {
@@ -162,6 +162,32 @@ fn transport_error(code: ErrorCode) -> TransportError {
         }
         ErrorCode::ConnectionWriteTimeout => TransportError::Timeout("timed out sending the request".into()),
         ErrorCode::InternalError(Some(msg)) => TransportError::Failed(msg),
-        other => TransportError::Failed(format!("{other:?}")),
+        other => TransportError::Failed(error_name(&other).into()),
+    }
+}
+
+/// A short name for the `error-code` cases a token exchange can meet; the
+/// derived `Debug` would cost kilobytes of formatting code for the rest.
+fn error_name(code: &ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::DnsTimeout => "DNS timeout",
+        ErrorCode::DnsError(_) => "DNS lookup failed",
+        ErrorCode::DestinationNotFound => "destination not found",
+        ErrorCode::DestinationUnavailable => "destination unavailable",
+        ErrorCode::DestinationIpProhibited => "destination IP prohibited",
+        ErrorCode::DestinationIpUnroutable => "destination IP unroutable",
+        ErrorCode::ConnectionRefused => "connection refused",
+        ErrorCode::ConnectionTerminated => "connection terminated",
+        ErrorCode::ConnectionReadTimeout => "read timeout",
+        ErrorCode::ConnectionLimitReached => "connection limit reached",
+        ErrorCode::TlsProtocolError => "TLS protocol error",
+        ErrorCode::TlsCertificateError => "TLS certificate error",
+        ErrorCode::TlsAlertReceived(_) => "TLS alert received",
+        ErrorCode::HttpResponseIncomplete => "incomplete HTTP response",
+        ErrorCode::HttpResponseBodySize(_) => "HTTP response body size error",
+        ErrorCode::HttpProtocolError => "HTTP protocol error",
+        ErrorCode::HttpRequestUriInvalid => "invalid request URI",
+        ErrorCode::HttpRequestBodySize(_) => "request body size mismatch",
+        _ => "transport error",
     }
 }

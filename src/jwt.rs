@@ -3,11 +3,10 @@
 //! The signature is not checked: the token is Cloudsmith's to verify, and we
 //! only need its lifetime to tell the user when to refresh.
 
-use alloc::format;
-use alloc::string::{String, ToString};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use serde_json::Value;
+use alloc::string::String;
+
+use crate::b64::decode_url_safe;
+use crate::json::{self, Json};
 
 /// Why a token's expiry could not be read. Messages never contain the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +21,10 @@ pub enum JwtError {
     MissingExp,
     /// `exp` is present but not a positive number.
     ExpNotNumeric,
+    /// `exp` has more significant digits than a float64 keeps exactly.
+    ExpTooPrecise,
+    /// `exp` is a number, but absurdly far from any real time.
+    ExpOutOfRange,
 }
 
 impl core::fmt::Display for JwtError {
@@ -37,6 +40,10 @@ impl core::fmt::Display for JwtError {
             JwtError::PayloadNotJson => f.write_str("access token's JWT payload is not a JSON object"),
             JwtError::MissingExp => f.write_str("access token's JWT has no exp claim"),
             JwtError::ExpNotNumeric => f.write_str("access token's JWT exp claim is not a positive number"),
+            JwtError::ExpTooPrecise => {
+                f.write_str("access token's JWT exp claim has more than 15 significant digits")
+            }
+            JwtError::ExpOutOfRange => f.write_str("access token's JWT exp claim is out of range"),
         }
     }
 }
@@ -49,39 +56,81 @@ pub fn expiry(token: &str) -> Result<String, JwtError> {
         return Err(JwtError::NotThreeParts(parts.len()));
     }
     // JWTs omit padding, but some encoders add it; both decode the same.
-    let payload = URL_SAFE_NO_PAD
-        .decode(parts[1].trim_end_matches('='))
-        .map_err(|_| JwtError::PayloadNotBase64)?;
-    let claims: Value = serde_json::from_slice(&payload).map_err(|_| JwtError::PayloadNotJson)?;
-    let Value::Object(claims) = claims else {
+    let payload = decode_url_safe(parts[1]).ok_or(JwtError::PayloadNotBase64)?;
+    let claims = json::parse(&payload).map_err(|_| JwtError::PayloadNotJson)?;
+    if !matches!(claims, Json::Object(_)) {
         return Err(JwtError::PayloadNotJson);
-    };
+    }
     match claims.get("exp") {
-        None | Some(Value::Null) => Err(JwtError::MissingExp),
-        Some(Value::Number(n)) => format_exp(n),
+        None | Some(Json::Null) => Err(JwtError::MissingExp),
+        Some(Json::Number(n)) => format_exp(n),
         Some(_) => Err(JwtError::ExpNotNumeric),
     }
 }
 
-fn format_exp(n: &serde_json::Number) -> Result<String, JwtError> {
-    if let Some(u) = n.as_u64() {
-        return if u == 0 {
-            Err(JwtError::ExpNotNumeric)
-        } else {
-            Ok(u.to_string())
-        };
+/// Formats a JSON number literal as Go's `FormatFloat(f, 'f', -1, 64)`
+/// would format the float64 it denotes: plain decimal, no exponent, no
+/// trailing zeros. Exact for up to 15 significant digits (every such decimal
+/// survives a round trip through a float64); more precision than that in an
+/// `exp` claim is refused rather than guessed at.
+fn format_exp(literal: &str) -> Result<String, JwtError> {
+    let bad = JwtError::ExpNotNumeric;
+    if literal.starts_with('-') {
+        return Err(bad);
     }
-    match n.as_f64() {
-        // Rust's `Display` for f64 is the shortest round-tripping decimal with
-        // no exponent: the same digits Go's 'f', -1 formatting gives.
-        Some(f) if f.is_finite() && f > 0.0 => Ok(format!("{f}")),
-        _ => Err(JwtError::ExpNotNumeric),
+    let (mantissa, exponent) = match literal.find(['e', 'E']) {
+        Some(i) => (
+            &literal[..i],
+            literal[i + 1..].parse::<i32>().map_err(|_| bad.clone())?,
+        ),
+        None => (literal, 0),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    // Every integer up to 2^53 is a float64 exactly, so Go prints it as is.
+    if frac_part.is_empty() && exponent == 0 {
+        if let Some(n) = int_part.parse::<u64>().ok().filter(|n| (1..=1 << 53).contains(n)) {
+            return Ok(alloc::format!("{n}"));
+        }
     }
+    let digits: String = [int_part, frac_part].concat();
+    let point = int_part.len() as i64 + exponent as i64;
+    let lead = digits.bytes().take_while(|b| *b == b'0').count();
+    let significant = digits[lead..].trim_end_matches('0');
+    if significant.is_empty() {
+        return Err(bad);
+    }
+    if significant.len() > 15 {
+        return Err(JwtError::ExpTooPrecise);
+    }
+    // Position of the decimal point relative to the first significant digit.
+    let point = point - lead as i64;
+    if !(-30..=30).contains(&point) {
+        return Err(JwtError::ExpOutOfRange);
+    }
+    let mut out = String::new();
+    if point <= 0 {
+        out.push_str("0.");
+        out.extend(core::iter::repeat_n('0', (-point) as usize));
+        out.push_str(significant);
+    } else if point as usize >= significant.len() {
+        out.push_str(significant);
+        out.extend(core::iter::repeat_n('0', point as usize - significant.len()));
+    } else {
+        let (whole, frac) = significant.split_at(point as usize);
+        out.push_str(whole);
+        out.push('.');
+        out.push_str(frac);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::format;
+    use alloc::string::ToString;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
 
     /// ESO's own unit-test vector.
     const ESO_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiZXhwIjoxNzAwMDAwMDAwfQ.signature";
@@ -97,10 +146,10 @@ mod tests {
 
     #[test]
     fn padded_payload_is_accepted() {
-        // {"exp":1} is 9 bytes: base64 needs padding.
-        let padded = base64::engine::general_purpose::URL_SAFE.encode(r#"{"exp":1}"#);
-        assert!(padded.ends_with('='));
-        assert_eq!(expiry(&format!("e30.{padded}.sig")).unwrap(), "1");
+        // {"exp":12} is 10 bytes: its base64 ends in "==".
+        let padded = base64::engine::general_purpose::URL_SAFE.encode(r#"{"exp":12}"#);
+        assert!(padded.ends_with("=="));
+        assert_eq!(expiry(&format!("e30.{padded}.sig")).unwrap(), "12");
     }
 
     #[test]

@@ -10,8 +10,10 @@
 
 extern crate alloc;
 
+pub mod b64;
 pub mod error;
 pub mod exchange;
+pub mod json;
 pub mod jwt;
 pub mod output;
 pub mod sanitize;

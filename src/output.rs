@@ -1,13 +1,11 @@
 //! ESO's output keys, encoded exactly as ESO encodes them.
 
+use crate::b64::encode_standard;
+use crate::jwt::{self, JwtError};
+use crate::secret::Secret;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
-
-use crate::jwt::{self, JwtError};
-use crate::secret::Secret;
 
 /// The keys `generate` returns, in order.
 pub const OUTPUT_KEYS: [&str; 2] = ["auth", "expiry"];
@@ -16,7 +14,7 @@ pub const OUTPUT_KEYS: [&str; 2] = ["auth", "expiry"];
 /// registry user name Cloudsmith expects; `expiry`: the token's `exp`.
 pub fn outputs(access_token: &Secret) -> Result<Vec<(String, Vec<u8>)>, JwtError> {
     let expiry = jwt::expiry(access_token.expose())?;
-    let auth = STANDARD.encode(format!("token:{}", access_token.expose()));
+    let auth = encode_standard(format!("token:{}", access_token.expose()).as_bytes());
     Ok(alloc::vec![
         (OUTPUT_KEYS[0].into(), auth.into_bytes()),
         (OUTPUT_KEYS[1].into(), expiry.into_bytes()),
@@ -26,6 +24,8 @@ pub fn outputs(access_token: &Secret) -> Result<Vec<(String, Vec<u8>)>, JwtError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
 
     const ESO_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiZXhwIjoxNzAwMDAwMDAwfQ.signature";
 

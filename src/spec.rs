@@ -6,8 +6,8 @@
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use serde_json::{Map, Value};
 
+use crate::json::{self, Json};
 use crate::sanitize::one_line;
 
 /// The generator kind this crate implements.
@@ -233,15 +233,18 @@ fn quoted(raw: &str) -> String {
 /// Parses `manifest` (the whole generator resource, or just its spec) into a
 /// validated [`Spec`].
 pub fn parse_manifest(manifest: &str) -> Result<Spec, SpecError> {
-    let value: Value = serde_json::from_str(manifest)
+    let top = json::parse(manifest.as_bytes())
         .map_err(|e| SpecError::new(format!("manifest is not valid JSON: {e}")))?;
-    let Value::Object(top) = value else {
+    if !matches!(top, Json::Object(_)) {
         return Err(SpecError::new("manifest must be a JSON object".into()));
-    };
-    let spec = if top.contains_key("spec") || top.contains_key("kind") || top.contains_key("apiVersion") {
+    }
+    let is_resource = ["spec", "kind", "apiVersion"]
+        .iter()
+        .any(|k| top.get(k).is_some());
+    let spec = if is_resource {
         check_resource_header(&top)?;
         match top.get("spec") {
-            Some(Value::Object(spec)) => spec,
+            Some(spec @ Json::Object(_)) => spec,
             Some(_) => return Err(SpecError::new("spec must be an object".into())),
             None => return Err(SpecError::new("spec is required".into())),
         }
@@ -251,7 +254,7 @@ pub fn parse_manifest(manifest: &str) -> Result<Spec, SpecError> {
     parse_spec(spec)
 }
 
-fn check_resource_header(top: &Map<String, Value>) -> Result<(), SpecError> {
+fn check_resource_header(top: &Json) -> Result<(), SpecError> {
     if let Some(kind) = top.get("kind") {
         match kind.as_str() {
             Some(KIND) => {}
@@ -277,7 +280,7 @@ fn check_resource_header(top: &Map<String, Value>) -> Result<(), SpecError> {
 }
 
 /// Parses and validates a spec object.
-fn parse_spec(spec: &Map<String, Value>) -> Result<Spec, SpecError> {
+fn parse_spec(spec: &Json) -> Result<Spec, SpecError> {
     // apiUrl is the field ESO's controller reads, so it wins: a manifest then
     // behaves the same here as in ESO.
     let api = match (
@@ -291,10 +294,10 @@ fn parse_spec(spec: &Map<String, Value>) -> Result<Spec, SpecError> {
     let org_slug = slug(spec, "orgSlug")?;
     let service_slug = slug(spec, "serviceSlug")?;
     let service_account = match spec.get("serviceAccountRef") {
-        None | Some(Value::Null) => {
+        None | Some(Json::Null) => {
             return Err(SpecError::new("spec.serviceAccountRef is required".into()));
         }
-        Some(Value::Object(r)) => service_account_ref(r, &api)?,
+        Some(r @ Json::Object(_)) => service_account_ref(r, &api)?,
         Some(_) => return Err(SpecError::new("spec.serviceAccountRef must be an object".into())),
     };
     Ok(Spec {
@@ -305,7 +308,7 @@ fn parse_spec(spec: &Map<String, Value>) -> Result<Spec, SpecError> {
     })
 }
 
-fn service_account_ref(r: &Map<String, Value>, api: &ApiBase) -> Result<ServiceAccountRef, SpecError> {
+fn service_account_ref(r: &Json, api: &ApiBase) -> Result<ServiceAccountRef, SpecError> {
     const NAME: &str = "spec.serviceAccountRef.name";
     const NAMESPACE: &str = "spec.serviceAccountRef.namespace";
     const AUDIENCES: &str = "spec.serviceAccountRef.audiences";
@@ -318,8 +321,8 @@ fn service_account_ref(r: &Map<String, Value>, api: &ApiBase) -> Result<ServiceA
     }
     let mut audiences = Vec::new();
     match r.get("audiences") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(items)) => {
+        None | Some(Json::Null) => {}
+        Some(Json::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
                 match item.as_str() {
                     Some(a) if !a.trim().is_empty() && !a.chars().any(char::is_control) => {
@@ -349,22 +352,18 @@ fn service_account_ref(r: &Map<String, Value>, api: &ApiBase) -> Result<ServiceA
 }
 
 /// A string field that may be absent, null or empty (all meaning "unset").
-fn optional_string<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<Option<&'a str>, SpecError> {
+fn optional_string<'a>(obj: &'a Json, key: &str, field: &str) -> Result<Option<&'a str>, SpecError> {
     match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(s)) if s.is_empty() => Ok(None),
+        Some(Json::String(s)) => Ok(Some(s)),
         Some(_) => Err(SpecError::new(format!("{field} must be a string"))),
     }
 }
 
 /// A required Cloudsmith slug. The pattern is Cloudsmith's own, and it also
 /// keeps `/`, `..`, `?` and `#` out of the request path.
-fn slug(spec: &Map<String, Value>, key: &str) -> Result<String, SpecError> {
+fn slug(spec: &Json, key: &str) -> Result<String, SpecError> {
     let field = format!("spec.{key}");
     let value =
         optional_string(spec, key, &field)?.ok_or_else(|| SpecError::new(format!("{field} is required")))?;

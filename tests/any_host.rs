@@ -1,0 +1,1 @@
+//! Suite any_host: being written.

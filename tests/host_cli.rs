@@ -1,0 +1,1 @@
+//! Suite host_cli: being written.

@@ -1,0 +1,1 @@
+//! Suite host_library: being written.

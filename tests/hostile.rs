@@ -1,0 +1,1 @@
+//! Suite hostile: being written.

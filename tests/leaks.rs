@@ -1,0 +1,1 @@
+//! Suite leaks: being written.

@@ -1,0 +1,1 @@
+//! Suite load: being written.
