@@ -1,1 +1,358 @@
-fn main() {}
+//! `cloudsmith-gen`: mint Cloudsmith registry credentials from a `CloudsmithAccessToken`
+//! manifest, by running the generator component in a sandbox.
+//!
+//! This file is argument parsing and exit codes only; the commands live in
+//! `commands.rs` and `demo.rs`.
+//!
+//! # Exit codes
+//!
+//! | code | meaning                                                                  |
+//! |------|--------------------------------------------------------------------------|
+//! | 0    | success                                                                  |
+//! | 1    | any other failure (writing the output, starting the runtime...)          |
+//! | 2    | usage or invalid input: arguments, manifest, spec, component file        |
+//! | 3    | the token source failed (file, variable, Kubernetes TokenRequest)        |
+//! | 4    | refused by the outbound policy (host not allowed, plain http)            |
+//! | 5    | Cloudsmith refused the exchange (401/403 credentials, other 4xx request) |
+//! | 6    | Cloudsmith rate limit (429)                                              |
+//! | 7    | upstream or transport failure after retries (5xx, connect, TLS, timeout) |
+//! | 8    | Cloudsmith answered success without a usable token                       |
+//! | 9    | sandbox limit or crash: deadline, memory limit, trap, bad outputs        |
+//!
+//! On failure stderr holds exactly one line, `error: <cause>` (more with `-v`).
+
+mod commands;
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use host_example::{Authority, Error, GenerateError, HostError};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  other failure (writing output, runtime)
+  2  usage or invalid input (arguments, manifest, spec, component file)
+  3  token source failed (file, variable, Kubernetes TokenRequest)
+  4  refused by the outbound policy (host not allowed, plain http)
+  5  Cloudsmith refused the exchange (401/403 credentials, other 4xx)
+  6  Cloudsmith rate limit (429)
+  7  upstream or transport failure after retries (5xx, connect, TLS, timeout)
+  8  Cloudsmith answered success without a usable token
+  9  sandbox limit or crash (deadline, memory limit, trap, bad outputs)
+On failure stderr holds one line: `error: <cause>`.";
+
+/// Mint short-lived Cloudsmith registry credentials (ESO's CloudsmithAccessToken
+/// generator, run as a sandboxed WebAssembly component).
+#[derive(Debug, Parser)]
+#[command(name = "cloudsmith-gen", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Print details to stderr: timings, requests, token source, guest output (never a secret).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Exchange a service account token for Cloudsmith credentials.
+    #[command(after_help = EXIT_CODES)]
+    Generate(GenerateArgs),
+    /// Print the generator's description (JSON).
+    #[command(after_help = EXIT_CODES)]
+    Info(InfoArgs),
+    /// Run the whole path against a local stand-in for Cloudsmith (no account needed).
+    #[command(after_help = EXIT_CODES)]
+    Demo(DemoArgs),
+}
+
+/// `generate`'s arguments.
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    /// The CloudsmithAccessToken manifest (YAML or JSON; `-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    manifest: PathBuf,
+
+    /// The target namespace (the ExternalSecret's): tokens are minted there.
+    #[arg(long, value_name = "NS", default_value = "default")]
+    namespace: String,
+
+    #[command(flatten)]
+    tokens: TokenArgs,
+
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// Where the service account token comes from. Without a file or variable, the
+/// Kubernetes TokenRequest API is used.
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// Read the token from FILE at each call (e.g. a projected service account token).
+    #[arg(long, value_name = "FILE", group = "token_source")]
+    oidc_token_file: Option<PathBuf>,
+
+    /// Read the token from this environment variable.
+    #[arg(long, value_name = "VAR", group = "token_source")]
+    oidc_token_env: Option<String>,
+
+    /// Kubeconfig for the TokenRequest API (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, value_name = "FILE", group = "token_source")]
+    kubeconfig: Option<PathBuf>,
+
+    /// Honour a serviceAccountRef.namespace other than --namespace (refused by default:
+    /// minting a token for another namespace's service account is privilege escalation).
+    #[arg(long)]
+    allow_cross_namespace: bool,
+}
+
+/// The component, the cache, the sandbox and the outbound policy.
+#[derive(Debug, Args)]
+struct RuntimeArgs {
+    /// Run this component instead of the embedded one (e.g. a composed component).
+    #[arg(long, value_name = "FILE")]
+    component: Option<PathBuf>,
+
+    /// Also allow HOST[:PORT] (port 443 by default); repeatable. Adds to the default
+    /// allowlist, which is api.cloudsmith.io:443 only.
+    #[arg(long = "allow-host", value_name = "HOST[:PORT]", value_parser = parse_authority)]
+    allow_hosts: Vec<Authority>,
+
+    /// Also trust the CA certificates in this PEM file (besides the public roots).
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+
+    /// Allow plain http to allowed hosts (refused by default).
+    #[arg(long)]
+    allow_http: bool,
+
+    /// Overall deadline for the call, in seconds.
+    #[arg(long = "timeout", value_name = "SECS", default_value = "90", value_parser = parse_seconds)]
+    deadline: Duration,
+
+    /// Cap on connecting (TCP + TLS), in seconds.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    connect_timeout: Duration,
+
+    /// Cap on waiting for an answer's first byte, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    first_byte_timeout: Duration,
+
+    /// Guest memory limit, in MiB.
+    #[arg(long, value_name = "MIB", default_value = "64", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    memory_limit: u32,
+
+    /// Grant the guest read-only access to HOST_DIR as GUEST_DIR; repeatable.
+    #[arg(long = "wasi-dir", value_name = "HOST_DIR::GUEST_DIR", value_parser = parse_wasi_dir)]
+    wasi_dirs: Vec<(PathBuf, String)>,
+
+    /// Give the guest the environment variable NAME=VALUE; repeatable.
+    #[arg(long = "wasi-env", value_name = "NAME=VALUE", value_parser = parse_wasi_env)]
+    wasi_env: Vec<(String, String)>,
+
+    /// Do not use the compiled-component cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+
+    /// Compiled-component cache directory (default: $XDG_CACHE_HOME/cloudsmith-gen or
+    /// ~/.cache/cloudsmith-gen).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+/// How to print the credentials.
+#[derive(Debug, Args)]
+struct OutputArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+    output: OutputFormat,
+
+    /// The Secret's name (with --output secret).
+    #[arg(long, value_name = "NAME", default_value = host_example::output::DEFAULT_SECRET_NAME)]
+    secret_name: String,
+
+    /// The registry the credentials are for (with --output secret or dockerconfigjson).
+    #[arg(long, value_name = "HOST", default_value = host_example::output::DEFAULT_REGISTRY)]
+    registry: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    /// ESO's outputs: {"auth": "...", "expiry": "..."}.
+    Json,
+    /// A kubernetes.io/dockerconfigjson Secret manifest for `kubectl apply -f -`.
+    Secret,
+    /// The Docker config file: {"auths": {"<registry>": {"auth": "..."}}}.
+    Dockerconfigjson,
+}
+
+/// `info`'s arguments.
+#[derive(Debug, Args)]
+struct InfoArgs {
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+/// `demo`'s arguments.
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// The target namespace.
+    #[arg(long, value_name = "NS", default_value = "default")]
+    namespace: String,
+
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+fn parse_authority(s: &str) -> Result<Authority, String> {
+    s.parse()
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!(
+            "{s} is out of range (more than 0, at most 86400 seconds)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_wasi_dir(s: &str) -> Result<(PathBuf, String), String> {
+    match s.split_once("::") {
+        Some((host, guest)) if !host.is_empty() && !guest.is_empty() => Ok((host.into(), guest.into())),
+        _ => Err(format!("{s:?} is not HOST_DIR::GUEST_DIR")),
+    }
+}
+
+fn parse_wasi_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.into(), value.into())),
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
+    }
+}
+
+/// Why a command failed, classified for the exit code.
+#[derive(Debug)]
+enum Failure {
+    /// Bad arguments, manifest or component file.
+    Usage(anyhow::Error),
+    /// The call failed.
+    Call(Error),
+    /// Anything else.
+    Other(anyhow::Error),
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::Other(_) => 1,
+            Failure::Call(Error::Generate(e)) => match e {
+                GenerateError::InvalidSpec(_) => 2,
+                GenerateError::TokenSource(_) => 3,
+                GenerateError::PolicyDenied { .. } => 4,
+                GenerateError::Unauthorized(_) | GenerateError::Rejected(_) => 5,
+                GenerateError::RateLimited { .. } => 6,
+                GenerateError::Upstream { .. } => 7,
+                GenerateError::InvalidToken(_) => 8,
+            },
+            Failure::Call(Error::Host(e)) => match e {
+                HostError::DeadlineExceeded { .. }
+                | HostError::MemoryLimitExceeded { .. }
+                | HostError::Trap(_)
+                | HostError::Instantiate(_)
+                | HostError::InvalidOutput(_) => 9,
+            },
+        }
+    }
+
+    /// The one-line message (anyhow's chain joined with `: `, newlines removed).
+    fn message(&self) -> String {
+        let text = match self {
+            Failure::Usage(e) | Failure::Other(e) => format!("{e:#}"),
+            Failure::Call(e) => e.to_string(),
+        };
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+}
+
+fn main() -> ExitCode {
+    // A panic must still end in one `error:` line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        eprintln!(
+            "error: internal error: {}",
+            what.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }));
+
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            return fail(Failure::Other(
+                anyhow::Error::new(e).context("starting the async runtime"),
+            ))
+        }
+    };
+    let verbose = cli.verbose;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Generate(args) => commands::generate(args, verbose).await,
+            Command::Info(args) => commands::info(args, verbose).await,
+            Command::Demo(args) => demo::run(args, verbose).await,
+        }
+    });
+    // Do not wait for lingering tasks (a stand-in's connections, a stuck resolver).
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => fail(failure),
+    }
+}
+
+fn fail(failure: Failure) -> ExitCode {
+    eprintln!("error: {}", failure.message());
+    ExitCode::from(failure.exit_code())
+}
+
+/// clap's errors are several lines (usage, tips); keep the first, which names the cause.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = e.print();
+        return ExitCode::from(2);
+    }
+    let rendered = e.render().to_string();
+    let first = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments");
+    let first = first.trim().strip_prefix("error: ").unwrap_or(first.trim());
+    eprintln!("error: {first} (see --help)");
+    ExitCode::from(2)
+}

@@ -1,0 +1,147 @@
+//! The per-call store state and the host side of the component's imports: WASI (empty
+//! sandbox), `wasi:http` (through the outbound policy) and `token-source` (through the
+//! embedder's [`TokenSource`]).
+
+use std::sync::{Arc, Mutex};
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::bindings::secretgen::generator::token_source;
+use crate::policy::{Journal, PolicyHooks};
+use crate::sandbox::Limiter;
+use crate::secret::Secret;
+use crate::token_source::{NamespacePolicy, TokenRequest, TokenSource};
+
+/// A guest asking for more tokens than this in one call is misbehaving; refusing keeps
+/// it from hammering the Kubernetes API.
+const MAX_TOKEN_REQUESTS_PER_CALL: u32 = 8;
+
+/// Everything one call's store holds.
+pub(crate) struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) hooks: PolicyHooks,
+    pub(crate) limiter: Limiter,
+    pub(crate) tokens: TokenBroker,
+    pub(crate) journal: Arc<Mutex<Journal>>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Answers the guest's `token-source` calls for one call.
+pub(crate) struct TokenBroker {
+    pub(crate) source: Arc<dyn TokenSource>,
+    pub(crate) namespaces: NamespacePolicy,
+    /// The call's target namespace as the *host* was given it; `None` for `info`.
+    pub(crate) target: Option<String>,
+    /// Tokens handed to the guest, to scrub from anything it says.
+    pub(crate) handed_out: Vec<Secret>,
+    /// One line per request, for diagnostics (no secrets).
+    pub(crate) log: Vec<String>,
+    requests: u32,
+}
+
+impl TokenBroker {
+    pub(crate) fn new(
+        source: Arc<dyn TokenSource>,
+        namespaces: NamespacePolicy,
+        target: Option<String>,
+    ) -> Self {
+        TokenBroker {
+            source,
+            namespaces,
+            target,
+            handed_out: Vec::new(),
+            log: Vec::new(),
+            requests: 0,
+        }
+    }
+
+    /// Checks the guest's request against the host's view of the call.
+    ///
+    /// The guest passes the target namespace back to us, but it is not trusted to: the
+    /// host compares it with the namespace it was itself given.
+    fn request(
+        &mut self,
+        account: token_source::ServiceAccountRef,
+        guest_namespace: &str,
+    ) -> Result<TokenRequest, String> {
+        self.requests += 1;
+        if self.requests > MAX_TOKEN_REQUESTS_PER_CALL {
+            return Err(format!(
+                "more than {MAX_TOKEN_REQUESTS_PER_CALL} token requests in one call refused"
+            ));
+        }
+        let Some(target) = self.target.clone() else {
+            return Err("no token is available outside generate".into());
+        };
+        if guest_namespace != target {
+            return Err(format!(
+                "the generator asked for a token in namespace {guest_namespace:?} but the target namespace is {target:?}"
+            ));
+        }
+        let namespace = self
+            .namespaces
+            .resolve(&account.name, account.namespace.as_deref(), &target)
+            .map_err(|e| e.to_string())?;
+        Ok(TokenRequest {
+            service_account: account.name,
+            namespace,
+            audiences: account.audiences,
+        })
+    }
+}
+
+impl token_source::Host for HostState {
+    async fn service_account_token(
+        &mut self,
+        account: token_source::ServiceAccountRef,
+        namespace: String,
+    ) -> Result<String, String> {
+        let broker = &mut self.tokens;
+        let request = match broker.request(account, &namespace) {
+            Ok(request) => request,
+            Err(why) => {
+                broker.log.push(format!("token request refused: {why}"));
+                return Err(why);
+            }
+        };
+        let source = broker.source.clone();
+        match source.token(&request).await {
+            Ok(token) => {
+                broker.log.push(format!(
+                    "token for {request} (audiences {}) from {}",
+                    request.audiences.join(", "),
+                    source.describe()
+                ));
+                let exposed = token.expose().to_string();
+                broker.handed_out.push(token);
+                Ok(exposed)
+            }
+            Err(e) => {
+                broker.log.push(format!("token for {request} failed: {e}"));
+                Err(e.to_string())
+            }
+        }
+    }
+}

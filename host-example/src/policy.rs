@@ -1,0 +1,781 @@
+//! Outbound policy: which authorities the guest may reach, over what, and how long the
+//! host waits. Implemented as wasmtime-wasi-http's `send_request` hook, so every
+//! `wasi:http` request the guest makes passes through [`OutboundPolicy::decide`].
+//!
+//! A refused request fails with `ErrorCode::HttpRequestDenied` (the guest reports
+//! `policy-denied`), and the host records why in the call's [`Journal`], so the embedder
+//! can say which authority was refused by which rule. Redirects are never followed: a
+//! 3xx goes back to the guest like any other answer.
+
+use std::fmt;
+use std::future::Future;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use http::uri::Scheme;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// The only authority allowed by default: Cloudsmith's API.
+pub const DEFAULT_AUTHORITY: &str = "api.cloudsmith.io:443";
+
+/// A `host:port` the guest may reach. Parsed from `HOST[:PORT]` (port 443 when omitted;
+/// IPv6 in brackets); the host is compared case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Authority {
+    host: String,
+    port: u16,
+}
+
+impl Authority {
+    /// An authority from parts; the host is lowercased.
+    pub fn new(host: &str, port: u16) -> Self {
+        Authority {
+            host: host.to_ascii_lowercase(),
+            port,
+        }
+    }
+
+    /// The host (without brackets for IPv6).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Parses a request's authority, defaulting the port from the scheme.
+    fn from_request(authority: &http::uri::Authority, default_port: u16) -> Self {
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        Authority::new(host, authority.port_u16().unwrap_or(default_port))
+    }
+}
+
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for Authority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty host".into());
+        }
+        if s.contains("://") {
+            return Err(format!(
+                "{s:?} is a URL; give HOST[:PORT], e.g. api.cloudsmith.io:443"
+            ));
+        }
+        if s.contains(['/', '@', '?', '#']) || s.contains(char::is_whitespace) {
+            return Err(format!("{s:?} is not HOST[:PORT]"));
+        }
+        let (host, port) = split_host_port(s)?;
+        let port = match port {
+            None => 443,
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(format!("port {p:?} in {s:?} is not a port number (1-65535)")),
+                Ok(p) => p,
+            },
+        };
+        let valid_name = host
+            .split('.')
+            .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if !(valid_name || host.parse::<std::net::IpAddr>().is_ok()) {
+            return Err(format!("{host:?} is not a host name or IP address"));
+        }
+        Ok(Authority::new(host, port))
+    }
+}
+
+/// Splits `host[:port]` or `[v6][:port]`.
+fn split_host_port(s: &str) -> Result<(&str, Option<&str>), String> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: missing ']'"))?;
+        return match after {
+            "" => Ok((host, None)),
+            _ => after
+                .strip_prefix(':')
+                .map(|p| (host, Some(p)))
+                .ok_or_else(|| format!("{s:?} is not [IPV6]:PORT")),
+        };
+    }
+    match s.split_once(':') {
+        // A bare IPv6 address (several colons) without a port.
+        Some(_) if s.matches(':').count() > 1 => Ok((s, None)),
+        Some((host, port)) => Ok((host, Some(port))),
+        None => Ok((s, None)),
+    }
+}
+
+/// Upper bounds on the guest's request timeouts. The host uses the smaller of the
+/// guest's request option and its cap, so a guest can shorten a wait but never extend it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeoutCaps {
+    /// TCP connect, TLS handshake and HTTP/1 handshake together.
+    pub connect: Duration,
+    /// From sending the request to the answer's headers.
+    pub first_byte: Duration,
+    /// Between body frames.
+    pub between_bytes: Duration,
+}
+
+impl Default for TimeoutCaps {
+    fn default() -> Self {
+        TimeoutCaps {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(30),
+            between_bytes: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Which outbound requests the guest may make.
+///
+/// Defaults: only `api.cloudsmith.io:443`, HTTPS only, the public webpki roots, the
+/// [`TimeoutCaps`] defaults.
+#[derive(Clone)]
+pub struct OutboundPolicy {
+    allowed: Vec<Authority>,
+    allow_http: bool,
+    extra_roots: Vec<CertificateDer<'static>>,
+    caps: TimeoutCaps,
+}
+
+impl Default for OutboundPolicy {
+    fn default() -> Self {
+        OutboundPolicy {
+            allowed: vec![DEFAULT_AUTHORITY.parse().expect("the default authority parses")],
+            allow_http: false,
+            extra_roots: Vec::new(),
+            caps: TimeoutCaps::default(),
+        }
+    }
+}
+
+impl fmt::Debug for OutboundPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboundPolicy")
+            .field("allowed", &self.allowed_list())
+            .field("allow_http", &self.allow_http)
+            .field("extra_roots", &self.extra_roots.len())
+            .field("caps", &self.caps)
+            .finish()
+    }
+}
+
+impl OutboundPolicy {
+    /// Adds `authority` to the allowlist.
+    pub fn allow(mut self, authority: Authority) -> Self {
+        if !self.allowed.contains(&authority) {
+            self.allowed.push(authority);
+        }
+        self
+    }
+
+    /// Replaces the allowlist (the default authority included) with `authorities`.
+    pub fn allow_only(mut self, authorities: impl IntoIterator<Item = Authority>) -> Self {
+        self.allowed = authorities.into_iter().collect();
+        self
+    }
+
+    /// Allows plain `http` to allowlisted authorities (refused by default).
+    pub fn allow_http(mut self, allow: bool) -> Self {
+        self.allow_http = allow;
+        self
+    }
+
+    /// Trusts the CA certificates in the PEM file `path` in addition to the public roots.
+    pub fn extra_ca_file(mut self, path: &Path) -> anyhow::Result<Self> {
+        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("CA file {}", path.display()))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("CA file {}: invalid PEM", path.display()))?;
+        if certs.is_empty() {
+            bail!("CA file {}: no certificate found", path.display());
+        }
+        self.extra_roots.extend(certs);
+        Ok(self)
+    }
+
+    /// Trusts `cert` (DER) in addition to the public roots.
+    pub fn extra_root(mut self, cert: CertificateDer<'static>) -> Self {
+        self.extra_roots.push(cert);
+        self
+    }
+
+    /// Sets the timeout caps.
+    pub fn timeouts(mut self, caps: TimeoutCaps) -> Self {
+        self.caps = caps;
+        self
+    }
+
+    /// The timeout caps.
+    pub fn timeout_caps(&self) -> TimeoutCaps {
+        self.caps
+    }
+
+    /// The allowlist.
+    pub fn allowed(&self) -> &[Authority] {
+        &self.allowed
+    }
+
+    fn allowed_list(&self) -> String {
+        match self.allowed.as_slice() {
+            [] => "none".into(),
+            list => list
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// Decides whether a request to `scheme://authority` may go out, and to where.
+    pub fn decide(
+        &self,
+        scheme: Option<&Scheme>,
+        authority: Option<&http::uri::Authority>,
+    ) -> Result<Target, Denial> {
+        let shown = authority.map(|a| a.to_string()).unwrap_or_default();
+        let deny = |rule| {
+            Err(Denial {
+                authority: shown.clone(),
+                rule,
+            })
+        };
+        let tls = match scheme.map(Scheme::as_str) {
+            Some("https") => true,
+            Some("http") if self.allow_http => false,
+            Some("http") => return deny(Rule::PlainHttp),
+            other => return deny(Rule::UnsupportedScheme(other.unwrap_or("none").to_string())),
+        };
+        let Some(authority) = authority else {
+            return deny(Rule::NoAuthority);
+        };
+        let target = Authority::from_request(authority, if tls { 443 } else { 80 });
+        if !self.allowed.contains(&target) {
+            return Err(Denial {
+                authority: target.to_string(),
+                rule: Rule::NotAllowlisted {
+                    allowed: self.allowed_list(),
+                },
+            });
+        }
+        Ok(Target {
+            authority: target,
+            tls,
+        })
+    }
+
+    /// Builds the TLS client configuration (public roots plus any extra CAs).
+    pub(crate) fn tls_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for cert in &self.extra_roots {
+            roots
+                .add(cert.clone())
+                .context("adding an extra CA certificate")?;
+        }
+        // An explicit provider: kube-rs also uses rustls, and a process-wide default
+        // provider may not be installed.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+
+    /// The guest's request options capped by the host's.
+    fn effective_timeouts(&self, options: Option<RequestOptions>) -> TimeoutCaps {
+        let cap = |guest: Option<Duration>, cap: Duration| guest.map_or(cap, |g| g.min(cap));
+        let o = options.unwrap_or_default();
+        TimeoutCaps {
+            connect: cap(o.connect_timeout, self.caps.connect),
+            first_byte: cap(o.first_byte_timeout, self.caps.first_byte),
+            between_bytes: cap(o.between_bytes_timeout, self.caps.between_bytes),
+        }
+    }
+}
+
+/// Where an allowed request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The authority, port filled in.
+    pub authority: Authority,
+    /// Whether to speak TLS.
+    pub tls: bool,
+}
+
+/// A refused request: which authority, by which rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The authority the guest asked for.
+    pub authority: String,
+    /// The rule that refused it.
+    pub rule: Rule,
+}
+
+/// The rule behind a [`Denial`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// The authority is not in the allowlist.
+    NotAllowlisted {
+        /// The allowlist, for the message.
+        allowed: String,
+    },
+    /// Plain `http` while only `https` is allowed.
+    PlainHttp,
+    /// A scheme other than `http`/`https`.
+    UnsupportedScheme(String),
+    /// The request named no authority.
+    NoAuthority,
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let a = &self.authority;
+        match &self.rule {
+            Rule::NotAllowlisted { allowed } => {
+                write!(
+                    f,
+                    "host {a} is not in the outbound allowlist (allowed: {allowed})"
+                )
+            }
+            Rule::PlainHttp => write!(
+                f,
+                "plain http to {a} is not allowed (only https; the embedder must allow http)"
+            ),
+            Rule::UnsupportedScheme(s) => write!(f, "scheme {s:?} to {a} is not allowed (only https)"),
+            Rule::NoAuthority => write!(f, "a request without a host is not allowed"),
+        }
+    }
+}
+
+/// What happened to one outbound request, for diagnostics. Holds no secret: the URL is
+/// `scheme://authority/path` (the guest sends no query) and no header or body is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// `METHOD scheme://authority/path`.
+    pub request: String,
+    /// `200`, or the reason there was no answer.
+    pub outcome: Result<u16, String>,
+    /// Time to the answer's headers (or to the failure).
+    pub elapsed: Duration,
+}
+
+/// Everything the policy saw during one call.
+#[derive(Debug, Clone, Default)]
+pub struct Journal {
+    /// Each request, in order.
+    pub requests: Vec<RequestRecord>,
+    /// Each refusal, in order.
+    pub denials: Vec<Denial>,
+}
+
+impl Journal {
+    /// The most recent transport failure's description, if the last request failed.
+    pub fn last_transport_failure(&self) -> Option<&str> {
+        match self.requests.last()?.outcome {
+            Err(ref why) => Some(why),
+            Ok(_) => None,
+        }
+    }
+}
+
+/// The per-call `WasiHttpHooks`: decides, connects, and records.
+pub(crate) struct PolicyHooks {
+    policy: Arc<OutboundPolicy>,
+    tls: Arc<rustls::ClientConfig>,
+    journal: Arc<Mutex<Journal>>,
+}
+
+impl PolicyHooks {
+    pub(crate) fn new(
+        policy: Arc<OutboundPolicy>,
+        tls: Arc<rustls::ClientConfig>,
+        journal: Arc<Mutex<Journal>>,
+    ) -> Self {
+        PolicyHooks { policy, tls, journal }
+    }
+}
+
+type SendResult = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ),
+    HttpError,
+>;
+
+impl WasiHttpHooks for PolicyHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        let shown = format!("{} {}", request.method(), request.uri());
+        let decision = self
+            .policy
+            .decide(request.uri().scheme(), request.uri().authority());
+        let target = match decision {
+            Ok(target) => target,
+            Err(denial) => {
+                let mut journal = lock(&self.journal);
+                journal.requests.push(RequestRecord {
+                    request: shown,
+                    outcome: Err(format!("refused: {denial}")),
+                    elapsed: Duration::ZERO,
+                });
+                journal.denials.push(denial);
+                return Box::new(async { Err(HttpError::HttpRequestDenied) });
+            }
+        };
+        let timeouts = self.policy.effective_timeouts(options);
+        let tls = self.tls.clone();
+        let journal = self.journal.clone();
+        Box::new(async move {
+            let started = Instant::now();
+            let result = send(request, &target, timeouts, tls).await;
+            let outcome = match &result {
+                Ok(Sent { response, .. }) => Ok(response.status().as_u16()),
+                Err(failure) => Err(failure.description.clone()),
+            };
+            lock(&journal).requests.push(RequestRecord {
+                request: shown,
+                outcome,
+                elapsed: started.elapsed(),
+            });
+            result
+                .map(|sent| (sent.response, sent.connection))
+                .map_err(|failure| failure.error)
+        })
+    }
+
+    fn p2_error_from_connect(&mut self, err: &std::io::Error) -> ErrorCode {
+        match err.kind() {
+            std::io::ErrorKind::TimedOut => ErrorCode::ConnectionTimeout,
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+                ErrorCode::ConnectionTerminated
+            }
+            _ => ErrorCode::ConnectionRefused,
+        }
+    }
+
+    fn p2_error_from_tls(&mut self, err: &std::io::Error) -> ErrorCode {
+        let certificate = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+            .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)));
+        if certificate {
+            ErrorCode::TlsCertificateError
+        } else {
+            ErrorCode::TlsProtocolError
+        }
+    }
+}
+
+/// A journal is diagnostics: a panic elsewhere must not make it unusable.
+fn lock(journal: &Mutex<Journal>) -> std::sync::MutexGuard<'_, Journal> {
+    journal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct Sent {
+    response: http::Response<WasiBody>,
+    connection: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+}
+
+/// A failed send: the error for the guest and a description for the journal.
+struct Failure {
+    error: HttpError,
+    description: String,
+}
+
+impl Failure {
+    fn new(error: HttpError, description: String) -> Self {
+        Failure { error, description }
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Stream for T {}
+
+/// Connects to `target` and sends `request` over HTTP/1.1, as wasmtime's default
+/// `send_request` does, with the policy's TLS roots and the capped timeouts.
+async fn send(
+    mut request: http::Request<WasiBody>,
+    target: &Target,
+    timeouts: TimeoutCaps,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Sent, Failure> {
+    let authority = &target.authority;
+    let connecting = async {
+        let stream = connect(target, tls).await?;
+        hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    HttpError::Hyper(e),
+                    format!("HTTP handshake with {authority} failed"),
+                )
+            })
+    };
+    let (mut sender, connection) = tokio::time::timeout(timeouts.connect, connecting)
+        .await
+        .map_err(|_| {
+            Failure::new(
+                HttpError::ConnectionTimeout,
+                format!("connecting to {authority} timed out after {:?}", timeouts.connect),
+            )
+        })??;
+
+    // The request line carries only the path: scheme and authority are for proxies.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(path)
+        .build()
+        .map_err(|_| Failure::new(HttpError::HttpRequestUriInvalid, "invalid request path".into()))?;
+
+    let mut connection = Box::pin(connection);
+    let mut connection_done = false;
+    let sending = tokio::time::timeout(timeouts.first_byte, sender.send_request(request));
+    tokio::pin!(sending);
+    // Drive the connection while waiting for the answer; a connection that ends first
+    // with an error is the failure to report.
+    let response = loop {
+        tokio::select! {
+            biased;
+            answer = &mut sending => break answer,
+            done = &mut connection, if !connection_done => {
+                connection_done = true;
+                if let Err(e) = done {
+                    return Err(Failure::new(
+                        HttpError::Hyper(e),
+                        format!("connection to {authority} failed before an answer"),
+                    ));
+                }
+            }
+        }
+    };
+    let response = response
+        .map_err(|_| {
+            Failure::new(
+                HttpError::ConnectionReadTimeout,
+                format!("no answer from {authority} within {:?}", timeouts.first_byte),
+            )
+        })?
+        .map_err(|e| Failure::new(HttpError::Hyper(e), format!("request to {authority} failed")))?;
+
+    let between = timeouts.between_bytes;
+    let response = response.map(|body| TimedBody::new(body, between).boxed_unsync());
+    let connection: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(async move {
+        if connection_done {
+            return Ok(());
+        }
+        connection.await.map_err(HttpError::Hyper)
+    });
+    Ok(Sent { response, connection })
+}
+
+/// TCP (and TLS when the target needs it).
+async fn connect(target: &Target, tls: Arc<rustls::ClientConfig>) -> Result<Box<dyn Stream>, Failure> {
+    let authority = &target.authority;
+    let tcp = TcpStream::connect((authority.host(), authority.port()))
+        .await
+        .map_err(|e| {
+            let why = format!("connecting to {authority} failed: {e}");
+            Failure::new(HttpError::Connect(e), why)
+        })?;
+    if !target.tls {
+        return Ok(Box::new(tcp));
+    }
+    let name = match authority.host().parse::<std::net::IpAddr>() {
+        Ok(ip) => ServerName::from(ip),
+        Err(_) => ServerName::try_from(authority.host().to_string()).map_err(|_| {
+            Failure::new(
+                HttpError::HttpRequestUriInvalid,
+                format!("{} is not a valid TLS server name", authority.host()),
+            )
+        })?,
+    };
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| {
+            let why = format!("TLS handshake with {authority} failed: {e}");
+            Failure::new(HttpError::Tls(e), why)
+        })?;
+    Ok(Box::new(stream))
+}
+
+/// The answer's body, failing when a frame takes longer than the between-bytes timeout.
+struct TimedBody {
+    inner: hyper::body::Incoming,
+    timeout: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl TimedBody {
+    fn new(inner: hyper::body::Incoming, timeout: Duration) -> Self {
+        TimedBody {
+            inner,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl Body for TimedBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = tokio::time::Instant::now() + self.timeout;
+                self.timer.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(HttpError::Hyper(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(s: &str) -> http::Uri {
+        s.parse().unwrap()
+    }
+
+    fn decide(policy: &OutboundPolicy, url: &str) -> Result<Target, Denial> {
+        let u = uri(url);
+        policy.decide(u.scheme(), u.authority())
+    }
+
+    #[test]
+    fn parses_authorities() {
+        let a: Authority = "API.Cloudsmith.io".parse().unwrap();
+        assert_eq!(a.to_string(), "api.cloudsmith.io:443");
+        assert_eq!("127.0.0.1:8080".parse::<Authority>().unwrap().port(), 8080);
+        assert_eq!(
+            "[::1]:8443".parse::<Authority>().unwrap().to_string(),
+            "[::1]:8443"
+        );
+        assert_eq!("::1".parse::<Authority>().unwrap().to_string(), "[::1]:443");
+        for bad in [
+            "",
+            "https://x.io",
+            "x.io:0",
+            "x.io:99999",
+            "x.io:abc",
+            "a/b",
+            "user@x.io",
+            "bad_host",
+            "a..b",
+        ] {
+            assert!(bad.parse::<Authority>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn default_policy_allows_only_cloudsmith_over_https() {
+        let p = OutboundPolicy::default();
+        let t = decide(&p, "https://api.cloudsmith.io/openid/org/").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.authority.to_string(), "api.cloudsmith.io:443");
+        assert!(decide(&p, "https://API.CLOUDSMITH.IO:443/").is_ok());
+
+        let d = decide(&p, "https://127.0.0.1:9/").unwrap_err();
+        assert_eq!(
+            d.to_string(),
+            "host 127.0.0.1:9 is not in the outbound allowlist (allowed: api.cloudsmith.io:443)"
+        );
+        let d = decide(&p, "https://api.cloudsmith.io:8443/").unwrap_err();
+        assert!(matches!(d.rule, Rule::NotAllowlisted { .. }));
+        let d = decide(&p, "http://api.cloudsmith.io/").unwrap_err();
+        assert_eq!(d.rule, Rule::PlainHttp);
+    }
+
+    #[test]
+    fn http_needs_opt_in_and_defaults_to_port_80() {
+        let p = OutboundPolicy::default()
+            .allow("127.0.0.1:8080".parse().unwrap())
+            .allow_http(true);
+        let t = decide(&p, "http://127.0.0.1:8080/x").unwrap();
+        assert!(!t.tls);
+        // Port 80 is implied by http and is not in the list.
+        assert!(decide(&p, "http://127.0.0.1/x").is_err());
+        let only = OutboundPolicy::default()
+            .allow_only(["localhost:80".parse().unwrap()])
+            .allow_http(true);
+        assert!(decide(&only, "http://localhost/").is_ok());
+        assert!(decide(&only, "https://api.cloudsmith.io/").is_err());
+    }
+
+    #[test]
+    fn guest_timeouts_are_capped() {
+        let p = OutboundPolicy::default();
+        let t = p.effective_timeouts(Some(RequestOptions {
+            connect_timeout: Some(Duration::from_secs(1)),
+            first_byte_timeout: Some(Duration::from_secs(3600)),
+            between_bytes_timeout: None,
+        }));
+        assert_eq!(t.connect, Duration::from_secs(1));
+        assert_eq!(t.first_byte, TimeoutCaps::default().first_byte);
+        assert_eq!(t.between_bytes, TimeoutCaps::default().between_bytes);
+    }
+}

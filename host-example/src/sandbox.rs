@@ -1,0 +1,304 @@
+//! The sandbox around each call: engine configuration (async, epoch interruption,
+//! optional pooling allocator), per-store limits, the WASI context the guest gets (empty
+//! unless the embedder grants something), and bounded capture of its stdout/stderr.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+
+/// How often the epoch advances; the deadline's resolution.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Engine-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Use the pooling instance allocator: instances come from preallocated slots, which
+    /// makes instantiation cheap when many calls run. Worth it for long-lived embedders;
+    /// a one-shot CLI is better off without it. If the pool cannot be reserved (a
+    /// restrictive address-space limit), the engine falls back to on-demand allocation.
+    pub pooling: bool,
+    /// With pooling: how many calls may hold an instance at once (further calls wait).
+    pub max_concurrent_calls: u32,
+    /// The most linear memory one instance may have; also sizes pool slots.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            pooling: true,
+            max_concurrent_calls: 16,
+            max_memory_bytes: Limits::default().memory_bytes,
+        }
+    }
+}
+
+/// Per-component resources reserved in the pool for each concurrent call. A composed
+/// component has several core instances, memories and tables; these are generous.
+const CORE_INSTANCES_PER_CALL: u32 = 16;
+const MEMORIES_PER_CALL: u32 = 4;
+const TABLES_PER_CALL: u32 = 8;
+
+/// Builds an engine for the generator: async support (the host's calls are async),
+/// epoch interruption driven by a background ticker, and the pooling allocator if asked.
+///
+/// The ticker thread holds only a weak reference and ends when the last clone of the
+/// engine is dropped.
+pub fn engine(options: &EngineOptions) -> anyhow::Result<Engine> {
+    let mut config = base_config();
+    let engine = if options.pooling {
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(options)));
+        match Engine::new(&config) {
+            Ok(engine) => engine,
+            // The pool is an optimisation: never fail a call for it.
+            Err(_) => Engine::new(&base_config())
+                .map_err(wasm_err)
+                .context("creating the engine")?,
+        }
+    } else {
+        Engine::new(&config)
+            .map_err(wasm_err)
+            .context("creating the engine")?
+    };
+    start_epoch_ticker(&engine);
+    Ok(engine)
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config
+}
+
+fn pool(options: &EngineOptions) -> PoolingAllocationConfig {
+    let calls = options.max_concurrent_calls.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(calls)
+        .total_core_instances(calls * CORE_INSTANCES_PER_CALL)
+        .total_memories(calls * MEMORIES_PER_CALL)
+        .total_tables(calls * TABLES_PER_CALL)
+        .total_stacks(calls)
+        .max_memory_size(options.max_memory_bytes);
+    pool
+}
+
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    // Without a ticker the deadline still holds through the async timeout around each
+    // call; only a guest spinning without host calls would escape, so carry on.
+    drop(spawned);
+}
+
+/// Converts wasmtime's error (its own type in this version) into `anyhow`, keeping the
+/// whole cause chain in the message.
+pub(crate) fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+/// Limits applied to every call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The most linear memory the guest may use, in bytes (default 64 MiB).
+    pub memory_bytes: usize,
+    /// The whole call, token source and network included (default 90 s).
+    pub deadline: Duration,
+    /// How much of the guest's stdout and of its stderr is kept (default 64 KiB each);
+    /// the rest is dropped, never an error.
+    pub output_capture_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 * 1024 * 1024,
+            deadline: Duration::from_secs(90),
+            output_capture_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The most table elements an instance may have; a generator needs a few hundred.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// The store's resource limiter: memory and tables, remembering whether the guest hit
+/// the memory limit so the failure can be named.
+pub(crate) struct Limiter {
+    memory_bytes: usize,
+    pub(crate) memory_exceeded: bool,
+}
+
+impl Limiter {
+    pub(crate) fn new(memory_bytes: usize) -> Self {
+        Limiter {
+            memory_bytes,
+            memory_exceeded: false,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.memory_exceeded = true;
+            // An error (rather than a failed grow) traps at once, where the guest asked.
+            wasmtime::bail!("memory limit of {} bytes exceeded", self.memory_bytes);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// What the embedder grants the guest beyond the empty default: read-only directories
+/// and environment variables, for composed components whose plugs read a token file or
+/// variable. Nothing is inherited from the host process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WasiGrants {
+    /// `(host directory, guest path)` pairs, preopened read-only.
+    pub dirs: Vec<(PathBuf, String)>,
+    /// `(name, value)` pairs the guest sees as its environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// Builds the guest's WASI context: no stdin, no arguments, no network sockets, only the
+/// granted directories (read-only) and variables, stdout/stderr into `capture`.
+pub(crate) fn wasi_ctx(grants: &WasiGrants, capture: &Capture) -> anyhow::Result<WasiCtx> {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .stdout(capture.stdout.clone())
+        .stderr(capture.stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    for (name, value) in &grants.env {
+        builder.env(name, value);
+    }
+    for (host, guest) in &grants.dirs {
+        builder
+            .preopened_dir(host, guest, FsPerms::ReadOnly)
+            .map_err(wasm_err)
+            .with_context(|| format!("granting directory {}", host.display()))?;
+    }
+    Ok(builder.build())
+}
+
+/// The guest's captured stdout and stderr for one call.
+#[derive(Debug, Clone)]
+pub(crate) struct Capture {
+    pub(crate) stdout: BoundedPipe,
+    pub(crate) stderr: BoundedPipe,
+}
+
+impl Capture {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Capture {
+            stdout: BoundedPipe::new(capacity),
+            stderr: BoundedPipe::new(capacity),
+        }
+    }
+}
+
+/// An in-memory output stream that keeps the first `capacity` bytes and silently drops
+/// the rest. (wasmtime's `MemoryOutputPipe` traps the guest when full, which would turn
+/// a chatty guest into a failed call.)
+#[derive(Debug, Clone)]
+pub(crate) struct BoundedPipe {
+    capacity: usize,
+    buffer: Arc<Mutex<Vec<u8>>>,
+}
+
+impl BoundedPipe {
+    fn new(capacity: usize) -> Self {
+        BoundedPipe {
+            capacity,
+            buffer: Arc::default(),
+        }
+    }
+
+    /// What was kept, lossily decoded.
+    pub(crate) fn contents(&self) -> String {
+        let buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+}
+
+impl IsTerminal for BoundedPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for BoundedPipe {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for BoundedPipe {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        let room = self.capacity.saturating_sub(buffer.len());
+        buffer.extend_from_slice(&buf[..buf.len().min(room)]);
+        // Claim the whole write: dropping the excess is the point.
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn bounded_pipe_keeps_the_first_bytes() {
+        let pipe = BoundedPipe::new(5);
+        let mut w = pipe.clone();
+        w.write_all(b"hello world").await.unwrap();
+        w.write_all(b"more").await.unwrap();
+        assert_eq!(pipe.contents(), "hello");
+    }
+
+    #[test]
+    fn limiter_names_memory_overrun() {
+        let mut l = Limiter::new(1024);
+        assert!(l.memory_growing(0, 1024, None).unwrap());
+        assert!(l.memory_growing(1024, 2048, None).is_err());
+        assert!(l.memory_exceeded);
+    }
+}

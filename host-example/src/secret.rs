@@ -1,0 +1,229 @@
+//! Values that must never reach a log: the service account token handed to the guest,
+//! and the credentials it returns. Both redact themselves in `Debug` and `Display`.
+
+use std::fmt;
+
+/// A secret string (a JWT, an access token, an `auth` value).
+///
+/// `Debug` and `Display` print `[redacted]`; [`Secret::expose`] is the only way to the
+/// value, so every place that reveals it is easy to find.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret value itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// What a successful `generate` returns: exactly ESO's outputs.
+///
+/// `auth` is standard base64 of `token:<access token>`; `expiry` is the access token's
+/// `exp` in decimal UNIX seconds. Any further keys a future component returns are kept
+/// in [`Credentials::outputs`]. `Debug` and `Display` show the expiry and key names only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    auth: Secret,
+    expiry: String,
+    outputs: Vec<(String, Secret)>,
+}
+
+impl Credentials {
+    /// Builds credentials from the guest's output map. Fails, naming the problem, when
+    /// `auth` or `expiry` is missing or not UTF-8, or `expiry` is not decimal seconds.
+    pub fn from_outputs(outputs: Vec<(String, Vec<u8>)>) -> Result<Self, String> {
+        let mut entries = Vec::with_capacity(outputs.len());
+        for (key, value) in outputs {
+            let value = String::from_utf8(value).map_err(|_| format!("output `{key}` is not UTF-8"))?;
+            entries.push((key, Secret::new(value)));
+        }
+        let find = |key: &str| entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let auth = find("auth").ok_or("output `auth` is missing")?;
+        let expiry = find("expiry").ok_or("output `expiry` is missing")?;
+        let expiry = expiry.expose().to_string();
+        if expiry.is_empty() || !expiry.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("output `expiry` is not decimal UNIX seconds".into());
+        }
+        Ok(Credentials {
+            auth,
+            expiry,
+            outputs: entries,
+        })
+    }
+
+    /// ESO's `auth` output: base64 of `token:<access token>`.
+    pub fn auth(&self) -> &Secret {
+        &self.auth
+    }
+
+    /// ESO's `expiry` output: decimal UNIX seconds.
+    pub fn expiry(&self) -> &str {
+        &self.expiry
+    }
+
+    /// The expiry as a number, when it fits in a `u64`.
+    pub fn expiry_unix(&self) -> Option<u64> {
+        self.expiry.parse().ok()
+    }
+
+    /// Every output in the order the generator returned them.
+    pub fn outputs(&self) -> &[(String, Secret)] {
+        &self.outputs
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("auth", &self.auth)
+            .field("expiry", &self.expiry)
+            .field(
+                "keys",
+                &self.outputs.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl fmt::Display for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "credentials (auth [redacted], expiry {})", self.expiry)
+    }
+}
+
+/// Replaces each of `secrets` (and anything shaped like a JWT) in `text` with
+/// `[redacted]`, so guest-supplied text can be shown safely.
+///
+/// The JWT rule is a backstop for secrets the host never saw, such as a token a composed
+/// plug read itself: three dot-separated base64url runs, the first starting `eyJ`.
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets.iter().filter(|s| s.len() >= 8) {
+        out = out.replace(secret, "[redacted]");
+    }
+    redact_jwts(&out)
+}
+
+fn redact_jwts(text: &str) -> String {
+    let is_b64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("eyJ") {
+        out.push_str(&rest[..start]);
+        let candidate = &rest[start..];
+        let end = candidate
+            .find(|c: char| !(is_b64url(c) || c == '.'))
+            .unwrap_or(candidate.len());
+        let run = &candidate[..end];
+        let parts: Vec<&str> = run.split('.').collect();
+        if parts.len() >= 3 && parts[0].len() > 3 && parts[1].len() > 3 {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(run);
+        }
+        rest = &candidate[end..];
+        if run.is_empty() {
+            // Cannot happen ("eyJ" is three base64url characters), but never loop forever.
+            break;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Makes guest-supplied text safe for a one-line message: control characters become
+/// spaces and it is cut to `max` characters.
+pub(crate) fn one_line(text: &str, max: usize) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let clean = clean.trim();
+    if clean.chars().count() <= max {
+        return clean.to_string();
+    }
+    let mut cut: String = clean.chars().take(max).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2-very-secret");
+        assert_eq!(format!("{s}"), "[redacted]");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn credentials_debug_hides_auth() {
+        let c = Credentials::from_outputs(vec![
+            ("auth".into(), b"dG9rZW46c2VjcmV0".to_vec()),
+            ("expiry".into(), b"1700000000".to_vec()),
+        ])
+        .unwrap();
+        let shown = format!("{c:?} {c}");
+        assert!(!shown.contains("dG9rZW46"));
+        assert!(shown.contains("1700000000"));
+        assert_eq!(c.expiry_unix(), Some(1_700_000_000));
+    }
+
+    #[test]
+    fn credentials_need_both_keys() {
+        let err = Credentials::from_outputs(vec![("auth".into(), b"x".to_vec())]).unwrap_err();
+        assert!(err.contains("expiry"));
+        let err = Credentials::from_outputs(vec![
+            ("auth".into(), b"x".to_vec()),
+            ("expiry".into(), b"soon".to_vec()),
+        ])
+        .unwrap_err();
+        assert!(err.contains("decimal"));
+    }
+
+    #[test]
+    fn redacts_known_secrets_and_jwts() {
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2ln";
+        let text = format!("token={jwt} other=topsecret-value end");
+        let clean = redact(&text, &["topsecret-value"]);
+        assert_eq!(clean, "token=[redacted] other=[redacted] end");
+        assert_eq!(redact("eyJ alone", &[]), "eyJ alone");
+    }
+
+    #[test]
+    fn one_line_strips_controls_and_cuts() {
+        assert_eq!(one_line("a\nb\x1b[31m", 100), "a b [31m");
+        assert_eq!(one_line("abcdef", 3), "abc…");
+    }
+}
