@@ -176,18 +176,20 @@ pub fn interpret(answer: &Answer, now_unix: Option<u64>, secrets: &[&str]) -> Ve
 }
 
 /// Classifies a transport failure: policy refusals are final, the rest may
-/// pass.
-pub fn transport_verdict(err: &TransportError, url: &str) -> Verdict {
+/// pass. `secrets` are scrubbed from the host's message before it is cut, so
+/// a cut cannot leave part of a secret behind.
+pub fn transport_verdict(err: &TransportError, url: &str, secrets: &[&str]) -> Verdict {
+    let clean = |why: &str| one_line(&redact(why, secrets), 200);
     match err {
         TransportError::Denied(why) => Verdict::Fail(GenerateError::PolicyDenied(format!(
             "request to {url} refused: {}",
-            one_line(why, 200)
+            clean(why)
         ))),
         TransportError::Timeout(why) | TransportError::Failed(why) => Verdict::Retry {
             retry_after: None,
             error: GenerateError::Upstream(UpstreamFailure {
                 status: None,
-                detail: format!("request to {url} failed: {}", one_line(why, 200)),
+                detail: format!("request to {url} failed: {}", clean(why)),
                 attempts: 1,
             }),
         },
@@ -216,7 +218,7 @@ fn token_from(answer: &Answer) -> Verdict {
 fn detail(answer: &Answer, secrets: &[&str]) -> String {
     let from_json = match json::parse(&answer.body) {
         Ok(obj @ Json::Object(_)) => ["detail", "error"].iter().find_map(|k| match obj.get(k) {
-            Some(Json::String(s)) => Some(s.clone()),
+            Some(Json::String(s)) if !s.trim().is_empty() => Some(s.clone()),
             Some(v @ (Json::Array(_) | Json::Object(_))) => Some(v.to_json()),
             _ => None,
         }),
@@ -265,7 +267,15 @@ fn parse_imf_fixdate(s: &str) -> Option<u64> {
     let year: i64 = it.next()?.parse().ok()?;
     let mut hms = it.next()?.split(':').map(|p| p.parse::<u64>().ok());
     let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
-    if it.next()? != "GMT" || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+    // HTTP dates are four-digit years; bounding the year also keeps the
+    // arithmetic below far from overflow.
+    if it.next()? != "GMT"
+        || !(1970..=9999).contains(&year)
+        || !(1..=31).contains(&day)
+        || h > 23
+        || m > 59
+        || sec > 60
+    {
         return None;
     }
     // Howard Hinnant's days-from-civil.

@@ -32,7 +32,7 @@ use core::time::Duration;
 
 pub use error::GenerateError;
 use exchange::{Answer, Request, RetryPolicy, Timeouts, TransportError, Verdict};
-use sanitize::{one_line, redact};
+use sanitize::one_line;
 use secret::Secret;
 use spec::ServiceAccountRef;
 
@@ -106,41 +106,28 @@ fn exchange_with_retries(
     loop {
         let timeouts = policy.timeouts(platform.elapsed());
         attempts += 1;
+        let secrets = [oidc_token.expose()];
         let verdict = match platform.send(request, timeouts) {
-            Ok(answer) => exchange::interpret(&answer, platform.now_unix(), &[oidc_token.expose()]),
-            Err(err) => exchange::transport_verdict(&err, &url),
+            Ok(answer) => exchange::interpret(&answer, platform.now_unix(), &secrets),
+            Err(err) => exchange::transport_verdict(&err, &url, &secrets),
         };
         let (retry_after, error) = match verdict {
             Verdict::Token(token) => return Ok(token),
-            Verdict::Fail(error) => return Err(scrub(error, oidc_token)),
+            Verdict::Fail(error) => return Err(with_attempts(error, attempts)),
             Verdict::Retry { retry_after, error } => (retry_after, error),
         };
         match policy.next_delay(attempts, retry_after, platform.elapsed()) {
             Some(delay) => platform.sleep(delay),
-            None => return Err(scrub(with_attempts(error, attempts), oidc_token)),
+            None => return Err(with_attempts(error, attempts)),
         }
     }
 }
 
+/// Answers describe one attempt; the error reports them all.
 fn with_attempts(error: GenerateError, attempts: u32) -> GenerateError {
     match error {
         GenerateError::Upstream(mut u) => {
             u.attempts = attempts;
-            GenerateError::Upstream(u)
-        }
-        other => other,
-    }
-}
-
-/// Last line of defence: transport messages come from the host and could,
-/// in a careless host, quote the request.
-fn scrub(error: GenerateError, oidc_token: &Secret) -> GenerateError {
-    let secrets = [oidc_token.expose()];
-    let clean = |s: String| redact(&s, &secrets);
-    match error {
-        GenerateError::PolicyDenied(m) => GenerateError::PolicyDenied(clean(m)),
-        GenerateError::Upstream(mut u) => {
-            u.detail = clean(u.detail);
             GenerateError::Upstream(u)
         }
         other => other,

@@ -85,7 +85,9 @@ impl ApiBase {
     /// `host:8443`) means https; a URL keeps its scheme. `field` names the
     /// spec field in errors.
     pub fn parse(raw: &str, field: &str) -> Result<ApiBase, SpecError> {
-        let bad = |why: &str| SpecError::new(format!("{field} {}: {why}", quoted(raw)));
+        // Userinfo may hold a password: errors quote the value without it.
+        let shown = without_userinfo(raw);
+        let bad = |why: &str| SpecError::new(format!("{field} {}: {why}", quoted(&shown)));
         if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad("must not contain whitespace"));
         }
@@ -140,6 +142,17 @@ impl ApiBase {
         } else {
             format!("{}:{}", self.authority, self.scheme.default_port())
         }
+    }
+}
+
+/// `raw` with anything between `://` (or the start) and an `@` in the
+/// authority replaced by `[redacted]`.
+fn without_userinfo(raw: &str) -> String {
+    let start = raw.find("://").map_or(0, |i| i + 3);
+    let end = raw[start..].find(['/', '?', '#']).map_or(raw.len(), |i| start + i);
+    match raw[start..end].rfind('@') {
+        Some(at) => format!("{}[redacted]{}", &raw[..start], &raw[start + at..]),
+        None => raw.to_string(),
     }
 }
 

@@ -1,1 +1,43 @@
-//! testkit (skeleton: to be written)
+//! Shared test support for the Cloudsmith access token generator.
+//!
+//! Every end-to-end suite, the CLI's `demo` command and the benchmarks use the
+//! same pieces, so what one proves holds for the others:
+//!
+//! - [`oidc`]: service-account-like JWTs signed with a fixed test key, and
+//!   their verification (what a real Cloudsmith does against a cluster's
+//!   issuer).
+//! - [`cloudsmith`]: a stand-in for Cloudsmith's `openid_create` operation that
+//!   checks requests as strictly as the real API and fails on demand, chosen by
+//!   the organisation slug (so concurrent tests and CLI processes need no
+//!   control channel).
+//! - [`kubernetes`]: a stand-in Kubernetes API server answering TokenRequests
+//!   with `k8s-openapi`'s own types.
+//! - [`tls`] (feature `tls`): a throw-away CA and a server certificate for
+//!   `localhost` and `127.0.0.1`.
+//! - [`tools`], [`artifacts`], [`process`]: finding external tools, building
+//!   wasm artifacts once per process, and running commands with a time bound.
+//!
+//! Servers listen on `127.0.0.1` only, on a port the OS picks, and stop when
+//! their handle is dropped: no test can leave one behind or reach off-host.
+
+#![deny(missing_docs)]
+
+pub mod artifacts;
+pub mod cloudsmith;
+pub mod kubernetes;
+pub mod oidc;
+pub mod process;
+mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
+pub mod tools;
+
+/// The workspace root (the directory holding the root `Cargo.toml`).
+pub fn workspace_root() -> std::path::PathBuf {
+    // testkit lives at <workspace>/testkit; the path is fixed at compile time,
+    // which is what tests run from a checkout want.
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit has a parent directory")
+        .to_path_buf()
+}

@@ -1,0 +1,742 @@
+//! A stand-in for Cloudsmith's OIDC exchange (`openid_create`).
+//!
+//! It answers `POST /openid/{owner}/` (and the explicit `/v1/openid/{owner}/`)
+//! and checks each request as strictly as the real API does, so a client that
+//! passes against it sends what Cloudsmith accepts:
+//!
+//! | check, in order                                         | refusal                                  |
+//! |---------------------------------------------------------|------------------------------------------|
+//! | path is `/openid/{owner}/`, owner a slug                | 404 `{"detail":"Not found."}`            |
+//! | method is `POST`                                        | 405 `Method "GET" not allowed.`          |
+//! | `Accept`, if sent, allows JSON                          | 406 `Could not satisfy the request Accept header.` |
+//! | `Content-Type: application/json`                        | 415 `Unsupported media type "…" in request.` |
+//! | a `Content-Length` (chunked bodies refused, as some gateways in front of APIs do) | 411 `Length Required …` |
+//! | body at most 64 KiB                                     | 413                                      |
+//! | body is JSON                                            | 400 `JSON parse error - …`               |
+//! | `oidc_token`, `service_slug`: non-empty strings         | 400 `Missing or invalid parameters (see detail): <field>: …` |
+//! | OIDC token verifies ([`crate::oidc::verify`]) and its `aud` holds the stand-in's origin or one of [`StandInConfig::audiences`] | 401 `OIDC token cannot be authenticated` |
+//!
+//! A request that passes gets `201 {"token": "<JWT>"}`, the JWT being
+//! [`access_token_for`]`(subject, owner, service_slug, config.token_exp)`, so
+//! a test knows the exact token, hence the exact `auth`, and concurrent
+//! callers can each check they got their own.
+//!
+//! # Scenarios
+//!
+//! Failures are chosen by the organisation slug, so tests run concurrently on
+//! one stand-in and CLI processes need no control channel. A scenario applies
+//! only to a request that passed every check above.
+//!
+//! | org slug             | answer                                                                  |
+//! |----------------------|-------------------------------------------------------------------------|
+//! | `fail-400`           | 400 `{"detail":"Missing or invalid parameters (see detail)"}`           |
+//! | `fail-401`           | 401 `{"detail":"OIDC token cannot be authenticated"}`                   |
+//! | `fail-403`           | 403 `{"detail":"You do not have permission to perform this action."}`   |
+//! | `fail-404`           | 404 `{"detail":"Not found."}`                                           |
+//! | `fail-422`           | 422 `{"detail":"The JWT cannot be created"}`                            |
+//! | `rate-limited`       | always 429, `Retry-After: 1`, `{"detail":"Request was throttled. Expected available in 1 second."}` |
+//! | `rate-limited-long`  | 429, `Retry-After: 3600`                                                |
+//! | `fail-500`           | always 500 `{"detail":"A server error occurred."}`                      |
+//! | `fail-502`           | always 502, a gateway's HTML page                                       |
+//! | `fail-503`           | always 503 `{"detail":"Service temporarily unavailable, try again later."}` |
+//! | `burst-503`          | 503 for the first 2 requests of each OIDC subject, then success         |
+//! | `burst-429`          | 429 (`Retry-After: 1`) for the first request of each subject, then success |
+//! | `malformed-json`     | 201 with a truncated JSON body                                          |
+//! | `empty-token`        | 201 `{"token":""}`                                                      |
+//! | `not-jwt`            | 201 `{"token":"not-a-jwt"}`                                             |
+//! | `no-exp`             | 201 with a JWT whose payload has no `exp`                               |
+//! | `oversized`          | 201 with a 2 MiB body, streamed chunked (no `Content-Length`)           |
+//! | `oversized-declared` | 201 with `Content-Length` 10 MiB (and the bytes, if the client reads)   |
+//! | `slow`               | waits [`StandInConfig::slow_delay`] (10 s) before a success             |
+//! | `reset`              | closes the connection without answering                                 |
+//! | `redirect`           | 302, `Location:` [`StandInConfig::redirect_location`] (`http://evil.example/openid/x/`) |
+//! | `html-500`           | always 500 with a long HTML page (for sanitized-prefix checks)          |
+//! | `echo-401`           | 401 whose `detail` is the whole request body, OIDC token included: the client must redact it |
+//! | anything else        | success                                                                 |
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde_json::{json, Value};
+
+use crate::server::{self, Body, Hangup};
+
+/// The largest request body the stand-in reads.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The audience Cloudsmith's documentation tells users to request, accepted
+/// by default so the documentation's example manifest works unchanged.
+pub const PRODUCTION_AUDIENCE: &str = "https://api.cloudsmith.io";
+
+/// The registry host Cloudsmith's Docker credentials are for.
+pub const REGISTRY: &str = "docker.cloudsmith.io";
+
+/// How the stand-in behaves.
+#[derive(Debug, Clone)]
+pub struct StandInConfig {
+    /// Serve HTTPS with a fresh [`crate::tls::TestCa`] (see [`StandIn::ca_pem`]).
+    pub tls: bool,
+    /// The `exp` of every access token issued. Fixed (default `1700000000`,
+    /// ESO's test vector) so results are exact.
+    pub token_exp: u64,
+    /// Audiences accepted besides the stand-in's own origins
+    /// (`http(s)://127.0.0.1:PORT`, `http(s)://localhost:PORT`). Default:
+    /// [`PRODUCTION_AUDIENCE`].
+    pub audiences: Vec<String>,
+    /// Where the `redirect` scenario points. Point it at a second stand-in to
+    /// prove a client does not follow it.
+    pub redirect_location: String,
+    /// How long the `slow` scenario waits before answering.
+    pub slow_delay: Duration,
+}
+
+impl Default for StandInConfig {
+    fn default() -> Self {
+        StandInConfig {
+            tls: false,
+            token_exp: 1_700_000_000,
+            audiences: vec![PRODUCTION_AUDIENCE.to_string()],
+            redirect_location: "http://evil.example/openid/x/".to_string(),
+            slow_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One request as the stand-in received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// The HTTP method.
+    pub method: String,
+    /// The path (and query, if any).
+    pub path: String,
+    /// Header names (lower case) and values, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// The body (at most [`MAX_REQUEST_BYTES`]).
+    pub body: Vec<u8>,
+}
+
+impl RecordedRequest {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON, if it is JSON.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// The organisation slug, for an `/openid/{owner}/` path.
+    pub fn org(&self) -> Option<&str> {
+        owner_of(&self.path)
+    }
+}
+
+/// The failure scenarios, selected by organisation slug (see the module
+/// documentation for what each answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)] // Each variant is its org slug; the table above says what it does.
+pub enum Scenario {
+    Fail400,
+    Fail401,
+    Fail403,
+    Fail404,
+    Fail422,
+    RateLimited,
+    RateLimitedLong,
+    Fail500,
+    Fail502,
+    Fail503,
+    Burst503,
+    Burst429,
+    MalformedJson,
+    EmptyToken,
+    NotJwt,
+    NoExp,
+    Oversized,
+    OversizedDeclared,
+    Slow,
+    Reset,
+    Redirect,
+    Html500,
+    Echo401,
+}
+
+impl Scenario {
+    /// Every scenario, for table-driven tests.
+    pub const ALL: [Scenario; 23] = [
+        Scenario::Fail400,
+        Scenario::Fail401,
+        Scenario::Fail403,
+        Scenario::Fail404,
+        Scenario::Fail422,
+        Scenario::RateLimited,
+        Scenario::RateLimitedLong,
+        Scenario::Fail500,
+        Scenario::Fail502,
+        Scenario::Fail503,
+        Scenario::Burst503,
+        Scenario::Burst429,
+        Scenario::MalformedJson,
+        Scenario::EmptyToken,
+        Scenario::NotJwt,
+        Scenario::NoExp,
+        Scenario::Oversized,
+        Scenario::OversizedDeclared,
+        Scenario::Slow,
+        Scenario::Reset,
+        Scenario::Redirect,
+        Scenario::Html500,
+        Scenario::Echo401,
+    ];
+
+    /// The organisation slug that selects this scenario.
+    pub fn org(self) -> &'static str {
+        match self {
+            Scenario::Fail400 => "fail-400",
+            Scenario::Fail401 => "fail-401",
+            Scenario::Fail403 => "fail-403",
+            Scenario::Fail404 => "fail-404",
+            Scenario::Fail422 => "fail-422",
+            Scenario::RateLimited => "rate-limited",
+            Scenario::RateLimitedLong => "rate-limited-long",
+            Scenario::Fail500 => "fail-500",
+            Scenario::Fail502 => "fail-502",
+            Scenario::Fail503 => "fail-503",
+            Scenario::Burst503 => "burst-503",
+            Scenario::Burst429 => "burst-429",
+            Scenario::MalformedJson => "malformed-json",
+            Scenario::EmptyToken => "empty-token",
+            Scenario::NotJwt => "not-jwt",
+            Scenario::NoExp => "no-exp",
+            Scenario::Oversized => "oversized",
+            Scenario::OversizedDeclared => "oversized-declared",
+            Scenario::Slow => "slow",
+            Scenario::Reset => "reset",
+            Scenario::Redirect => "redirect",
+            Scenario::Html500 => "html-500",
+            Scenario::Echo401 => "echo-401",
+        }
+    }
+
+    /// The scenario an organisation slug selects, if any.
+    pub fn from_org(org: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.org() == org)
+    }
+
+    /// The `detail` the scenario's answer carries, when it is a fixed JSON
+    /// `detail` (so tests assert the exact text a client must report).
+    pub fn detail(self) -> Option<&'static str> {
+        Some(match self {
+            Scenario::Fail400 => "Missing or invalid parameters (see detail)",
+            Scenario::Fail401 => "OIDC token cannot be authenticated",
+            Scenario::Fail403 => "You do not have permission to perform this action.",
+            Scenario::Fail404 => "Not found.",
+            Scenario::Fail422 => "The JWT cannot be created",
+            Scenario::RateLimited | Scenario::Burst429 => {
+                "Request was throttled. Expected available in 1 second."
+            }
+            Scenario::RateLimitedLong => "Request was throttled. Expected available in 3600 seconds.",
+            Scenario::Fail500 => "A server error occurred.",
+            Scenario::Fail503 | Scenario::Burst503 => "Service temporarily unavailable, try again later.",
+            _ => return None,
+        })
+    }
+
+    /// The HTTP status the scenario answers with (its last answer, for the
+    /// burst scenarios), or `None` for `reset` (no answer).
+    pub fn status(self) -> Option<u16> {
+        Some(match self {
+            Scenario::Fail400 => 400,
+            Scenario::Fail401 | Scenario::Echo401 => 401,
+            Scenario::Fail403 => 403,
+            Scenario::Fail404 => 404,
+            Scenario::Fail422 => 422,
+            Scenario::RateLimited | Scenario::RateLimitedLong => 429,
+            Scenario::Fail500 | Scenario::Html500 => 500,
+            Scenario::Fail502 => 502,
+            Scenario::Fail503 => 503,
+            Scenario::Redirect => 302,
+            Scenario::Reset => return None,
+            Scenario::Burst503
+            | Scenario::Burst429
+            | Scenario::MalformedJson
+            | Scenario::EmptyToken
+            | Scenario::NotJwt
+            | Scenario::NoExp
+            | Scenario::Oversized
+            | Scenario::OversizedDeclared
+            | Scenario::Slow => 201,
+        })
+    }
+}
+
+/// The access token the stand-in issues for an OIDC `subject` exchanged with
+/// `org` and `service`: a deterministic HS256 JWT whose payload is
+/// `{"exp", "iss", "org", "service", "sub"}`.
+pub fn access_token_for(subject: &str, org: &str, service: &str, exp: u64) -> String {
+    crate::oidc::sign(
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &json!({"exp": exp, "iss": PRODUCTION_AUDIENCE, "org": org, "service": service, "sub": subject}),
+    )
+}
+
+/// ESO's `auth` output for an access token: base64 of `token:<access token>`.
+pub fn auth_for(access_token: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("token:{access_token}"))
+}
+
+/// The example manifest from ESO's Cloudsmith generator documentation,
+/// verbatim except `apiHost`, which is set to `api_host` (e.g. the stand-in's
+/// [`StandIn::url`]).
+pub fn documented_manifest(api_host: &str) -> String {
+    DOCUMENTED_MANIFEST.replace("\"api.cloudsmith.io\"  #", &format!("\"{api_host}\"  #"))
+}
+
+/// The documentation's example, byte for byte.
+pub const DOCUMENTED_MANIFEST: &str = r#"apiVersion: generators.external-secrets.io/v1alpha1
+kind: CloudsmithAccessToken
+metadata:
+  name: my-cloudsmith-token
+  namespace: default
+spec:
+  apiHost: "api.cloudsmith.io"  # Optional, defaults to api.cloudsmith.io
+  orgSlug: "my-organization"
+  serviceSlug: "my-oidc-service"
+  serviceAccountRef:
+    name: "default"
+    namespace: "default"
+    audiences:
+      - "https://api.cloudsmith.io"
+"#;
+
+/// A running stand-in. Dropping it stops the server and every connection.
+#[derive(Debug)]
+pub struct StandIn {
+    running: server::Running,
+    scheme: &'static str,
+    state: Arc<State>,
+    #[cfg(feature = "tls")]
+    ca: Option<crate::tls::TestCa>,
+}
+
+#[derive(Debug)]
+struct State {
+    config: StandInConfig,
+    /// Audiences accepted: the configured ones and the stand-in's origins.
+    accepted_audiences: Vec<String>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    /// Requests seen per (org, OIDC subject), for the burst scenarios.
+    seen: Mutex<HashMap<(String, String), u32>>,
+}
+
+impl StandIn {
+    /// Starts a stand-in on `127.0.0.1` (a free port) on the current tokio
+    /// runtime.
+    pub async fn start(config: StandInConfig) -> anyhow::Result<StandIn> {
+        // The port is known only after binding, and the accepted audiences
+        // need it: bind first, then hand the state to the handler.
+        let slot: Arc<std::sync::OnceLock<Arc<State>>> = Arc::default();
+        let handler_slot = slot.clone();
+        let handler: server::Handler = Arc::new(move |req| {
+            let state = handler_slot.get().cloned();
+            Box::pin(async move {
+                match state {
+                    Some(state) => handle(&state, req).await,
+                    None => Err(Hangup),
+                }
+            })
+        });
+        let scheme = if config.tls { "https" } else { "http" };
+        #[cfg(feature = "tls")]
+        let (ca, tls) = if config.tls {
+            let ca = crate::tls::TestCa::try_new()?;
+            let tls = ca.server_config()?;
+            (Some(ca), Some(tls))
+        } else {
+            (None, None)
+        };
+        #[cfg(not(feature = "tls"))]
+        let tls = if config.tls {
+            anyhow::bail!("testkit was built without the `tls` feature")
+        } else {
+            None
+        };
+        let running = server::serve(tls, handler).await?;
+        let port = running.addr.port();
+        let mut accepted_audiences = config.audiences.clone();
+        accepted_audiences.push(format!("{scheme}://127.0.0.1:{port}"));
+        accepted_audiences.push(format!("{scheme}://localhost:{port}"));
+        let state = Arc::new(State {
+            config,
+            accepted_audiences,
+            requests: Mutex::default(),
+            seen: Mutex::default(),
+        });
+        slot.set(state.clone()).expect("set once");
+        Ok(StandIn {
+            running,
+            scheme,
+            state,
+            #[cfg(feature = "tls")]
+            ca,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` with TLS (the
+    /// certificate also names `localhost`).
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority())
+    }
+
+    /// `127.0.0.1:PORT`: what a host allowlist names.
+    pub fn authority(&self) -> String {
+        format!("127.0.0.1:{}", self.running.addr.port())
+    }
+
+    /// The origin (`scheme://127.0.0.1:PORT`): the audience a client asks
+    /// for by default when it talks to this stand-in.
+    pub fn origin(&self) -> String {
+        self.url()
+    }
+
+    /// The port the stand-in listens on.
+    pub fn port(&self) -> u16 {
+        self.running.addr.port()
+    }
+
+    /// Every request received so far, in order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.requests.lock().expect("requests lock").clone()
+    }
+
+    /// The requests received for organisation `org`.
+    pub fn requests_for(&self, org: &str) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.org() == Some(org))
+            .collect()
+    }
+
+    /// The configuration the stand-in runs with.
+    pub fn config(&self) -> &StandInConfig {
+        &self.state.config
+    }
+
+    /// The CA certificate (PEM) that signed the server certificate, when
+    /// serving TLS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        #[cfg(feature = "tls")]
+        {
+            self.ca.as_ref().map(|ca| ca.ca_pem())
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            None
+        }
+    }
+
+    /// The test CA, when serving TLS (for in-process clients).
+    #[cfg(feature = "tls")]
+    pub fn ca(&self) -> Option<&crate::tls::TestCa> {
+        self.ca.as_ref()
+    }
+}
+
+/// `{owner}` of `[/v1]/openid/{owner}/`, when it is a Cloudsmith slug.
+fn owner_of(path: &str) -> Option<&str> {
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    let owner = path.strip_prefix("/openid/")?.strip_suffix('/')?;
+    let is_slug = !owner.is_empty()
+        && owner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    is_slug.then_some(owner)
+}
+
+fn detail(status: u16, detail: &str) -> Response<Body> {
+    server::json(status, &json!({ "detail": detail }), &[])
+}
+
+fn invalid(field: &str, why: &str) -> Response<Body> {
+    detail(
+        400,
+        &format!("Missing or invalid parameters (see detail): {field}: {why}"),
+    )
+}
+
+async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Hangup> {
+    let (parts, body) = req.into_parts();
+    let method = parts.method.as_str().to_string();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |pq| pq.as_str().to_string());
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let (body, too_large) = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+        Ok(collected) => (collected.to_bytes(), false),
+        Err(_) => (Bytes::new(), true),
+    };
+    let recorded = RecordedRequest {
+        method,
+        path,
+        headers,
+        body: body.to_vec(),
+    };
+    state
+        .requests
+        .lock()
+        .expect("requests lock")
+        .push(recorded.clone());
+
+    let Some(org) = recorded.org() else {
+        return Ok(detail(404, "Not found."));
+    };
+    if recorded.method != "POST" {
+        let mut response = detail(405, &format!("Method \"{}\" not allowed.", recorded.method));
+        response
+            .headers_mut()
+            .insert("allow", hyper::header::HeaderValue::from_static("POST, OPTIONS"));
+        return Ok(response);
+    }
+    if let Some(accept) = recorded.header("accept") {
+        let ok = accept.split(',').any(|range| {
+            let range = range.split(';').next().unwrap_or("").trim();
+            ["application/json", "application/*", "*/*"].contains(&range)
+        });
+        if !ok {
+            return Ok(detail(406, "Could not satisfy the request Accept header."));
+        }
+    }
+    let content_type = recorded.header("content-type").unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case("application/json") {
+        return Ok(detail(
+            415,
+            &format!("Unsupported media type \"{content_type}\" in request."),
+        ));
+    }
+    if recorded.header("content-length").is_none() || recorded.header("transfer-encoding").is_some() {
+        // Documented gateway behaviour: some fronting proxies refuse chunked
+        // request bodies. A client knows its body's size, so it must say it.
+        return Ok(detail(
+            411,
+            "Length Required: send the body with a Content-Length header.",
+        ));
+    }
+    if too_large {
+        return Ok(detail(413, "Request body too large."));
+    }
+    let body: Value = match serde_json::from_slice(&recorded.body) {
+        Ok(v) => v,
+        Err(e) => return Ok(detail(400, &format!("JSON parse error - {e}"))),
+    };
+    let Value::Object(fields) = body else {
+        return Ok(detail(
+            400,
+            "Missing or invalid parameters (see detail): Invalid data. Expected a dictionary.",
+        ));
+    };
+    let mut strings = Vec::new();
+    for field in ["oidc_token", "service_slug"] {
+        match fields.get(field) {
+            None | Some(Value::Null) => return Ok(invalid(field, "This field is required.")),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                return Ok(invalid(field, "This field may not be blank."))
+            }
+            Some(Value::String(s)) => strings.push(s.clone()),
+            Some(_) => return Ok(invalid(field, "Not a valid string.")),
+        }
+    }
+    let (oidc_token, service) = (&strings[0], &strings[1]);
+    let Some(claims) = crate::oidc::verify(oidc_token) else {
+        return Ok(detail(401, "OIDC token cannot be authenticated"));
+    };
+    if !claims.aud.iter().any(|a| state.accepted_audiences.contains(a)) {
+        return Ok(detail(401, "OIDC token cannot be authenticated"));
+    }
+
+    let subject = claims.sub;
+    let exp = state.config.token_exp;
+    let success = || {
+        server::json(
+            201,
+            &json!({ "token": access_token_for(&subject, org, service, exp) }),
+            &[],
+        )
+    };
+    let Some(scenario) = Scenario::from_org(org) else {
+        return Ok(success());
+    };
+    let fixed = |status: u16| detail(status, scenario.detail().unwrap_or_default());
+    let earlier = {
+        let mut seen = state.seen.lock().expect("seen lock");
+        let count = seen.entry((org.to_string(), subject.clone())).or_insert(0);
+        *count += 1;
+        *count - 1
+    };
+    Ok(match scenario {
+        Scenario::Fail400 => fixed(400),
+        Scenario::Fail401 => fixed(401),
+        Scenario::Fail403 => fixed(403),
+        Scenario::Fail404 => fixed(404),
+        Scenario::Fail422 => fixed(422),
+        Scenario::Fail500 => fixed(500),
+        Scenario::Fail503 => fixed(503),
+        Scenario::RateLimited => throttled(scenario, "1"),
+        Scenario::RateLimitedLong => throttled(scenario, "3600"),
+        Scenario::Burst429 if earlier < 1 => throttled(scenario, "1"),
+        Scenario::Burst503 if earlier < 2 => fixed(503),
+        Scenario::Burst429 | Scenario::Burst503 => success(),
+        Scenario::Fail502 => server::raw(
+            502,
+            "text/html",
+            "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n\
+             <center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n",
+            &[],
+        ),
+        Scenario::MalformedJson => server::raw(201, "application/json", "{\"token\": \"eyJhbGciOi", &[]),
+        Scenario::EmptyToken => server::json(201, &json!({"token": ""}), &[]),
+        Scenario::NotJwt => server::json(201, &json!({"token": "not-a-jwt"}), &[]),
+        Scenario::NoExp => {
+            let token = crate::oidc::sign(
+                &json!({"alg": "HS256", "typ": "JWT"}),
+                &json!({"org": org, "service": service, "sub": subject}),
+            );
+            server::json(201, &json!({ "token": token }), &[])
+        }
+        Scenario::Oversized => streamed(2 * 1024 * 1024, false),
+        Scenario::OversizedDeclared => streamed(10 * 1024 * 1024, true),
+        Scenario::Slow => {
+            // Ends early if the stand-in is dropped: the connection task is
+            // aborted with the server.
+            tokio::time::sleep(state.config.slow_delay).await;
+            success()
+        }
+        Scenario::Reset => return Err(Hangup),
+        Scenario::Redirect => server::json(
+            302,
+            &json!({"detail": "Found"}),
+            &[("location", state.config.redirect_location.as_str())],
+        ),
+        Scenario::Html500 => server::raw(500, "text/html; charset=utf-8", html_500(), &[]),
+        Scenario::Echo401 => detail(401, &String::from_utf8_lossy(&recorded.body)),
+    })
+}
+
+fn throttled(scenario: Scenario, retry_after: &str) -> Response<Body> {
+    server::json(
+        429,
+        &json!({"detail": scenario.detail().unwrap_or_default()}),
+        &[("retry-after", retry_after)],
+    )
+}
+
+/// A success status with a body far past any sane token answer.
+fn streamed(len: u64, declared: bool) -> Response<Body> {
+    Response::builder()
+        .status(201)
+        .header("content-type", "application/json")
+        .body(Body::Repeat {
+            chunk: Bytes::from(vec![b'A'; 16 * 1024]),
+            remaining: len,
+            declared,
+        })
+        .expect("valid response parts")
+}
+
+/// A proxy-style error page, several KiB long, with markup and line breaks a
+/// client must not copy whole into a one-line error.
+fn html_500() -> String {
+    let mut page = String::from(
+        "<!DOCTYPE html>\n<html>\n<head><title>500 Internal Server Error</title></head>\n<body>\n\
+         <h1>Internal Server Error</h1>\n<p>The server encountered an internal error and was unable \
+         to complete your request.</p>\n",
+    );
+    for i in 0..100 {
+        page.push_str(&format!(
+            "<p class=\"trace\">frame {i}: at handler (app.py:{i})</p>\n"
+        ));
+    }
+    page.push_str("</body>\n</html>\n");
+    page
+}
+
+/// Decodes a JWT's payload (no verification): for tests that inspect tokens.
+pub fn jwt_payload(token: &str) -> Option<Value> {
+    let payload = token.split('.').nth(1)?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_manifest_changes_only_api_host() {
+        let manifest = documented_manifest("http://127.0.0.1:8080");
+        let changed: Vec<(&str, &str)> = DOCUMENTED_MANIFEST
+            .lines()
+            .zip(manifest.lines())
+            .filter(|(a, b)| a != b)
+            .collect();
+        assert_eq!(
+            changed,
+            [(
+                "  apiHost: \"api.cloudsmith.io\"  # Optional, defaults to api.cloudsmith.io",
+                "  apiHost: \"http://127.0.0.1:8080\"  # Optional, defaults to api.cloudsmith.io"
+            )]
+        );
+        assert_eq!(manifest.lines().count(), DOCUMENTED_MANIFEST.lines().count());
+    }
+
+    #[test]
+    fn access_tokens_are_deterministic_jwts_with_the_given_claims() {
+        let token = access_token_for("sub-1", "org", "svc", 1_700_000_000);
+        assert_eq!(token, access_token_for("sub-1", "org", "svc", 1_700_000_000));
+        assert_ne!(token, access_token_for("sub-2", "org", "svc", 1_700_000_000));
+        let payload = jwt_payload(&token).unwrap();
+        assert_eq!(
+            payload,
+            json!({"exp": 1_700_000_000u64, "iss": PRODUCTION_AUDIENCE, "org": "org", "service": "svc", "sub": "sub-1"})
+        );
+        assert_eq!(
+            auth_for("abc"),
+            base64::engine::general_purpose::STANDARD.encode("token:abc")
+        );
+    }
+
+    #[test]
+    fn owners_are_cloudsmith_slugs() {
+        assert_eq!(owner_of("/openid/my-org_1/"), Some("my-org_1"));
+        assert_eq!(owner_of("/v1/openid/org/"), Some("org"));
+        for path in [
+            "/openid//",
+            "/openid/a.b/",
+            "/openid/a/b/",
+            "/openid/org",
+            "/v2/openid/org/",
+        ] {
+            assert_eq!(owner_of(path), None, "{path}");
+        }
+    }
+}

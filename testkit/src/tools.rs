@@ -1,0 +1,118 @@
+//! Finding the external programs the suites drive.
+//!
+//! Each tool comes from its environment variable if set, else from `PATH`
+//! (`cloudsmith-gen`: else beside the running test executable). A missing tool
+//! is a failure with a one-line hint, never a skip: a suite that silently
+//! skips proves nothing.
+
+use std::path::{Path, PathBuf};
+
+/// How to get the tools installed, quoted in every "not found" message.
+const INSTALL_HINT: &str = "run `bash scripts/test.sh`, which installs the tools";
+
+/// `wasm-tools` (env `WASM_TOOLS`).
+pub fn wasm_tools() -> PathBuf {
+    find("WASM_TOOLS", "wasm-tools", INSTALL_HINT)
+}
+
+/// `wac` (env `WAC`).
+pub fn wac() -> PathBuf {
+    find("WAC", "wac", INSTALL_HINT)
+}
+
+/// `wasmtime` (env `WASMTIME`).
+pub fn wasmtime() -> PathBuf {
+    find("WASMTIME", "wasmtime", INSTALL_HINT)
+}
+
+/// `node` (env `NODE`).
+pub fn node() -> PathBuf {
+    find("NODE", "node", INSTALL_HINT)
+}
+
+/// The `cloudsmith-gen` CLI (env `CLOUDSMITH_GEN`), else the one cargo built
+/// beside the running test executable (`target/<profile>/cloudsmith-gen`).
+pub fn cloudsmith_gen() -> PathBuf {
+    if let Some(path) = from_env("CLOUDSMITH_GEN") {
+        return path;
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| profile_dir(&exe))
+        .map(|dir| dir.join(format!("cloudsmith-gen{}", std::env::consts::EXE_SUFFIX)));
+    match beside {
+        Some(path) if path.is_file() => path,
+        other => panic!(
+            "cloudsmith-gen not found (looked at {}); build it with `cargo build -p host-example` \
+             or set CLOUDSMITH_GEN",
+            other.map_or_else(|| "CLOUDSMITH_GEN".to_string(), |p| p.display().to_string())
+        ),
+    }
+}
+
+/// `target/<profile>` for a test executable at `target/<profile>/deps/x-hash`
+/// (or a binary directly in `target/<profile>`).
+fn profile_dir(exe: &Path) -> Option<PathBuf> {
+    let dir = exe.parent()?;
+    if dir.file_name()? == "deps" {
+        dir.parent().map(Path::to_path_buf)
+    } else {
+        Some(dir.to_path_buf())
+    }
+}
+
+fn from_env(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+fn find(var: &str, name: &str, hint: &str) -> PathBuf {
+    if let Some(path) = from_env(var) {
+        return path;
+    }
+    which(name).unwrap_or_else(|| panic!("{name} not found on PATH and {var} is not set: {hint}"))
+}
+
+/// The first executable file named `name` on `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX)))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        path.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    }
+    #[cfg(not(unix))]
+    {
+        path.is_file()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_dir_of_a_test_executable_is_its_target_profile() {
+        assert_eq!(
+            profile_dir(Path::new("/w/target/debug/deps/host_cli-0123abcd")),
+            Some(PathBuf::from("/w/target/debug"))
+        );
+        assert_eq!(
+            profile_dir(Path::new("/w/target/release/cloudsmith-gen")),
+            Some(PathBuf::from("/w/target/release"))
+        );
+    }
+
+    #[test]
+    fn which_finds_a_shell_and_not_a_made_up_name() {
+        assert!(which("sh").is_some());
+        assert!(which("testkit-no-such-tool-0f3a").is_none());
+    }
+}

@@ -1,0 +1,83 @@
+//! The built component against its contract: valid, the WIT world it
+//! promises, no filesystem or sockets, and within its size budget.
+
+use std::process::Command;
+
+/// The component's size budget (issue: at most 150 KiB).
+const SIZE_BUDGET: u64 = 150 * 1024;
+
+fn component_wit() -> String {
+    let wasm = testkit::artifacts::wasm("cloudsmith-access-token");
+    let out = Command::new(testkit::tools::wasm_tools())
+        .args(["component", "wit"])
+        .arg(&wasm)
+        .output()
+        .expect("run wasm-tools component wit");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("WIT is UTF-8")
+}
+
+/// The `import`/`export` lines of the component's world.
+fn world_items(wit: &str, kind: &str) -> Vec<String> {
+    wit.lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix(kind).map(|rest| rest.trim_end_matches(';').trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn wasm_tools_validates_the_component() {
+    let wasm = testkit::artifacts::wasm("cloudsmith-access-token");
+    let out = Command::new(testkit::tools::wasm_tools())
+        .arg("validate")
+        .arg(&wasm)
+        .output()
+        .expect("run wasm-tools validate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn world_exports_the_generator_and_imports_the_token_source_and_http() {
+    let wit = component_wit();
+    assert_eq!(world_items(&wit, "export "), ["secretgen:generator/generator@0.1.0"]);
+    let imports = world_items(&wit, "import ");
+    for needed in ["secretgen:generator/token-source@0.1.0", "wasi:http/outgoing-handler@0.2.12"] {
+        assert!(imports.iter().any(|i| i == needed), "missing import {needed} in {imports:?}");
+    }
+    // Only the token source, wasi:http and what it needs, plus std's wasi:cli
+    // and clocks: the sandbox promise depends on this list staying short.
+    let allowed = ["secretgen:generator/token-source", "wasi:http/", "wasi:io/", "wasi:clocks/", "wasi:cli/"];
+    for import in &imports {
+        assert!(allowed.iter().any(|p| import.starts_with(p)), "unexpected import {import}");
+    }
+    for forbidden in ["wasi:filesystem", "wasi:sockets"] {
+        assert!(!wit.contains(forbidden), "component imports {forbidden}");
+    }
+}
+
+#[test]
+fn generator_interface_keeps_its_public_names() {
+    let wit = component_wit();
+    for name in [
+        "service-account-token: func(account: service-account-ref, namespace: string) -> result<string, string>",
+        "info: func() -> generator-info",
+        "generate: func(manifest: string, namespace: string) -> result<list<tuple<string, list<u8>>>, generate-error>",
+        "invalid-spec(string)",
+        "token-source(string)",
+        "policy-denied(string)",
+        "unauthorized(upstream-status)",
+        "rejected(upstream-status)",
+        "rate-limited(rate-limit)",
+        "upstream(upstream-failure)",
+        "invalid-token(string)",
+    ] {
+        assert!(wit.contains(name), "component WIT lacks `{name}`");
+    }
+}
+
+#[test]
+fn component_fits_its_size_budget() {
+    let wasm = testkit::artifacts::wasm("cloudsmith-access-token");
+    let size = std::fs::metadata(&wasm).expect("component metadata").len();
+    assert!(size <= SIZE_BUDGET, "component is {size} bytes, over the {SIZE_BUDGET}-byte budget");
+}
