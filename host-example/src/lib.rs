@@ -110,8 +110,9 @@ pub struct GeneratorOptions {
     /// Whether a `serviceAccountRef.namespace` other than the target is honoured
     /// (refused by default; see [`token_source`]).
     pub namespaces: NamespacePolicy,
-    /// How many calls may run at once; further calls wait. Keep it at most
-    /// [`EngineOptions::max_concurrent_calls`] when the engine uses the pooling allocator.
+    /// How many calls may run at once; further calls wait. Ignored on a pooled engine
+    /// from [`sandbox::engine`]: there every generator of the engine shares the pool's
+    /// [`EngineOptions::max_concurrent_calls`] slots.
     pub max_concurrent_calls: usize,
 }
 
@@ -181,7 +182,8 @@ struct Inner {
     policy: Arc<OutboundPolicy>,
     tls: Arc<rustls::ClientConfig>,
     options: GeneratorOptions,
-    permits: Semaphore,
+    /// Engine-wide for pooled engines (see `sandbox::call_slots`), else this generator's own.
+    permits: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Generator {
@@ -224,7 +226,8 @@ impl Generator {
                 token_source,
                 policy: Arc::new(options.policy.clone()),
                 tls,
-                permits: Semaphore::new(options.max_concurrent_calls.max(1)),
+                permits: sandbox::call_slots(engine)
+                    .unwrap_or_else(|| Arc::new(Semaphore::new(options.max_concurrent_calls.max(1)))),
                 options,
             }),
         })

@@ -68,7 +68,31 @@ pub fn engine(options: &EngineOptions) -> anyhow::Result<Engine> {
             .context("creating the engine")?
     };
     start_epoch_ticker(&engine);
+    if options.pooling {
+        register_call_slots(&engine, options.max_concurrent_calls.max(1) as usize);
+    }
     Ok(engine)
+}
+
+/// Call slots of pooled engines. The pool's instance slots belong to the engine, not
+/// to one generator: several generators sharing an engine must share one limit, or
+/// together they overrun the pool and calls fail instead of waiting.
+static CALL_SLOTS: Mutex<Vec<(wasmtime::EngineWeak, Arc<tokio::sync::Semaphore>)>> = Mutex::new(Vec::new());
+
+fn register_call_slots(engine: &Engine, slots: usize) {
+    let mut table = CALL_SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+    // Forget engines that are gone, so the table stays as small as the live set.
+    table.retain(|(weak, _)| weak.upgrade().is_some());
+    table.push((engine.weak(), Arc::new(tokio::sync::Semaphore::new(slots))));
+}
+
+/// The engine-wide call slots of a pooled engine made by [`engine`], if any.
+pub(crate) fn call_slots(engine: &Engine) -> Option<Arc<tokio::sync::Semaphore>> {
+    let table = CALL_SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+    table
+        .iter()
+        .find(|(weak, _)| weak.upgrade().is_some_and(|e| Engine::same(&e, engine)))
+        .map(|(_, slots)| slots.clone())
 }
 
 fn base_config() -> Config {

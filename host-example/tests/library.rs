@@ -339,3 +339,45 @@ async fn https_with_an_extra_ca_and_without() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generators_sharing_a_pooled_engine_wait_for_its_slots() {
+    let stand_in = testkit::cloudsmith::StandIn::start(Default::default())
+        .await
+        .unwrap();
+    // Two pool slots, two generators that each think they may run 16 calls:
+    // without engine-wide slots, the third concurrent call finds the pool full.
+    let engine = sandbox::engine(&EngineOptions {
+        pooling: true,
+        max_concurrent_calls: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let component = host_example::cache::compile(&engine, host_example::COMPONENT).unwrap();
+    let make = || {
+        let mut options = GeneratorOptions::default();
+        options.policy = options
+            .policy
+            .clone()
+            .allow(stand_in.authority().parse().unwrap())
+            .allow_http(true);
+        options.max_concurrent_calls = 16;
+        Generator::new(&engine, &component, Arc::new(TestTokens), options).unwrap()
+    };
+    let generators = [make(), make()];
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let generator = generators[i % 2].clone();
+        let m = manifest(&stand_in.url(), "my-org");
+        tasks.push(tokio::spawn(async move {
+            generator.generate(&m, &format!("pool-{i}")).await
+        }));
+    }
+    for task in tasks {
+        let credentials = task
+            .await
+            .unwrap()
+            .expect("every call waits for a slot, none fails");
+        assert_eq!(credentials.expiry(), "1700000000");
+    }
+}
