@@ -14,9 +14,35 @@ use crate::sandbox::Limiter;
 use crate::secret::Secret;
 use crate::token_source::{NamespacePolicy, TokenRequest, TokenSource};
 
-/// A guest asking for more tokens than this in one call is misbehaving; refusing keeps
-/// it from hammering the Kubernetes API.
-const MAX_TOKEN_REQUESTS_PER_CALL: u32 = 8;
+/// The generator asks once per call; a guest asking for more is misbehaving, and
+/// refusing keeps it from hammering the Kubernetes API or hoarding tokens.
+const MAX_TOKEN_REQUESTS_PER_CALL: u32 = 2;
+
+/// What the host itself knows of a `generate` call, to check the guest's token
+/// requests against: the guest is not trusted to ask only for what the manifest names.
+pub(crate) struct CallTarget {
+    /// The target namespace the host was given.
+    pub(crate) namespace: String,
+    /// `spec.serviceAccountRef.name` as the host reads the manifest, if it names one.
+    pub(crate) account: Option<String>,
+}
+
+impl CallTarget {
+    pub(crate) fn new(manifest: &str, namespace: &str) -> Self {
+        CallTarget {
+            namespace: namespace.to_string(),
+            account: manifest_account(manifest),
+        }
+    }
+}
+
+/// `spec.serviceAccountRef.name` of a manifest (the whole resource or its spec), read
+/// as the generator reads it (for duplicate keys, the last wins).
+fn manifest_account(manifest: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(manifest).ok()?;
+    let spec = value.get("spec").filter(|s| s.is_object()).unwrap_or(&value);
+    Some(spec.get("serviceAccountRef")?.get("name")?.as_str()?.to_string())
+}
 
 /// Everything one call's store holds.
 pub(crate) struct HostState {
@@ -52,8 +78,8 @@ impl WasiHttpView for HostState {
 pub(crate) struct TokenBroker {
     pub(crate) source: Arc<dyn TokenSource>,
     pub(crate) namespaces: NamespacePolicy,
-    /// The call's target namespace as the *host* was given it; `None` for `info`.
-    pub(crate) target: Option<String>,
+    /// The call as the *host* was given it; `None` for `info`.
+    pub(crate) target: Option<CallTarget>,
     /// Tokens handed to the guest, to scrub from anything it says.
     pub(crate) handed_out: Vec<Secret>,
     /// One line per request, for diagnostics (no secrets).
@@ -65,7 +91,7 @@ impl TokenBroker {
     pub(crate) fn new(
         source: Arc<dyn TokenSource>,
         namespaces: NamespacePolicy,
-        target: Option<String>,
+        target: Option<CallTarget>,
     ) -> Self {
         TokenBroker {
             source,
@@ -92,17 +118,26 @@ impl TokenBroker {
                 "more than {MAX_TOKEN_REQUESTS_PER_CALL} token requests in one call refused"
             ));
         }
-        let Some(target) = self.target.clone() else {
+        let Some(target) = &self.target else {
             return Err("no token is available outside generate".into());
         };
-        if guest_namespace != target {
+        if guest_namespace != target.namespace {
             return Err(format!(
-                "the generator asked for a token in namespace {guest_namespace:?} but the target namespace is {target:?}"
+                "the generator asked for a token in namespace {guest_namespace:?} but the target namespace is {:?}",
+                target.namespace
             ));
+        }
+        match &target.account {
+            Some(name) if *name == account.name => {}
+            Some(name) => return Err(format!(
+                "the generator asked for a token for service account {:?} but the manifest names {name:?}",
+                account.name
+            )),
+            None => return Err("the manifest names no spec.serviceAccountRef.name".into()),
         }
         let namespace = self
             .namespaces
-            .resolve(&account.name, account.namespace.as_deref(), &target)
+            .resolve(&account.name, account.namespace.as_deref(), &target.namespace)
             .map_err(|e| e.to_string())?;
         Ok(TokenRequest {
             service_account: account.name,

@@ -69,8 +69,10 @@ pub use policy::{Authority, Journal, OutboundPolicy, RequestRecord, TimeoutCaps}
 pub use sandbox::{EngineOptions, Limits, WasiGrants};
 pub use secret::{Credentials, Secret};
 pub use token_source::{NamespacePolicy, TokenRequest, TokenSource, TokenSourceError};
+/// The wasmtime this host embeds, so embedders and tests name the same types.
+pub use wasmtime;
 
-use host::{HostState, TokenBroker};
+use host::{CallTarget, HostState, TokenBroker};
 use policy::PolicyHooks;
 use sandbox::{wasm_err, Capture, Limiter};
 use secret::{one_line, redact};
@@ -251,7 +253,7 @@ impl Generator {
 
     /// [`Generator::generate`], also returning what the host observed.
     pub async fn generate_traced(&self, manifest: &str, namespace: &str) -> Traced<Credentials> {
-        let mut call = match self.start(Some(namespace.to_string())).await {
+        let mut call = match self.start(Some(CallTarget::new(manifest, namespace))).await {
             Ok(call) => call,
             Err(e) => return failed(e),
         };
@@ -303,7 +305,7 @@ impl Generator {
     }
 
     /// Prepares a fresh store for one call.
-    async fn start(&self, target: Option<String>) -> Result<Call<'_>, Error> {
+    async fn start(&self, target: Option<CallTarget>) -> Result<Call<'_>, Error> {
         let inner = &*self.inner;
         // The semaphore is never closed, so acquiring only waits.
         let permit = inner.permits.acquire().await.ok();

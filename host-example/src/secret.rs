@@ -57,10 +57,28 @@ pub struct Credentials {
     outputs: Vec<(String, Secret)>,
 }
 
+/// ESO's outputs are two short strings; a plugin returning more is refused before the
+/// host renders or stores anything.
+pub const MAX_OUTPUT_KEYS: usize = 16;
+/// Bound on the outputs' total size (keys and values): far above a real token's.
+pub const MAX_OUTPUT_BYTES: usize = 128 * 1024;
+
 impl Credentials {
     /// Builds credentials from the guest's output map. Fails, naming the problem, when
     /// `auth` or `expiry` is missing or not UTF-8, or `expiry` is not decimal seconds.
     pub fn from_outputs(outputs: Vec<(String, Vec<u8>)>) -> Result<Self, String> {
+        if outputs.len() > MAX_OUTPUT_KEYS {
+            return Err(format!(
+                "{} outputs, more than the {MAX_OUTPUT_KEYS} allowed",
+                outputs.len()
+            ));
+        }
+        let total: usize = outputs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if total > MAX_OUTPUT_BYTES {
+            return Err(format!(
+                "outputs total {total} bytes, more than the {MAX_OUTPUT_BYTES} allowed"
+            ));
+        }
         let mut entries = Vec::with_capacity(outputs.len());
         for (key, value) in outputs {
             let value = String::from_utf8(value).map_err(|_| format!("output `{key}` is not UTF-8"))?;
@@ -70,7 +88,10 @@ impl Credentials {
         let auth = find("auth").ok_or("output `auth` is missing")?;
         let expiry = find("expiry").ok_or("output `expiry` is missing")?;
         let expiry = expiry.expose().to_string();
-        if expiry.is_empty() || !expiry.bytes().all(|b| b.is_ascii_digit()) {
+        // ESO prints a fractional `exp` as Go does ("1700000000.5"): digits, at most one point.
+        let (whole, fraction) = expiry.split_once('.').unwrap_or((&expiry, "0"));
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || !digits(fraction) {
             return Err("output `expiry` is not decimal UNIX seconds".into());
         }
         Ok(Credentials {
@@ -210,6 +231,40 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("decimal"));
+    }
+
+    #[test]
+    fn fractional_expiry_as_eso_prints_it_is_accepted() {
+        let output = |e: &str| {
+            vec![
+                ("auth".into(), b"x".to_vec()),
+                ("expiry".into(), e.as_bytes().to_vec()),
+            ]
+        };
+        assert_eq!(
+            Credentials::from_outputs(output("1700000000.5"))
+                .unwrap()
+                .expiry(),
+            "1700000000.5"
+        );
+        for bad in ["1700000000.", ".5", "1.2.3", "-1", ""] {
+            assert!(Credentials::from_outputs(output(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn outputs_past_the_bounds_are_refused() {
+        let mut many: Vec<(String, Vec<u8>)> =
+            (0..MAX_OUTPUT_KEYS).map(|i| (format!("k{i}"), vec![])).collect();
+        many.push(("auth".into(), b"x".to_vec()));
+        let err = Credentials::from_outputs(many).unwrap_err();
+        assert_eq!(err, "17 outputs, more than the 16 allowed");
+        let huge = vec![
+            ("auth".into(), vec![b'a'; MAX_OUTPUT_BYTES]),
+            ("expiry".into(), b"1".to_vec()),
+        ];
+        let err = Credentials::from_outputs(huge).unwrap_err();
+        assert_eq!(err, "outputs total 131083 bytes, more than the 131072 allowed");
     }
 
     #[test]
