@@ -21,7 +21,10 @@ fn component_wit() -> String {
 fn world_items(wit: &str, kind: &str) -> Vec<String> {
     wit.lines()
         .map(str::trim)
-        .filter_map(|l| l.strip_prefix(kind).map(|rest| rest.trim_end_matches(';').trim().to_string()))
+        .filter_map(|l| {
+            l.strip_prefix(kind)
+                .map(|rest| rest.trim_end_matches(';').trim().to_string())
+        })
         .collect()
 }
 
@@ -39,16 +42,34 @@ fn wasm_tools_validates_the_component() {
 #[test]
 fn world_exports_the_generator_and_imports_the_token_source_and_http() {
     let wit = component_wit();
-    assert_eq!(world_items(&wit, "export "), ["secretgen:generator/generator@0.1.0"]);
+    assert_eq!(
+        world_items(&wit, "export "),
+        ["secretgen:generator/generator@0.1.0"]
+    );
     let imports = world_items(&wit, "import ");
-    for needed in ["secretgen:generator/token-source@0.1.0", "wasi:http/outgoing-handler@0.2.12"] {
-        assert!(imports.iter().any(|i| i == needed), "missing import {needed} in {imports:?}");
+    for needed in [
+        "secretgen:generator/token-source@0.1.0",
+        "wasi:http/outgoing-handler@0.2.12",
+    ] {
+        assert!(
+            imports.iter().any(|i| i == needed),
+            "missing import {needed} in {imports:?}"
+        );
     }
     // Only the token source, wasi:http and what it needs, plus std's wasi:cli
     // and clocks: the sandbox promise depends on this list staying short.
-    let allowed = ["secretgen:generator/token-source", "wasi:http/", "wasi:io/", "wasi:clocks/", "wasi:cli/"];
+    let allowed = [
+        "secretgen:generator/token-source",
+        "wasi:http/",
+        "wasi:io/",
+        "wasi:clocks/",
+        "wasi:cli/",
+    ];
     for import in &imports {
-        assert!(allowed.iter().any(|p| import.starts_with(p)), "unexpected import {import}");
+        assert!(
+            allowed.iter().any(|p| import.starts_with(p)),
+            "unexpected import {import}"
+        );
     }
     for forbidden in ["wasi:filesystem", "wasi:sockets"] {
         assert!(!wit.contains(forbidden), "component imports {forbidden}");
@@ -79,5 +100,8 @@ fn generator_interface_keeps_its_public_names() {
 fn component_fits_its_size_budget() {
     let wasm = testkit::artifacts::wasm("cloudsmith-access-token");
     let size = std::fs::metadata(&wasm).expect("component metadata").len();
-    assert!(size <= SIZE_BUDGET, "component is {size} bytes, over the {SIZE_BUDGET}-byte budget");
+    assert!(
+        size <= SIZE_BUDGET,
+        "component is {size} bytes, over the {SIZE_BUDGET}-byte budget"
+    );
 }
