@@ -12,7 +12,10 @@ pub fn one_line(text: &str, max: usize) -> String {
     let mut out = String::new();
     let mut count = 0;
     let mut last_space = false;
-    for c in text.trim_matches(|c: char| c.is_whitespace() || c.is_control()).chars() {
+    for c in text
+        .trim_matches(|c: char| c.is_whitespace() || c.is_control())
+        .chars()
+    {
         let c = if c.is_control() || c.is_whitespace() {
             ' '
         } else {

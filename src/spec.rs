@@ -149,7 +149,9 @@ impl ApiBase {
 /// authority replaced by `[redacted]`.
 fn without_userinfo(raw: &str) -> String {
     let start = raw.find("://").map_or(0, |i| i + 3);
-    let end = raw[start..].find(['/', '?', '#']).map_or(raw.len(), |i| start + i);
+    let end = raw[start..]
+        .find(['/', '?', '#'])
+        .map_or(raw.len(), |i| start + i);
     match raw[start..end].rfind('@') {
         Some(at) => format!("{}[redacted]{}", &raw[..start], &raw[start + at..]),
         None => raw.to_string(),

@@ -129,10 +129,12 @@ impl TokenBroker {
         }
         match &target.account {
             Some(name) if *name == account.name => {}
-            Some(name) => return Err(format!(
+            Some(name) => {
+                return Err(format!(
                 "the generator asked for a token for service account {:?} but the manifest names {name:?}",
                 account.name
-            )),
+            ))
+            }
             None => return Err("the manifest names no spec.serviceAccountRef.name".into()),
         }
         let namespace = self

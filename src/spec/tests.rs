@@ -648,8 +648,16 @@ fn api_host_rejections_name_the_field_and_the_value() {
     .map(|(raw, why)| (raw.to_string(), raw.to_string(), why))
     .chain([
         // Userinfo may be a password: the message quotes the value without it.
-        ("user:pass@api.cloudsmith.io".into(), "[redacted]@api.cloudsmith.io".into(), USERINFO),
-        ("https://user@api.cloudsmith.io".into(), "https://[redacted]@api.cloudsmith.io".into(), USERINFO),
+        (
+            "user:pass@api.cloudsmith.io".into(),
+            "[redacted]@api.cloudsmith.io".into(),
+            USERINFO,
+        ),
+        (
+            "https://user@api.cloudsmith.io".into(),
+            "https://[redacted]@api.cloudsmith.io".into(),
+            USERINFO,
+        ),
         (
             "https://api.cloudsmith.io@evil.example.com/".into(),
             "https://[redacted]@evil.example.com/".into(),
