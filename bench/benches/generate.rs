@@ -1,0 +1,694 @@
+//! The one benchmark run: cold start, guest memory, latency and throughput of
+//! the component against a native client, and the CLI against the official
+//! Cloudsmith CLI, all against one stand-in Cloudsmith on loopback.
+//!
+//! Run it with `scripts/bench.sh` (which installs the official CLI and builds
+//! `cloudsmith-gen`). `BENCH_QUICK=1` cuts every count by ten, for a smoke run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use benchmarks::cli::{self, median, ProcessRun};
+use benchmarks::embed::Embedding;
+use benchmarks::load::{self, quantile, LoadRun};
+use benchmarks::native::NativeClient;
+use benchmarks::report::{human, verdict, Report};
+use benchmarks::standin::StandInThread;
+use host_example::cache::{self, ArtifactCache, CacheOutcome};
+use host_example::token_source::StaticTokenSource;
+use host_example::{sandbox, Authority, EngineOptions, Generator, GeneratorOptions, OutboundPolicy, Secret};
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+const ORG: &str = "bench-org";
+const SERVICE: &str = "bench-service";
+const NAMESPACE: &str = "bench";
+const SUBJECT: &str = "system:serviceaccount:bench:bench";
+const CONCURRENCY: [usize; 3] = [1, 8, 64];
+/// The pool must hold every concurrent call, or calls queue on its semaphore.
+const MAX_CONCURRENT: u32 = 64;
+
+/// How much of everything to do.
+struct Counts {
+    calls: usize,
+    rounds: usize,
+    warmup: usize,
+    repeats: usize,
+    processes: usize,
+}
+
+impl Counts {
+    fn from_env() -> Counts {
+        let quick = std::env::var_os("BENCH_QUICK").is_some_and(|v| v != "0");
+        let scale = if quick { 10 } else { 1 };
+        Counts {
+            calls: 2000 / scale,
+            rounds: 3,
+            warmup: 200 / scale,
+            repeats: 30 / scale,
+            processes: 20 / scale.min(4),
+        }
+    }
+}
+
+/// What every runner shares: the stand-in, the token, the manifest, the answer.
+struct Setup {
+    standin: StandInThread,
+    oidc_token: String,
+    manifest: String,
+    expected_auth: String,
+    expected_access_token: String,
+}
+
+impl Setup {
+    fn new() -> anyhow::Result<Setup> {
+        let standin = StandInThread::start()?;
+        let oidc_token = testkit::oidc::token(SUBJECT, &[standin.url.as_str()]);
+        let manifest = serde_json::json!({
+            "apiVersion": "generators.external-secrets.io/v1alpha1",
+            "kind": "CloudsmithAccessToken",
+            "metadata": {"name": "bench"},
+            "spec": {
+                "apiUrl": standin.url,
+                "orgSlug": ORG,
+                "serviceSlug": SERVICE,
+                "serviceAccountRef": {"name": "bench", "audiences": [standin.url]},
+            },
+        })
+        .to_string();
+        let exp = testkit::cloudsmith::StandInConfig::default().token_exp;
+        let expected_access_token = testkit::cloudsmith::access_token_for(SUBJECT, ORG, SERVICE, exp);
+        Ok(Setup {
+            expected_auth: testkit::cloudsmith::auth_for(&expected_access_token),
+            expected_access_token,
+            standin,
+            oidc_token,
+            manifest,
+        })
+    }
+
+    fn generator(&self, engine: &Engine, component: &Component) -> anyhow::Result<Generator> {
+        let policy = OutboundPolicy::default()
+            .allow_only([Authority::new("127.0.0.1", self.standin.port)])
+            .allow_http(true);
+        let options = GeneratorOptions {
+            policy,
+            max_concurrent_calls: MAX_CONCURRENT as usize,
+            ..Default::default()
+        };
+        let tokens = Arc::new(StaticTokenSource::new(Secret::new(self.oidc_token.clone())));
+        Generator::new(engine, component, tokens, options)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let counts = Counts::from_env();
+    let mut report = Report::default();
+    machine(&mut report);
+    let component_path = testkit::artifacts::wasm("cloudsmith-access-token");
+    let component_bytes = std::fs::read(&component_path)?;
+    let size = component_bytes.len();
+    report.row(
+        "component",
+        "size of cloudsmith_access_token.wasm",
+        format!("{:.1} KiB", size as f64 / 1024.0),
+        verdict(size <= 150 * 1024, "≤ 150 KiB"),
+    );
+    let setup = Setup::new()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let generators = cold_start(&setup, &component_bytes, &counts, &mut report).await?;
+        let minimal = guest_memory(&setup, &component_bytes, &mut report).await?;
+        latency(
+            &setup,
+            &generators,
+            minimal,
+            &component_bytes,
+            &counts,
+            &mut report,
+        )
+        .await
+    })?;
+    drop(runtime);
+    processes(&setup, &counts, &mut report)?;
+
+    println!("{}", report.table());
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&report.to_json())?)?;
+    println!("\nresults written to {}", out.display());
+    Ok(())
+}
+
+/// CPU model, cores, memory and rustc, for the record.
+fn machine(report: &mut Report) {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo.lines().next().unwrap_or_default().to_string();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let rustc = Command::new("rustc")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    report.machine("cpu", model);
+    report.machine("cores", cores.to_string());
+    report.machine("memory", memory);
+    report.machine("rustc", rustc);
+}
+
+/// Both engines' generators, pooling on and off, for the latency runs.
+struct Generators {
+    pooling: Generator,
+    on_demand: Generator,
+}
+
+/// Compile vs precompiled load vs linking vs instantiation, pooling on and off.
+async fn cold_start(
+    setup: &Setup,
+    bytes: &[u8],
+    counts: &Counts,
+    report: &mut Report,
+) -> anyhow::Result<Generators> {
+    let mut generators = Vec::new();
+    for pooling in [true, false] {
+        let label = if pooling { "pooling" } else { "on-demand" };
+        let engine = sandbox::engine(&EngineOptions {
+            pooling,
+            max_concurrent_calls: MAX_CONCURRENT,
+            ..Default::default()
+        })?;
+        let compile = time_median(counts.repeats.min(5), || cache::compile(&engine, bytes).map(drop))?;
+        report.row(
+            "cold start",
+            &format!("[{label}] compile from bytes (Cranelift)"),
+            human(compile),
+            "",
+        );
+        let dir = tempfile_dir()?;
+        let cache = ArtifactCache::new(dir.join("cache"));
+        let (component, outcome) = cache.load(&engine, bytes)?;
+        ensure!(
+            matches!(outcome, CacheOutcome::Stored(_)),
+            "first load should store: {outcome:?}"
+        );
+        let load = time_median(counts.repeats, || {
+            let (_, outcome) = cache.load(&engine, bytes)?;
+            ensure!(matches!(outcome, CacheOutcome::Hit(_)), "cache miss: {outcome:?}");
+            Ok(())
+        })?;
+        report.row(
+            "cold start",
+            &format!("[{label}] precompiled load (host cache: read + SHA-256 + deserialize)"),
+            human(load),
+            verdict(load <= Duration::from_millis(5), "≤ 5 ms"),
+        );
+        let serialized = component.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let deserialize = time_median(counts.repeats, || {
+            // SAFETY: these bytes were produced by `serialize` on this engine just above.
+            unsafe { Component::deserialize(&engine, &serialized) }
+                .map(drop)
+                .map_err(|e| anyhow::anyhow!("{e:#}"))
+        })?;
+        report.row(
+            "cold start",
+            &format!("[{label}] Component::deserialize alone"),
+            human(deserialize),
+            "",
+        );
+        let link = time_median(counts.repeats, || setup.generator(&engine, &component).map(drop))?;
+        report.row(
+            "cold start",
+            &format!("[{label}] Generator::new (link + InstancePre)"),
+            human(link),
+            "",
+        );
+        let generator = setup.generator(&engine, &component)?;
+        let (instantiate, first_call) = instantiation(setup, &generator, counts.calls / 2).await?;
+        report.row(
+            "cold start",
+            &format!("[{label}] InstancePre instantiation p50"),
+            human(quantile(&instantiate, 0.5)),
+            verdict(
+                quantile(&instantiate, 0.5) <= Duration::from_micros(50),
+                "≤ 50 µs",
+            ),
+        );
+        report.row(
+            "cold start",
+            &format!("[{label}] InstancePre instantiation p99"),
+            human(quantile(&instantiate, 0.99)),
+            "",
+        );
+        report.row(
+            "cold start",
+            &format!("[{label}] first generate on a new Generator"),
+            human(first_call),
+            "",
+        );
+        generators.push(generator);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let on_demand = generators.pop().context("two generators")?;
+    let pooling = generators.pop().context("two generators")?;
+    Ok(Generators { pooling, on_demand })
+}
+
+/// Instantiation times (sorted) over `calls` sequential generates, as the host
+/// reports them, and the very first call's latency.
+async fn instantiation(
+    setup: &Setup,
+    generator: &Generator,
+    calls: usize,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let started = Instant::now();
+    check_component(setup, generator).await?;
+    let first = started.elapsed();
+    let mut times = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let traced = generator.generate_traced(&setup.manifest, NAMESPACE).await;
+        traced
+            .result
+            .map_err(|e| anyhow::anyhow!("generate failed: {e}"))?;
+        times.push(traced.report.instantiate);
+    }
+    times.sort_unstable();
+    Ok((times, first))
+}
+
+/// One call through host-example, checked against the stand-in's exact answer.
+async fn check_component(setup: &Setup, generator: &Generator) -> anyhow::Result<()> {
+    let credentials = generator
+        .generate(&setup.manifest, NAMESPACE)
+        .await
+        .map_err(|e| anyhow::anyhow!("generate failed: {e}"))?;
+    ensure!(
+        credentials.auth().expose() == setup.expected_auth,
+        "component: wrong auth"
+    );
+    Ok(())
+}
+
+/// The guest's linear memory peak per call, through the minimal embedding
+/// (which it returns for the latency runs).
+async fn guest_memory(setup: &Setup, bytes: &[u8], report: &mut Report) -> anyhow::Result<Arc<Embedding>> {
+    let engine = Engine::default();
+    let component = Component::new(&engine, bytes).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let embedding = Embedding::new(&engine, &component, &setup.oidc_token)?;
+    let mut peak = 0;
+    for _ in 0..20 {
+        peak = peak.max(check_minimal(setup, &embedding).await?);
+    }
+    report.row(
+        "component",
+        "guest linear memory peak per generate",
+        format!("{:.0} KiB", peak as f64 / 1024.0),
+        "",
+    );
+    Ok(Arc::new(embedding))
+}
+
+/// One call through the minimal embedding, checked; returns its memory peak.
+async fn check_minimal(setup: &Setup, embedding: &Embedding) -> anyhow::Result<usize> {
+    let call = embedding.generate(&setup.manifest, NAMESPACE).await?;
+    let auth = call.outputs.first().map(|(_, v)| v.as_slice());
+    ensure!(
+        auth == Some(setup.expected_auth.as_bytes()),
+        "minimal embedding: wrong auth"
+    );
+    Ok(call.peak_memory_bytes)
+}
+
+/// Who makes the calls in a latency run.
+#[derive(Clone)]
+enum Runner {
+    /// The native baseline.
+    Native(NativeClient),
+    /// The component through host-example (policy, limits, deadline, journal).
+    Host(Generator),
+    /// The component through the bench's minimal embedding (no policy, no limits).
+    Minimal(Arc<Embedding>),
+}
+
+impl Runner {
+    async fn call(&self, manifest: &str) -> anyhow::Result<()> {
+        match self {
+            Runner::Native(client) => client.generate().await.map(drop),
+            Runner::Host(generator) => generator
+                .generate(manifest, NAMESPACE)
+                .await
+                .map(drop)
+                .map_err(|e| anyhow::anyhow!("generate failed: {e}")),
+            Runner::Minimal(embedding) => embedding.generate(manifest, NAMESPACE).await.map(drop),
+        }
+    }
+
+    /// A load run of `calls` calls at `concurrency`, after `warmup` unrecorded calls.
+    async fn load(
+        &self,
+        setup: &Setup,
+        concurrency: usize,
+        warmup: usize,
+        calls: usize,
+    ) -> anyhow::Result<LoadRun> {
+        let op = {
+            let runner = self.clone();
+            let manifest: Arc<str> = setup.manifest.as_str().into();
+            move || {
+                let (runner, manifest) = (runner.clone(), manifest.clone());
+                async move { runner.call(&manifest).await }
+            }
+        };
+        if warmup > 0 {
+            load::run(&setup.standin, concurrency, warmup, op.clone()).await?;
+        }
+        load::run(&setup.standin, concurrency, calls, op).await
+    }
+}
+
+/// Latency and throughput: native vs the component through host-example
+/// (pooling on and off) and through the minimal embedding (on-demand, and
+/// pooling tuned to keep memory resident: an experiment toward the goals).
+async fn latency(
+    setup: &Setup,
+    generators: &Generators,
+    minimal: Arc<Embedding>,
+    bytes: &[u8],
+    counts: &Counts,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let native = NativeClient::new(&setup.manifest, NAMESPACE, &setup.oidc_token);
+    let outputs = native.generate().await?;
+    ensure!(
+        outputs.first().map(|(_, v)| v.as_slice()) == Some(setup.expected_auth.as_bytes()),
+        "native: wrong auth"
+    );
+    check_component(setup, &generators.on_demand).await?;
+    let tuned = {
+        let engine = benchmarks::embed::tuned_pooling_engine(MAX_CONCURRENT)?;
+        let component = Component::new(&engine, bytes).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        Arc::new(Embedding::new(&engine, &component, &setup.oidc_token)?)
+    };
+    check_minimal(setup, &tuned).await?;
+    let runners = [
+        ("native", Runner::Native(native)),
+        (
+            "component, host-example, pooling",
+            Runner::Host(generators.pooling.clone()),
+        ),
+        (
+            "component, host-example, on-demand",
+            Runner::Host(generators.on_demand.clone()),
+        ),
+        ("component, minimal embedding", Runner::Minimal(minimal)),
+        (
+            "component, minimal embedding, tuned pooling",
+            Runner::Minimal(tuned),
+        ),
+    ];
+    for concurrency in CONCURRENCY {
+        let mut runs: Vec<Option<LoadRun>> = vec![None; runners.len()];
+        for round in 0..counts.rounds {
+            let warmup = if round == 0 { counts.warmup } else { 0 };
+            // Alternate the order each round so drift (thermal, other load) is shared.
+            let mut order: Vec<usize> = (0..runners.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let run = runners[i]
+                    .1
+                    .load(setup, concurrency, warmup, counts.calls)
+                    .await?;
+                runs[i] = Some(match runs[i].take() {
+                    Some(so_far) => so_far.merge(run),
+                    None => run,
+                });
+            }
+        }
+        let runs: Vec<(&str, LoadRun)> = runners
+            .iter()
+            .zip(runs)
+            .map(|((name, _), run)| run.map(|run| (*name, run)).context("a runner did not run"))
+            .collect::<anyhow::Result<_>>()?;
+        record_level(report, &runs);
+    }
+    Ok(())
+}
+
+/// The rows and plot points of one concurrency level; `runs[0]` is native.
+fn record_level(report: &mut Report, runs: &[(&str, LoadRun)]) {
+    let Some((_, native)) = runs.first() else {
+        return;
+    };
+    let section = format!("latency and throughput, concurrency {}", native.concurrency);
+    for (name, run) in runs {
+        report.load(name, run);
+        let p50_p99 = format!("{} / {}", human(run.quantile(0.5)), human(run.quantile(0.99)));
+        report.row(&section, &format!("{name}: p50 / p99"), p50_p99, "");
+        report.row(
+            &section,
+            &format!("{name}: throughput"),
+            format!("{:.0} /s", run.throughput()),
+            "",
+        );
+        report.row(
+            &section,
+            &format!("{name}: client CPU per call"),
+            human(run.cpu_per_call()),
+            "",
+        );
+    }
+    for (name, run) in &runs[1..] {
+        let p50 = run.quantile(0.5).as_secs_f64() / native.quantile(0.5).as_secs_f64();
+        let throughput = run.throughput() / native.throughput();
+        let cpu = run.cpu_per_call().as_secs_f64() / native.cpu_per_call().as_secs_f64();
+        report.row(
+            &section,
+            &format!("{name} / native: p50"),
+            format!("{p50:.2}×"),
+            verdict(p50 <= 1.2, "≤ 1.2×"),
+        );
+        report.row(
+            &section,
+            &format!("{name} / native: throughput"),
+            format!("{throughput:.2}×"),
+            verdict(throughput >= 0.8, "≥ 0.8×"),
+        );
+        report.row(
+            &section,
+            &format!("{name} / native: client CPU per call"),
+            format!("{cpu:.2}×"),
+            "",
+        );
+    }
+}
+
+/// The two CLIs as processes against the same stand-in.
+fn processes(setup: &Setup, counts: &Counts, report: &mut Report) -> anyhow::Result<()> {
+    let work = tempfile_dir()?;
+    let ours = cloudsmith_gen(setup, &work)?;
+    let official = official_cli(setup, &work);
+    let (Some(mut ours), Some(mut official)) = (ours, official) else {
+        report.row(
+            "CLI end to end",
+            "skipped",
+            "a CLI is missing",
+            "see scripts/bench.sh",
+        );
+        return Ok(());
+    };
+    // Warm: our precompile cache is filled, both have been loaded once (page cache).
+    ours.run_checked(setup)?;
+    official.run_checked(setup)?;
+    let (mut ours_runs, mut official_runs) = (Vec::new(), Vec::new());
+    for _ in 0..counts.processes {
+        ours_runs.push(ours.run_checked(setup)?);
+        official_runs.push(official.run_checked(setup)?);
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    record_processes(report, &ours_runs, &official_runs);
+    Ok(())
+}
+
+fn record_processes(report: &mut Report, ours: &[ProcessRun], official: &[ProcessRun]) {
+    let wall = |runs: &[ProcessRun]| median(&runs.iter().map(|r| r.wall).collect::<Vec<_>>());
+    let rss = |runs: &[ProcessRun]| median(&runs.iter().map(|r| r.max_rss_kib).collect::<Vec<_>>());
+    let section = "CLI end to end (median of runs)";
+    report.row(section, "cloudsmith-gen generate: wall", human(wall(ours)), "");
+    report.row(
+        section,
+        "cloudsmith-gen generate: peak RSS",
+        format!("{:.1} MiB", rss(ours) as f64 / 1024.0),
+        "",
+    );
+    report.row(
+        section,
+        "cloudsmith credential-helper docker: wall",
+        human(wall(official)),
+        "",
+    );
+    report.row(
+        section,
+        "cloudsmith credential-helper docker: peak RSS",
+        format!("{:.1} MiB", rss(official) as f64 / 1024.0),
+        "",
+    );
+    let wall_ratio = wall(ours).as_secs_f64() / wall(official).as_secs_f64();
+    let rss_ratio = rss(ours) as f64 / rss(official) as f64;
+    report.row(
+        section,
+        "cloudsmith-gen / official: wall",
+        format!("{wall_ratio:.3}×"),
+        "",
+    );
+    report.row(
+        section,
+        "cloudsmith-gen / official: peak RSS",
+        format!("{rss_ratio:.3}×"),
+        "",
+    );
+}
+
+/// A CLI invocation that can be repeated and whose output is checked.
+struct CliUnderTest {
+    name: &'static str,
+    command: Box<dyn Fn() -> Command>,
+    stdin: Vec<u8>,
+    check: fn(&Setup, &ProcessRun) -> bool,
+}
+
+impl CliUnderTest {
+    fn run_checked(&mut self, setup: &Setup) -> anyhow::Result<ProcessRun> {
+        let run = cli::run(&(self.command)(), &self.stdin)?;
+        if !run.success || !(self.check)(setup, &run) {
+            bail!(
+                "{} failed or answered wrongly (exit ok: {}): {}",
+                self.name,
+                run.success,
+                run.stderr.lines().last().unwrap_or_default()
+            );
+        }
+        Ok(run)
+    }
+}
+
+/// `cloudsmith-gen generate` with a warm precompile cache in `work`.
+fn cloudsmith_gen(setup: &Setup, work: &Path) -> anyhow::Result<Option<CliUnderTest>> {
+    let bin = std::env::var_os("CLOUDSMITH_GEN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| testkit::workspace_root().join("target/release/cloudsmith-gen"));
+    if !bin.is_file() {
+        eprintln!(
+            "cloudsmith-gen not found at {} (build it: cargo build --release -p host-example)",
+            bin.display()
+        );
+        return Ok(None);
+    }
+    let manifest = work.join("manifest.json");
+    std::fs::write(&manifest, &setup.manifest)?;
+    let cache = work.join("cache");
+    let allow = format!("127.0.0.1:{}", setup.standin.port);
+    let token = setup.oidc_token.clone();
+    let command = move || {
+        let mut command = Command::new(&bin);
+        command
+            .arg("generate")
+            .arg("--manifest")
+            .arg(&manifest)
+            .args(["--namespace", NAMESPACE, "--allow-http", "--allow-host", &allow])
+            // The same token source as the official CLI's: an environment variable.
+            .args(["--oidc-token-env", "CLOUDSMITH_OIDC_TOKEN"])
+            .env("CLOUDSMITH_OIDC_TOKEN", &token)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .env_remove("RUST_LOG");
+        command
+    };
+    Ok(Some(CliUnderTest {
+        name: "cloudsmith-gen",
+        command: Box::new(command),
+        stdin: Vec::new(),
+        check: |setup, run| run.stdout.contains(&setup.expected_auth),
+    }))
+}
+
+/// The official CLI's Docker credential helper, configured for the stand-in
+/// through its documented environment variables.
+fn official_cli(setup: &Setup, work: &Path) -> Option<CliUnderTest> {
+    let bin = std::env::var_os("CLOUDSMITH_CLI").map(PathBuf::from)?;
+    let home = work.join("home");
+    let url = setup.standin.url.clone();
+    let token = setup.oidc_token.clone();
+    let command = move || {
+        let mut command = Command::new(&bin);
+        command
+            .args(["credential-helper", "docker"])
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("CLOUDSMITH_API_HOST", &url)
+            .env("CLOUDSMITH_ORG", ORG)
+            .env("CLOUDSMITH_SERVICE_SLUG", SERVICE)
+            .env("CLOUDSMITH_OIDC_TOKEN", &token)
+            // Only the generic (environment variable) OIDC source: the cloud
+            // detectors would probe metadata endpoints off this machine.
+            .env("CLOUDSMITH_OIDC_DETECTOR_ORDER", "generic")
+            // No keyring, no update check, no telemetry: nothing but the exchange.
+            .env("CLOUDSMITH_NO_KEYRING", "1")
+            .env("CLOUDSMITH_NO_UPDATE_CHECK", "1")
+            .env("DO_NOT_TRACK", "1")
+            .env_remove("CLOUDSMITH_API_KEY");
+        // A proxy would put a third process in the path; the target is loopback.
+        for proxy in [
+            "CLOUDSMITH_PROXY",
+            "CLOUDSMITH_API_PROXY",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            command.env_remove(proxy);
+        }
+        command
+    };
+    Some(CliUnderTest {
+        name: "cloudsmith credential-helper docker",
+        command: Box::new(command),
+        stdin: testkit::cloudsmith::REGISTRY.as_bytes().to_vec(),
+        check: |setup, run| run.stdout.contains(&setup.expected_access_token),
+    })
+}
+
+/// Median wall time of `repeats` runs of `f`.
+fn time_median(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Duration> {
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        let started = Instant::now();
+        f()?;
+        times.push(started.elapsed());
+    }
+    Ok(median(&times))
+}
+
+/// A fresh private directory under the system temp dir.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("cloudsmith-bench-{}-{}", std::process::id(), unique()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
