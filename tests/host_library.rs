@@ -7,11 +7,12 @@
 //! | [`failures_are_typed`]                 | each stand-in scenario and each local refusal maps to its `GenerateError` case, with status and Cloudsmith's detail |
 //! | [`concurrent_generates_are_isolated`]  | 32 concurrent calls through one `Generator`, each with its own service account (minted by the Kubernetes stand-in), each get exactly their own token |
 
-use std::any::Any;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use host_example::token_source::{FileTokenSource, KubernetesTokenSource};
+use host_example::wasmtime::component::Component;
+use host_example::wasmtime::Engine;
 use host_example::{
     cache, sandbox, EngineOptions, Error, GenerateError, Generator, GeneratorOptions, TimeoutCaps,
     TokenSource, UpstreamStatus, COMPONENT,
@@ -57,17 +58,9 @@ fn generator_with(
         let (engine, component) = load();
         return Generator::new(&engine, &component, tokens, options).expect("generator links");
     }
-    let (engine, component) = once(load);
+    static SHARED: OnceLock<(Engine, Component)> = OnceLock::new();
+    let (engine, component) = SHARED.get_or_init(load);
     Generator::new(engine, component, tokens, options).expect("generator links")
-}
-
-/// A value built once per process (this package has no direct wasmtime
-/// dependency, so the engine's type is inferred rather than named).
-fn once<T: Send + Sync + 'static>(make: impl FnOnce() -> T) -> &'static T {
-    static SLOT: OnceLock<Box<dyn Any + Send + Sync>> = OnceLock::new();
-    SLOT.get_or_init(|| Box::new(make()))
-        .downcast_ref::<T>()
-        .expect("one type in the slot")
 }
 
 /// A generator allowing `stand_in` (and plain http), with `tokens`.

@@ -25,12 +25,13 @@
 //! The CLI, run as a process with `--component hostile.wasm`, turns a few of
 //! these into one error line and a non-zero exit, without a panic.
 
-use std::any::{Any, TypeId};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use host_example::token_source::StaticTokenSource;
+use host_example::wasmtime::component::Component;
+use host_example::wasmtime::Engine;
 use host_example::{
     cache, sandbox, Authority, Credentials, EngineOptions, Error, GenerateError, Generator, GeneratorOptions,
     HostError, Limits, OutboundPolicy, Secret, Traced,
@@ -51,21 +52,6 @@ fn hostile_wasm() -> PathBuf {
     testkit::artifacts::wasm("hostile")
 }
 
-/// Builds a value once per process, keyed by its type. It lets the tests
-/// share one engine and its compiled components without naming wasmtime's
-/// types (this package does not depend on wasmtime directly).
-fn once<T: Send + Sync + 'static>(make: impl FnOnce() -> T) -> &'static T {
-    type Slot = (TypeId, &'static (dyn Any + Send + Sync));
-    static SLOTS: Mutex<Vec<Slot>> = Mutex::new(Vec::new());
-    let mut slots = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, value)) = slots.iter().find(|(id, _)| *id == TypeId::of::<T>()) {
-        return value.downcast_ref::<T>().expect("slot holds its type");
-    }
-    let value: &'static T = Box::leak(Box::new(make()));
-    slots.push((TypeId::of::<T>(), value));
-    value
-}
-
 /// Everything a test needs: the stand-in, the good and the hostile generator
 /// (same engine, same policy: only the stand-in, plain HTTP allowed).
 struct Setup {
@@ -79,18 +65,21 @@ impl Setup {
     async fn new() -> Setup {
         // One engine for every call in this process, as an embedder would have,
         // with the real generator and the hostile plugin compiled once.
-        let (engine, good_component, hostile_component) = once(|| {
-            let engine = sandbox::engine(&EngineOptions {
-                pooling: true,
-                max_concurrent_calls: 8,
-                max_memory_bytes: 64 * 1024 * 1024,
+        let (engine, good_component, hostile_component) = {
+            static COMPILED: OnceLock<(Engine, Component, Component)> = OnceLock::new();
+            COMPILED.get_or_init(|| {
+                let engine = sandbox::engine(&EngineOptions {
+                    pooling: true,
+                    max_concurrent_calls: 8,
+                    max_memory_bytes: 64 * 1024 * 1024,
+                })
+                .expect("engine");
+                let good = cache::compile(&engine, host_example::COMPONENT).expect("compile the generator");
+                let bytes = std::fs::read(hostile_wasm()).expect("read hostile.wasm");
+                let hostile = cache::compile(&engine, &bytes).expect("compile hostile.wasm");
+                (engine, good, hostile)
             })
-            .expect("engine");
-            let good = cache::compile(&engine, host_example::COMPONENT).expect("compile the generator");
-            let bytes = std::fs::read(hostile_wasm()).expect("read hostile.wasm");
-            let hostile = cache::compile(&engine, &bytes).expect("compile hostile.wasm");
-            (engine, good, hostile)
-        });
+        };
         let stand_in = StandIn::start(StandInConfig::default()).await.expect("stand-in");
         let oidc_token = testkit::oidc::token(SUBJECT, &[&stand_in.origin()]);
         let policy = OutboundPolicy::default()

@@ -14,11 +14,12 @@
 //! host's `Secret` and `Credentials`, the guest crate's `Secret` and
 //! `exchange::Request`.
 
-use std::any::{Any, TypeId};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use host_example::token_source::{EnvTokenSource, FileTokenSource, KubernetesTokenSource, StaticTokenSource};
+use host_example::wasmtime::component::Component;
+use host_example::wasmtime::Engine;
 use host_example::{
     cache, sandbox, Authority, CallReport, Credentials, EngineOptions, Error, Generator, GeneratorOptions,
     Limits, OutboundPolicy, Secret, TimeoutCaps, TokenSource,
@@ -31,20 +32,6 @@ const ACCOUNT: &str = "default";
 const SUBJECT: &str = "system:serviceaccount:apps:default";
 const SERVICE: &str = "eso";
 const EXP: u64 = 1_700_000_000;
-
-/// Builds a value once per process, keyed by its type (shares one engine and
-/// its compiled components without naming wasmtime's types).
-fn once<T: Send + Sync + 'static>(make: impl FnOnce() -> T) -> &'static T {
-    type Slot = (TypeId, &'static (dyn Any + Send + Sync));
-    static SLOTS: Mutex<Vec<Slot>> = Mutex::new(Vec::new());
-    let mut slots = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, value)) = slots.iter().find(|(id, _)| *id == TypeId::of::<T>()) {
-        return value.downcast_ref::<T>().expect("slot holds its type");
-    }
-    let value: &'static T = Box::leak(Box::new(make()));
-    slots.push((TypeId::of::<T>(), value));
-    value
-}
 
 /// One call's every visible trace.
 struct Seen {
@@ -117,17 +104,20 @@ fn hostile_wasm() -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_token_leaks_from_the_library_on_any_failure() {
-    let (engine, good, hostile) = once(|| {
-        let engine = sandbox::engine(&EngineOptions {
-            pooling: false,
-            ..Default::default()
+    let (engine, good, hostile) = {
+        static COMPILED: OnceLock<(Engine, Component, Component)> = OnceLock::new();
+        COMPILED.get_or_init(|| {
+            let engine = sandbox::engine(&EngineOptions {
+                pooling: false,
+                ..Default::default()
+            })
+            .expect("engine");
+            let good = cache::compile(&engine, host_example::COMPONENT).expect("compile the generator");
+            let bytes = std::fs::read(hostile_wasm()).expect("read hostile.wasm");
+            let hostile = cache::compile(&engine, &bytes).expect("compile hostile.wasm");
+            (engine, good, hostile)
         })
-        .expect("engine");
-        let good = cache::compile(&engine, host_example::COMPONENT).expect("compile the generator");
-        let bytes = std::fs::read(hostile_wasm()).expect("read hostile.wasm");
-        let hostile = cache::compile(&engine, &bytes).expect("compile hostile.wasm");
-        (engine, good, hostile)
-    });
+    };
     let stand_in = StandIn::start(StandInConfig {
         slow_delay: Duration::from_secs(5),
         ..Default::default()
