@@ -53,27 +53,11 @@ fn assert_fails(out: &Output, code: i32, needle: &str) {
     assert!(out.stdout.is_empty(), "nothing on stdout on failure");
 }
 
-const SEED: &str = r#"apiVersion: generators.external-secrets.io/v1alpha1
-kind: CloudsmithAccessToken
-metadata:
-  name: my-cloudsmith-token
-  namespace: default
-spec:
-  apiHost: "api.cloudsmith.io"  # Optional, defaults to api.cloudsmith.io
-  orgSlug: "my-organization"
-  serviceSlug: "my-oidc-service"
-  serviceAccountRef:
-    name: "default"
-    namespace: "default"
-    audiences:
-      - "https://api.cloudsmith.io"
-"#;
+/// The documentation's example manifest, byte for byte (shared with the e2e suites).
+const SEED: &str = testkit::cloudsmith::DOCUMENTED_MANIFEST;
 
 fn local_manifest(name: &str, api: &str) -> PathBuf {
-    write(
-        name,
-        &SEED.replace("\"api.cloudsmith.io\"  #", &format!("\"{api}\"  #")),
-    )
+    write(name, &testkit::cloudsmith::documented_manifest(api))
 }
 
 fn token_file() -> PathBuf {
