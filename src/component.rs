@@ -1,12 +1,12 @@
 //! The component's export: binds the WIT world to [`crate::generate`].
 //!
-//! Clocks come from Rust's std (which maps them onto `wasi:clocks`); the
-//! token source is the imported WIT interface; HTTP lives in [`crate::http`].
+//! Clocks are `wasi:clocks` (through the `wasip2` crate); the token source is
+//! the imported WIT interface; HTTP lives in [`crate::http`].
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use wasip2::clocks::{monotonic_clock, wall_clock};
 
 use crate::error::GenerateError;
 use crate::exchange::{Answer, Request, Timeouts, TransportError};
@@ -15,10 +15,21 @@ use crate::spec::ServiceAccountRef;
 use crate::Platform;
 
 pub(crate) mod bindings {
+    // Every WASI interface the world names is mapped onto the `wasip2` crate's
+    // bindings instead of being generated again: one copy of each WASI type,
+    // and a world interface nobody mapped is a build error, not silent code.
     wit_bindgen::generate!({
         world: "cloudsmith-access-token",
         path: "wit",
-        generate_all,
+        with: {
+            "wasi:clocks/monotonic-clock@0.2.12": wasip2::clocks::monotonic_clock,
+            "wasi:clocks/wall-clock@0.2.12": wasip2::clocks::wall_clock,
+            "wasi:io/error@0.2.12": wasip2::io::error,
+            "wasi:io/poll@0.2.12": wasip2::io::poll,
+            "wasi:io/streams@0.2.12": wasip2::io::streams,
+            "wasi:http/types@0.2.12": wasip2::http::types,
+            "wasi:http/outgoing-handler@0.2.12": wasip2::http::outgoing_handler,
+        },
     });
 }
 
@@ -42,7 +53,7 @@ impl wit::Guest for Component {
 
     fn generate(manifest: String, namespace: String) -> Result<Vec<(String, Vec<u8>)>, wit::GenerateError> {
         let mut platform = WasiPlatform {
-            start: Instant::now(),
+            start: monotonic_clock::now(),
         };
         crate::generate(&mut platform, &manifest, &namespace).map_err(to_wit)
     }
@@ -52,7 +63,8 @@ bindings::export!(Component with_types_in bindings);
 
 /// The generator's [`Platform`] inside a WASI host.
 struct WasiPlatform {
-    start: Instant,
+    /// `wasi:clocks/monotonic-clock` nanoseconds when the call began.
+    start: monotonic_clock::Instant,
 }
 
 impl Platform for WasiPlatform {
@@ -74,18 +86,16 @@ impl Platform for WasiPlatform {
     }
 
     fn sleep(&mut self, duration: Duration) {
-        std::thread::sleep(duration);
+        let nanos = duration.as_nanos().min(u64::MAX as u128) as u64;
+        monotonic_clock::subscribe_duration(nanos).block();
     }
 
     fn elapsed(&self) -> Duration {
-        self.start.elapsed()
+        Duration::from_nanos(monotonic_clock::now().saturating_sub(self.start))
     }
 
     fn now_unix(&self) -> Option<u64> {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_secs())
+        Some(wall_clock::now().seconds)
     }
 }
 

@@ -7,8 +7,11 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
+use crate::de::{Field, Object};
+
 use crate::error::{GenerateError, UpstreamFailure, UpstreamStatus};
-use crate::json::{self, Json};
 use crate::sanitize::{one_line, redact};
 use crate::secret::Secret;
 use crate::spec::{Scheme, Spec};
@@ -59,15 +62,37 @@ impl Request {
     }
 }
 
+/// The body of Cloudsmith's `openid_create` operation.
+#[derive(Serialize)]
+struct ExchangeBody<'a> {
+    oidc_token: &'a str,
+    service_slug: &'a str,
+}
+
+/// A success answer: `{"token": "<JWT>"}`, typed after parsing so that a
+/// token of the wrong type is told apart from a missing one.
+#[derive(Deserialize)]
+struct TokenAnswer {
+    token: Option<Field>,
+}
+
+/// An error answer: Cloudsmith puts its explanation in `detail`; other
+/// gateways use `error`.
+#[derive(Deserialize)]
+struct ErrorAnswer {
+    detail: Option<Field>,
+    error: Option<Field>,
+}
+
 /// Builds `POST {base}/openid/{org}/` with the JSON body Cloudsmith's
 /// `openid_create` operation takes.
 pub fn build_request(spec: &Spec, oidc_token: &Secret) -> Request {
-    let mut body = String::from("{\"oidc_token\":");
-    json::write_string(&mut body, oidc_token.expose());
-    body.push_str(",\"service_slug\":");
-    json::write_string(&mut body, &spec.service_slug);
-    body.push('}');
-    let body = body.into_bytes();
+    let body = serde_json::to_vec(&ExchangeBody {
+        oidc_token: oidc_token.expose(),
+        service_slug: &spec.service_slug,
+    })
+    // Serializing two strings into a Vec cannot fail.
+    .unwrap_or_default();
     Request {
         scheme: spec.api.scheme,
         authority: spec.api.authority.clone(),
@@ -203,25 +228,26 @@ fn token_from(answer: &Answer) -> Verdict {
             "answer is larger than {MAX_ANSWER_BYTES} bytes"
         )));
     }
-    let obj = match json::parse(&answer.body) {
-        Ok(obj @ Json::Object(_)) => obj,
-        _ => return invalid("answer is not a JSON object"),
+    let Ok(Object::Is(parsed)) = serde_json::from_slice::<Object<TokenAnswer>>(&answer.body) else {
+        return invalid("answer is not a JSON object");
     };
-    match obj.get("token") {
-        Some(Json::String(t)) if !t.is_empty() => Verdict::Token(Secret::new(t.clone())),
-        Some(Json::String(_)) | None | Some(Json::Null) => invalid("token not found in response"),
+    match parsed.token {
+        Some(Field::Str(t)) if !t.is_empty() => Verdict::Token(Secret::new(t)),
+        Some(Field::Str(_)) | None => invalid("token not found in response"),
         Some(_) => invalid("token in response is not a string"),
     }
 }
 
 /// Cloudsmith's `detail` (or `error`) field, else a sanitized prefix of the body.
 fn detail(answer: &Answer, secrets: &[&str]) -> String {
-    let from_json = match json::parse(&answer.body) {
-        Ok(obj @ Json::Object(_)) => ["detail", "error"].iter().find_map(|k| match obj.get(k) {
-            Some(Json::String(s)) if !s.trim().is_empty() => Some(s.clone()),
-            Some(v @ (Json::Array(_) | Json::Object(_))) => Some(v.to_json()),
-            _ => None,
-        }),
+    // A structured detail (a list of field errors, say) is best shown as the
+    // body itself, which the fallback below quotes.
+    let explain = |v: Option<Field>| match v {
+        Some(Field::Str(s)) if !s.trim().is_empty() => Some(s),
+        _ => None,
+    };
+    let from_json = match serde_json::from_slice::<Object<ErrorAnswer>>(&answer.body) {
+        Ok(Object::Is(e)) => explain(e.detail).or_else(|| explain(e.error)),
         _ => None,
     };
     let text = match from_json {

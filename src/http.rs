@@ -5,12 +5,12 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use crate::component::bindings::wasi::http::outgoing_handler;
-use crate::component::bindings::wasi::http::types::{
+use crate::exchange::{Answer, Request, Timeouts, TransportError, MAX_ANSWER_BYTES};
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{
     ErrorCode, Fields, IncomingResponse, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
 };
-use crate::component::bindings::wasi::io::streams::StreamError;
-use crate::exchange::{Answer, Request, Timeouts, TransportError, MAX_ANSWER_BYTES};
+use wasip2::io::streams::StreamError;
 
 /// `blocking-write-and-flush` takes at most 4096 bytes a call.
 const WRITE_CHUNK: usize = 4096;

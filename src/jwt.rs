@@ -3,10 +3,33 @@
 //! The signature is not checked: the token is Cloudsmith's to verify, and we
 //! only need its lifetime to tell the user when to refresh.
 
+use alloc::format;
 use alloc::string::String;
 
-use crate::b64::decode_url_safe;
-use crate::json::{self, Json};
+use base64::alphabet::URL_SAFE;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use serde::Deserialize;
+
+use crate::de::{Field, Object};
+
+/// JWTs omit padding, but some encoders add it; both decode the same.
+const PAYLOAD_ENGINE: GeneralPurpose = GeneralPurpose::new(
+    &URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The range of `exp` accepted. Outside it a token is broken, and the decimal
+/// form ESO would print runs to hundreds of digits.
+const EXP_RANGE: core::ops::RangeInclusive<f64> = 1e-30..=1e30;
+
+/// The one claim the generator reads, typed after parsing so that a
+/// present-but-wrong `exp` is told apart from a missing one.
+#[derive(Deserialize)]
+struct Claims {
+    exp: Option<Field>,
+}
 
 /// Why a token's expiry could not be read. Messages never contain the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,8 +44,6 @@ pub enum JwtError {
     MissingExp,
     /// `exp` is present but not a positive number.
     ExpNotNumeric,
-    /// `exp` has more significant digits than a float64 keeps exactly.
-    ExpTooPrecise,
     /// `exp` is a number, but absurdly far from any real time.
     ExpOutOfRange,
 }
@@ -40,88 +61,44 @@ impl core::fmt::Display for JwtError {
             JwtError::PayloadNotJson => f.write_str("access token's JWT payload is not a JSON object"),
             JwtError::MissingExp => f.write_str("access token's JWT has no exp claim"),
             JwtError::ExpNotNumeric => f.write_str("access token's JWT exp claim is not a positive number"),
-            JwtError::ExpTooPrecise => {
-                f.write_str("access token's JWT exp claim has more than 15 significant digits")
-            }
             JwtError::ExpOutOfRange => f.write_str("access token's JWT exp claim is out of range"),
         }
     }
 }
 
 /// Returns the token's `exp` as ESO prints it: decimal UNIX seconds, no
-/// exponent, no trailing zeros (Go's `FormatFloat(exp, 'f', -1, 64)`).
+/// exponent, no trailing zeros.
+///
+/// ESO decodes the claim into a Go `float64` and prints it with
+/// `strconv.FormatFloat(exp, 'f', -1, 64)`: the shortest decimal that reads
+/// back as the same float, never in exponent form. serde_json (with
+/// `float_roundtrip`) rounds the literal to the nearest `f64` exactly as Go's
+/// parser does, and Rust's `Display` for `f64` prints that same shortest
+/// decimal without an exponent, so the bytes match.
 pub fn expiry(token: &str) -> Result<String, JwtError> {
-    let parts: alloc::vec::Vec<&str> = token.split('.').collect();
-    if parts.len() != 3 {
-        return Err(JwtError::NotThreeParts(parts.len()));
-    }
-    // JWTs omit padding, but some encoders add it; both decode the same.
-    let payload = decode_url_safe(parts[1]).ok_or(JwtError::PayloadNotBase64)?;
-    let claims = json::parse(&payload).map_err(|_| JwtError::PayloadNotJson)?;
-    if !matches!(claims, Json::Object(_)) {
-        return Err(JwtError::PayloadNotJson);
-    }
-    match claims.get("exp") {
-        None | Some(Json::Null) => Err(JwtError::MissingExp),
-        Some(Json::Number(n)) => format_exp(n),
-        Some(_) => Err(JwtError::ExpNotNumeric),
-    }
-}
-
-/// Formats a JSON number literal as Go's `FormatFloat(f, 'f', -1, 64)`
-/// would format the float64 it denotes: plain decimal, no exponent, no
-/// trailing zeros. Exact for up to 15 significant digits (every such decimal
-/// survives a round trip through a float64); more precision than that in an
-/// `exp` claim is refused rather than guessed at.
-fn format_exp(literal: &str) -> Result<String, JwtError> {
-    let bad = JwtError::ExpNotNumeric;
-    if literal.starts_with('-') {
-        return Err(bad);
-    }
-    let (mantissa, exponent) = match literal.find(['e', 'E']) {
-        Some(i) => (
-            &literal[..i],
-            literal[i + 1..].parse::<i32>().map_err(|_| bad.clone())?,
-        ),
-        None => (literal, 0),
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::NotThreeParts(token.split('.').count()));
     };
-    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    // Every integer up to 2^53 is a float64 exactly, so Go prints it as is.
-    if frac_part.is_empty() && exponent == 0 {
-        if let Some(n) = int_part.parse::<u64>().ok().filter(|n| (1..=1 << 53).contains(n)) {
-            return Ok(alloc::format!("{n}"));
-        }
+    let payload = PAYLOAD_ENGINE
+        .decode(payload)
+        .map_err(|_| JwtError::PayloadNotBase64)?;
+    let Ok(Object::Is(claims)) = serde_json::from_slice::<Object<Claims>>(&payload) else {
+        return Err(JwtError::PayloadNotJson);
+    };
+    let exp = match claims.exp {
+        None => return Err(JwtError::MissingExp),
+        Some(Field::Num(n)) => n,
+        Some(_) => return Err(JwtError::ExpNotNumeric),
+    };
+    if exp.is_nan() || exp <= 0.0 {
+        return Err(JwtError::ExpNotNumeric);
     }
-    let digits: String = [int_part, frac_part].concat();
-    let point = int_part.len() as i64 + exponent as i64;
-    let lead = digits.bytes().take_while(|b| *b == b'0').count();
-    let significant = digits[lead..].trim_end_matches('0');
-    if significant.is_empty() {
-        return Err(bad);
-    }
-    if significant.len() > 15 {
-        return Err(JwtError::ExpTooPrecise);
-    }
-    // Position of the decimal point relative to the first significant digit.
-    let point = point - lead as i64;
-    if !(-30..=30).contains(&point) {
+    if !EXP_RANGE.contains(&exp) {
         return Err(JwtError::ExpOutOfRange);
     }
-    let mut out = String::new();
-    if point <= 0 {
-        out.push_str("0.");
-        out.extend(core::iter::repeat_n('0', (-point) as usize));
-        out.push_str(significant);
-    } else if point as usize >= significant.len() {
-        out.push_str(significant);
-        out.extend(core::iter::repeat_n('0', point as usize - significant.len()));
-    } else {
-        let (whole, frac) = significant.split_at(point as usize);
-        out.push_str(whole);
-        out.push('.');
-        out.push_str(frac);
-    }
-    Ok(out)
+    Ok(format!("{exp}"))
 }
 
 #[cfg(test)]
@@ -167,6 +144,34 @@ mod tests {
             expiry(&token_with(r#"{"exp":1e21}"#)).unwrap(),
             "1000000000000000000000"
         );
+    }
+
+    #[test]
+    fn exp_is_the_shortest_decimal_of_the_nearest_float64_like_go() {
+        // Expected strings are Go's strconv.FormatFloat(f, 'f', -1, 64) of the
+        // float64 nearest each literal (shortest round-trip digits, no exponent).
+        for (literal, go) in [
+            ("1700000000.123456789", "1700000000.1234567"),
+            ("1700000000.00000001", "1700000000"),
+            ("17000000001234567890", "17000000001234567000"),
+            ("9007199254740993", "9007199254740992"),
+            ("1.5e-7", "0.00000015"),
+            ("0.1", "0.1"),
+        ] {
+            let got = expiry(&token_with(&format!(r#"{{"exp":{literal}}}"#))).unwrap();
+            assert_eq!(got, go, "{literal}");
+        }
+    }
+
+    #[test]
+    fn absurd_exp_is_out_of_range() {
+        for literal in ["1e31", "1e300", "1e-31"] {
+            assert_eq!(
+                expiry(&token_with(&format!(r#"{{"exp":{literal}}}"#))),
+                Err(JwtError::ExpOutOfRange),
+                "{literal}"
+            );
+        }
     }
 
     #[test]

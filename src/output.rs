@@ -1,11 +1,13 @@
 //! ESO's output keys, encoded exactly as ESO encodes them.
 
-use crate::b64::encode_standard;
 use crate::jwt::{self, JwtError};
 use crate::secret::Secret;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 
 /// The keys `generate` returns, in order.
 pub const OUTPUT_KEYS: [&str; 2] = ["auth", "expiry"];
@@ -14,7 +16,7 @@ pub const OUTPUT_KEYS: [&str; 2] = ["auth", "expiry"];
 /// registry user name Cloudsmith expects; `expiry`: the token's `exp`.
 pub fn outputs(access_token: &Secret) -> Result<Vec<(String, Vec<u8>)>, JwtError> {
     let expiry = jwt::expiry(access_token.expose())?;
-    let auth = encode_standard(format!("token:{}", access_token.expose()).as_bytes());
+    let auth = STANDARD.encode(format!("token:{}", access_token.expose()));
     Ok(alloc::vec![
         (OUTPUT_KEYS[0].into(), auth.into_bytes()),
         (OUTPUT_KEYS[1].into(), expiry.into_bytes()),

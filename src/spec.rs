@@ -3,11 +3,17 @@
 //! Every check runs before any network call, and every failure names the
 //! field at fault, so a user can fix a manifest from the error alone.
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
+use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::json::{self, Json};
+use serde::Deserialize;
+use serde_json::error::Category;
+
+use crate::de::{Field, Object};
+
 use crate::sanitize::one_line;
 
 /// The generator kind this crate implements.
@@ -245,75 +251,162 @@ fn quoted(raw: &str) -> String {
     format!("\"{}\"", one_line(raw, 100))
 }
 
-/// Parses `manifest` (the whole generator resource, or just its spec) into a
-/// validated [`Spec`].
+/// Every key the generator reads, at any level of ESO's manifest forms: a
+/// `CloudsmithAccessToken` resource (`spec`), a `ClusterGenerator` wrapping
+/// one (`spec.kind`, `spec.generator.cloudsmithAccessTokenSpec`), or a bare
+/// spec. Values are typed after parsing, so each error names its field.
+/// Nulls read as unset, as in ESO's Go structs; unknown keys are ignored.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Fields {
+    api_version: Option<Field>,
+    kind: Option<Field>,
+    spec: Option<Object<Box<Fields>>>,
+    generator: Option<Object<GeneratorSpecs>>,
+    api_url: Option<Field>,
+    api_host: Option<Field>,
+    org_slug: Option<Field>,
+    service_slug: Option<Field>,
+    service_account_ref: Option<Object<RawServiceAccountRef>>,
+}
+
+/// ESO's union of generator specs in a ClusterGenerator, one key per kind;
+/// only ours is read.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeneratorSpecs {
+    cloudsmith_access_token_spec: Option<Object<Box<Fields>>>,
+}
+
+/// `spec.serviceAccountRef` as written.
+#[derive(Deserialize)]
+struct RawServiceAccountRef {
+    name: Option<Field>,
+    namespace: Option<Field>,
+    audiences: Option<Field>,
+}
+
+/// The kind ESO gives generators that serve every namespace.
+pub const CLUSTER_GENERATOR_KIND: &str = "ClusterGenerator";
+
+/// Parses `manifest` (JSON: a `CloudsmithAccessToken` resource, a
+/// `ClusterGenerator` wrapping one, or just the spec) into a validated [`Spec`].
 pub fn parse_manifest(manifest: &str) -> Result<Spec, SpecError> {
-    let top = json::parse(manifest.as_bytes())
-        .map_err(|e| SpecError::new(format!("manifest is not valid JSON: {e}")))?;
-    if !matches!(top, Json::Object(_)) {
-        return Err(SpecError::new("manifest must be a JSON object".into()));
-    }
-    let is_resource = ["spec", "kind", "apiVersion"]
-        .iter()
-        .any(|k| top.get(k).is_some());
-    let spec = if is_resource {
-        check_resource_header(&top)?;
-        match top.get("spec") {
-            Some(spec @ Json::Object(_)) => spec,
-            Some(_) => return Err(SpecError::new("spec must be an object".into())),
-            None => return Err(SpecError::new("spec is required".into())),
-        }
-    } else {
-        &top
+    // serde_json bounds nesting (128 levels), so hostile input cannot exhaust
+    // the stack. Bytes, not `str`: every document the component reads then
+    // goes through one instance of serde_json's parser, not two.
+    let top = match serde_json::from_slice::<Object<Fields>>(manifest.as_bytes()) {
+        Ok(Object::Is(top)) => top,
+        Ok(Object::Not) => return Err(SpecError::new("manifest must be a JSON object".into())),
+        Err(e) => return Err(manifest_error(&e)),
     };
-    parse_spec(spec)
+    let is_resource = top.api_version.is_some() || top.kind.is_some() || top.spec.is_some();
+    if !is_resource {
+        return parse_spec(top, "spec");
+    }
+    check_api_version(top.api_version)?;
+    let kind = string(top.kind, "kind")?;
+    let spec = match top.spec {
+        Some(Object::Is(spec)) => *spec,
+        Some(Object::Not) => return Err(SpecError::new("spec must be an object".into())),
+        None => return Err(SpecError::new("spec is required".into())),
+    };
+    match kind.as_deref() {
+        Some(CLUSTER_GENERATOR_KIND) => parse_cluster_generator(spec),
+        None | Some(KIND) => parse_spec(spec, "spec"),
+        Some(other) => Err(SpecError::new(format!(
+            "kind {} is not {KIND} or {CLUSTER_GENERATOR_KIND}",
+            quoted(other)
+        ))),
+    }
 }
 
-fn check_resource_header(top: &Json) -> Result<(), SpecError> {
-    if let Some(kind) = top.get("kind") {
-        match kind.as_str() {
-            Some(KIND) => {}
-            Some(other) => {
-                return Err(SpecError::new(format!("kind {} is not {KIND}", quoted(other))));
-            }
-            None => return Err(SpecError::new("kind must be a string".into())),
-        }
+/// A serde_json error as one bounded line. Type errors cannot happen (every
+/// value is typed after parsing): what is left is bad syntax, or a key given
+/// twice, which ESO would silently resolve to the last one.
+fn manifest_error(e: &serde_json::Error) -> SpecError {
+    let why = one_line(&e.to_string(), 200);
+    match e.classify() {
+        Category::Data => SpecError::new(format!("manifest is ambiguous: {why}")),
+        _ => SpecError::new(format!("manifest is not valid JSON: {why}")),
     }
-    if let Some(version) = top.get("apiVersion") {
-        match version.as_str() {
-            Some(v) if v.split_once('/').map(|(g, _)| g) == Some(API_GROUP) => {}
-            Some(other) => {
-                return Err(SpecError::new(format!(
-                    "apiVersion {} is not in the {API_GROUP} group",
-                    quoted(other)
-                )));
-            }
-            None => return Err(SpecError::new("apiVersion must be a string".into())),
-        }
-    }
-    Ok(())
 }
 
-/// Parses and validates a spec object.
-fn parse_spec(spec: &Json) -> Result<Spec, SpecError> {
+/// Unwraps `spec.generator.cloudsmithAccessTokenSpec` from a ClusterGenerator
+/// whose `spec.kind` is ours.
+fn parse_cluster_generator(spec: Fields) -> Result<Spec, SpecError> {
+    const FIELD: &str = "spec.generator.cloudsmithAccessTokenSpec";
+    match string(spec.kind, "spec.kind")?.as_deref() {
+        Some(KIND) => {}
+        Some(other) => {
+            return Err(SpecError::new(format!(
+                "spec.kind {} is not {KIND}",
+                quoted(other)
+            )))
+        }
+        None => {
+            return Err(SpecError::new(format!(
+                "spec.kind is required (it must be {KIND})"
+            )))
+        }
+    }
+    let generator = match spec.generator {
+        Some(Object::Is(generator)) => generator,
+        Some(Object::Not) => return Err(SpecError::new("spec.generator must be an object".into())),
+        None => return Err(SpecError::new(format!("{FIELD} is required"))),
+    };
+    match generator.cloudsmith_access_token_spec {
+        Some(Object::Is(inner)) => parse_spec(*inner, FIELD),
+        Some(Object::Not) => Err(SpecError::new(format!("{FIELD} must be an object"))),
+        None => Err(SpecError::new(format!("{FIELD} is required"))),
+    }
+}
+
+fn check_api_version(version: Option<Field>) -> Result<(), SpecError> {
+    match string(version, "apiVersion")? {
+        None => Ok(()),
+        Some(v) if v.split_once('/').map(|(g, _)| g) == Some(API_GROUP) => Ok(()),
+        Some(other) => Err(SpecError::new(format!(
+            "apiVersion {} is not in the {API_GROUP} group",
+            quoted(&other)
+        ))),
+    }
+}
+
+/// A string field that may be absent, null or empty (all meaning "unset"):
+/// ESO's Go structs read `""` and a missing field alike.
+fn string(value: Option<Field>, field: &str) -> Result<Option<String>, SpecError> {
+    match value {
+        None => Ok(None),
+        Some(Field::Str(s)) if s.is_empty() => Ok(None),
+        Some(Field::Str(s)) => Ok(Some(s)),
+        Some(_) => Err(SpecError::new(format!("{field} must be a string"))),
+    }
+}
+
+/// Validates the spec found at `field` in the manifest.
+fn parse_spec(raw: Fields, field: &str) -> Result<Spec, SpecError> {
+    let at = |name: &str| format!("{field}.{name}");
     // apiUrl is the field ESO's controller reads, so it wins: a manifest then
     // behaves the same here as in ESO.
-    let api = match (
-        optional_string(spec, "apiUrl", "spec.apiUrl")?,
-        optional_string(spec, "apiHost", "spec.apiHost")?,
-    ) {
-        (Some(url), _) => ApiBase::parse(url, "spec.apiUrl")?,
-        (None, Some(host)) => ApiBase::parse(host, "spec.apiHost")?,
+    let api_url = string(raw.api_url, &at("apiUrl"))?;
+    let api_host = string(raw.api_host, &at("apiHost"))?;
+    let api = match (api_url, api_host) {
+        (Some(url), _) => ApiBase::parse(&url, &at("apiUrl"))?,
+        (None, Some(host)) => ApiBase::parse(&host, &at("apiHost"))?,
         (None, None) => ApiBase::parse(DEFAULT_API, "default API")?,
     };
-    let org_slug = slug(spec, "orgSlug")?;
-    let service_slug = slug(spec, "serviceSlug")?;
-    let service_account = match spec.get("serviceAccountRef") {
-        None | Some(Json::Null) => {
-            return Err(SpecError::new("spec.serviceAccountRef is required".into()));
+    let org_slug = slug(raw.org_slug, &at("orgSlug"))?;
+    let service_slug = slug(raw.service_slug, &at("serviceSlug"))?;
+    let service_account = match raw.service_account_ref {
+        Some(Object::Is(r)) => service_account_ref(r, &api, &at("serviceAccountRef"))?,
+        Some(Object::Not) => {
+            return Err(SpecError::new(format!(
+                "{} must be an object",
+                at("serviceAccountRef")
+            )))
         }
-        Some(r @ Json::Object(_)) => service_account_ref(r, &api)?,
-        Some(_) => return Err(SpecError::new("spec.serviceAccountRef must be an object".into())),
+        None => return Err(SpecError::new(format!("{} is required", at("serviceAccountRef")))),
     };
     Ok(Spec {
         api,
@@ -323,65 +416,60 @@ fn parse_spec(spec: &Json) -> Result<Spec, SpecError> {
     })
 }
 
-fn service_account_ref(r: &Json, api: &ApiBase) -> Result<ServiceAccountRef, SpecError> {
-    const NAME: &str = "spec.serviceAccountRef.name";
-    const NAMESPACE: &str = "spec.serviceAccountRef.namespace";
-    const AUDIENCES: &str = "spec.serviceAccountRef.audiences";
+fn service_account_ref(
+    r: RawServiceAccountRef,
+    api: &ApiBase,
+    field: &str,
+) -> Result<ServiceAccountRef, SpecError> {
+    let name_field = format!("{field}.name");
     let name =
-        optional_string(r, "name", NAME)?.ok_or_else(|| SpecError::new(format!("{NAME} is required")))?;
-    validate_dns_subdomain(name, NAME)?;
-    let namespace = optional_string(r, "namespace", NAMESPACE)?;
-    if let Some(ns) = namespace {
-        validate_namespace(ns, NAMESPACE)?;
+        string(r.name, &name_field)?.ok_or_else(|| SpecError::new(format!("{name_field} is required")))?;
+    validate_dns_subdomain(&name, &name_field)?;
+    let namespace_field = format!("{field}.namespace");
+    let namespace = string(r.namespace, &namespace_field)?;
+    if let Some(ns) = &namespace {
+        validate_namespace(ns, &namespace_field)?;
     }
-    let mut audiences = Vec::new();
-    match r.get("audiences") {
-        None | Some(Json::Null) => {}
-        Some(Json::Array(items)) => {
-            for (i, item) in items.iter().enumerate() {
-                match item.as_str() {
-                    Some(a) if !a.trim().is_empty() && !a.chars().any(char::is_control) => {
-                        audiences.push(a.to_string())
-                    }
-                    Some(_) => {
-                        return Err(SpecError::new(format!(
-                            "{AUDIENCES}[{i}] must be a non-empty single-line string"
-                        )))
-                    }
-                    None => return Err(SpecError::new(format!("{AUDIENCES}[{i}] must be a string"))),
-                }
-            }
-        }
-        Some(_) => return Err(SpecError::new(format!("{AUDIENCES} must be a list of strings"))),
-    }
+    let audiences = audiences(r.audiences, &format!("{field}.audiences"))?;
     // Cloudsmith rejects the cluster's default audience (the API server), so an
     // empty list asks for the audience Cloudsmith does accept: its own origin.
-    if audiences.is_empty() {
-        audiences.push(api.origin());
-    }
+    let audiences = if audiences.is_empty() {
+        vec![api.origin()]
+    } else {
+        audiences
+    };
     Ok(ServiceAccountRef {
-        name: name.to_string(),
-        namespace: namespace.map(str::to_string),
+        name,
+        namespace,
         audiences,
     })
 }
 
-/// A string field that may be absent, null or empty (all meaning "unset").
-fn optional_string<'a>(obj: &'a Json, key: &str, field: &str) -> Result<Option<&'a str>, SpecError> {
-    match obj.get(key) {
-        None | Some(Json::Null) => Ok(None),
-        Some(Json::String(s)) if s.is_empty() => Ok(None),
-        Some(Json::String(s)) => Ok(Some(s)),
-        Some(_) => Err(SpecError::new(format!("{field} must be a string"))),
+fn audiences(value: Option<Field>, field: &str) -> Result<Vec<String>, SpecError> {
+    let items = match value {
+        None => return Ok(Vec::new()),
+        Some(Field::List(items)) => items,
+        Some(_) => return Err(SpecError::new(format!("{field} must be a list of strings"))),
+    };
+    let mut audiences = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        match item {
+            Field::Str(a) if !a.trim().is_empty() && !a.chars().any(char::is_control) => audiences.push(a),
+            Field::Str(_) => {
+                return Err(SpecError::new(format!(
+                    "{field}[{i}] must be a non-empty single-line string"
+                )))
+            }
+            _ => return Err(SpecError::new(format!("{field}[{i}] must be a string"))),
+        }
     }
+    Ok(audiences)
 }
 
 /// A required Cloudsmith slug. The pattern is Cloudsmith's own, and it also
 /// keeps `/`, `..`, `?` and `#` out of the request path.
-fn slug(spec: &Json, key: &str) -> Result<String, SpecError> {
-    let field = format!("spec.{key}");
-    let value =
-        optional_string(spec, key, &field)?.ok_or_else(|| SpecError::new(format!("{field} is required")))?;
+fn slug(value: Option<Field>, field: &str) -> Result<String, SpecError> {
+    let value = string(value, field)?.ok_or_else(|| SpecError::new(format!("{field} is required")))?;
     if value.len() > 128
         || !value
             .bytes()
@@ -389,10 +477,10 @@ fn slug(spec: &Json, key: &str) -> Result<String, SpecError> {
     {
         return Err(SpecError::new(format!(
             "{field} {} is invalid: must match ^[-a-zA-Z0-9_]+$ (at most 128 characters)",
-            quoted(value)
+            quoted(&value)
         )));
     }
-    Ok(value.to_string())
+    Ok(value)
 }
 
 /// Checks a Kubernetes namespace name (an RFC 1123 label). `field` names the

@@ -153,7 +153,7 @@ fn offered_access_tokens(fake: &Fake) -> Vec<String> {
         .iter()
         .filter_map(|r| r.as_ref().ok())
         .filter(|a| matches!(a.status, 200 | 201))
-        .filter_map(|a| crate::json::parse(&a.body).ok())
+        .filter_map(|a| serde_json::from_slice::<serde_json::Value>(&a.body).ok())
         .filter_map(|v| v.get("token")?.as_str().map(str::to_string))
         .collect()
 }

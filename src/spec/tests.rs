@@ -255,6 +255,89 @@ fn seed_documentation_example_manifest_parses() {
     );
 }
 
+/// ESO's ClusterGenerator form: the same spec under
+/// `spec.generator.cloudsmithAccessTokenSpec`, with `spec.kind` naming it.
+fn cluster(inner: Value) -> Value {
+    json!({
+        "apiVersion": "generators.external-secrets.io/v1alpha1",
+        "kind": "ClusterGenerator",
+        "metadata": { "name": "cloudsmith" },
+        "spec": {
+            "kind": "CloudsmithAccessToken",
+            "generator": { "cloudsmithAccessTokenSpec": (inner) }
+        }
+    })
+}
+
+#[test]
+fn cluster_generator_gives_the_same_spec() {
+    assert_eq!(parse(&cluster(minimal_spec())), Ok(expected_minimal()));
+    // Other generators' specs beside ours are ignored, as ESO ignores them.
+    let mut m = cluster(minimal_spec());
+    m["spec"]["generator"]["passwordSpec"] = json!({ "length": 12 });
+    assert_eq!(parse(&m), Ok(expected_minimal()));
+}
+
+#[test]
+fn cluster_generator_rejections_name_the_field() {
+    const INNER: &str = "spec.generator.cloudsmithAccessTokenSpec";
+    let mut other_kind = cluster(minimal_spec());
+    other_kind["spec"]["kind"] = json!("Password");
+    let mut no_kind = cluster(minimal_spec());
+    no_kind["spec"]["kind"] = Value::Null;
+    let mut kind_number = cluster(minimal_spec());
+    kind_number["spec"]["kind"] = json!(3);
+    let mut no_inner = cluster(minimal_spec());
+    no_inner["spec"]["generator"] = json!({ "passwordSpec": {} });
+    let mut inner_list = cluster(minimal_spec());
+    inner_list["spec"]["generator"]["cloudsmithAccessTokenSpec"] = json!([]);
+    let mut generator_string = cluster(minimal_spec());
+    generator_string["spec"]["generator"] = json!("x");
+    let cases = [
+        (
+            other_kind,
+            "spec.kind \"Password\" is not CloudsmithAccessToken".to_string(),
+        ),
+        (
+            no_kind,
+            "spec.kind is required (it must be CloudsmithAccessToken)".to_string(),
+        ),
+        (kind_number, "spec.kind must be a string".to_string()),
+        (no_inner, format!("{INNER} is required")),
+        (inner_list, format!("{INNER} must be an object")),
+        (generator_string, "spec.generator must be an object".to_string()),
+        (
+            cluster(spec_without("orgSlug")),
+            format!("{INNER}.orgSlug is required"),
+        ),
+        (
+            cluster(spec_with("serviceAccountRef.audiences", json!([1]))),
+            format!("{INNER}.serviceAccountRef.audiences[0] must be a string"),
+        ),
+        (
+            cluster(spec_with("apiHost", json!("a b"))),
+            format!("{INNER}.apiHost \"a b\": must not contain whitespace"),
+        ),
+    ];
+    for (manifest, want) in cases {
+        assert_eq!(parse_err(&manifest), want, "{manifest}");
+    }
+}
+
+#[test]
+fn a_key_given_twice_is_refused_not_guessed() {
+    // Go's encoding/json keeps the last; a manifest that says two things is
+    // more likely a merge gone wrong than a choice.
+    let err =
+        parse_manifest(r#"{"orgSlug":"a","orgSlug":"b","serviceSlug":"s","serviceAccountRef":{"name":"d"}}"#)
+            .unwrap_err()
+            .0;
+    assert!(
+        err.starts_with("manifest is ambiguous: duplicate field `orgSlug`"),
+        "{err}"
+    );
+}
+
 #[test]
 fn crd_style_manifest_with_api_url_parses() {
     let mut spec = spec_with("apiUrl", json!("https://api.cloudsmith.io/v1/"));
@@ -297,7 +380,7 @@ fn manifest_shape_rejections() {
         (
             "wrong kind",
             json!({ "kind": "Password", "spec": (minimal_spec()) }),
-            "kind \"Password\" is not CloudsmithAccessToken",
+            "kind \"Password\" is not CloudsmithAccessToken or ClusterGenerator",
         ),
         (
             "kind not a string",
@@ -335,9 +418,10 @@ fn manifest_shape_rejections() {
             "spec must be an object",
         ),
         (
+            // null is unset, here as for every field.
             "spec null",
             json!({ "kind": KIND, "spec": null }),
-            "spec must be an object",
+            "spec is required",
         ),
     ];
     for (name, manifest, want) in cases {
@@ -757,7 +841,9 @@ fn service_account_ref_must_be_an_object() {
         parse_err(&spec_with("serviceAccountRef", Value::Null)),
         "spec.serviceAccountRef is required"
     );
-    for value in [json!("default"), json!([]), json!(1)] {
+    // An array is refused even when its items could fill the fields by
+    // position, as a plain serde derive would do.
+    for value in [json!("default"), json!([]), json!(["default"]), json!(1)] {
         assert_eq!(
             parse_err(&spec_with("serviceAccountRef", value)),
             "spec.serviceAccountRef must be an object"
