@@ -15,13 +15,13 @@ use host_example::{
     TimeoutCaps, TokenSource, Traced, COMPONENT,
 };
 
-use crate::{Failure, GenerateArgs, InfoArgs, OutputArgs, OutputFormat, RuntimeArgs, TokenArgs};
+use crate::{manifest, Failure, GenerateArgs, InfoArgs, OutputArgs, OutputFormat, RuntimeArgs, TokenArgs};
 
 /// A manifest is a few hundred bytes; refuse to buffer a runaway stdin.
 const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 
 pub async fn generate(args: GenerateArgs, verbose: bool) -> Result<(), Failure> {
-    let manifest = read_manifest(&args.manifest).map_err(Failure::Usage)?;
+    let manifest = read_manifest(&args.manifest, args.generator.as_deref()).map_err(Failure::Usage)?;
     let tokens = token_source(&args.tokens);
     let namespaces = if args.tokens.allow_cross_namespace {
         NamespacePolicy::AllowCrossNamespace
@@ -44,8 +44,9 @@ pub async fn info(args: InfoArgs, verbose: bool) -> Result<(), Failure> {
     print(&json)
 }
 
-/// Reads the manifest (YAML or JSON) and converts it to the JSON the guest takes.
-pub fn read_manifest(path: &Path) -> anyhow::Result<String> {
+/// Reads the manifest (YAML or JSON, one document or several) and converts its
+/// generator document to the JSON the guest takes; `generator` is `--generator NAME`.
+pub fn read_manifest(path: &Path, generator: Option<&str>) -> anyhow::Result<String> {
     let (name, text) = if path == Path::new("-") {
         let mut text = String::new();
         std::io::stdin()
@@ -66,17 +67,7 @@ pub fn read_manifest(path: &Path) -> anyhow::Result<String> {
     if text.len() as u64 > MAX_MANIFEST_BYTES {
         bail!("manifest {name}: larger than {MAX_MANIFEST_BYTES} bytes");
     }
-    manifest_json(&text).with_context(|| format!("manifest {name}"))
-}
-
-/// YAML (a superset of JSON) to compact JSON.
-pub fn manifest_json(text: &str) -> anyhow::Result<String> {
-    let value: serde_json::Value = serde_yaml::from_str(text).map_err(|e| anyhow!("invalid YAML: {e}"))?;
-    match value {
-        serde_json::Value::Null => bail!("empty"),
-        serde_json::Value::Object(_) => Ok(value.to_string()),
-        _ => bail!("not a mapping (expected a CloudsmithAccessToken resource)"),
-    }
+    manifest::to_json(&text, generator).with_context(|| format!("manifest {name}"))
 }
 
 fn token_source(args: &TokenArgs) -> Arc<dyn TokenSource> {

@@ -9,7 +9,8 @@ use host_example::token_source::{TokenRequest, TokenSource, TokenSourceError};
 use host_example::{NamespacePolicy, Secret};
 use testkit::cloudsmith::{documented_manifest, StandIn, StandInConfig};
 
-use crate::commands::{finish, load, manifest_json, note, print_credentials};
+use crate::commands::{finish, load, note, print_credentials};
+use crate::manifest;
 use crate::{DemoArgs, Failure, RuntimeArgs};
 
 /// Mints demo service account tokens the way a TokenRequest would (subject
@@ -52,7 +53,7 @@ pub async fn run(args: DemoArgs, verbose: bool) -> Result<(), Failure> {
         "namespace: default",
         &format!("namespace: {}", serde_json::Value::from(args.namespace.as_str())),
     );
-    let manifest = manifest_json(&manifest).map_err(Failure::Other)?;
+    let manifest = manifest::to_json(&manifest, None).map_err(Failure::Other)?;
     let runtime = RuntimeArgs {
         component: None,
         allow_hosts: vec![stand_in

@@ -38,9 +38,16 @@ impl CallTarget {
 
 /// `spec.serviceAccountRef.name` of a manifest (the whole resource or its spec), read
 /// as the generator reads it (for duplicate keys, the last wins).
+///
+/// ESO's `ClusterGenerator` keeps the spec one level down, under
+/// `spec.generator.cloudsmithAccessTokenSpec`; without reading it there the broker
+/// would refuse every token request of a generator that accepts that form.
 fn manifest_account(manifest: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(manifest).ok()?;
-    let spec = value.get("spec").filter(|s| s.is_object()).unwrap_or(&value);
+    let mut spec = value.get("spec").filter(|s| s.is_object()).unwrap_or(&value);
+    if value.get("kind").and_then(|k| k.as_str()) == Some("ClusterGenerator") {
+        spec = spec.get("generator")?.get("cloudsmithAccessTokenSpec")?;
+    }
     Some(spec.get("serviceAccountRef")?.get("name")?.as_str()?.to_string())
 }
 
@@ -180,5 +187,49 @@ impl token_source::Host for HostState {
                 Err(e.to_string())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::manifest_account;
+
+    #[test]
+    fn reads_the_service_account_of_every_manifest_form() {
+        // (case, manifest, the account the broker allows)
+        let table = [
+            (
+                "resource",
+                r#"{"kind": "CloudsmithAccessToken", "spec": {"serviceAccountRef": {"name": "a"}}}"#,
+                Some("a"),
+            ),
+            ("bare spec", r#"{"serviceAccountRef": {"name": "b"}}"#, Some("b")),
+            (
+                "ClusterGenerator",
+                r#"{"kind": "ClusterGenerator", "spec": {"kind": "CloudsmithAccessToken",
+                    "generator": {"cloudsmithAccessTokenSpec": {"serviceAccountRef": {"name": "c"}}}}}"#,
+                Some("c"),
+            ),
+            (
+                "ClusterGenerator without the wrapped spec",
+                r#"{"kind": "ClusterGenerator", "spec": {"serviceAccountRef": {"name": "d"}}}"#,
+                None,
+            ),
+            ("no name", r#"{"spec": {"serviceAccountRef": {}}}"#, None),
+            (
+                "name not a string",
+                r#"{"spec": {"serviceAccountRef": {"name": 1}}}"#,
+                None,
+            ),
+            ("not JSON", "spec: {}", None),
+        ];
+        let wrong: Vec<String> = table
+            .iter()
+            .filter(|(_, manifest, want)| manifest_account(manifest).as_deref() != *want)
+            .map(|(case, manifest, want)| {
+                format!("{case}: got {:?}, want {want:?}", manifest_account(manifest))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
     }
 }

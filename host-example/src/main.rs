@@ -23,6 +23,7 @@
 
 mod commands;
 mod demo;
+mod manifest;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,8 +62,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Exchange a service account token for Cloudsmith credentials.
+    // Boxed: generate's flags outweigh the other commands' by far (clippy's
+    // large_enum_variant); the box costs one allocation per process.
     #[command(after_help = EXIT_CODES)]
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Print the generator's description (JSON).
     #[command(after_help = EXIT_CODES)]
     Info(InfoArgs),
@@ -74,9 +77,17 @@ enum Command {
 /// `generate`'s arguments.
 #[derive(Debug, Args)]
 struct GenerateArgs {
-    /// The CloudsmithAccessToken manifest (YAML or JSON; `-` for stdin).
+    /// The CloudsmithAccessToken manifest (YAML or JSON; `-` for stdin). A file of
+    /// several YAML documents (e.g. the generator and its ExternalSecret) is read for
+    /// its one generator document: a CloudsmithAccessToken or a ClusterGenerator of
+    /// that kind.
     #[arg(long, value_name = "FILE")]
     manifest: PathBuf,
+
+    /// Use the generator document whose metadata.name is NAME (needed when the
+    /// manifest holds more than one).
+    #[arg(long, value_name = "NAME")]
+    generator: Option<String>,
 
     /// The target namespace (the ExternalSecret's): tokens are minted there.
     #[arg(long, value_name = "NS", default_value = "default")]
@@ -318,7 +329,7 @@ fn main() -> ExitCode {
     let verbose = cli.verbose;
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Generate(args) => commands::generate(args, verbose).await,
+            Command::Generate(args) => commands::generate(*args, verbose).await,
             Command::Info(args) => commands::info(args, verbose).await,
             Command::Demo(args) => demo::run(args, verbose).await,
         }

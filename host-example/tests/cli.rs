@@ -306,3 +306,279 @@ fn info_prints_the_generator_description() {
     assert_eq!(info["kind"], "CloudsmithAccessToken");
     assert_eq!(info["outputKeys"], serde_json::json!(["auth", "expiry"]));
 }
+
+/// The ExternalSecret from ESO's Cloudsmith generator documentation, byte for byte: the
+/// documentation shows it beside [`SEED`], and users keep the two in one file.
+const EXTERNAL_SECRET: &str = r#"apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata:
+  name: cloudsmith-credentials
+  namespace: default
+spec:
+  dataFrom:
+    - sourceRef:
+        generatorRef:
+          apiVersion: generators.external-secrets.io/v1alpha1
+          kind: CloudsmithAccessToken
+          name: my-cloudsmith-token
+  refreshInterval: 50m # Refresh before token expires
+  target:
+    name: cloudsmith-credentials
+    template:
+      type: kubernetes.io/dockerconfigjson
+      data:
+        .dockerconfigjson: |
+          {
+            "auths": {
+              "docker.cloudsmith.io": {
+                "auth": "{{ .auth }}"
+              }
+            }
+          }
+"#;
+
+/// How a multi-document case must end.
+enum Want {
+    /// Exit 0 with ESO's outputs for a token minted for this org.
+    Auth(&'static str),
+    /// This exit code and one `error:` line holding every needle.
+    Fails(i32, Vec<String>),
+}
+
+/// Multi-document manifests against the stand-in Cloudsmith: the generator document is
+/// found among the others, `--generator` picks by name, and every wrong file is one
+/// `error:` line with exit code 2 that never reaches Cloudsmith.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_document_manifests() {
+    use testkit::cloudsmith::{access_token_for, auth_for, StandIn, StandInConfig};
+    const SUBJECT: &str = "system:serviceaccount:default:default";
+    const DOCUMENTED_ORG: &str = "my-organization";
+
+    let stand_in = StandIn::start(StandInConfig::default()).await.expect("stand-in");
+    let token = write(
+        "token-multi",
+        &testkit::oidc::token(SUBJECT, &[&stand_in.origin()]),
+    );
+    let documented = testkit::cloudsmith::documented_manifest(&stand_in.url());
+    // The documented generator renamed and pointed at another org: which org the
+    // stand-in saw, and the token minted for it, tell which document was used.
+    let generator = |name: &str, org: &str| {
+        documented
+            .replace("name: my-cloudsmith-token", &format!("name: {name}"))
+            .replace(DOCUMENTED_ORG, org)
+    };
+    let cluster = |name: &str| {
+        format!(
+            "apiVersion: generators.external-secrets.io/v1alpha1\nkind: ClusterGenerator\n\
+             metadata:\n  name: {name}\nspec:\n  kind: CloudsmithAccessToken\n  generator:\n    \
+             cloudsmithAccessTokenSpec:\n      apiHost: \"{}\"\n      orgSlug: org-cluster\n      \
+             serviceSlug: my-oidc-service\n      serviceAccountRef:\n        name: default\n",
+            stand_in.url()
+        )
+    };
+    let join = |docs: &[&str]| docs.join("---\n");
+    let needles = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: other\n";
+
+    // (case, file, --generator, manifest on stdin, how it ends)
+    let table: Vec<(&str, String, Option<&str>, bool, Want)> = vec![
+        (
+            "documented, one document",
+            documented.clone(),
+            None,
+            false,
+            Want::Auth(DOCUMENTED_ORG),
+        ),
+        (
+            "documented generator and ExternalSecret",
+            join(&[&documented, EXTERNAL_SECRET]),
+            None,
+            false,
+            Want::Auth(DOCUMENTED_ORG),
+        ),
+        (
+            "ExternalSecret first, on stdin, with empty documents",
+            format!("---\n{EXTERNAL_SECRET}---\n---\n{documented}---\n"),
+            None,
+            true,
+            Want::Auth(DOCUMENTED_ORG),
+        ),
+        (
+            "two generators",
+            join(&[&generator("a", "org-a"), EXTERNAL_SECRET, &cluster("b")]),
+            None,
+            false,
+            Want::Fails(
+                2,
+                needles(&[
+                    "2 generator documents (CloudsmithAccessToken/a, ClusterGenerator/b)",
+                    "--generator NAME",
+                ]),
+            ),
+        ),
+        (
+            "--generator picks the first",
+            join(&[&generator("a", "org-a"), &generator("b", "org-b")]),
+            Some("a"),
+            false,
+            Want::Auth("org-a"),
+        ),
+        (
+            "--generator picks the second",
+            join(&[
+                &generator("a", "org-a"),
+                EXTERNAL_SECRET,
+                &generator("b", "org-b"),
+            ]),
+            Some("b"),
+            false,
+            Want::Auth("org-b"),
+        ),
+        (
+            "--generator passes over a ClusterGenerator",
+            join(&[&cluster("b"), &generator("c", "org-c")]),
+            Some("c"),
+            false,
+            Want::Auth("org-c"),
+        ),
+        (
+            "unknown --generator",
+            join(&[&generator("a", "org-a"), &generator("b", "org-b")]),
+            Some("nope"),
+            false,
+            Want::Fails(
+                2,
+                needles(&[
+                    "no generator document named \"nope\"",
+                    "CloudsmithAccessToken/a, CloudsmithAccessToken/b",
+                ]),
+            ),
+        ),
+        (
+            "no generator document",
+            join(&[EXTERNAL_SECRET, secret]),
+            None,
+            false,
+            Want::Fails(
+                2,
+                needles(&[
+                    "no generator document",
+                    "ExternalSecret/cloudsmith-credentials, Secret/other",
+                ]),
+            ),
+        ),
+        (
+            "malformed second document",
+            join(&[&documented, "spec: [unclosed\n"]),
+            None,
+            false,
+            Want::Fails(2, needles(&["invalid YAML"])),
+        ),
+        (
+            "a list among the documents",
+            join(&[&documented, "- a\n- b\n"]),
+            None,
+            false,
+            Want::Fails(2, needles(&["document 2 of 2 is not a mapping"])),
+        ),
+        (
+            "too many documents",
+            join(&vec![secret; 101]),
+            None,
+            false,
+            Want::Fails(2, needles(&["more than 100 YAML documents"])),
+        ),
+    ];
+
+    let mut wrong = Vec::new();
+    let mut stdouts = Vec::new();
+    for (i, (case, text, name, on_stdin, want)) in table.into_iter().enumerate() {
+        let file = write(&format!("multi-{i}.yaml"), &text);
+        let manifest = if on_stdin {
+            "-".to_string()
+        } else {
+            file.display().to_string()
+        };
+        let mut args: Vec<String> = [
+            "generate",
+            "--manifest",
+            &manifest,
+            "--oidc-token-file",
+            token.to_str().unwrap(),
+            "--allow-host",
+            &stand_in.authority(),
+            "--allow-http",
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(name) = name {
+            args.extend(["--generator".to_string(), name.to_string()]);
+        }
+        let stdin = on_stdin.then_some(text);
+        let out = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(&args, stdin.as_deref())
+        })
+        .await
+        .expect("run the CLI");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        match want {
+            Want::Auth(org) => {
+                let expected = serde_json::json!({
+                    "auth": auth_for(&access_token_for(SUBJECT, org, "my-oidc-service", 1_700_000_000)),
+                    "expiry": "1700000000",
+                });
+                match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                    Ok(got) if out.status.code() == Some(0) && got == expected => {
+                        stdouts.push((case, out.stdout.clone()));
+                    }
+                    got => wrong.push(format!(
+                        "{case}: exit {:?}, stdout {got:?}, stderr {stderr}, want a token for {org}",
+                        out.status.code()
+                    )),
+                }
+            }
+            Want::Fails(code, needles) => {
+                let lines: Vec<&str> = stderr.lines().collect();
+                let one_line = lines.len() == 1 && lines[0].starts_with("error: ");
+                let named = needles.iter().all(|n| stderr.contains(n.as_str()));
+                if out.status.code() != Some(code) || !one_line || !named || !out.stdout.is_empty() {
+                    wrong.push(format!(
+                        "{case}: exit {:?}, stderr {stderr:?}, want exit {code} and one line with {needles:?}",
+                        out.status.code()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+
+    // The multi-document files gave what the single document gave, byte for byte.
+    let documented_runs: Vec<_> = stdouts.iter().take(3).collect();
+    assert_eq!(documented_runs.len(), 3);
+    assert!(
+        documented_runs
+            .iter()
+            .all(|(_, out)| *out == documented_runs[0].1),
+        "{documented_runs:?}"
+    );
+    // Each success reached Cloudsmith once, for the chosen document's org; no failure,
+    // and no document that was not chosen, reached it at all.
+    let seen: Vec<String> = stand_in
+        .requests()
+        .iter()
+        .map(|r| r.org().unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            DOCUMENTED_ORG,
+            DOCUMENTED_ORG,
+            DOCUMENTED_ORG,
+            "org-a",
+            "org-b",
+            "org-c"
+        ],
+        "orgs the stand-in saw, in order"
+    );
+}
