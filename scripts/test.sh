@@ -13,4 +13,17 @@ rustup target add wasm32-wasip2 >/dev/null
 # shellcheck source=scripts/tools.sh
 source scripts/tools.sh
 
+# Real registry clients for the credential helper suite (tests/skopeo.rs): Debian's
+# skopeo, the CNCF distribution registry and htpasswd (apache2-utils).
+missing=()
+for tool in skopeo:skopeo docker-registry:docker-registry htpasswd:apache2-utils; do
+  command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+done
+if ((${#missing[@]})); then
+  sudo=()
+  [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  "${sudo[@]}" apt-get update
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
 cargo test --workspace --locked "$@"

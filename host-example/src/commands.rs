@@ -28,10 +28,19 @@ pub async fn generate(args: GenerateArgs, verbose: bool) -> Result<(), Failure> 
     } else {
         NamespacePolicy::TargetOnly
     };
-    let generator = load(&args.runtime, tokens, namespaces, verbose)?;
-    let traced = generator.generate_traced(&manifest, &args.namespace).await;
-    let credentials = finish(traced, verbose)?;
-    print_credentials(&credentials, &args.output, &args.namespace)
+    let cache = crate::doors::token_cache(args.cache.token_cache, args.cache.token_cache_dir.as_deref());
+    let identity = cache
+        .as_ref()
+        .and_then(|_| crate::doors::generate_identity(&args, &manifest));
+    let request = crate::doors::MintRequest {
+        manifest,
+        namespace: args.namespace.clone(),
+        tokens,
+        identity,
+        namespaces,
+    };
+    let minted = crate::doors::mint(request, &args.runtime, cache.as_ref(), verbose).await?;
+    print_credentials(&minted.credentials, &args.output, &args.namespace)
 }
 
 pub async fn info(args: InfoArgs, verbose: bool) -> Result<(), Failure> {

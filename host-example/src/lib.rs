@@ -52,6 +52,7 @@ pub mod output;
 pub mod policy;
 pub mod sandbox;
 pub mod secret;
+pub mod token_cache;
 pub mod token_source;
 
 use std::sync::{Arc, Mutex};

@@ -23,6 +23,7 @@
 
 mod commands;
 mod demo;
+mod doors;
 mod manifest;
 
 use std::path::PathBuf;
@@ -72,6 +73,103 @@ enum Command {
     /// Run the whole path against a local stand-in for Cloudsmith (no account needed).
     #[command(after_help = EXIT_CODES)]
     Demo(DemoArgs),
+    /// Kubelet image credential provider: CredentialProviderRequest (v1) on stdin,
+    /// CredentialProviderResponse on stdout.
+    #[command(after_help = EXIT_CODES)]
+    KubeletCredentialProvider(KubeletArgs),
+    /// Docker credential helper (also run as `docker-credential-cloudsmith`); configured
+    /// by CLOUDSMITH_* environment variables.
+    #[command(after_help = EXIT_CODES)]
+    DockerCredentialHelper(HelperArgs),
+    /// Install a door.
+    #[command(subcommand)]
+    Install(InstallCommand),
+}
+
+/// What `install` installs.
+#[derive(Debug, Subcommand)]
+enum InstallCommand {
+    /// Link docker-credential-cloudsmith to this binary and add credHelpers entries to
+    /// Docker's config.json ($DOCKER_CONFIG or ~/.docker).
+    DockerCredentialHelper(InstallHelperArgs),
+}
+
+/// `install docker-credential-helper`'s arguments.
+#[derive(Debug, Args)]
+struct InstallHelperArgs {
+    /// Where to create the docker-credential-cloudsmith link (default: beside this binary).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+
+    /// Also route this registry (a custom domain) to the helper; repeatable. Adds to
+    /// docker.cloudsmith.io and CLOUDSMITH_REGISTRIES.
+    #[arg(long = "registry", value_name = "HOST[:PORT]")]
+    registries: Vec<String>,
+}
+
+/// `docker-credential-helper`'s arguments.
+#[derive(Debug, Args)]
+struct HelperArgs {
+    /// The protocol action: get, store, erase, list or version.
+    action: String,
+}
+
+/// `kubelet-credential-provider`'s arguments.
+#[derive(Debug, Args)]
+struct KubeletArgs {
+    /// The CloudsmithAccessToken manifest (YAML or JSON). With the request's service
+    /// account token its serviceAccountRef may be omitted.
+    #[arg(long, value_name = "FILE")]
+    manifest: PathBuf,
+
+    /// Which generator document of a multi-document --manifest to use (its metadata.name).
+    #[arg(long, value_name = "NAME")]
+    generator: Option<String>,
+
+    /// A registry (custom domain) to answer for besides docker.cloudsmith.io; repeatable.
+    #[arg(long = "registry", value_name = "HOST[:PORT]")]
+    registries: Vec<String>,
+
+    /// The namespace for the fallback token sources (without a service account token).
+    #[arg(long, value_name = "NS", default_value = "default")]
+    namespace: String,
+
+    /// Fallback token sources, used when the request carries no service account token.
+    #[command(flatten)]
+    tokens: TokenArgs,
+
+    #[command(flatten)]
+    cache: DoorCacheArgs,
+
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+/// The token cache of the doors (on by default).
+#[derive(Debug, Args)]
+struct DoorCacheArgs {
+    /// Do not reuse or store access tokens (also: CLOUDSMITH_NO_TOKEN_CACHE=1).
+    #[arg(long)]
+    no_token_cache: bool,
+
+    /// Token cache directory (default: $XDG_CACHE_HOME/cloudsmith-gen/tokens or
+    /// ~/.cache/cloudsmith-gen/tokens).
+    #[arg(long, value_name = "DIR")]
+    token_cache_dir: Option<PathBuf>,
+}
+
+/// `generate`'s token cache (off by default: ESO-style callers expect a fresh token).
+#[derive(Debug, Args)]
+struct GenerateCacheArgs {
+    /// Reuse an access token until shortly before it expires, from a private cache on
+    /// disk (CLOUDSMITH_NO_TOKEN_CACHE=1 overrides).
+    #[arg(long)]
+    token_cache: bool,
+
+    /// Token cache directory (default: $XDG_CACHE_HOME/cloudsmith-gen/tokens or
+    /// ~/.cache/cloudsmith-gen/tokens).
+    #[arg(long, value_name = "DIR", requires = "token_cache")]
+    token_cache_dir: Option<PathBuf>,
 }
 
 /// `generate`'s arguments.
@@ -101,6 +199,9 @@ struct GenerateArgs {
 
     #[command(flatten)]
     output: OutputArgs,
+
+    #[command(flatten)]
+    cache: GenerateCacheArgs,
 }
 
 /// Where the service account token comes from. Without a file or variable, the
@@ -314,6 +415,12 @@ fn main() -> ExitCode {
         );
     }));
 
+    // Invoked through a `docker-credential-cloudsmith` link or copy: the helper protocol,
+    // `docker-credential-cloudsmith <action>`, with no other arguments.
+    if invoked_as_helper() {
+        return docker_helper(std::env::args().nth(1), std::env::args().count() > 2);
+    }
+
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -332,12 +439,56 @@ fn main() -> ExitCode {
             Command::Generate(args) => commands::generate(*args, verbose).await,
             Command::Info(args) => commands::info(args, verbose).await,
             Command::Demo(args) => demo::run(args, verbose).await,
+            Command::KubeletCredentialProvider(args) => doors::kubelet::run(args, verbose).await,
+            Command::DockerCredentialHelper(args) => {
+                return doors::docker::run(&args.action, verbose).await.map(Some);
+            }
+            Command::Install(InstallCommand::DockerCredentialHelper(args)) => {
+                doors::install::docker_credential_helper(args)
+            }
         }
+        .map(|()| None)
     });
     // Do not wait for lingering tasks (a stand-in's connections, a stuck resolver).
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(None | Some(doors::docker::Answer::Done)) => ExitCode::SUCCESS,
+        Ok(Some(doors::docker::Answer::NotFound)) => ExitCode::from(1),
+        Err(failure) => fail(failure),
+    }
+}
+
+/// Whether argv[0] names the Docker credential helper.
+fn invoked_as_helper() -> bool {
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_stem().map(|s| s.to_os_string()))
+        .is_some_and(|stem| stem == doors::docker::HELPER_NAME)
+}
+
+/// The helper's own entry point (no clap: its protocol is one positional action).
+fn docker_helper(action: Option<String>, extra_arguments: bool) -> ExitCode {
+    let Some(action) = action.filter(|_| !extra_arguments) else {
+        eprintln!(
+            "error: usage: {} <get|store|erase|list|version>",
+            doors::docker::HELPER_NAME
+        );
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            return fail(Failure::Other(
+                anyhow::Error::new(e).context("starting the async runtime"),
+            ))
+        }
+    };
+    let result = runtime.block_on(doors::docker::run(&action, false));
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(doors::docker::Answer::Done) => ExitCode::SUCCESS,
+        Ok(doors::docker::Answer::NotFound) => ExitCode::from(1),
         Err(failure) => fail(failure),
     }
 }

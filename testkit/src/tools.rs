@@ -30,6 +30,21 @@ pub fn node() -> PathBuf {
     find("NODE", "node", INSTALL_HINT)
 }
 
+/// `skopeo` (env `SKOPEO`): a real registry client that reads Docker's `credHelpers`.
+pub fn skopeo() -> PathBuf {
+    find("SKOPEO", "skopeo", INSTALL_HINT)
+}
+
+/// `docker-registry` (env `DOCKER_REGISTRY`): Debian's CNCF distribution registry.
+pub fn docker_registry() -> PathBuf {
+    find("DOCKER_REGISTRY", "docker-registry", INSTALL_HINT)
+}
+
+/// `htpasswd` (env `HTPASSWD`, Debian package `apache2-utils`).
+pub fn htpasswd() -> PathBuf {
+    find("HTPASSWD", "htpasswd", INSTALL_HINT)
+}
+
 /// The `cloudsmith-gen` CLI (env `CLOUDSMITH_GEN`), else the one cargo built
 /// beside the running test executable (`target/<profile>/cloudsmith-gen`).
 pub fn cloudsmith_gen() -> PathBuf {

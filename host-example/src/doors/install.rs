@@ -1,0 +1,184 @@
+//! `cloudsmith-gen install docker-credential-helper [--dir DIR]`: links
+//! `docker-credential-cloudsmith` to this binary and points Docker's `config.json` at
+//! it (`credHelpers`) for every configured registry.
+//!
+//! `config.json` is `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`. Every
+//! other entry is kept; the file is replaced atomically (a temporary file, then a
+//! rename), so docker never reads half a file, and keeps mode 0600 since it may hold
+//! `auths` secrets.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context as _};
+use serde_json::{Map, Value};
+
+use super::docker::{registries, CRED_HELPER, HELPER_NAME};
+use super::{print, Registries};
+use crate::{Failure, InstallHelperArgs};
+
+/// Runs the install.
+pub fn docker_credential_helper(args: InstallHelperArgs) -> Result<(), Failure> {
+    let exe = std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .context("finding this executable")
+        .map_err(Failure::Other)?;
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
+        // Beside this binary: on PATH whenever cloudsmith-gen is.
+        None => exe
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| Failure::Other(anyhow!("{} has no directory", exe.display())))?,
+    };
+    let mut all = registries()?;
+    if !args.registries.is_empty() {
+        let env = std::env::var(super::docker::env::REGISTRIES).unwrap_or_default();
+        let extra: Vec<&str> = env
+            .split(',')
+            .chain(args.registries.iter().map(String::as_str))
+            .collect();
+        all = Registries::with_default(extra).map_err(|m| Failure::Usage(anyhow!(m)))?;
+    }
+    let link = link_helper(&exe, &dir).map_err(Failure::Other)?;
+    let config = docker_config_path().map_err(Failure::Usage)?;
+    let names: Vec<&str> = all.names().collect();
+    add_cred_helpers(&config, &names).map_err(Failure::Other)?;
+    print(&format!(
+        "linked {} -> {}\nset credHelpers in {} for {}",
+        link.display(),
+        exe.display(),
+        config.display(),
+        names.join(", ")
+    ))
+}
+
+/// Creates (or replaces) the symlink `dir/docker-credential-cloudsmith` -> `exe`. An
+/// existing file that is not a symlink is left alone: it may be someone else's helper.
+fn link_helper(exe: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    let link = dir.join(format!("{HELPER_NAME}{}", std::env::consts::EXE_SUFFIX));
+    match std::fs::symlink_metadata(&link) {
+        Ok(meta) if !meta.file_type().is_symlink() => {
+            bail!("{} exists and is not a symlink: remove it first", link.display())
+        }
+        _ => {}
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // A new link under a temporary name renamed over the old one: never a moment without.
+    let tmp = dir.join(format!(".{HELPER_NAME}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(exe, &tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    #[cfg(not(unix))]
+    std::fs::copy(exe, &tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    std::fs::rename(&tmp, &link).with_context(|| format!("creating {}", link.display()))?;
+    Ok(link)
+}
+
+/// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+pub fn docker_config_path() -> anyhow::Result<PathBuf> {
+    let non_empty = |v: std::ffi::OsString| (!v.is_empty()).then(|| PathBuf::from(v));
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG").and_then(non_empty) {
+        return Ok(dir.join("config.json"));
+    }
+    std::env::var_os("HOME")
+        .and_then(non_empty)
+        .map(|home| home.join(".docker").join("config.json"))
+        .ok_or_else(|| anyhow!("neither DOCKER_CONFIG nor HOME is set: cannot find Docker's config.json"))
+}
+
+/// Adds `"credHelpers": {"<registry>": "cloudsmith"}` for each registry to the config at
+/// `path` (created if missing), keeping every other entry.
+pub fn add_cred_helpers(path: &Path, registries: &[&str]) -> anyhow::Result<()> {
+    let name = path.display();
+    let mut config: Map<String, Value> = match std::fs::read(path) {
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Map::new(),
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => bail!("{name} is not a JSON object; not changing it"),
+            Err(e) => bail!("{name} is not valid JSON ({e}); not changing it"),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Map::new(),
+        Err(e) => return Err(anyhow!(e).context(format!("reading {name}"))),
+    };
+    let helpers = config
+        .entry("credHelpers")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(helpers) = helpers else {
+        bail!("{name}: credHelpers is not an object; not changing it");
+    };
+    for registry in registries {
+        helpers.insert(registry.to_string(), Value::String(CRED_HELPER.into()));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let mut text = serde_json::to_string_pretty(&Value::Object(config))?;
+    text.push('\n');
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).with_context(|| format!("writing {name}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cred_helpers_are_added_and_everything_else_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"auths":{"ghcr.io":{"auth":"eA=="}},"credHelpers":{"gcr.io":"gcloud"},"psFormat":"table"}"#,
+        )
+        .unwrap();
+        add_cred_helpers(&path, &["docker.cloudsmith.io", "registry.acme.com"]).unwrap();
+        let config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(
+            config,
+            serde_json::json!({
+                "auths": {"ghcr.io": {"auth": "eA=="}},
+                "credHelpers": {"gcr.io": "gcloud", "docker.cloudsmith.io": "cloudsmith", "registry.acme.com": "cloudsmith"},
+                "psFormat": "table",
+            })
+        );
+        // Idempotent.
+        add_cred_helpers(&path, &["docker.cloudsmith.io"]).unwrap();
+        let again: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn a_missing_config_is_created_and_a_broken_one_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/config.json");
+        add_cred_helpers(&path, &["docker.cloudsmith.io"]).unwrap();
+        let config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(
+            config,
+            serde_json::json!({"credHelpers": {"docker.cloudsmith.io": "cloudsmith"}})
+        );
+        std::fs::write(&path, "{broken").unwrap();
+        let err = add_cred_helpers(&path, &["docker.cloudsmith.io"]).unwrap_err();
+        assert!(err.to_string().contains("not valid JSON"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{broken");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_link_points_at_the_binary_and_a_foreign_file_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("cloudsmith-gen");
+        std::fs::write(&exe, "").unwrap();
+        let link = link_helper(&exe, dir.path()).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), exe);
+        // Again: replaced in place.
+        link_helper(&exe, dir.path()).unwrap();
+        std::fs::remove_file(&link).unwrap();
+        std::fs::write(&link, "someone else's").unwrap();
+        assert!(link_helper(&exe, dir.path()).is_err());
+    }
+}

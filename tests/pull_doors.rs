@@ -1,0 +1,639 @@
+//! Suite pull_doors: credentials at pull time, through the `cloudsmith-gen` binary as a
+//! process, against the stand-in Cloudsmith over loopback.
+//!
+//! | test                                  | what it proves                                                        |
+//! |---------------------------------------|-----------------------------------------------------------------------|
+//! | [`generate_token_cache`]              | `generate --token-cache` reuses the token with the stand-in stopped; off by default and with `CLOUDSMITH_NO_TOKEN_CACHE`; entries 0600 in a 0700 dir, without the OIDC token |
+//! | [`kubelet_golden_end_to_end`]         | request JSON in, the exact response out, with the request's service account token; custom registry; another registry's image gets an empty map and no exchange |
+//! | [`kubelet_cache_duration_and_cache`]  | `cacheDuration` is the token's life minus the margin; a second call is served from the cache with the stand-in stopped |
+//! | [`kubelet_bad_input`]                 | bad stdin and a missing token source: one `error:` line, non-zero exit, nothing on stdout, no token anywhere |
+//! | [`docker_helper_protocol`]            | `docker-credential-cloudsmith` (a symlink) and `cloudsmith-gen docker-credential-helper`: get in every server URL form, the not-found sentinel, store/erase/list/version, each error |
+//! | [`install_docker_credential_helper`]  | the link and `credHelpers` entries under `DOCKER_CONFIG`, other entries kept |
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use testkit::cloudsmith::{access_token_for, auth_for, StandIn, StandInConfig, PRODUCTION_AUDIENCE};
+use testkit::process::{find_secret, Output};
+
+const ORG: &str = "my-organization";
+const SERVICE: &str = "my-oidc-service";
+const SUBJECT: &str = "system:serviceaccount:apps:puller";
+/// The stand-in's default (past) expiry: a token that is never served from a cache.
+const PAST_EXP: u64 = 1_700_000_000;
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A stand-in, a scratch directory, an OIDC token (file) for `SUBJECT`.
+struct World {
+    cloudsmith: Option<StandIn>,
+    url: String,
+    authority: String,
+    dir: tempfile::TempDir,
+    oidc_token: String,
+    token_file: PathBuf,
+    exp: u64,
+}
+
+impl World {
+    async fn new(exp: u64) -> World {
+        let cloudsmith = StandIn::start(StandInConfig {
+            token_exp: exp,
+            ..Default::default()
+        })
+        .await
+        .expect("stand-in");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let oidc_token = testkit::oidc::token(SUBJECT, &[PRODUCTION_AUDIENCE]);
+        let token_file = dir.path().join("oidc-token");
+        std::fs::write(&token_file, &oidc_token).unwrap();
+        World {
+            url: cloudsmith.url(),
+            authority: cloudsmith.authority(),
+            cloudsmith: Some(cloudsmith),
+            dir,
+            oidc_token,
+            token_file,
+            exp,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn requests(&self) -> usize {
+        self.cloudsmith.as_ref().expect("running").requests().len()
+    }
+
+    /// Stops the stand-in: from now on any exchange fails.
+    fn stop_cloudsmith(&mut self) {
+        self.cloudsmith = None;
+    }
+
+    fn access_token(&self, org: &str) -> String {
+        access_token_for(SUBJECT, org, SERVICE, self.exp)
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        vec![
+            self.oidc_token.clone(),
+            self.access_token(ORG),
+            auth_for(&self.access_token(ORG)),
+        ]
+    }
+
+    /// Policy flags for the stand-in and a shared compiled-component cache.
+    fn runtime_flags(&self) -> Vec<String> {
+        let cache = testkit::workspace_root().join("target").join("e2e-cli-cache");
+        vec![
+            "--allow-host".into(),
+            self.authority.clone(),
+            "--allow-http".into(),
+            "--cache-dir".into(),
+            cache.display().to_string(),
+        ]
+    }
+
+    /// A spec-only manifest for `org` at the stand-in, without a serviceAccountRef.
+    fn bare_manifest(&self, org: &str) -> PathBuf {
+        let text = json!({"apiHost": self.url, "orgSlug": org, "serviceSlug": SERVICE}).to_string();
+        self.file(&format!("bare-{org}.json"), &text)
+    }
+}
+
+/// Runs `program` with `args`, environment changes and stdin; HOME and XDG point into
+/// `home` so nothing touches the user's files, and no CLOUDSMITH_* leaks in.
+async fn run(program: &Path, args: &[String], env: &[(&str, &str)], stdin: &str, home: &Path) -> Output {
+    let mut command = tokio::process::Command::new(program);
+    command.args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CLOUDSMITH_") || name == "DOCKER_CONFIG" || name == "SSL_CERT_FILE" {
+            command.env_remove(name);
+        }
+    }
+    command.env("HOME", home).env("XDG_CACHE_HOME", home.join("xdg"));
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    testkit::process::run(command, Some(stdin.as_bytes().to_vec()), RUN_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{program:?} {args:?}: {e}"))
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// A failure: this exit code, one `error:` line naming `needle`, empty stdout, no secret.
+fn assert_fails(out: &Output, code: i32, needle: &str, secrets: &[String], what: &str) {
+    assert_eq!(out.code, Some(code), "{what}: stderr {}", out.stderr);
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "{what}: one stderr line: {}", out.stderr);
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "{what}: {needle:?} not in {}",
+        lines[0]
+    );
+    assert!(out.stdout.is_empty(), "{what}: stdout {}", out.stdout);
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    assert_eq!(find_secret(&[&out.stdout, &out.stderr], &secrets), None, "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generate_token_cache() {
+    let mut w = World::new(now() + 7200).await;
+    let bin = testkit::tools::cloudsmith_gen();
+    let manifest = w.file("m.yaml", &testkit::cloudsmith::documented_manifest(&w.url));
+    let tokens = w.path("tokens");
+    let mut args = strings(&["generate", "--manifest"]);
+    args.push(manifest.display().to_string());
+    args.extend(["--oidc-token-file".into(), w.token_file.display().to_string()]);
+    args.extend(w.runtime_flags());
+    let mut cached = args.clone();
+    cached.extend([
+        "--token-cache".into(),
+        "--token-cache-dir".into(),
+        tokens.display().to_string(),
+    ]);
+    let home = w.dir.path().to_path_buf();
+    let expected = json!({"auth": auth_for(&w.access_token(ORG)), "expiry": w.exp.to_string()});
+
+    let first = run(&bin, &cached, &[], "", &home).await;
+    assert!(first.success(), "{}", first.stderr);
+    assert_eq!(first.stdout_json(), expected);
+    assert_eq!(w.requests(), 1);
+    let second = run(&bin, &cached, &[], "", &home).await;
+    assert_eq!(second.stdout_json(), expected, "{}", second.stderr);
+    assert_eq!(w.requests(), 1, "a hit makes no request");
+
+    // One entry, private, holding neither the OIDC token nor a trace of it in its name.
+    let entries: Vec<PathBuf> = std::fs::read_dir(&tokens)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&tokens), 0o700);
+        assert_eq!(mode(&entries[0]), 0o600);
+    }
+    let entry = std::fs::read_to_string(&entries[0]).unwrap();
+    assert_eq!(
+        find_secret(&[&entry, &entries[0].display().to_string()], &[&w.oidc_token]),
+        None
+    );
+
+    w.stop_cloudsmith();
+    let offline = run(&bin, &cached, &[], "", &home).await;
+    assert!(offline.success(), "a hit needs no Cloudsmith: {}", offline.stderr);
+    assert_eq!(offline.stdout_json(), expected);
+    // Off by default, and off with the variable: both now need the (stopped) stand-in.
+    let default = run(&bin, &args, &[], "", &home).await;
+    assert_fails(&default, 7, "", &w.secrets(), "generate without --token-cache");
+    let disabled = run(&bin, &cached, &[("CLOUDSMITH_NO_TOKEN_CACHE", "1")], "", &home).await;
+    assert_fails(&disabled, 7, "", &w.secrets(), "CLOUDSMITH_NO_TOKEN_CACHE=1");
+
+    // A corrupt entry is ignored (and the exchange attempted).
+    std::fs::write(&entries[0], "{corrupt").unwrap();
+    let corrupt = run(&bin, &cached, &[], "", &home).await;
+    assert_fails(&corrupt, 7, "", &w.secrets(), "corrupt entry");
+}
+
+fn kubelet_request(image: &str, sa_token: Option<&str>) -> String {
+    let mut request = json!({
+        "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+        "kind": "CredentialProviderRequest",
+        "image": image,
+    });
+    if let Some(token) = sa_token {
+        request["serviceAccountToken"] = json!(token);
+        request["serviceAccountAnnotations"] = json!({"cloudsmith.io/team": "apps"});
+    }
+    request.to_string()
+}
+
+fn kubelet_args(w: &World, manifest: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = strings(&["kubelet-credential-provider", "--manifest"]);
+    args.push(manifest.display().to_string());
+    args.extend([
+        "--token-cache-dir".into(),
+        w.path("kubelet-tokens").display().to_string(),
+    ]);
+    args.extend(strings(extra));
+    args.extend(w.runtime_flags());
+    args
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubelet_golden_end_to_end() {
+    let w = World::new(PAST_EXP).await;
+    let bin = testkit::tools::cloudsmith_gen();
+    let manifest = w.bare_manifest(ORG);
+    let args = kubelet_args(&w, &manifest, &["--registry", "registry.acme.test:5000"]);
+    let password = w.access_token(ORG);
+    let home = w.dir.path().to_path_buf();
+    let pairs = [
+        (
+            kubelet_request("docker.cloudsmith.io/my-organization/prod/app:1.0", Some(&w.oidc_token)),
+            format!(
+                r#"{{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Registry","cacheDuration":"0s","auth":{{"docker.cloudsmith.io":{{"username":"token","password":"{password}"}}}}}}"#
+            ),
+        ),
+        (
+            kubelet_request("registry.acme.test:5000/team/app@sha256:0000000000000000000000000000000000000000000000000000000000000000", Some(&w.oidc_token)),
+            format!(
+                r#"{{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Registry","cacheDuration":"0s","auth":{{"registry.acme.test:5000":{{"username":"token","password":"{password}"}}}}}}"#
+            ),
+        ),
+    ];
+    for (i, (request, response)) in pairs.iter().enumerate() {
+        let out = run(&bin, &args, &[], request, &home).await;
+        assert!(out.success(), "pair {i}: {}", out.stderr);
+        assert_eq!(out.stdout.trim_end(), response, "pair {i}");
+        assert_eq!(
+            w.requests(),
+            i + 1,
+            "pair {i}: the past-exp token is never served from the cache"
+        );
+    }
+    // The exchange used the request's token: the manifest names no service account.
+    let sent = w.cloudsmith.as_ref().unwrap().requests();
+    assert_eq!(sent[0].json().unwrap()["oidc_token"], json!(w.oidc_token));
+
+    let foreign = run(
+        &bin,
+        &args,
+        &[],
+        &kubelet_request("ghcr.io/acme/app:1", Some(&w.oidc_token)),
+        &home,
+    )
+    .await;
+    assert!(foreign.success(), "{}", foreign.stderr);
+    assert_eq!(
+        foreign.stdout.trim_end(),
+        r#"{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Registry","cacheDuration":"0s","auth":{}}"#
+    );
+    assert_eq!(w.requests(), 2, "no exchange for another registry's image");
+
+    // Without a service account token, the fallback sources of `generate`.
+    let with_file = kubelet_args(
+        &w,
+        &w.file("m.yaml", &testkit::cloudsmith::documented_manifest(&w.url)),
+        &["--oidc-token-file", w.token_file.to_str().unwrap()],
+    );
+    let out = run(
+        &bin,
+        &with_file,
+        &[],
+        &kubelet_request("docker.cloudsmith.io/a/b/c:1", None),
+        &home,
+    )
+    .await;
+    assert!(out.success(), "{}", out.stderr);
+    assert_eq!(
+        out.stdout_json()["auth"]["docker.cloudsmith.io"]["password"],
+        json!(password)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubelet_cache_duration_and_cache() {
+    let lifetime = 7200;
+    let mut w = World::new(now() + lifetime).await;
+    let bin = testkit::tools::cloudsmith_gen();
+    let args = kubelet_args(&w, &w.bare_manifest(ORG), &[]);
+    let request = kubelet_request(
+        "docker.cloudsmith.io/my-organization/prod/app:1.0",
+        Some(&w.oidc_token),
+    );
+    let home = w.dir.path().to_path_buf();
+    let first = run(&bin, &args, &[], &request, &home).await;
+    assert!(first.success(), "{}", first.stderr);
+    let response = first.stdout_json();
+    assert_eq!(
+        response["auth"]["docker.cloudsmith.io"]["password"],
+        json!(w.access_token(ORG))
+    );
+    // exp - now - 300 s, as a Go duration: at most 1h55m0s, and not far below.
+    let duration = response["cacheDuration"].as_str().unwrap().to_string();
+    let seconds = go_seconds(&duration).unwrap_or_else(|| panic!("not a Go duration: {duration}"));
+    assert!(
+        seconds <= lifetime - 300 && seconds > lifetime - 300 - 600,
+        "{duration}"
+    );
+
+    w.stop_cloudsmith();
+    let second = run(&bin, &args, &[], &request, &home).await;
+    assert!(second.success(), "served from the token cache: {}", second.stderr);
+    assert_eq!(second.stdout_json()["auth"], response["auth"]);
+    let off = run(
+        &bin,
+        &args,
+        &[("CLOUDSMITH_NO_TOKEN_CACHE", "true")],
+        &request,
+        &home,
+    )
+    .await;
+    assert_fails(&off, 7, "", &w.secrets(), "cache off");
+}
+
+/// Parses Go's `1h2m3s` form.
+fn go_seconds(text: &str) -> Option<u64> {
+    let mut total = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        match c {
+            '0'..='9' => number.push(c),
+            'h' | 'm' | 's' => {
+                let n: u64 = number.parse().ok()?;
+                total += n * match c {
+                    'h' => 3600,
+                    'm' => 60,
+                    _ => 1,
+                };
+                number.clear();
+            }
+            _ => return None,
+        }
+    }
+    number.is_empty().then_some(total)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubelet_bad_input() {
+    let w = World::new(PAST_EXP).await;
+    let bin = testkit::tools::cloudsmith_gen();
+    let args = kubelet_args(&w, &w.bare_manifest(ORG), &[]);
+    let token = &w.oidc_token;
+    let home = w.dir.path().to_path_buf();
+    let cases = [
+        ("not JSON".to_string(), "not valid JSON"),
+        (
+            format!(
+                r#"{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1alpha1","kind":"CredentialProviderRequest","image":"docker.cloudsmith.io/a/b","serviceAccountToken":"{token}"}}"#
+            ),
+            "is not credentialprovider.kubelet.k8s.io/v1",
+        ),
+        (
+            format!(
+                r#"{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"Pod","image":"docker.cloudsmith.io/a/b","serviceAccountToken":"{token}"}}"#
+            ),
+            "kind \"Pod\"",
+        ),
+        (
+            format!(
+                r#"{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","serviceAccountToken":"{token}"}}"#
+            ),
+            "no image",
+        ),
+        // A token put where the apiVersion goes is not echoed.
+        (
+            format!(
+                r#"{{"apiVersion":"{token}","kind":"CredentialProviderRequest","image":"docker.cloudsmith.io/a/b"}}"#
+            ),
+            "[redacted]",
+        ),
+    ];
+    for (stdin, needle) in &cases {
+        let out = run(&bin, &args, &[], stdin, &home).await;
+        assert_fails(&out, 2, needle, &w.secrets(), stdin);
+    }
+    // No token in the request and no fallback source.
+    let out = run(
+        &bin,
+        &args,
+        &[],
+        &kubelet_request("docker.cloudsmith.io/a/b:1", None),
+        &home,
+    )
+    .await;
+    assert_fails(
+        &out,
+        3,
+        "no service account token",
+        &w.secrets(),
+        "no token source",
+    );
+    // Cloudsmith refuses: exit 5 with its detail, no token.
+    let refused = kubelet_args(&w, &w.bare_manifest("fail-401"), &[]);
+    let out = run(
+        &bin,
+        &refused,
+        &[],
+        &kubelet_request("docker.cloudsmith.io/a/b:1", Some(token)),
+        &home,
+    )
+    .await;
+    assert_fails(&out, 5, "OIDC token cannot be authenticated", &w.secrets(), "401");
+    assert_eq!(w.requests(), 1, "only the 401 case reached Cloudsmith");
+}
+
+/// Arguments, environment, stdin, exit code, and a needle of the error line.
+type ErrorCase<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str, i32, &'a str);
+
+/// A directory with `docker-credential-cloudsmith` linked to the binary.
+fn helper_link(w: &World) -> PathBuf {
+    let bin_dir = w.path("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let link = bin_dir.join("docker-credential-cloudsmith");
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(testkit::tools::cloudsmith_gen(), &link).unwrap();
+    link
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_helper_protocol() {
+    let w = World::new(PAST_EXP).await;
+    let helper = helper_link(&w);
+    let home = w.dir.path().to_path_buf();
+    let token_file = w.token_file.display().to_string();
+    let env: Vec<(&str, &str)> = vec![
+        ("CLOUDSMITH_ORG", ORG),
+        ("CLOUDSMITH_SERVICE_SLUG", SERVICE),
+        ("CLOUDSMITH_API_HOST", &w.url),
+        ("CLOUDSMITH_OIDC_TOKEN_FILE", &token_file),
+        (
+            "CLOUDSMITH_REGISTRIES",
+            "registry.acme.test:5000, other.acme.test",
+        ),
+    ];
+    let secret = w.access_token(ORG);
+    for server in [
+        "docker.cloudsmith.io",
+        "https://docker.cloudsmith.io",
+        "https://docker.cloudsmith.io/v2/",
+        "docker.cloudsmith.io:443",
+        "registry.acme.test:5000",
+        "http://other.acme.test/v1/",
+    ] {
+        let out = run(&helper, &strings(&["get"]), &env, &format!("{server}\n"), &home).await;
+        assert!(out.success(), "{server}: {}", out.stderr);
+        assert_eq!(
+            out.stdout_json(),
+            json!({"ServerURL": server, "Username": "token", "Secret": secret}),
+            "{server}"
+        );
+    }
+    // The same through the subcommand.
+    let bin = testkit::tools::cloudsmith_gen();
+    let out = run(
+        &bin,
+        &strings(&["docker-credential-helper", "get"]),
+        &env,
+        "docker.cloudsmith.io",
+        &home,
+    )
+    .await;
+    assert_eq!(out.stdout_json()["Secret"], json!(secret), "{}", out.stderr);
+
+    let requests = w.requests();
+    for server in [
+        "index.docker.io",
+        "https://index.docker.io/v1/",
+        "registry.acme.test",
+        "registry.acme.test:5001",
+    ] {
+        let out = run(&helper, &strings(&["get"]), &env, server, &home).await;
+        assert_eq!(out.code, Some(1), "{server}");
+        assert_eq!(
+            out.stdout.trim_end(),
+            "credentials not found in native keychain",
+            "{server}"
+        );
+        assert!(out.stderr.is_empty(), "{server}: {}", out.stderr);
+    }
+    assert_eq!(w.requests(), requests, "no exchange for other registries");
+
+    let store = json!({"ServerURL": "docker.cloudsmith.io", "Username": "u", "Secret": "s"}).to_string();
+    for (action, stdin, stdout) in [
+        ("store", store.as_str(), ""),
+        ("erase", "docker.cloudsmith.io", ""),
+        ("list", "", "{}\n"),
+    ] {
+        let out = run(&helper, &strings(&[action]), &env, stdin, &home).await;
+        assert!(out.success(), "{action}: {}", out.stderr);
+        assert_eq!(out.stdout, stdout, "{action}");
+    }
+    let version = run(&helper, &strings(&["version"]), &env, "", &home).await;
+    assert!(
+        version.success()
+            && version
+                .stdout
+                .starts_with("docker-credential-cloudsmith (cloudsmith-gen) "),
+        "{}",
+        version.stdout
+    );
+
+    // Errors: one line, non-zero, no token.
+    let without = |name: &str| {
+        env.iter()
+            .filter(|(n, _)| *n != name)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let mut refused = without("CLOUDSMITH_ORG");
+    refused.push(("CLOUDSMITH_ORG", "fail-401"));
+    let missing_file = w.path("missing").display().to_string();
+    let mut bad_file = without("CLOUDSMITH_OIDC_TOKEN_FILE");
+    bad_file.push(("CLOUDSMITH_OIDC_TOKEN_FILE", &missing_file));
+    let cases: Vec<ErrorCase> = vec![
+        (
+            strings(&["get"]),
+            without("CLOUDSMITH_ORG"),
+            "docker.cloudsmith.io",
+            2,
+            "CLOUDSMITH_ORG is not set",
+        ),
+        (
+            strings(&["get"]),
+            without("CLOUDSMITH_OIDC_TOKEN_FILE"),
+            "docker.cloudsmith.io",
+            3,
+            "no OIDC token",
+        ),
+        (strings(&["get"]), bad_file, "docker.cloudsmith.io", 3, "missing"),
+        (
+            strings(&["get"]),
+            refused,
+            "docker.cloudsmith.io",
+            5,
+            "OIDC token cannot be authenticated",
+        ),
+        (strings(&["get"]), env.clone(), "", 2, "no server URL"),
+        (strings(&["frobnicate"]), env.clone(), "", 2, "unknown action"),
+        (strings(&[]), env.clone(), "", 2, "usage"),
+        (strings(&["get", "extra"]), env.clone(), "", 2, "usage"),
+    ];
+    let mut secrets = w.secrets();
+    secrets.push(access_token_for(SUBJECT, "fail-401", SERVICE, PAST_EXP));
+    for (args, env, stdin, code, needle) in &cases {
+        let out = run(&helper, args, env, stdin, &home).await;
+        assert_fails(&out, *code, needle, &secrets, &format!("{args:?} {needle}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn install_docker_credential_helper() {
+    let w = World::new(PAST_EXP).await;
+    let home = w.dir.path().to_path_buf();
+    let docker = w.path("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        r#"{"auths": {"ghcr.io": {"auth": "eDp5"}}, "credHelpers": {"gcr.io": "gcloud"}, "currentContext": "default"}"#,
+    )
+    .unwrap();
+    let bin_dir = w.path("bin");
+    let args = vec![
+        "install".to_string(),
+        "docker-credential-helper".into(),
+        "--dir".into(),
+        bin_dir.display().to_string(),
+        "--registry".into(),
+        "registry.acme.test:5000".into(),
+    ];
+    let docker_env = docker.display().to_string();
+    let out = run(
+        &testkit::tools::cloudsmith_gen(),
+        &args,
+        &[("DOCKER_CONFIG", &docker_env)],
+        "",
+        &home,
+    )
+    .await;
+    assert!(out.success(), "{}", out.stderr);
+    let link = bin_dir.join("docker-credential-cloudsmith");
+    assert_eq!(
+        std::fs::canonicalize(&link).unwrap(),
+        std::fs::canonicalize(testkit::tools::cloudsmith_gen()).unwrap()
+    );
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(docker.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config,
+        json!({
+            "auths": {"ghcr.io": {"auth": "eDp5"}},
+            "credHelpers": {"gcr.io": "gcloud", "docker.cloudsmith.io": "cloudsmith", "registry.acme.test:5000": "cloudsmith"},
+            "currentContext": "default",
+        })
+    );
+    // The installed link speaks the protocol.
+    let version = run(&link, &strings(&["version"]), &[], "", &home).await;
+    assert!(version.success(), "{}", version.stderr);
+}
