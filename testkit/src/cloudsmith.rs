@@ -95,7 +95,14 @@ pub struct StandInConfig {
     pub redirect_location: String,
     /// How long the `slow` scenario waits before answering.
     pub slow_delay: Duration,
+    /// Issue exactly this access token on every success instead of one
+    /// minted per request (e.g. ESO's own unit-test vector, [`ESO_TOKEN`]).
+    pub issued_token: Option<String>,
 }
+
+/// The access token of ESO's own unit test: `exp` 1700000000, `sub`
+/// 1234567890, `name` John Doe, signature `signature`.
+pub const ESO_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiZXhwIjoxNzAwMDAwMDAwfQ.signature";
 
 impl Default for StandInConfig {
     fn default() -> Self {
@@ -105,6 +112,7 @@ impl Default for StandInConfig {
             audiences: vec![PRODUCTION_AUDIENCE.to_string()],
             redirect_location: "http://evil.example/openid/x/".to_string(),
             slow_delay: Duration::from_secs(10),
+            issued_token: None,
         }
     }
 }
@@ -580,7 +588,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
     let success = || {
         server::json(
             201,
-            &json!({ "token": access_token_for(&subject, org, service, exp) }),
+            &json!({ "token": state.config.issued_token.clone().unwrap_or_else(|| access_token_for(&subject, org, service, exp)) }),
             &[],
         )
     };

@@ -16,6 +16,7 @@
 //!   `localhost` and `127.0.0.1`.
 //! - [`tools`], [`artifacts`], [`process`]: finding external tools, building
 //!   wasm artifacts once per process, and running commands with a time bound.
+//! - [`wave`]: reading what the wasmtime CLI prints for `--invoke`.
 //!
 //! Servers listen on `127.0.0.1` only, on a port the OS picks, and stop when
 //! their handle is dropped: no test can leave one behind or reach off-host.
@@ -31,6 +32,7 @@ mod server;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod tools;
+pub mod wave;
 
 /// The workspace root (the directory holding the root `Cargo.toml`).
 pub fn workspace_root() -> std::path::PathBuf {

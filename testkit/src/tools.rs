@@ -25,6 +25,12 @@ pub fn wasmtime() -> PathBuf {
     find("WASMTIME", "wasmtime", INSTALL_HINT)
 }
 
+/// `cargo-component` 0.21 (env `CARGO_COMPONENT`), the binary cargo runs for
+/// `cargo component`.
+pub fn cargo_component() -> PathBuf {
+    find("CARGO_COMPONENT", "cargo-component", INSTALL_HINT)
+}
+
 /// `node` (env `NODE`).
 pub fn node() -> PathBuf {
     find("NODE", "node", INSTALL_HINT)

@@ -44,24 +44,14 @@ pub fn service_account_token(env: impl Fn(&str) -> Option<String>) -> Result<Str
 #[cfg(target_arch = "wasm32")]
 mod component {
     mod bindings {
-        // The world is `token-provider` plus a reference to WASI 0.2.12's
-        // `wasi:io`, the version the generator's wasi:http pulls in. Rust's
-        // std imports WASI 0.2.6; linking merges semver-compatible versions to
-        // the newest one named, so this makes the plug's `wasi:cli` streams
-        // the same resource types as the generator's. `wac plug` unifies
-        // versions by itself, but `wasm-tools compose` does not: without this
-        // it fails with "type mismatch for import `wasi:cli/stdin@0.2.6`".
-        // Nothing from `wasi:io` is called, so no import is added.
+        // The ordinary way: bindings for the `token-provider` world, nothing
+        // else. That world includes WASI 0.2.12's CLI imports, so the linker
+        // raises the WASI imports of Rust's std (0.2.6) to 0.2.12, the
+        // version the generator uses, and the two compose with `wac plug`
+        // and `wasm-tools compose` alike.
         wit_bindgen::generate!({
-            inline: "
-                package secretgen:plug;
-                world plug {
-                    include secretgen:generator/token-provider@0.1.0;
-                    import wasi:io/streams@0.2.12;
-                }
-            ",
+            world: "secretgen:generator/token-provider",
             path: "../../wit",
-            world: "secretgen:plug/plug",
             generate_all,
         });
     }

@@ -1,0 +1,143 @@
+//! `cargo component build --release --target wasm32-wasip2` builds the same
+//! generator as plain `cargo build`.
+//!
+//! cargo-component 0.21 does two things with that command: it runs cargo for
+//! the named target, and, since it does not count `wasm32-wasip2` as a wasm
+//! target, it also builds for `wasm32-wasip1` and turns that module into a
+//! component itself ("Creating component ..."). Both results must be the
+//! generator: the first byte for byte, the second with the same WIT world and
+//! the same answers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::cloudsmith::{auth_for, StandIn, StandInConfig, ESO_TOKEN};
+use testkit::process::{run_blocking, Output};
+
+/// Two release builds (wasip2 and wasip1) from a cold target directory.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn expect_success(what: &str, cmd: Command, timeout: Duration) -> Output {
+    let out = run_blocking(cmd, None, timeout).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.success(),
+        "{what} failed ({:?}):\n{}{}",
+        out.code,
+        out.stdout,
+        out.stderr
+    );
+    out
+}
+
+/// Runs cargo-component as `cargo component` would, and returns its output
+/// and the component it says it created.
+fn cargo_component_build(target_dir: &Path) -> (Output, PathBuf) {
+    let mut cmd = Command::new(testkit::tools::cargo_component());
+    cmd.current_dir(testkit::workspace_root())
+        .args([
+            "component",
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "cloudsmith-access-token",
+            "--target-dir",
+        ])
+        .arg(target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    let out = expect_success("cargo component build", cmd, BUILD_TIMEOUT);
+    let created = out
+        .stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Creating component "))
+        .unwrap_or_else(|| panic!("cargo-component named no component:\n{}", out.stderr));
+    (out, PathBuf::from(created.trim()))
+}
+
+fn wit(wasm: &Path) -> String {
+    let mut cmd = Command::new(testkit::tools::wasm_tools());
+    cmd.args(["component", "wit"]).arg(wasm);
+    expect_success("wasm-tools component wit", cmd, RUN_TIMEOUT).stdout
+}
+
+/// `cloudsmith-gen generate --component <wasm>` against `stand_in`.
+fn generate(wasm: &Path, stand_in: &StandIn, work: &Path) -> Output {
+    let manifest = work.join("generator.json");
+    std::fs::write(
+        &manifest,
+        serde_json::json!({"spec": {
+            "apiUrl": stand_in.url(),
+            "orgSlug": "my-org",
+            "serviceSlug": "my-svc",
+            "serviceAccountRef": {"name": "default"},
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let token = work.join("token");
+    std::fs::write(
+        &token,
+        testkit::oidc::token("system:serviceaccount:apps:default", &[&stand_in.origin()]),
+    )
+    .unwrap();
+    let mut cmd = Command::new(testkit::tools::cloudsmith_gen());
+    cmd.args(["generate", "--no-cache", "--namespace", "apps", "--allow-http"])
+        .arg("--manifest")
+        .arg(&manifest)
+        .arg("--oidc-token-file")
+        .arg(&token)
+        .arg("--allow-host")
+        .arg(stand_in.authority())
+        .arg("--component")
+        .arg(wasm);
+    expect_success(
+        &format!("cloudsmith-gen with {}", wasm.display()),
+        cmd,
+        RUN_TIMEOUT,
+    )
+}
+
+#[test]
+fn cargo_component_builds_the_same_generator() {
+    let plain = testkit::artifacts::wasm("cloudsmith-access-token");
+    let target_dir = testkit::workspace_root().join("target").join("cargo-component");
+    let (_, created) = cargo_component_build(&target_dir);
+
+    // The wasm32-wasip2 artifact is rustc's, linked the same way: identical.
+    let wasip2 = target_dir.join("wasm32-wasip2/release/cloudsmith_access_token.wasm");
+    assert_eq!(
+        std::fs::read(&wasip2).unwrap(),
+        std::fs::read(&plain).unwrap(),
+        "{} differs from the plain build {}",
+        wasip2.display(),
+        plain.display()
+    );
+
+    // The component cargo-component made itself: the same world...
+    assert!(created.is_file(), "{} is missing", created.display());
+    assert_eq!(wit(&created), wit(&plain));
+
+    // ...and the same answers, ESO's own vector included.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stand_in = runtime
+        .block_on(StandIn::start(StandInConfig {
+            issued_token: Some(ESO_TOKEN.to_string()),
+            ..StandInConfig::default()
+        }))
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let from_plain = generate(&plain, &stand_in, work.path());
+    let from_created = generate(&created, &stand_in, work.path());
+    let want = serde_json::json!({"auth": auth_for(ESO_TOKEN), "expiry": "1700000000"});
+    assert_eq!(from_plain.stdout_json(), want);
+    assert_eq!(from_created.stdout_json(), want);
+    assert_eq!(from_plain.stdout, from_created.stdout);
+}
