@@ -31,9 +31,9 @@ fn expect_success(what: &str, cmd: Command, timeout: Duration) -> Output {
     out
 }
 
-/// Runs cargo-component as `cargo component` would, and returns its output
-/// and the component it says it created.
-fn cargo_component_build(target_dir: &Path) -> (Output, PathBuf) {
+/// Runs cargo-component as `cargo component` would, and returns the
+/// component it says it created.
+fn cargo_component_build(target_dir: &Path) -> PathBuf {
     let mut cmd = Command::new(testkit::tools::cargo_component());
     cmd.current_dir(testkit::workspace_root())
         .args([
@@ -56,7 +56,7 @@ fn cargo_component_build(target_dir: &Path) -> (Output, PathBuf) {
         .lines()
         .find_map(|l| l.trim().strip_prefix("Creating component "))
         .unwrap_or_else(|| panic!("cargo-component named no component:\n{}", out.stderr));
-    (out, PathBuf::from(created.trim()))
+    PathBuf::from(created.trim())
 }
 
 fn wit(wasm: &Path) -> String {
@@ -106,7 +106,7 @@ fn generate(wasm: &Path, stand_in: &StandIn, work: &Path) -> Output {
 fn cargo_component_builds_the_same_generator() {
     let plain = testkit::artifacts::wasm("cloudsmith-access-token");
     let target_dir = testkit::workspace_root().join("target").join("cargo-component");
-    let (_, created) = cargo_component_build(&target_dir);
+    let created = cargo_component_build(&target_dir);
 
     // The wasm32-wasip2 artifact is rustc's, linked the same way: identical.
     let wasip2 = target_dir.join("wasm32-wasip2/release/cloudsmith_access_token.wasm");

@@ -76,7 +76,7 @@ enum Command {
     /// Kubelet image credential provider: CredentialProviderRequest (v1) on stdin,
     /// CredentialProviderResponse on stdout.
     #[command(after_help = EXIT_CODES)]
-    KubeletCredentialProvider(KubeletArgs),
+    KubeletCredentialProvider(Box<KubeletArgs>),
     /// Docker credential helper (also run as `docker-credential-cloudsmith`); configured
     /// by CLOUDSMITH_* environment variables.
     #[command(after_help = EXIT_CODES)]
@@ -439,7 +439,7 @@ fn main() -> ExitCode {
             Command::Generate(args) => commands::generate(*args, verbose).await,
             Command::Info(args) => commands::info(args, verbose).await,
             Command::Demo(args) => demo::run(args, verbose).await,
-            Command::KubeletCredentialProvider(args) => doors::kubelet::run(args, verbose).await,
+            Command::KubeletCredentialProvider(args) => doors::kubelet::run(*args, verbose).await,
             Command::DockerCredentialHelper(args) => {
                 return doors::docker::run(&args.action, verbose).await.map(Some);
             }

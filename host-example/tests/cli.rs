@@ -442,6 +442,20 @@ async fn multi_document_manifests() {
             Want::Auth("org-c"),
         ),
         (
+            "a lone ClusterGenerator",
+            cluster("b"),
+            None,
+            false,
+            Want::Auth("org-cluster"),
+        ),
+        (
+            "--generator picks a ClusterGenerator",
+            join(&[&generator("c", "org-c"), EXTERNAL_SECRET, &cluster("b")]),
+            Some("b"),
+            false,
+            Want::Auth("org-cluster"),
+        ),
+        (
             "unknown --generator",
             join(&[&generator("a", "org-a"), &generator("b", "org-b")]),
             Some("nope"),
@@ -577,7 +591,9 @@ async fn multi_document_manifests() {
             DOCUMENTED_ORG,
             "org-a",
             "org-b",
-            "org-c"
+            "org-c",
+            "org-cluster",
+            "org-cluster"
         ],
         "orgs the stand-in saw, in order"
     );
