@@ -56,7 +56,8 @@ fn cargo_component_build(target_dir: &Path) -> PathBuf {
         .lines()
         .find_map(|l| l.trim().strip_prefix("Creating component "))
         .unwrap_or_else(|| panic!("cargo-component named no component:\n{}", out.stderr));
-    PathBuf::from(created.trim())
+    // cargo-component prints the path relative to where it ran.
+    testkit::workspace_root().join(created.trim())
 }
 
 fn wit(wasm: &Path) -> String {
