@@ -180,6 +180,24 @@ mod tests {
         }
     }
 
+    /// Found by the `jwt` fuzz target, not fixed: when the float lies exactly
+    /// halfway between the two shortest decimals that read back as it, Go's
+    /// FormatFloat rounds half to even (strconv/ftoaryu.go, ryuDigits32) and
+    /// Rust's `Display` rounds half up, so the last digit differs from ESO's.
+    /// Expected strings are Python's `repr` (also half to even).
+    #[test]
+    #[ignore = "known divergence from Go on exact ties; see SECURITY.md, Fuzzing"]
+    fn exp_halfway_between_two_shortest_decimals_rounds_to_even_like_go() {
+        for (literal, go) in [
+            // 1700000000 + 1/256: 1700000000.0039062 and ...63 both read back.
+            ("1700000000.00390625", "1700000000.0039062"),
+            ("990071992554740.19340", "990071992554740.2"),
+        ] {
+            let got = expiry(&token_with(&format!(r#"{{"exp":{literal}}}"#))).unwrap();
+            assert_eq!(got, go, "{literal}");
+        }
+    }
+
     #[test]
     fn absurd_exp_is_out_of_range() {
         for literal in ["1e31", "1e300", "1e-31"] {
