@@ -65,10 +65,7 @@ pub fn is_dns_label(s: &str) -> bool {
 /// are read as `V`; the others are skipped the way serde skips unknown
 /// fields (so a number beyond f64 there is not an error, as it is not for
 /// the crate).
-pub fn members<V: DeserializeOwned>(
-    bytes: &[u8],
-    keys: &[&str],
-) -> Result<Option<Vec<(String, Option<V>)>>, serde_json::Error> {
+pub fn members<V: DeserializeOwned>(bytes: &[u8], keys: &[&str]) -> Result<MemberList<V>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let out = Members::<V> {
         keys,
@@ -217,7 +214,7 @@ pub fn go_format_float(v: f64) -> String {
 
 /// `digits × 10^scale` written out without an exponent or trailing zeros.
 fn plain_decimal(mut digits: u64, mut scale: i32) -> String {
-    while digits % 10 == 0 && digits != 0 {
+    while digits != 0 && digits.is_multiple_of(10) {
         digits /= 10;
         scale += 1;
     }
@@ -265,7 +262,7 @@ fn expect_exp_value(v: f64) -> Result<String, JwtError> {
     if v.is_infinite() {
         // Beyond float64: serde_json (and Go's decoder) refuse the document.
         Err(JwtError::PayloadNotJson)
-    } else if !(v > 0.0) {
+    } else if v.is_nan() || v <= 0.0 {
         Err(JwtError::ExpNotNumeric)
     } else if !(EXP_MIN..=EXP_MAX).contains(&v) {
         Err(JwtError::ExpOutOfRange)

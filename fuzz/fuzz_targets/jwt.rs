@@ -91,7 +91,7 @@ fn check(token: &str, literal: Option<&str>) {
             assert!(exp.matches('.').count() <= 1 && !exp.ends_with('.'), "{exp}");
             assert!(!(exp.contains('.') && exp.ends_with('0')), "trailing zero: {exp}");
             assert!(
-                !(exp.starts_with('0') && !exp.starts_with("0.")),
+                !exp.starts_with('0') || exp.starts_with("0."),
                 "leading zero: {exp}"
             );
         }
