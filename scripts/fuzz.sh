@@ -5,7 +5,13 @@
 #
 #   FUZZ_SECONDS=60 scripts/fuzz.sh [spec answer jwt generate]
 #
-# Needs the nightly toolchain (libFuzzer's sanitizer flags are nightly-only).
+# libFuzzer's instrumentation needs nightly-only rustc flags (-Zsanitizer=address
+# and friends, which cargo-fuzz passes). With a nightly toolchain installed the
+# script uses it; otherwise it runs the default (stable) toolchain with
+# RUSTC_BOOTSTRAP=1, which makes stable rustc accept those flags. That is
+# meant for bootstrapping rustc itself, but it is the only way where no nightly
+# can be installed, and it touches only this fuzz build (its own workspace and
+# target directory), never the component's.
 # Corpora grow in fuzz/corpus/<target>/ (seeded from fuzz/seeds/<target>/);
 # findings land in fuzz/artifacts/<target>/, to be turned into unit tests.
 set -euo pipefail
@@ -14,11 +20,19 @@ cd "$(dirname "$0")/../fuzz"
 seconds="${FUZZ_SECONDS:-60}"
 if [ "$#" -gt 0 ]; then targets=("$@"); else targets=(spec answer jwt generate); fi
 
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+if cargo +nightly --version >/dev/null 2>&1; then
+    fuzz=(cargo +nightly fuzz)
+    echo "toolchain: $(rustc +nightly --version)" >&2
+else
+    export RUSTC_BOOTSTRAP=1
+    fuzz=(cargo fuzz)
+    echo "toolchain: $(rustc --version), RUSTC_BOOTSTRAP=1 (no nightly installed)" >&2
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "installing cargo-fuzz" >&2
     cargo install cargo-fuzz --locked
 fi
-cargo +nightly fuzz build
+"${fuzz[@]}" build
 
 count_findings() {
     find "artifacts/$1" -maxdepth 1 -type f \
@@ -36,7 +50,7 @@ for t in "${targets[@]}"; do
     before=$(count_findings "$t")
     log="$(mktemp)"
     rc=0
-    cargo +nightly fuzz run "$t" "${corpora[@]}" -- \
+    "${fuzz[@]}" run "$t" "${corpora[@]}" -- \
         -max_total_time="$seconds" -timeout=10 -print_final_stats=1 "${dict[@]}" >"$log" 2>&1 || rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)

@@ -163,6 +163,41 @@ mod tests {
         }
     }
 
+    /// Found by the `jwt` fuzz target: without serde_json's `float_roundtrip`
+    /// its number parser can land one float64 off the nearest (for about one
+    /// fractional timestamp in eleven with 7 to 9 decimals), and the expiry
+    /// then differs from ESO's. Expected strings are Python's `repr` of the
+    /// float (the same shortest round-trip digits as Go's 'f', -1).
+    #[test]
+    fn exp_is_read_as_the_nearest_float64_not_one_off() {
+        for (literal, go) in [
+            ("1719135030.7809121", "1719135030.7809122"),
+            ("59923762162191211621", "59923762162191210000"),
+            ("10000014987979559923751621", "10000014987979560000000000"),
+        ] {
+            let got = expiry(&token_with(&format!(r#"{{"exp":{literal}}}"#))).unwrap();
+            assert_eq!(got, go, "{literal}");
+        }
+    }
+
+    /// Found by the `jwt` fuzz target, not fixed: when the float lies exactly
+    /// halfway between the two shortest decimals that read back as it, Go's
+    /// FormatFloat rounds half to even (strconv/ftoaryu.go, ryuDigits32) and
+    /// Rust's `Display` rounds half up, so the last digit differs from ESO's.
+    /// Expected strings are Python's `repr` (also half to even).
+    #[test]
+    #[ignore = "known divergence from Go on exact ties; see SECURITY.md, Fuzzing"]
+    fn exp_halfway_between_two_shortest_decimals_rounds_to_even_like_go() {
+        for (literal, go) in [
+            // 1700000000 + 1/256: 1700000000.0039062 and ...63 both read back.
+            ("1700000000.00390625", "1700000000.0039062"),
+            ("990071992554740.19340", "990071992554740.2"),
+        ] {
+            let got = expiry(&token_with(&format!(r#"{{"exp":{literal}}}"#))).unwrap();
+            assert_eq!(got, go, "{literal}");
+        }
+    }
+
     #[test]
     fn absurd_exp_is_out_of_range() {
         for literal in ["1e31", "1e300", "1e-31"] {

@@ -1,6 +1,8 @@
 //! `interpret` and `parse_retry_after` on structured answers: every status
-//! lands in its class, the token read matches an independent JSON parser,
-//! and no error quotes the OIDC token or spans lines.
+//! lands in its class, the token and the detail read are what a reference
+//! reading of the same JSON gives (duplicates counted, which
+//! `serde_json::Value` would hide), and no error quotes the OIDC token,
+//! spans lines or runs long.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -50,32 +52,30 @@ fuzz_target!(|input: Input| {
     match &verdict {
         Verdict::Token(token) => {
             assert!(matches!(status, 200 | 201) && !input.oversized, "{status}");
-            // The token must be what any JSON parser reads from the body.
-            match serde_json::from_slice::<serde_json::Value>(&answer.body) {
-                Ok(parsed) => assert_eq!(parsed["token"].as_str(), Some(token.expose())),
-                // serde_json refuses numbers beyond f64; JSON itself does not.
-                Err(e) if e.to_string().starts_with("number out of range") => {}
-                Err(e) => panic!("a token came from a body serde_json refuses: {e}"),
-            }
-            assert!(!token.expose().is_empty());
+            assert_eq!(expected_token(&answer.body).as_deref(), Some(token.expose()));
         }
         Verdict::Fail(error) => {
             match (status, error) {
-                (200 | 201, GenerateError::InvalidToken(_)) => {
-                    if !input.oversized {
-                        // Refused only if an ordinary parser finds no string token either.
-                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&answer.body) {
-                            let t = v.get("token").and_then(|t| t.as_str());
-                            assert!(
-                                t.is_none_or(str::is_empty) || !v.is_object(),
-                                "refused a token serde_json reads: {t:?}"
-                            );
-                        }
+                (200 | 201, GenerateError::InvalidToken(m)) => {
+                    if input.oversized {
+                        assert!(m.starts_with("answer is larger than"), "{m}");
+                    } else {
+                        assert_eq!(expected_token(&answer.body), None, "refused {m}");
+                        assert!(
+                            [
+                                "answer is not a JSON object",
+                                "token not found in response",
+                                "token in response is not a string"
+                            ]
+                            .contains(&m.as_str()),
+                            "{m}"
+                        );
                     }
                 }
                 (401 | 403, GenerateError::Unauthorized(u)) | (400..=499, GenerateError::Rejected(u)) => {
                     assert_eq!(u.status, status);
                     assert!(status != 429);
+                    check_detail(&u.detail, &answer.body);
                 }
                 (300..=399, GenerateError::Upstream(u)) => assert_eq!(u.status, Some(status)),
                 (s, GenerateError::Upstream(u)) => {
@@ -91,39 +91,108 @@ fuzz_target!(|input: Input| {
             assert_eq!(*retry_after, wait);
             match error {
                 GenerateError::RateLimited {
-                    retry_after_seconds, ..
+                    retry_after_seconds,
+                    detail,
                 } => {
                     assert_eq!(status, 429);
                     assert_eq!(
                         *retry_after_seconds,
                         wait.map(|d| d.as_secs().min(u32::MAX as u64) as u32)
                     );
+                    check_detail(detail, &answer.body);
                 }
-                GenerateError::Upstream(u) => assert_eq!(u.status, Some(status)),
+                GenerateError::Upstream(u) => {
+                    assert_eq!(u.status, Some(status));
+                    check_detail(&u.detail, &answer.body);
+                }
                 e => panic!("retry with {e:?}"),
             }
             check_error(error);
         }
     }
 
-    // The body as a host's transport message (which may quote anything).
+    // The body as a host's transport message (which may quote anything,
+    // the OIDC token included).
     let why = String::from_utf8_lossy(&answer.body).into_owned();
     let err = match input.transport % 3 {
         0 => TransportError::Denied(why),
         1 => TransportError::Timeout(why),
         _ => TransportError::Failed(why),
     };
-    let (Verdict::Fail(e) | Verdict::Retry { error: e, .. }) = transport_verdict(&err, URL, &[]) else {
+    let (Verdict::Fail(e) | Verdict::Retry { error: e, .. }) = transport_verdict(&err, URL, &[OIDC]) else {
         panic!("a transport error gave a token");
     };
     let msg = e.to_string();
     assert_one_line("transport error", &msg);
+    assert_no_secret("transport error", &msg, OIDC);
     assert!(msg.contains(URL), "{msg}");
+    // Fixed text, the URL and 200 characters of the host's message, at most.
+    let bound = 100 + URL.len() + 201;
+    assert!(
+        msg.chars().count() <= bound,
+        "{} chars: {msg}",
+        msg.chars().count()
+    );
 });
+
+/// The token a success answer holds: the one top-level `token` member, a
+/// non-empty string. Any other shape (a duplicate `token` included) is no
+/// token.
+fn expected_token(body: &[u8]) -> Option<String> {
+    let members = members::<serde_json::Value>(body, &["token"]).ok()??;
+    match all(&members, "token").as_slice() {
+        [serde_json::Value::String(t)] if !t.is_empty() => Some(t.clone()),
+        _ => None,
+    }
+}
+
+/// The text an error answer's detail quotes: a non-blank string `detail`,
+/// else a non-blank string `error`, else the body itself (a structured
+/// detail, a list of field errors say, included); `None` for an empty body.
+fn expected_detail_text(body: &[u8]) -> Option<String> {
+    let text = |v: &[&serde_json::Value]| match v {
+        [serde_json::Value::String(s)] if s.chars().any(|c| !c.is_whitespace()) => Some(s.clone()),
+        _ => None,
+    };
+    if let Ok(Some(m)) = members::<serde_json::Value>(body, &["detail", "error"]) {
+        let (detail, error) = (all(&m, "detail"), all(&m, "error"));
+        // A field given twice makes the answer unreadable: the body it is.
+        if detail.len() <= 1 && error.len() <= 1 {
+            if let Some(s) = text(&detail).or_else(|| text(&error)) {
+                return Some(s);
+            }
+        }
+    }
+    (!body.is_empty()).then(|| String::from_utf8_lossy(body).into_owned())
+}
+
+/// Text that quoting leaves alone: short, no secret, single spaces only.
+fn quoted_verbatim(s: &str) -> bool {
+    s.chars().count() <= 200
+        && !s.contains(OIDC)
+        && !s.contains("  ")
+        && !s.starts_with(' ')
+        && !s.ends_with(' ')
+        && s.chars()
+            .all(|c| c == ' ' || !(c.is_whitespace() || c.is_control()))
+}
+
+fn check_detail(detail: &str, body: &[u8]) {
+    match expected_detail_text(body) {
+        None => assert_eq!(detail, "(empty body)"),
+        Some(text) if quoted_verbatim(&text) => assert_eq!(detail, text),
+        Some(_) => {}
+    }
+}
 
 fn check_error(error: &GenerateError) {
     let shown = error.to_string();
     assert_one_line("error", &shown);
+    assert!(
+        shown.chars().count() <= 300,
+        "{} chars: {shown}",
+        shown.chars().count()
+    );
     assert_no_secret("error", &shown, OIDC);
     assert_no_secret("error debug", &format!("{error:?}"), OIDC);
     let detail = match error {

@@ -1,7 +1,10 @@
 //! The whole `generate_with` against a fake host scripted by the input:
 //! manifests, token sources, answers, transport failures and clocks. Checks
-//! what a host relies on: outputs are exactly ESO's, retries stay within the
-//! policy, and no error shows a token.
+//! what a host relies on: outputs are exactly ESO's (the token of the last
+//! answer, its expiry as an independent reference computes it from the
+//! `exp` literal), retries stay within the policy, the request body holds
+//! exactly `oidc_token` and `service_slug`, and no error shows a token or
+//! spans lines.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -10,8 +13,9 @@ use base64::Engine;
 use cloudsmith_access_token::exchange::{
     Answer, Request, RetryPolicy, Timeouts, TransportError, MAX_ANSWER_BYTES,
 };
+use cloudsmith_access_token::jwt::JwtError;
 use cloudsmith_access_token::secret::Secret;
-use cloudsmith_access_token::spec::ServiceAccountRef;
+use cloudsmith_access_token::spec::{parse_manifest, ServiceAccountRef};
 use cloudsmith_access_token::{generate_with, GenerateError, Platform};
 use libfuzzer_sys::fuzz_target;
 use std::collections::VecDeque;
@@ -21,11 +25,12 @@ use std::time::Duration;
 mod common;
 use common::*;
 
-const MANIFESTS: [&str; 4] = [
+const MANIFESTS: [&str; 5] = [
     r#"{"apiVersion":"generators.external-secrets.io/v1alpha1","kind":"CloudsmithAccessToken","metadata":{"name":"t"},"spec":{"apiHost":"api.cloudsmith.io","orgSlug":"my-organization","serviceSlug":"my-oidc-service","serviceAccountRef":{"name":"default","namespace":"default","audiences":["https://api.cloudsmith.io"]}}}"#,
     r#"{"apiUrl":"https://api.cloudsmith.io/v1/","orgSlug":"org","serviceSlug":"svc","serviceAccountRef":{"name":"sa"}}"#,
     r#"{"apiHost":"http://localhost:8080","orgSlug":"o","serviceSlug":"s","serviceAccountRef":{"name":"a.b"}}"#,
     r#"{"apiUrl":"https://[::1]:9443/proxy","orgSlug":"O_1","serviceSlug":"S-2","serviceAccountRef":{"name":"x","audiences":[]}}"#,
+    r#"{"apiVersion":"generators.external-secrets.io/v1alpha1","kind":"ClusterGenerator","metadata":{"name":"c"},"spec":{"kind":"CloudsmithAccessToken","generator":{"cloudsmithAccessTokenSpec":{"orgSlug":"org","serviceSlug":"svc","serviceAccountRef":{"name":"sa","namespace":"ci"}}}}}"#,
 ];
 
 #[derive(Arbitrary, Debug)]
@@ -123,6 +128,27 @@ fn access_token(exp: &str) -> String {
     format!("eyJhbGciOiJIUzI1NiJ9.{payload}.{ACCESS_SIG}")
 }
 
+/// What `expiry` must give for an access token with this `exp` text.
+fn expected_expiry(exp: &str) -> Result<String, JwtError> {
+    let literal = exp.trim_matches([' ', '\t', '\n', '\r']);
+    if is_json_number(literal) {
+        expect_exp_literal(literal)
+    } else {
+        expect_payload(format!("{{\"sub\":\"fuzz\",\"exp\":{exp}}}").as_bytes())
+    }
+}
+
+/// An answer as the host hands it over: the body cut at the size bound.
+fn answer(status: u16, retry_after: &Option<String>, body: Vec<u8>) -> Result<Answer, TransportError> {
+    let oversized = body.len() > MAX_ANSWER_BYTES;
+    Ok(Answer {
+        status,
+        retry_after: retry_after.clone(),
+        body: body[..body.len().min(MAX_ANSWER_BYTES)].to_vec(),
+        oversized,
+    })
+}
+
 fn with_oidc(text: String, at: Option<u16>) -> String {
     match at {
         Some(at) => String::from_utf8_lossy(&splice(text.as_bytes(), at, OIDC)).into_owned(),
@@ -148,57 +174,57 @@ fuzz_target!(|input: Input| {
     // Texts the fuzzer wrote itself may contain the access signature (it can
     // learn it from our own comparisons); only scripted tokens count.
     let mut fuzzer_texts: Vec<Vec<u8>> = vec![manifest.clone().into_bytes(), namespace.clone().into_bytes()];
-    let mut offered = Vec::new();
+    // Per scripted reply: the access token it offers and what `expiry` must
+    // give for it, when it is a success answer of ours.
+    let mut offered: Vec<Option<(String, Result<String, JwtError>)>> = Vec::new();
     let replies: VecDeque<_> = input
         .replies
         .iter()
         .take(8)
-        .map(|r| match r {
-            Reply::Answer {
-                status,
-                retry_after,
-                body,
-            } => {
-                let body = match body {
-                    Body::Raw(b) => {
-                        fuzzer_texts.push(b.clone());
-                        b.clone()
-                    }
-                    Body::Access(exp) => {
-                        let t = access_token(exp);
-                        let body = serde_json::json!({ "token": t }).to_string().into_bytes();
-                        if matches!(status, 200 | 201) {
-                            offered.push(t);
-                        } else {
-                            // Not a token we were given: an error body that
-                            // happens to hold one is the server's to quote.
-                            fuzzer_texts.push(body.clone());
+        .map(|r| {
+            let mut offers = None;
+            let reply = match r {
+                Reply::Answer {
+                    status,
+                    retry_after,
+                    body,
+                } => {
+                    let body = match body {
+                        Body::Raw(b) => {
+                            fuzzer_texts.push(b.clone());
+                            b.clone()
                         }
-                        body
-                    }
-                    Body::Echo(b, at) => {
-                        fuzzer_texts.push(b.clone());
-                        splice(b, *at, OIDC)
-                    }
-                };
-                // The host's side of the size bound.
-                let oversized = body.len() > MAX_ANSWER_BYTES;
-                Ok(Answer {
-                    status: *status,
-                    retry_after: retry_after.clone(),
-                    body: body[..body.len().min(MAX_ANSWER_BYTES)].to_vec(),
-                    oversized,
-                })
-            }
-            Reply::Denied(m, at) | Reply::Timeout(m, at) | Reply::Failed(m, at) => {
-                fuzzer_texts.push(m.clone().into_bytes());
-                let m = with_oidc(m.clone(), *at);
-                Err(match r {
-                    Reply::Denied(..) => TransportError::Denied(m),
-                    Reply::Timeout(..) => TransportError::Timeout(m),
-                    _ => TransportError::Failed(m),
-                })
-            }
+                        Body::Access(exp) => {
+                            let t = access_token(exp);
+                            let body = serde_json::json!({ "token": t }).to_string().into_bytes();
+                            if matches!(status, 200 | 201) && body.len() <= MAX_ANSWER_BYTES {
+                                offers = Some((t, expected_expiry(exp)));
+                            } else {
+                                // Not a token we were given: an error body that
+                                // happens to hold one is the server's to quote.
+                                fuzzer_texts.push(body.clone());
+                            }
+                            body
+                        }
+                        Body::Echo(b, at) => {
+                            fuzzer_texts.push(b.clone());
+                            splice(b, *at, OIDC)
+                        }
+                    };
+                    answer(*status, retry_after, body)
+                }
+                Reply::Denied(m, at) | Reply::Timeout(m, at) | Reply::Failed(m, at) => {
+                    fuzzer_texts.push(m.clone().into_bytes());
+                    let m = with_oidc(m.clone(), *at);
+                    Err(match r {
+                        Reply::Denied(..) => TransportError::Denied(m),
+                        Reply::Timeout(..) => TransportError::Timeout(m),
+                        _ => TransportError::Failed(m),
+                    })
+                }
+            };
+            offered.push(offers);
+            reply
         })
         .collect();
     if let Err(why) = &token {
@@ -225,12 +251,31 @@ fuzz_target!(|input: Input| {
     assert!(sends as u32 <= policy.max_attempts, "{sends} sends");
     assert_eq!(fake.sleeps.len(), sends.saturating_sub(1).min(fake.sleeps.len()));
     assert!(fake.sleeps.len() + 1 >= sends, "sent without waiting");
+    // A request went out only for an accepted manifest.
+    let service_slug = match parse_manifest(&manifest) {
+        Ok(spec) => Some(spec.service_slug),
+        Err(_) => None,
+    };
     for (request, _) in &fake.sent {
         assert_no_secret("request debug", &format!("{request:?}"), OIDC);
-        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        let body = members::<serde_json::Value>(&request.body, &["oidc_token", "service_slug"])
+            .expect("request body is JSON")
+            .expect("request body is an object");
+        let keys: Vec<&str> = body.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["oidc_token", "service_slug"]);
         // Trimmed before sending.
-        assert_eq!(body["oidc_token"], OIDC);
+        assert_eq!(body[0].1.as_ref().and_then(|v| v.as_str()), Some(OIDC));
+        assert_eq!(
+            body[1].1.as_ref().and_then(|v| v.as_str()),
+            service_slug.as_deref()
+        );
     }
+    // The reply the last send got: replies are served in order, the last
+    // one repeating.
+    let last = match (sends, offered.len()) {
+        (0, _) | (_, 0) => None,
+        (s, n) => offered[(s - 1).min(n - 1)].as_ref(),
+    };
     for delay in &fake.sleeps {
         assert!(
             *delay <= policy.max_retry_after.max(policy.max_delay),
@@ -244,18 +289,35 @@ fuzz_target!(|input: Input| {
             assert_eq!(keys, ["auth", "expiry"]);
             let auth = String::from_utf8(STANDARD.decode(&out[0].1).unwrap()).unwrap();
             let token = auth.strip_prefix("token:").expect("auth starts with token:");
-            assert!(
-                offered.iter().any(|t| t == token),
-                "auth holds a token nobody offered"
-            );
+            let Some((offered, expected)) = last else {
+                panic!("a result without a success answer of ours: {out:?}");
+            };
+            assert_eq!(token, offered, "auth holds another token than the last answer's");
             let expiry = std::str::from_utf8(&out[1].1).unwrap();
-            assert_eq!(cloudsmith_access_token::jwt::expiry(token).as_deref(), Ok(expiry));
+            assert!(
+                expiry_matches(&Ok(expiry.to_string()), expected),
+                "expiry {expiry}, want {expected:?}"
+            );
             assert!(sends >= 1);
         }
         Err(e) => {
             let shown = e.to_string();
             let debug = format!("{e:?}");
             assert_one_line("error", &shown);
+            // Fixed text, a cut quotation and, for failed attempts, the URL.
+            let url = fake.sent.first().map_or(0, |(r, _)| r.url().chars().count());
+            assert!(
+                shown.chars().count() <= 400 + url,
+                "{} chars: {shown}",
+                shown.chars().count()
+            );
+            // A success answer of ours that failed failed on its token.
+            if let Some((_, expected)) = last {
+                match expected {
+                    Ok(exp) => panic!("token with expiry {exp} refused: {e}"),
+                    Err(why) => assert_eq!(e, GenerateError::InvalidToken(why.to_string())),
+                }
+            }
             let before_any_request =
                 matches!(e, GenerateError::InvalidSpec(_) | GenerateError::TokenSource(_));
             if before_any_request {
