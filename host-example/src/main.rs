@@ -76,7 +76,7 @@ enum Command {
     /// Kubelet image credential provider: CredentialProviderRequest (v1) on stdin,
     /// CredentialProviderResponse on stdout.
     #[command(after_help = EXIT_CODES)]
-    KubeletCredentialProvider(KubeletArgs),
+    KubeletCredentialProvider(Box<KubeletArgs>),
     /// Docker credential helper (also run as `docker-credential-cloudsmith`); configured
     /// by CLOUDSMITH_* environment variables.
     #[command(after_help = EXIT_CODES)]
@@ -519,7 +519,7 @@ fn main() -> ExitCode {
             Command::Generate(args) => commands::generate(*args, verbose).await,
             Command::Info(args) => commands::info(args, verbose).await,
             Command::Demo(args) => demo::run(args, verbose).await,
-            Command::KubeletCredentialProvider(args) => doors::kubelet::run(args, verbose).await,
+            Command::KubeletCredentialProvider(args) => doors::kubelet::run(*args, verbose).await,
             Command::DockerCredentialHelper(args) => {
                 return doors::docker::run(&args.action, verbose).await.map(Some);
             }
@@ -591,11 +591,14 @@ fn usage_error(e: clap::Error) -> ExitCode {
         return ExitCode::from(2);
     }
     let rendered = e.render().to_string();
-    let first = rendered
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid arguments");
-    let first = first.trim().strip_prefix("error: ").unwrap_or(first.trim());
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // "the following required arguments were not provided:" names them on the next line.
+    let first = match (first.ends_with(':'), lines.next()) {
+        (true, Some(next)) => format!("{first} {next}"),
+        _ => first.to_string(),
+    };
     eprintln!("error: {first} (see --help)");
     ExitCode::from(2)
 }

@@ -490,21 +490,21 @@ fn review_request<T: serde::de::DeserializeOwned>(
     method: &hyper::Method,
     authorization: Option<&str>,
     body: &[u8],
-) -> Result<T, Response<Body>> {
+) -> Result<T, Box<Response<Body>>> {
     if authorization != Some(&format!("Bearer {}", state.config.bearer_token)) {
-        return Err(status(401, "Unauthorized", "Unauthorized", None));
+        return Err(Box::new(status(401, "Unauthorized", "Unauthorized", None)));
     }
     if method != hyper::Method::POST {
         let message = format!("the server does not allow this method on the requested resource ({method})");
-        return Err(status(405, "MethodNotAllowed", &message, None));
+        return Err(Box::new(status(405, "MethodNotAllowed", &message, None)));
     }
     serde_json::from_slice(body).map_err(|_| {
-        status(
+        Box::new(status(
             400,
             "BadRequest",
             "the body of the request was in an unknown format",
             None,
-        )
+        ))
     })
 }
 
@@ -516,7 +516,7 @@ fn token_review(
 ) -> Response<Body> {
     let review: TokenReview = match review_request(state, method, authorization, body) {
         Ok(review) => review,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let wanted = review.spec.audiences.clone().unwrap_or_default();
     let claims = review.spec.token.as_deref().and_then(crate::oidc::verify);
@@ -580,7 +580,7 @@ fn access_review(
 ) -> Response<Body> {
     let review: SubjectAccessReview = match review_request(state, method, authorization, body) {
         Ok(review) => review,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let user = review.spec.user.clone().unwrap_or_default();
     let r = review.spec.resource_attributes.clone().unwrap_or_default();
