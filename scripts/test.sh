@@ -14,9 +14,10 @@ rustup target add wasm32-wasip2 >/dev/null
 source scripts/tools.sh
 
 # Real registry clients for the credential helper suite (tests/skopeo.rs): Debian's
-# skopeo, the CNCF distribution registry and htpasswd (apache2-utils).
+# skopeo, the CNCF distribution registry and htpasswd (apache2-utils); and Debian's
+# kubectl (kubernetes-client) for `kubectl kustomize deploy/` (host-example/tests/deploy.rs).
 missing=()
-for tool in skopeo:skopeo docker-registry:docker-registry htpasswd:apache2-utils; do
+for tool in skopeo:skopeo docker-registry:docker-registry htpasswd:apache2-utils kubectl:kubernetes-client; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then
