@@ -208,6 +208,17 @@ fn kustomize_renders_the_service_and_the_eso_objects() {
         "{url}"
     );
     assert_eq!(webhook["spec"]["method"], "POST");
+    // ESO reads a caProvider ConfigMap from caProvider.namespace only (no default).
+    let ca = &webhook["spec"]["caProvider"];
+    if ca["type"] == "ConfigMap" {
+        assert_eq!(
+            ca["namespace"], namespace,
+            "caProvider ConfigMap needs its namespace"
+        );
+    }
+    // ESO reads only Secrets labelled for the Webhook generator.
+    let secret_labels = &find(&objects, "Secret", "eso-cloudsmith-caller-token")["metadata"]["labels"];
+    assert_eq!(secret_labels["generators.external-secrets.io/type"], "webhook");
     let secret = find(&objects, "Secret", "eso-cloudsmith-caller-token");
     assert_eq!(secret["metadata"]["namespace"], namespace);
     assert_eq!(secret["type"], "kubernetes.io/service-account-token");
