@@ -13,9 +13,9 @@ rustup target add wasm32-wasip2 >/dev/null
 # shellcheck source=scripts/tools.sh
 source scripts/tools.sh
 
-# Real registry clients for the credential helper suite (tests/skopeo.rs): Debian's
-# skopeo, the CNCF distribution registry and htpasswd (apache2-utils); and Debian's
-# kubectl (kubernetes-client) for `kubectl kustomize deploy/` (host-example/tests/deploy.rs).
+# Real clients: for the credential helper suite (tests/skopeo.rs), Debian's
+# skopeo, the CNCF distribution registry and htpasswd (apache2-utils); for the
+# deploy/ checks, kubectl (kubernetes-client) to render the kustomize base.
 missing=()
 for tool in skopeo:skopeo docker-registry:docker-registry htpasswd:apache2-utils kubectl:kubernetes-client; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
