@@ -860,9 +860,27 @@ where
     panic!("condition never held");
 }
 
-/// With --tls-cert/--tls-key the contract is served over HTTPS.
+/// A TLS connection to `addr` trusting only `ca`; `None` when the handshake fails.
+async fn tls_client(
+    addr: SocketAddr,
+    ca: &testkit::tls::TestCa,
+) -> Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let connector = tokio_rustls::TlsConnector::from(ca.client_config().unwrap());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, stream).await.ok()?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    Some(sender)
+}
+
+/// With --tls-cert/--tls-key the contract is served over HTTPS, and a renewed
+/// certificate (files replaced in place, as cert-manager does) is served without a
+/// restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https() {
+async fn https_and_certificate_renewal() {
     let world = World::new(Duration::from_secs(10)).await;
     let ca = testkit::tls::TestCa::new();
     let (cert, key) = ca.write_server_pem(world.dir.path()).unwrap();
@@ -871,18 +889,12 @@ async fn https() {
         cert.to_str().unwrap(),
         "--tls-key",
         key.to_str().unwrap(),
+        "--reload-interval",
+        "0.1",
     ]);
-    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(ca.client_config().unwrap());
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = connector
-        .connect(name, stream)
+    let mut sender = tls_client(server.addr, &ca)
         .await
         .expect("TLS handshake with the test CA");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
     let token = caller("apps", "eso");
     let req = hyper::Request::post("/v1/namespaces/apps/generators/cloudsmith-access-token")
         .header("host", "localhost")
@@ -894,6 +906,7 @@ async fn https() {
     let body = answer.into_body().collect().await.unwrap().to_bytes();
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["auth"], expected_auth("apps"));
+
     // Plain HTTP to the TLS port gets no answer.
     let plain = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let handshake =
@@ -906,6 +919,47 @@ async fn https() {
             .unwrap();
         assert!(sender.send_request(req).await.is_err());
     }
+
+    // Renewal: a new CA's certificate written over the files.
+    let renewed = testkit::tls::TestCa::new();
+    renewed.write_server_pem(world.dir.path()).unwrap();
+    wait_until(|| async { tls_client(server.addr, &renewed).await.is_some() }).await;
+    assert!(
+        tls_client(server.addr, &ca).await.is_none(),
+        "the old certificate is no longer served"
+    );
+    // A broken renewal keeps the working pair.
+    std::fs::write(&key, "not a key").unwrap();
+    wait_until(|| async { server.logs().contains("TLS certificate not reloaded") }).await;
+    assert!(tls_client(server.addr, &renewed).await.is_some());
+}
+
+/// When the Kubernetes API cannot review the caller, the answer is 503 with
+/// Retry-After (ESO retries), never a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_unavailable_is_503() {
+    let world = World::new(Duration::from_secs(10)).await;
+    // A kubeconfig for a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let text = std::fs::read_to_string(&world.kubeconfig)
+        .unwrap()
+        .replace(&world.kube.url(), &format!("http://{closed}"));
+    std::fs::write(&world.kubeconfig, text).unwrap();
+    let server = world.serve(&[]);
+    let reply = ask(
+        server.addr,
+        "apps",
+        "cloudsmith-access-token",
+        &caller("apps", "eso"),
+    )
+    .await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.case(), "unavailable");
+    assert!(reply.headers.contains_key("retry-after"));
+    assert!(world.cloudsmith.requests().is_empty());
 }
 
 /// Bad flags and bad manifests stop the server before it listens, with one error line.

@@ -21,6 +21,7 @@ mod access;
 mod catalog;
 mod metrics;
 mod rate;
+mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -51,6 +52,7 @@ use self::access::{Access, Refusal};
 use self::catalog::{Catalog, Reload};
 use self::metrics::Metrics;
 use self::rate::RateLimiter;
+use self::tls::Tls;
 use crate::{Failure, ServeArgs};
 
 /// How long a client may take to send its request headers (slow clients must not hold
@@ -73,6 +75,8 @@ struct Server {
     /// Calls waiting for or holding a sandbox slot may be at most this many.
     max_in_flight: i64,
     stopping: AtomicBool,
+    /// HTTPS settings, re-read with the manifests; `None` serves plain HTTP.
+    tls: Option<Tls>,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -92,7 +96,7 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<(), Failure> {
         Some(args.max_concurrent_calls),
     )?;
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls_config(cert, key).map_err(Failure::Usage)?),
+        (Some(cert), Some(key)) => Some(Tls::load(cert, key).map_err(Failure::Usage)?),
         _ => None,
     };
     let listener = TcpListener::bind(args.listen)
@@ -112,19 +116,20 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<(), Failure> {
         max_body_bytes: args.max_body_bytes,
         max_in_flight: (args.max_concurrent_calls as usize + args.max_queued_calls) as i64,
         stopping: AtomicBool::new(false),
+        tls,
     });
     let mut names: Vec<String> = server.catalog.generators().keys().cloned().collect();
     names.sort();
     log(
         "info",
         "listening",
-        json!({"address": addr.to_string(), "tls": tls.is_some(), "generators": names,
+        json!({"address": addr.to_string(), "tls": server.tls.is_some(), "generators": names,
                "slots": args.max_concurrent_calls}),
     );
 
     let reloader = tokio::spawn(reload_loop(server.clone(), args.reload_interval));
     let stop = shutdown_signal().map_err(Failure::Other)?;
-    serve(listener, tls, server.clone(), stop, args.shutdown_timeout).await;
+    serve(listener, server.clone(), stop, args.shutdown_timeout).await;
     reloader.abort();
     log("info", "stopped", json!({}));
     Ok(())
@@ -147,29 +152,6 @@ async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> 
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
-/// A rustls server configuration from PEM files.
-fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!("--tls-cert {}: no certificate", cert.display());
-    }
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("--tls-key {}: {e}", key.display()))?;
-    let mut config =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .context("--tls-cert and --tls-key do not form a usable pair")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
 /// Resolves on the first SIGTERM or SIGINT.
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -187,7 +169,6 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 /// `grace`) and returns.
 async fn serve(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
     server: Arc<Server>,
     stop: impl std::future::Future<Output = ()>,
     grace: Duration,
@@ -200,7 +181,7 @@ async fn serve(
             accepted = listener.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
-                connections.spawn(connection(stream, peer, tls.clone(), server.clone(), stopping_rx.clone()));
+                connections.spawn(connection(stream, peer, server.clone(), stopping_rx.clone()));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut stop => break,
@@ -230,11 +211,10 @@ async fn serve(
 async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    tls: Option<Arc<rustls::ServerConfig>>,
     server: Arc<Server>,
     stopping: watch::Receiver<bool>,
 ) {
-    match tls {
+    match server.tls.as_ref().map(Tls::config) {
         Some(config) => match tokio::time::timeout(
             HEADER_TIMEOUT,
             tokio_rustls::TlsAcceptor::from(config).accept(stream),
@@ -242,8 +222,9 @@ async fn connection(
         .await
         {
             Ok(Ok(stream)) => http(TokioIo::new(stream), peer, server, stopping).await,
-            // A failed handshake is the client's problem; say so once at debug level.
-            _ => log("debug", "TLS handshake failed", json!({"peer": peer.to_string()})),
+            // A failed handshake is the client's problem (and not logged: a port scan
+            // must not flood the log).
+            _ => {}
         },
         None => http(TokioIo::new(stream), peer, server, stopping).await,
     }
@@ -592,7 +573,8 @@ fn classify(e: &Error) -> (StatusCode, &'static str, Option<u64>) {
     }
 }
 
-/// Checks the manifests every `interval` and swaps in a changed, valid set.
+/// Checks the manifests (and the TLS files) every `interval` and swaps in a changed,
+/// valid set.
 async fn reload_loop(server: Arc<Server>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -613,6 +595,15 @@ async fn reload_loop(server: Arc<Server>, interval: Duration) {
                     json!({"error": one_line(&format!("{e:#}"))}),
                 );
             }
+        }
+        match server.tls.as_ref().map(Tls::reload) {
+            Some(Ok(true)) => log("info", "TLS certificate reloaded", json!({})),
+            Some(Err(e)) => log(
+                "error",
+                "TLS certificate not reloaded: keeping the previous one",
+                json!({"error": one_line(&format!("{e:#}"))}),
+            ),
+            _ => {}
         }
     }
 }
