@@ -214,19 +214,14 @@ async fn connection(
     server: Arc<Server>,
     stopping: watch::Receiver<bool>,
 ) {
-    match server.tls.as_ref().map(Tls::config) {
-        Some(config) => match tokio::time::timeout(
-            HEADER_TIMEOUT,
-            tokio_rustls::TlsAcceptor::from(config).accept(stream),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => http(TokioIo::new(stream), peer, server, stopping).await,
-            // A failed handshake is the client's problem (and not logged: a port scan
-            // must not flood the log).
-            _ => {}
-        },
-        None => http(TokioIo::new(stream), peer, server, stopping).await,
+    let Some(config) = server.tls.as_ref().map(Tls::config) else {
+        return http(TokioIo::new(stream), peer, server, stopping).await;
+    };
+    let accepting = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    // A failed or stalled handshake is the client's problem (and not logged: a port
+    // scan must not flood the log).
+    if let Ok(Ok(stream)) = tokio::time::timeout(HEADER_TIMEOUT, accepting).await {
+        http(TokioIo::new(stream), peer, server, stopping).await;
     }
 }
 
