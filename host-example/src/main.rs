@@ -150,7 +150,8 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value = "65536")]
     max_body_bytes: usize,
 
-    /// Requests per second each caller (service account) may make, on average.
+    /// Requests per second each caller (service account) may make, on average; 0 turns
+    /// the limit off.
     #[arg(long, value_name = "N", default_value = "5")]
     rate_limit: f64,
 
