@@ -499,6 +499,13 @@ async fn unauthenticated_requests_are_401_and_mint_nothing() {
     assert!(world.kube.requests().is_empty(), "no token minted");
     assert!(world.cloudsmith.requests().is_empty(), "no exchange");
     assert!(world.kube.access_reviews().is_empty());
+    // Counted without a namespace label (the path comes from an unauthenticated client).
+    let metrics = request(server.addr, "GET", "/metrics", &[], b"").await.body;
+    assert!(
+        metrics.contains("cloudsmith_gen_refused_total{case=\"unauthenticated\"} 9\n"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("namespace=\"apps\""), "{metrics}");
     assert_logs_clean(&server, &world, &[&good, &tampered, &expired, &for_cloudsmith]);
 }
 
@@ -760,7 +767,14 @@ async fn each_caller_has_a_rate_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_while_busy_and_graceful_shutdown() {
     let world = World::new(Duration::from_secs(8)).await;
-    let mut server = world.serve(&["--max-concurrent-calls", "1", "--shutdown-timeout", "120"]);
+    let mut server = world.serve(&[
+        "--max-concurrent-calls",
+        "1",
+        "--max-queued-calls",
+        "0",
+        "--shutdown-timeout",
+        "120",
+    ]);
     let addr = server.addr;
     let token = caller("apps", "eso");
     let slow = tokio::spawn({
@@ -772,6 +786,11 @@ async fn health_while_busy_and_graceful_shutdown() {
         let reply = request(addr, "GET", path, &[], b"").await;
         assert_eq!((reply.status, reply.body.as_str()), (200, "ok\n"), "{path}");
     }
+    // The only slot is taken and no call may queue: a second caller is told to retry.
+    let busy = ask(addr, "apps", "cloudsmith-access-token", &token).await;
+    assert_eq!(busy.status, 503, "{}", busy.body);
+    assert_eq!(busy.case(), "busy");
+    assert!(busy.headers.contains_key("retry-after"));
     assert!(!slow.is_finished(), "the slow call is still in flight");
     let status = tokio::task::spawn_blocking(move || {
         let status = server.terminate();
