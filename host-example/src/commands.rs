@@ -98,11 +98,23 @@ pub fn load(
     namespaces: NamespacePolicy,
     verbose: bool,
 ) -> Result<Generator, Failure> {
+    load_with(args, tokens, namespaces, verbose, None)
+}
+
+/// [`load`], on a pooled engine with `pool` call slots when given (a long-lived server:
+/// instantiation from preallocated slots, and calls beyond the slots wait).
+pub fn load_with(
+    args: &RuntimeArgs,
+    tokens: Arc<dyn TokenSource>,
+    namespaces: NamespacePolicy,
+    verbose: bool,
+    pool: Option<u32>,
+) -> Result<Generator, Failure> {
     let options = options(args, namespaces).map_err(Failure::Usage)?;
     let memory = options.limits.memory_bytes;
     let engine = sandbox::engine(&EngineOptions {
-        pooling: false,
-        max_concurrent_calls: 1,
+        pooling: pool.is_some(),
+        max_concurrent_calls: pool.unwrap_or(1),
         max_memory_bytes: memory,
     })
     .map_err(Failure::Other)?;
@@ -149,7 +161,7 @@ pub fn load(
     Ok(generator)
 }
 
-fn options(args: &RuntimeArgs, namespaces: NamespacePolicy) -> anyhow::Result<GeneratorOptions> {
+pub(crate) fn options(args: &RuntimeArgs, namespaces: NamespacePolicy) -> anyhow::Result<GeneratorOptions> {
     let mut policy = OutboundPolicy::default()
         .allow_http(args.allow_http)
         .timeouts(TimeoutCaps {

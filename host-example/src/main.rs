@@ -81,9 +81,90 @@ enum Command {
     /// by CLOUDSMITH_* environment variables.
     #[command(after_help = EXIT_CODES)]
     DockerCredentialHelper(HelperArgs),
+    /// HTTP(S) service for ESO's Webhook generator: POST
+    /// /v1/namespaces/{namespace}/generators/{name} answers {"auth", "expiry"}.
+    #[command(after_help = SERVE_HELP)]
+    Serve(Box<ServeArgs>),
     /// Install a door.
     #[command(subcommand)]
     Install(InstallCommand),
+}
+
+const SERVE_HELP: &str = "\
+Callers send `Authorization: Bearer <service account token>`, verified with TokenReview.
+A caller may ask for its own namespace; another namespace needs a SubjectAccessReview
+allowing verb `create` on `cloudsmithaccesstokens/generate` in group
+`generators.external-secrets.io` (resource name: the generator) in that namespace.
+Errors answer {\"error\": {\"case\", \"message\"}}: 400 bad request, 401 unauthenticated,
+403 forbidden, 404 unknown generator, 405, 413 body too large, 422 invalid spec or refused
+by policy, 429 caller rate limit, 502 Cloudsmith or TokenRequest refused, 503 rate-limited
+or upstream failing (with Retry-After), 500 sandbox failure.
+Also: GET /healthz, /readyz, /metrics (Prometheus). JSON logs on stderr. SIGTERM stops
+accepting, lets calls in flight finish (up to --shutdown-timeout), then exits 0.";
+
+/// `serve`'s arguments.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+    listen: std::net::SocketAddr,
+
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Generator manifests (YAML or JSON, multi-document); repeatable. Every generator
+    /// document is served under its metadata.name; metadata.namespace is ignored. The
+    /// files are read again when they change.
+    #[arg(long = "manifest", value_name = "FILE", required = true)]
+    manifests: Vec<PathBuf>,
+
+    /// How often to check the manifests for changes, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
+    reload_interval: Duration,
+
+    /// Kubeconfig for TokenRequest, TokenReview and SubjectAccessReview (default:
+    /// KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+
+    /// Audience callers' tokens must carry (TokenReview spec.audiences); repeatable.
+    /// Default: the API server's own audience (what a kubernetes.io/service-account-token
+    /// Secret's token carries).
+    #[arg(long = "audience", value_name = "AUD")]
+    audiences: Vec<String>,
+
+    /// Calls that may run in the sandbox at once (the pooled engine's slots).
+    #[arg(long, value_name = "N", default_value = "16", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_concurrent_calls: u32,
+
+    /// Calls that may wait for a slot; beyond this, 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value = "256")]
+    max_queued_calls: usize,
+
+    /// Largest request body accepted, in bytes (ESO sends the Webhook's `body`).
+    #[arg(long, value_name = "BYTES", default_value = "65536")]
+    max_body_bytes: usize,
+
+    /// Requests per second each caller (service account) may make, on average; 0 turns
+    /// the limit off.
+    #[arg(long, value_name = "N", default_value = "5")]
+    rate_limit: f64,
+
+    /// Requests a caller may make at once before --rate-limit applies.
+    #[arg(long, value_name = "N", default_value = "50")]
+    rate_burst: u32,
+
+    /// How long calls in flight may take to finish after SIGTERM, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    shutdown_timeout: Duration,
+
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 /// What `install` installs.
@@ -443,6 +524,7 @@ fn main() -> ExitCode {
             Command::DockerCredentialHelper(args) => {
                 return doors::docker::run(&args.action, verbose).await.map(Some);
             }
+            Command::Serve(args) => doors::serve::run(*args, verbose).await,
             Command::Install(InstallCommand::DockerCredentialHelper(args)) => {
                 doors::install::docker_credential_helper(args)
             }
@@ -510,11 +592,14 @@ fn usage_error(e: clap::Error) -> ExitCode {
         return ExitCode::from(2);
     }
     let rendered = e.render().to_string();
-    let first = rendered
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid arguments");
-    let first = first.trim().strip_prefix("error: ").unwrap_or(first.trim());
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // "the following required arguments were not provided:" names them on the next line.
+    let first = match (first.ends_with(':'), lines.next()) {
+        (true, Some(next)) => format!("{first} {next}"),
+        _ => first.to_string(),
+    };
     eprintln!("error: {first} (see --help)");
     ExitCode::from(2)
 }

@@ -138,6 +138,33 @@ pub fn select(documents: Vec<Value>, generator: Option<&str>) -> anyhow::Result<
     Ok(Value::Object(chosen.remove(0)))
 }
 
+/// Every generator document of `documents` by `metadata.name`, for `serve`, whose
+/// manifests hold many generators and whose URL names one. Documents of other kinds are
+/// skipped; a generator without a name, or two with one name, is an error (the URL
+/// could not pick it, or could pick either).
+pub fn generators(documents: Vec<Value>) -> anyhow::Result<Vec<(String, Map<String, Value>)>> {
+    let mut found: Vec<(String, Map<String, Value>)> = Vec::new();
+    for document in documents {
+        let Value::Object(resource) = document else {
+            bail!("a document is not a mapping");
+        };
+        if !is_generator(&resource) {
+            continue;
+        }
+        let Some(name) = name_of(&resource).map(str::to_string) else {
+            bail!("generator document {} has no metadata.name", describe(&resource));
+        };
+        if found.iter().any(|(n, _)| *n == name) {
+            bail!(
+                "two generator documents are named \"{}\": names must be unique",
+                shown(&name)
+            );
+        }
+        found.push((name, resource));
+    }
+    Ok(found)
+}
+
 /// Whether `resource` is a generator document: ESO's `CloudsmithAccessToken`, or a
 /// `ClusterGenerator` wrapping one. Another API group's kind of the same name is not.
 fn is_generator(resource: &Map<String, Value>) -> bool {

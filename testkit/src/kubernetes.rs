@@ -16,6 +16,20 @@
 //! | `expirationSeconds` below 600                      | 422 `Status` `Invalid`                              |
 //! | otherwise                                          | 201 `TokenRequest` with `status.token` = [`crate::oidc::token_with_lifetime`] for `system:serviceaccount:<ns>:<name>` and the requested audiences |
 //!
+//! It also answers the two review APIs a service uses to check its callers:
+//!
+//! - `POST /apis/authentication.k8s.io/v1/tokenreviews`: `status.authenticated` when
+//!   the token verifies ([`crate::oidc::verify`]) and carries one of `spec.audiences`
+//!   (by default the API server's own, [`crate::oidc::ISSUER`]); `status.user` is the token's subject with the groups a real
+//!   server gives a service account (`system:serviceaccounts`,
+//!   `system:serviceaccounts:<ns>`, `system:authenticated`).
+//! - `POST /apis/authorization.k8s.io/v1/subjectaccessreviews`: `status.allowed` when a
+//!   [`Grant`] in [`StandInConfig::grants`] matches the user and resource attributes.
+//!
+//! Both record what they were asked ([`StandIn::token_reviews`],
+//! [`StandIn::access_reviews`]) and, like the TokenRequest API, refuse callers without
+//! the configured bearer token.
+//!
 //! With no audiences, the token gets the API server's own
 //! ([`crate::oidc::ISSUER`]), as a real server does; with no
 //! `expirationSeconds`, one hour.
@@ -28,7 +42,10 @@ use base64::Engine as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec, TokenRequestStatus};
+use k8s_openapi::api::authentication::v1::{
+    TokenRequest, TokenRequestSpec, TokenRequestStatus, TokenReview, TokenReviewStatus, UserInfo,
+};
+use k8s_openapi::api::authorization::v1::{SubjectAccessReview, SubjectAccessReviewStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Status, StatusDetails, Time};
 
 use crate::server::{self, Body, Hangup};
@@ -48,6 +65,50 @@ pub struct StandInConfig {
     /// Serve HTTPS with a fresh [`crate::tls::TestCa`]; the kubeconfig then
     /// carries its certificate as `certificate-authority-data`.
     pub tls: bool,
+    /// What SubjectAccessReviews allow (nothing by default).
+    pub grants: Vec<Grant>,
+}
+
+/// One permission the SubjectAccessReview stand-in grants: like an RBAC rule bound to
+/// one user. `"*"` in any field matches every value; `name: None` matches every name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The user (`system:serviceaccount:<ns>:<name>` for a service account).
+    pub user: String,
+    /// The namespace the permission holds in.
+    pub namespace: String,
+    /// The verb, e.g. `create`.
+    pub verb: String,
+    /// The API group.
+    pub group: String,
+    /// The resource.
+    pub resource: String,
+    /// The subresource (`""` for none).
+    pub subresource: String,
+    /// The one object name allowed (`resourceNames`), or every name.
+    pub name: Option<String>,
+}
+
+/// A TokenReview as the stand-in received and answered it (never the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenReviewRecord {
+    /// `spec.audiences` as sent.
+    pub audiences: Vec<String>,
+    /// Whether the token was authenticated.
+    pub authenticated: bool,
+    /// The user it was authenticated as.
+    pub username: Option<String>,
+}
+
+/// A SubjectAccessReview as the stand-in received and answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessReviewRecord {
+    /// `spec.user`.
+    pub user: String,
+    /// `spec.resourceAttributes` as `(namespace, verb, group, resource, subresource, name)`.
+    pub attributes: (String, String, String, String, String, String),
+    /// The answer.
+    pub allowed: bool,
 }
 
 impl Default for StandInConfig {
@@ -57,6 +118,7 @@ impl Default for StandInConfig {
             service_accounts: vec![("default".to_string(), "default".to_string())],
             forbidden_namespaces: vec!["forbidden".to_string()],
             tls: false,
+            grants: Vec::new(),
         }
     }
 }
@@ -66,6 +128,12 @@ impl StandInConfig {
     pub fn with_service_account(mut self, namespace: &str, name: &str) -> Self {
         self.service_accounts
             .push((namespace.to_string(), name.to_string()));
+        self
+    }
+
+    /// Adds a [`Grant`].
+    pub fn with_grant(mut self, grant: Grant) -> Self {
+        self.grants.push(grant);
         self
     }
 }
@@ -100,6 +168,8 @@ pub struct StandIn {
 struct State {
     config: StandInConfig,
     requests: Mutex<Vec<TokenRequestRecord>>,
+    token_reviews: Mutex<Vec<TokenReviewRecord>>,
+    access_reviews: Mutex<Vec<AccessReviewRecord>>,
 }
 
 impl StandIn {
@@ -123,6 +193,8 @@ impl StandIn {
         let state = Arc::new(State {
             config,
             requests: Mutex::default(),
+            token_reviews: Mutex::default(),
+            access_reviews: Mutex::default(),
         });
         let handler_state = state.clone();
         let handler: server::Handler = Arc::new(move |req| {
@@ -156,6 +228,16 @@ impl StandIn {
     /// Every TokenRequest received so far, in order.
     pub fn requests(&self) -> Vec<TokenRequestRecord> {
         self.state.requests.lock().expect("requests lock").clone()
+    }
+
+    /// Every TokenReview received so far, in order.
+    pub fn token_reviews(&self) -> Vec<TokenReviewRecord> {
+        self.state.token_reviews.lock().expect("reviews lock").clone()
+    }
+
+    /// Every SubjectAccessReview received so far, in order.
+    pub fn access_reviews(&self) -> Vec<AccessReviewRecord> {
+        self.state.access_reviews.lock().expect("reviews lock").clone()
     }
 
     /// A kubeconfig whose current context points at this stand-in with the
@@ -266,6 +348,25 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
             ))
         }
     };
+    match parts.uri.path() {
+        TOKEN_REVIEWS => {
+            return Ok(token_review(
+                state,
+                &parts.method,
+                authorization.as_deref(),
+                &body,
+            ))
+        }
+        ACCESS_REVIEWS => {
+            return Ok(access_review(
+                state,
+                &parts.method,
+                authorization.as_deref(),
+                &body,
+            ))
+        }
+        _ => {}
+    }
     let route = route(parts.uri.path());
     let parsed: Option<TokenRequest> = serde_json::from_slice(&body).ok();
     let (response, token) = answer(
@@ -375,4 +476,160 @@ fn answer(
     // k8s-openapi's Serialize for a resource writes apiVersion and kind.
     let value = serde_json::to_value(&answer).expect("TokenRequest serializes");
     (server::json(201, &value, &[]), Some(token))
+}
+
+/// The TokenReview collection's path.
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+/// The SubjectAccessReview collection's path.
+const ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
+
+/// The checks every review API makes first: the caller's bearer token, POST, a body of
+/// the right type.
+fn review_request<T: serde::de::DeserializeOwned>(
+    state: &State,
+    method: &hyper::Method,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Result<T, Box<Response<Body>>> {
+    if authorization != Some(&format!("Bearer {}", state.config.bearer_token)) {
+        return Err(Box::new(status(401, "Unauthorized", "Unauthorized", None)));
+    }
+    if method != hyper::Method::POST {
+        let message = format!("the server does not allow this method on the requested resource ({method})");
+        return Err(Box::new(status(405, "MethodNotAllowed", &message, None)));
+    }
+    serde_json::from_slice(body).map_err(|_| {
+        Box::new(status(
+            400,
+            "BadRequest",
+            "the body of the request was in an unknown format",
+            None,
+        ))
+    })
+}
+
+fn token_review(
+    state: &State,
+    method: &hyper::Method,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Response<Body> {
+    let review: TokenReview = match review_request(state, method, authorization, body) {
+        Ok(review) => review,
+        Err(response) => return *response,
+    };
+    let wanted = review.spec.audiences.clone().unwrap_or_default();
+    let claims = review.spec.token.as_deref().and_then(crate::oidc::verify);
+    // No audiences asked: the API server's own, as a real server defaults them.
+    let effective = if wanted.is_empty() {
+        vec![crate::oidc::ISSUER.to_string()]
+    } else {
+        wanted.clone()
+    };
+    let audiences: Vec<String> = match &claims {
+        Some(c) => effective.iter().filter(|a| c.aud.contains(a)).cloned().collect(),
+        None => Vec::new(),
+    };
+    let authenticated = claims.is_some() && !audiences.is_empty();
+    let user = claims.filter(|_| authenticated).map(|c| {
+        let mut groups = Vec::new();
+        if let Some((ns, _)) = crate::oidc::service_account_of(&c.sub) {
+            groups.push("system:serviceaccounts".to_string());
+            groups.push(format!("system:serviceaccounts:{ns}"));
+        }
+        groups.push("system:authenticated".to_string());
+        UserInfo {
+            username: Some(c.sub.clone()),
+            groups: Some(groups),
+            uid: Some(format!("uid-{}", c.sub.len())),
+            extra: None,
+        }
+    });
+    state
+        .token_reviews
+        .lock()
+        .expect("reviews lock")
+        .push(TokenReviewRecord {
+            audiences: wanted,
+            authenticated,
+            username: user.as_ref().and_then(|u| u.username.clone()),
+        });
+    let answer = TokenReview {
+        metadata: Default::default(),
+        spec: k8s_openapi::api::authentication::v1::TokenReviewSpec {
+            audiences: review.spec.audiences,
+            token: None,
+        },
+        status: Some(TokenReviewStatus {
+            authenticated: Some(authenticated),
+            audiences: authenticated.then_some(audiences),
+            // A real API server says nothing more about a bad token.
+            error: (!authenticated).then(|| "[invalid bearer token]".to_string()),
+            user,
+        }),
+    };
+    let value = serde_json::to_value(&answer).expect("TokenReview serializes");
+    server::json(201, &value, &[])
+}
+
+fn access_review(
+    state: &State,
+    method: &hyper::Method,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Response<Body> {
+    let review: SubjectAccessReview = match review_request(state, method, authorization, body) {
+        Ok(review) => review,
+        Err(response) => return *response,
+    };
+    let user = review.spec.user.clone().unwrap_or_default();
+    let r = review.spec.resource_attributes.clone().unwrap_or_default();
+    let field = |v: &Option<String>| v.clone().unwrap_or_default();
+    let attributes = (
+        field(&r.namespace),
+        field(&r.verb),
+        field(&r.group),
+        field(&r.resource),
+        field(&r.subresource),
+        field(&r.name),
+    );
+    let matches = |want: &str, have: &str| want == "*" || want == have;
+    let allowed = review.spec.resource_attributes.is_some()
+        && state.config.grants.iter().any(|g| {
+            g.user == user
+                && matches(&g.namespace, &attributes.0)
+                && matches(&g.verb, &attributes.1)
+                && matches(&g.group, &attributes.2)
+                && matches(&g.resource, &attributes.3)
+                && matches(&g.subresource, &attributes.4)
+                && g.name.as_ref().is_none_or(|n| *n == attributes.5)
+        });
+    state
+        .access_reviews
+        .lock()
+        .expect("reviews lock")
+        .push(AccessReviewRecord {
+            user,
+            attributes,
+            allowed,
+        });
+    let answer = SubjectAccessReview {
+        metadata: Default::default(),
+        spec: review.spec,
+        status: Some(SubjectAccessReviewStatus {
+            allowed,
+            denied: None,
+            evaluation_error: None,
+            reason: Some(
+                if allowed {
+                    "a testkit grant matches"
+                } else {
+                    "no testkit grant matches"
+                }
+                .to_string(),
+            ),
+        }),
+    };
+    let value = serde_json::to_value(&answer).expect("SubjectAccessReview serializes");
+    server::json(201, &value, &[])
 }

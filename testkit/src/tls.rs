@@ -20,6 +20,8 @@ pub struct TestCa {
     ca_der: CertificateDer<'static>,
     server_der: CertificateDer<'static>,
     server_key_der: Vec<u8>,
+    server_pem: String,
+    server_key_pem: String,
 }
 
 impl std::fmt::Debug for TestCa {
@@ -72,6 +74,8 @@ impl TestCa {
             ca_der: ca_cert.der().clone(),
             server_der: server_cert.der().clone(),
             server_key_der: server_key.serialize_der(),
+            server_pem: server_cert.pem(),
+            server_key_pem: server_key.serialize_pem(),
         })
     }
 
@@ -90,6 +94,15 @@ impl TestCa {
         let path = dir.join("testkit-ca.pem");
         std::fs::write(&path, &self.ca_pem)?;
         Ok(path)
+    }
+
+    /// Writes the server certificate and its key as PEM files (`server.crt`,
+    /// `server.key`) in `dir`, for servers that take files, and returns their paths.
+    pub fn write_server_pem(&self, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+        std::fs::write(&cert, &self.server_pem)?;
+        std::fs::write(&key, &self.server_key_pem)?;
+        Ok((cert, key))
     }
 
     /// A rustls server configuration presenting the server certificate

@@ -1,5 +1,6 @@
 //! The doors of `cloudsmith-gen` besides `generate`: the kubelet image credential
-//! provider, the Docker credential helper, and installing the helper. Each reads its
+//! provider, the Docker credential helper, installing the helper, and the HTTP service
+//! for ESO's Webhook generator (`serve`). Each reads its
 //! protocol's input, asks [`mint`] for credentials, and writes its protocol's output.
 //!
 //! [`mint`] is the path every door shares: token cache first (a hit runs no Wasm and
@@ -9,6 +10,7 @@
 pub mod docker;
 pub mod install;
 pub mod kubelet;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

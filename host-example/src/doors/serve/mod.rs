@@ -1,0 +1,723 @@
+//! `cloudsmith-gen serve`: the door for ESO's Webhook generator.
+//!
+//! ESO's `Webhook` generator POSTs to a URL with headers templated from Secrets and
+//! turns the keys of the JSON answer into the keys of the target Secret. This door
+//! answers `POST /v1/namespaces/{namespace}/generators/{name}` with ESO's
+//! `{"auth", "expiry"}`, so an ExternalSecret keeps the seed's dockerconfigjson
+//! template while the generator runs sandboxed here.
+//!
+//! A request goes, in order (each step's refusal costs less than the next step):
+//! 1. path and method (400/404/405; health and metrics paths need no token);
+//! 2. `Authorization: Bearer` checked with TokenReview (401), then the namespace rule
+//!    or a SubjectAccessReview (403): see [`access`]; nothing is minted before this;
+//! 3. the caller's rate limit (429) and the request body's size (413);
+//! 4. the generator by name (404), then the sandboxed call on the pooled engine, whose
+//!    slots bound the calls at once; a bounded queue waits for them (503 when full).
+//!
+//! Health checks and metrics never wait for a slot or for Cloudsmith: they are answered
+//! from memory on their own connection tasks.
+
+mod access;
+mod catalog;
+mod metrics;
+mod rate;
+mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use host_example::token_source::KubernetesTokenSource;
+use host_example::{Error, GenerateError, Generator, HostError, NamespacePolicy};
+
+use self::access::{Access, Refusal};
+use self::catalog::{Catalog, Reload};
+use self::metrics::Metrics;
+use self::rate::RateLimiter;
+use self::tls::Tls;
+use crate::{Failure, ServeArgs};
+
+/// How long a client may take to send its request headers (slow clients must not hold
+/// connections forever).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Retry-After for an upstream failure or a full queue, in seconds.
+const RETRY_UPSTREAM_SECONDS: u64 = 10;
+/// Retry-After for a Cloudsmith rate limit that named no wait, in seconds.
+const RETRY_RATE_LIMITED_SECONDS: u64 = 60;
+
+/// Everything a request handler shares.
+struct Server {
+    generator: Generator,
+    catalog: Catalog,
+    access: Access,
+    limiter: RateLimiter,
+    metrics: Metrics,
+    max_body_bytes: usize,
+    /// Calls waiting for or holding a sandbox slot may be at most this many.
+    max_in_flight: i64,
+    stopping: AtomicBool,
+    /// HTTPS settings, re-read with the manifests; `None` serves plain HTTP.
+    tls: Option<Tls>,
+}
+
+type Answer = Response<Full<Bytes>>;
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn run(args: ServeArgs, verbose: bool) -> Result<(), Failure> {
+    let catalog = Catalog::load(args.manifests.clone()).map_err(Failure::Usage)?;
+    let client = kube_client(args.kubeconfig.as_deref())
+        .await
+        .map_err(Failure::Usage)?;
+    let tokens = Arc::new(KubernetesTokenSource::with_client(client.clone()));
+    let generator = crate::commands::load_with(
+        &args.runtime,
+        tokens,
+        NamespacePolicy::TargetOnly,
+        verbose,
+        Some(args.max_concurrent_calls),
+    )?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::load(cert, key).map_err(Failure::Usage)?),
+        _ => None,
+    };
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}", args.listen))
+        .map_err(Failure::Usage)?;
+    let addr = listener.local_addr().map_err(|e| Failure::Other(e.into()))?;
+
+    let metrics = Metrics::default();
+    metrics.reload(Some(catalog.generators().len()));
+    let server = Arc::new(Server {
+        generator,
+        catalog,
+        access: Access::new(client, args.audiences.clone()),
+        limiter: RateLimiter::new(args.rate_limit, args.rate_burst),
+        metrics,
+        max_body_bytes: args.max_body_bytes,
+        max_in_flight: (args.max_concurrent_calls as usize + args.max_queued_calls) as i64,
+        stopping: AtomicBool::new(false),
+        tls,
+    });
+    let mut names: Vec<String> = server.catalog.generators().keys().cloned().collect();
+    names.sort();
+    log(
+        "info",
+        "listening",
+        json!({"address": addr.to_string(), "tls": server.tls.is_some(), "generators": names,
+               "slots": args.max_concurrent_calls}),
+    );
+
+    let reloader = tokio::spawn(reload_loop(server.clone(), args.reload_interval));
+    let stop = shutdown_signal().map_err(Failure::Other)?;
+    serve(listener, server.clone(), stop, args.shutdown_timeout).await;
+    reloader.abort();
+    log("info", "stopped", json!({}));
+    Ok(())
+}
+
+/// The Kubernetes client for reviews and token requests.
+async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file =
+                Kubeconfig::read_from(path).with_context(|| format!("kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration found (give --kubeconfig, or run in a cluster)")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// Accepts connections until `stop`, then lets each finish its request in flight (up to
+/// `grace`) and returns.
+async fn serve(
+    listener: TcpListener,
+    server: Arc<Server>,
+    stop: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) {
+    let (stopping_tx, stopping_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                connections.spawn(connection(stream, peer, server.clone(), stopping_rx.clone()));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = &mut stop => break,
+        }
+    }
+    drop(listener);
+    server.stopping.store(true, Ordering::SeqCst);
+    log(
+        "info",
+        "stopping",
+        json!({"connections": connections.len(), "calls_in_flight": server.metrics.in_flight_now(),
+               "grace_seconds": grace.as_secs_f64()}),
+    );
+    let _ = stopping_tx.send(true);
+    let drained =
+        tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        log(
+            "warn",
+            "grace period over: abandoning connections",
+            json!({"connections": connections.len()}),
+        );
+        connections.abort_all();
+    }
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    server: Arc<Server>,
+    stopping: watch::Receiver<bool>,
+) {
+    let Some(config) = server.tls.as_ref().map(Tls::config) else {
+        return http(TokioIo::new(stream), peer, server, stopping).await;
+    };
+    let accepting = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    // A failed or stalled handshake is the client's problem (and not logged: a port
+    // scan must not flood the log).
+    if let Ok(Ok(stream)) = tokio::time::timeout(HEADER_TIMEOUT, accepting).await {
+        http(TokioIo::new(stream), peer, server, stopping).await;
+    }
+}
+
+async fn http<I>(io: I, peer: SocketAddr, server: Arc<Server>, mut stopping: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let server = server.clone();
+        async move { Ok::<_, Infallible>(handle(&server, req, peer).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let stop = async move {
+        while !*stopping.borrow_and_update() {
+            if stopping.changed().await.is_err() {
+                // The server is gone without a stop: nothing to wait for.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stop => {
+            // Finish the request in flight, answer it, then close.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// A request's route.
+enum Route {
+    Health,
+    Ready,
+    Metrics,
+    Generate { namespace: String, name: String },
+}
+
+fn route(path: &str) -> Result<Route, (StatusCode, &'static str, String)> {
+    match path {
+        "/healthz" | "/livez" => return Ok(Route::Health),
+        "/readyz" => return Ok(Route::Ready),
+        "/metrics" => return Ok(Route::Metrics),
+        _ => {}
+    }
+    let not_found = || {
+        (
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "no such path: POST /v1/namespaces/{namespace}/generators/{name}".to_string(),
+        )
+    };
+    let rest = path.strip_prefix("/v1/namespaces/").ok_or_else(not_found)?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [namespace, "generators", name] = parts[..] else {
+        return Err(not_found());
+    };
+    if !is_dns_label(namespace) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!(
+                "namespace {:?} is not a Kubernetes namespace name",
+                super::shown(namespace)
+            ),
+        ));
+    }
+    if !is_dns_subdomain(name) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!(
+                "generator {:?} is not a Kubernetes object name",
+                super::shown(name)
+            ),
+        ));
+    }
+    Ok(Route::Generate {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    })
+}
+
+/// RFC 1123 label: what a namespace name is.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// RFC 1123 subdomain: what an object name is.
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+async fn handle(server: &Server, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+    let started = Instant::now();
+    let route = match route(req.uri().path()) {
+        Ok(route) => route,
+        Err((status, case, message)) => {
+            server.metrics.refused(case);
+            return error(status, case, &message);
+        }
+    };
+    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    match route {
+        Route::Health | Route::Ready | Route::Metrics if !read_only => {
+            server.metrics.refused("method-not-allowed");
+            with_header(
+                error(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "use GET"),
+                "allow",
+                "GET, HEAD",
+            )
+        }
+        Route::Health => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        Route::Ready => {
+            if server.stopping.load(Ordering::SeqCst) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "stopping\n".into())
+            } else {
+                text(StatusCode::OK, "text/plain", "ok\n".into())
+            }
+        }
+        Route::Metrics => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            server.metrics.render(),
+        ),
+        Route::Generate { namespace, name } => {
+            if req.method() != Method::POST {
+                server.metrics.refused("method-not-allowed");
+                return with_header(
+                    error(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "use POST"),
+                    "allow",
+                    "POST",
+                );
+            }
+            let (answer, caller, case) = generate(server, req, &namespace, &name).await;
+            let status = answer.status().as_u16();
+            log(
+                if status < 400 { "info" } else { "warn" },
+                "call",
+                json!({"namespace": namespace, "generator": name, "caller": caller, "peer": peer.to_string(),
+                       "status": status, "case": case, "ms": started.elapsed().as_millis() as u64}),
+            );
+            answer
+        }
+    }
+}
+
+/// The generate route after its method check: the answer, the caller (for the log)
+/// and the result case.
+async fn generate(
+    server: &Server,
+    req: Request<Incoming>,
+    namespace: &str,
+    name: &str,
+) -> (Answer, Option<String>, String) {
+    let refused = |status, case: &'static str, message: &str, caller: Option<String>| {
+        server.metrics.refused(case);
+        (error(status, case, message), caller, case.to_string())
+    };
+    let (parts, body) = req.into_parts();
+    let Some(token) = bearer(parts.headers.get(AUTHORIZATION)) else {
+        let (answer, caller, case) = refused(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "missing credentials: send Authorization: Bearer <service account token>",
+            None,
+        );
+        return (with_header(answer, "www-authenticate", "Bearer"), caller, case);
+    };
+    let caller = match server.access.authenticate(token).await {
+        Ok(caller) => caller,
+        Err(refusal) => {
+            let (status, case, message) = refusal_parts(refusal);
+            let (answer, caller, case) = refused(status, case, &message, None);
+            let answer = if status == StatusCode::UNAUTHORIZED {
+                with_header(answer, "www-authenticate", "Bearer")
+            } else {
+                with_header(answer, RETRY_AFTER.as_str(), &RETRY_UPSTREAM_SECONDS.to_string())
+            };
+            return (answer, caller, case);
+        }
+    };
+    let who = Some(caller.username.clone());
+    if let Err(refusal) = server.access.authorize(&caller, namespace, name).await {
+        let (status, case, message) = refusal_parts(refusal);
+        let (answer, who, case) = refused(status, case, &message, who);
+        let answer = if status == StatusCode::SERVICE_UNAVAILABLE {
+            with_header(answer, RETRY_AFTER.as_str(), &RETRY_UPSTREAM_SECONDS.to_string())
+        } else {
+            answer
+        };
+        return (answer, who, case);
+    }
+    if let Err(wait) = server.limiter.check(&caller.username) {
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let (answer, who, case) = refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-requests",
+            &format!("rate limit for {}: retry after {seconds}s", caller.username),
+            who,
+        );
+        return (
+            with_header(answer, RETRY_AFTER.as_str(), &seconds.to_string()),
+            who,
+            case,
+        );
+    }
+    // ESO sends the Webhook's templated body; this API reads nothing from it, but it is
+    // read (bounded) so the connection can be reused.
+    if let Err(e) = Limited::new(body, server.max_body_bytes).collect().await {
+        let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+        return if too_large {
+            refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                &format!("request body larger than {} bytes", server.max_body_bytes),
+                who,
+            )
+        } else {
+            refused(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "could not read the request body",
+                who,
+            )
+        };
+    }
+    let Some(manifest) = server.catalog.get(name) else {
+        return refused(
+            StatusCode::NOT_FOUND,
+            "unknown-generator",
+            &format!("no generator named {name:?} in this server's manifests"),
+            who,
+        );
+    };
+    if server.metrics.in_flight_now() >= server.max_in_flight {
+        let (answer, who, case) = refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many calls waiting for the sandbox: retry later",
+            who,
+        );
+        return (
+            with_header(answer, RETRY_AFTER.as_str(), &RETRY_UPSTREAM_SECONDS.to_string()),
+            who,
+            case,
+        );
+    }
+
+    server.metrics.in_flight(1);
+    let started = Instant::now();
+    let result = server.generator.generate(&manifest, namespace).await;
+    server.metrics.exchange(started.elapsed());
+    server.metrics.in_flight(-1);
+    let (answer, case) = match result {
+        Ok(credentials) => {
+            let body = host_example::output::eso_json(&credentials);
+            (text(StatusCode::OK, "application/json", body), "ok".to_string())
+        }
+        Err(e) => {
+            let (status, case, retry) = classify(&e);
+            let answer = error(status, case, &e.to_string());
+            let answer = match retry {
+                Some(seconds) => with_header(answer, RETRY_AFTER.as_str(), &seconds.to_string()),
+                None => answer,
+            };
+            (answer, case.to_string())
+        }
+    };
+    server.metrics.call(name, namespace, &case);
+    (answer, who, case)
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer(header: Option<&HeaderValue>) -> Option<&str> {
+    let value = header?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' ')).then_some(token)
+}
+
+fn refusal_parts(refusal: Refusal) -> (StatusCode, &'static str, String) {
+    match refusal {
+        Refusal::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, "unauthenticated", m),
+        Refusal::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
+        Refusal::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+    }
+}
+
+/// The status, case and Retry-After of a failed call. The cases are the WIT
+/// `generate-error` cases; host failures have their own names.
+fn classify(e: &Error) -> (StatusCode, &'static str, Option<u64>) {
+    match e {
+        Error::Generate(g) => match g {
+            GenerateError::InvalidSpec(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-spec", None),
+            // The spec names a host or scheme this server will not reach: fix the manifest.
+            GenerateError::PolicyDenied { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "policy-denied", None),
+            // The TokenRequest for the manifest's service account failed (no such
+            // account in the namespace, or this server may not mint for it).
+            GenerateError::TokenSource(_) => (StatusCode::BAD_GATEWAY, "token-source", None),
+            GenerateError::Unauthorized(_) => (StatusCode::BAD_GATEWAY, "unauthorized", None),
+            GenerateError::Rejected(_) => (StatusCode::BAD_GATEWAY, "rejected", None),
+            GenerateError::InvalidToken(_) => (StatusCode::BAD_GATEWAY, "invalid-token", None),
+            GenerateError::RateLimited {
+                retry_after_seconds, ..
+            } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rate-limited",
+                Some(
+                    retry_after_seconds
+                        .map_or(RETRY_RATE_LIMITED_SECONDS, u64::from)
+                        .max(1),
+                ),
+            ),
+            GenerateError::Upstream { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream",
+                Some(RETRY_UPSTREAM_SECONDS),
+            ),
+        },
+        Error::Host(h) => match h {
+            HostError::DeadlineExceeded { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "deadline-exceeded",
+                Some(RETRY_UPSTREAM_SECONDS),
+            ),
+            HostError::MemoryLimitExceeded { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "memory-limit-exceeded", None)
+            }
+            HostError::Trap(_) => (StatusCode::INTERNAL_SERVER_ERROR, "trap", None),
+            HostError::Instantiate(_) => (StatusCode::INTERNAL_SERVER_ERROR, "instantiate", None),
+            HostError::InvalidOutput(_) => (StatusCode::INTERNAL_SERVER_ERROR, "invalid-output", None),
+        },
+    }
+}
+
+/// Checks the manifests (and the TLS files) every `interval` and swaps in a changed,
+/// valid set.
+async fn reload_loop(server: Arc<Server>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match server.catalog.reload() {
+            Ok(Reload::Unchanged) => {}
+            Ok(Reload::Loaded(names)) => {
+                server.metrics.reload(Some(names.len()));
+                log("info", "manifests reloaded", json!({"generators": names}));
+            }
+            Err(e) => {
+                server.metrics.reload(None);
+                log(
+                    "error",
+                    "manifests not reloaded: keeping the previous generators",
+                    json!({"error": one_line(&format!("{e:#}"))}),
+                );
+            }
+        }
+        match server.tls.as_ref().map(Tls::reload) {
+            Some(Ok(true)) => log("info", "TLS certificate reloaded", json!({})),
+            Some(Err(e)) => log(
+                "error",
+                "TLS certificate not reloaded: keeping the previous one",
+                json!({"error": one_line(&format!("{e:#}"))}),
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// `{"error": {"case", "message"}}` with `status`.
+fn error(status: StatusCode, case: &str, message: &str) -> Answer {
+    let body = json!({"error": {"case": case, "message": one_line(message)}});
+    text(status, "application/json", body.to_string())
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Answer {
+    let mut answer = Response::new(Full::new(Bytes::from(body)));
+    *answer.status_mut() = status;
+    answer
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Credentials must not land in a shared cache.
+    answer
+        .headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    answer
+}
+
+fn with_header(mut answer: Answer, name: &'static str, value: &str) -> Answer {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        answer.headers_mut().insert(name, value);
+    }
+    answer
+}
+
+/// One line, and nothing shaped like a token.
+fn one_line(text: &str) -> String {
+    host_example::secret::redact(&text.split_whitespace().collect::<Vec<_>>().join(" "), &[])
+}
+
+/// One JSON log line on stderr: `ts` (UNIX seconds), `level`, `msg`, then `fields`.
+/// Callers never pass a token; string fields are redacted all the same.
+fn log(level: &str, msg: &str, fields: Value) {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let mut line = json!({"ts": (ts * 1000.0).round() / 1000.0, "level": level, "msg": msg});
+    if let (Value::Object(line), Value::Object(fields)) = (&mut line, fields) {
+        for (k, v) in fields {
+            let v = match v {
+                Value::String(s) => Value::String(one_line(&s)),
+                other => other,
+            };
+            line.insert(k, v);
+        }
+    }
+    eprintln!("{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert!(matches!(route("/healthz"), Ok(Route::Health)));
+        assert!(matches!(route("/readyz"), Ok(Route::Ready)));
+        assert!(matches!(route("/metrics"), Ok(Route::Metrics)));
+        match route("/v1/namespaces/apps/generators/my-gen.v1") {
+            Ok(Route::Generate { namespace, name }) => {
+                assert_eq!((&*namespace, &*name), ("apps", "my-gen.v1"))
+            }
+            _ => panic!("not a generate route"),
+        }
+        for (path, status) in [
+            ("/", 404),
+            ("/v1/namespaces/apps/generators", 404),
+            ("/v1/namespaces/apps/generators/a/b", 404),
+            ("/v1/namespaces/apps/secrets/a", 404),
+            ("/v1/namespaces/Apps/generators/a", 400),
+            ("/v1/namespaces/apps/generators/a_b", 400),
+            ("/v1/namespaces/-a/generators/a", 400),
+            ("/v1/namespaces//generators/a", 400),
+        ] {
+            match route(path) {
+                Err((s, _, _)) => assert_eq!(s.as_u16(), status, "{path}"),
+                Ok(_) => panic!("{path} routed"),
+            }
+        }
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(bearer(Some(&h("Bearer abc"))), Some("abc"));
+        assert_eq!(bearer(Some(&h("bearer abc"))), Some("abc"));
+        assert_eq!(bearer(Some(&h("Basic abc"))), None);
+        assert_eq!(bearer(Some(&h("Bearer "))), None);
+        assert_eq!(bearer(Some(&h("Bearer a b"))), None);
+        assert_eq!(bearer(None), None);
+    }
+
+    #[test]
+    fn statuses_follow_the_contract() {
+        let status = |e: GenerateError| classify(&Error::Generate(e)).0.as_u16();
+        let upstream = host_example::UpstreamStatus {
+            status: 401,
+            detail: String::new(),
+        };
+        assert_eq!(status(GenerateError::InvalidSpec(String::new())), 422);
+        assert_eq!(status(GenerateError::Unauthorized(upstream.clone())), 502);
+        assert_eq!(status(GenerateError::Rejected(upstream)), 502);
+        assert_eq!(status(GenerateError::InvalidToken(String::new())), 502);
+        let limited = classify(&Error::Generate(GenerateError::RateLimited {
+            retry_after_seconds: Some(7),
+            detail: String::new(),
+        }));
+        assert_eq!((limited.0.as_u16(), limited.2), (503, Some(7)));
+        let failing = classify(&Error::Generate(GenerateError::Upstream {
+            status: None,
+            detail: String::new(),
+            attempts: 3,
+            host_note: None,
+        }));
+        assert_eq!((failing.0.as_u16(), failing.1), (503, "upstream"));
+    }
+}

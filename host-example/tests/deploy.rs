@@ -1,0 +1,252 @@
+//! `deploy/` renders with Debian's `kubectl kustomize`, and the rendered objects hold
+//! what the README and SECURITY.md promise: a locked-down Deployment with only its own
+//! short-lived token, least-privilege RBAC that matches the generators it serves, a
+//! NetworkPolicy, and ESO objects that point at the service and at each other.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Every object `kubectl kustomize deploy/` prints.
+fn rendered() -> Vec<Value> {
+    let kubectl = ["/usr/bin/kubectl", "kubectl"]
+        .into_iter()
+        .find(|k| Command::new(k).arg("version").arg("--client").output().is_ok())
+        .expect("kubectl not found: scripts/test.sh installs Debian's kubernetes-client");
+    let out = Command::new(kubectl)
+        .arg("kustomize")
+        .arg(testkit::workspace_root().join("deploy"))
+        .output()
+        .expect("kubectl kustomize runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl kustomize deploy/ failed: {stderr}");
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    serde_saphyr::from_multiple(&text).expect("rendered YAML")
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name} rendered"))
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn kustomize_renders_the_service_and_the_eso_objects() {
+    let objects = rendered();
+    let kinds: BTreeSet<String> = objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for expected in [
+        "Namespace/cloudsmith-gen",
+        "ServiceAccount/cloudsmith-gen",
+        "Deployment/cloudsmith-gen",
+        "Service/cloudsmith-gen",
+        "PodDisruptionBudget/cloudsmith-gen",
+        "NetworkPolicy/cloudsmith-gen",
+        "ClusterRole/cloudsmith-gen-reviewer",
+        "ClusterRoleBinding/cloudsmith-gen-reviewer",
+        "ClusterRole/cloudsmith-gen-token-minter",
+        "RoleBinding/cloudsmith-gen-token-minter",
+        "ConfigMap/cloudsmith-gen-generators",
+        "Webhook/cloudsmith-access-token",
+        "Secret/eso-cloudsmith-caller-token",
+        "ExternalSecret/cloudsmith-credentials",
+    ] {
+        assert!(kinds.contains(expected), "{expected} missing from {kinds:?}");
+    }
+
+    // The Deployment: non-root, read-only root, no automounted token, only the
+    // projected one for the API server.
+    let deployment = find(&objects, "Deployment", "cloudsmith-gen");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["serviceAccountName"], "cloudsmith-gen");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(strings(&security["capabilities"]["drop"]), ["ALL"]);
+    let volumes = pod["volumes"].as_array().unwrap();
+    let tokens = volumes
+        .iter()
+        .flat_map(|v| v["projected"]["sources"].as_array().cloned().unwrap_or_default())
+        .filter(|s| s.get("serviceAccountToken").is_some())
+        .count();
+    assert!(
+        volumes
+            .iter()
+            .all(|v| v["secret"]["secretName"] != "cloudsmith-gen-token"),
+        "no legacy token Secret"
+    );
+    assert_eq!(tokens, 1, "exactly one service account token is mounted");
+    let args = strings(&container["args"]);
+    assert_eq!(args[0], "serve");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let manifest_arg = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--manifest="))
+        .expect("--manifest");
+    let generators_volume = volumes.iter().find(|v| v["name"] == "generators").unwrap();
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "generators")
+        .unwrap();
+    let config_map = find(
+        &objects,
+        "ConfigMap",
+        generators_volume["configMap"]["name"].as_str().unwrap(),
+    );
+    let key = manifest_arg
+        .strip_prefix(&format!("{}/", mount["mountPath"].as_str().unwrap()))
+        .expect("--manifest is in the generators mount");
+    let generators_text = config_map["data"][key].as_str().expect("the mounted key exists");
+
+    // RBAC: create only, no wildcards, and token minting only for the accounts the
+    // generators name.
+    let generators: Vec<Value> = serde_saphyr::from_multiple(generators_text).unwrap();
+    let accounts: BTreeSet<&str> = generators
+        .iter()
+        .map(|g| g["spec"]["serviceAccountRef"]["name"].as_str().unwrap())
+        .collect();
+    let minter = find(&objects, "ClusterRole", "cloudsmith-gen-token-minter");
+    assert_eq!(minter["rules"].as_array().unwrap().len(), 1);
+    let rule = &minter["rules"][0];
+    assert_eq!(strings(&rule["resources"]), ["serviceaccounts/token"]);
+    assert_eq!(strings(&rule["verbs"]), ["create"]);
+    assert_eq!(
+        strings(&rule["resourceNames"])
+            .into_iter()
+            .collect::<BTreeSet<_>>(),
+        accounts
+    );
+    let reviewer = find(&objects, "ClusterRole", "cloudsmith-gen-reviewer");
+    let mut granted = BTreeSet::new();
+    for rule in reviewer["rules"].as_array().unwrap() {
+        assert_eq!(strings(&rule["verbs"]), ["create"]);
+        for r in strings(&rule["resources"]) {
+            granted.insert(r);
+        }
+    }
+    assert_eq!(granted, BTreeSet::from(["subjectaccessreviews", "tokenreviews"]));
+    for role in objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
+    {
+        assert!(!role.to_string().contains("\"*\""), "a wildcard in {role}");
+    }
+    for binding in objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
+    {
+        assert_eq!(
+            binding["subjects"],
+            serde_json::json!([{"kind": "ServiceAccount", "name": "cloudsmith-gen", "namespace": "cloudsmith-gen"}])
+        );
+    }
+
+    // NetworkPolicy: both directions restricted; egress to DNS and HTTPS only.
+    let policy = find(&objects, "NetworkPolicy", "cloudsmith-gen");
+    assert_eq!(strings(&policy["spec"]["policyTypes"]), ["Ingress", "Egress"]);
+    let mut ports = BTreeSet::new();
+    for rule in policy["spec"]["egress"].as_array().unwrap() {
+        for port in rule["ports"].as_array().unwrap() {
+            ports.insert(port["port"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(ports, BTreeSet::from([53, 443, 6443]));
+
+    // The Service and the PDB select the Deployment's pods.
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (kind, selector) in [
+        (
+            "Service",
+            &find(&objects, "Service", "cloudsmith-gen")["spec"]["selector"],
+        ),
+        (
+            "PodDisruptionBudget",
+            &find(&objects, "PodDisruptionBudget", "cloudsmith-gen")["spec"]["selector"]["matchLabels"],
+        ),
+    ] {
+        for (k, v) in selector.as_object().unwrap() {
+            assert_eq!(&labels[k], v, "{kind} selects the pods");
+        }
+    }
+
+    // ESO: the Webhook calls the Service for its own namespace and a served generator,
+    // with the caller Secret's token; the ExternalSecret uses the Webhook.
+    let webhook = find(&objects, "Webhook", "cloudsmith-access-token");
+    let namespace = webhook["metadata"]["namespace"].as_str().unwrap();
+    let url = webhook["spec"]["url"].as_str().unwrap();
+    let served: Vec<&str> = generators
+        .iter()
+        .map(|g| g["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        served.iter().any(|g| url
+            == format!(
+                "https://cloudsmith-gen.cloudsmith-gen.svc:8443/v1/namespaces/{namespace}/generators/{g}"
+            )),
+        "{url}"
+    );
+    assert_eq!(webhook["spec"]["method"], "POST");
+    // ESO reads a caProvider ConfigMap from caProvider.namespace only (no default).
+    let ca = &webhook["spec"]["caProvider"];
+    if ca["type"] == "ConfigMap" {
+        assert_eq!(
+            ca["namespace"], namespace,
+            "caProvider ConfigMap needs its namespace"
+        );
+    }
+    // ESO reads only Secrets labelled for the Webhook generator.
+    let secret_labels = &find(&objects, "Secret", "eso-cloudsmith-caller-token")["metadata"]["labels"];
+    assert_eq!(secret_labels["generators.external-secrets.io/type"], "webhook");
+    let secret = find(&objects, "Secret", "eso-cloudsmith-caller-token");
+    assert_eq!(secret["metadata"]["namespace"], namespace);
+    assert_eq!(secret["type"], "kubernetes.io/service-account-token");
+    let account = secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        find(&objects, "ServiceAccount", account)["metadata"]["namespace"],
+        namespace
+    );
+    assert_eq!(
+        webhook["spec"]["secrets"][0]["secretRef"]["name"],
+        "eso-cloudsmith-caller-token"
+    );
+    let external = find(&objects, "ExternalSecret", "cloudsmith-credentials");
+    assert_eq!(external["metadata"]["namespace"], namespace);
+    let generator_ref = &external["spec"]["dataFrom"][0]["sourceRef"]["generatorRef"];
+    assert_eq!(
+        (generator_ref["kind"].as_str(), generator_ref["name"].as_str()),
+        (Some("Webhook"), Some("cloudsmith-access-token"))
+    );
+    assert_eq!(
+        external["spec"]["target"]["template"]["type"],
+        "kubernetes.io/dockerconfigjson"
+    );
+    let minter_binding = find(&objects, "RoleBinding", "cloudsmith-gen-token-minter");
+    assert_eq!(
+        minter_binding["metadata"]["namespace"], namespace,
+        "the namespace opts in to token minting"
+    );
+}

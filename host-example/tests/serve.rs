@@ -1,0 +1,1037 @@
+//! `cloudsmith-gen serve` as ESO's Webhook generator sees it: the binary as a process,
+//! real HTTP on loopback, the stand-in Kubernetes API (TokenReview, SubjectAccessReview,
+//! TokenRequest) and the stand-in Cloudsmith.
+//!
+//! Every server started here listens on 127.0.0.1 with a port the OS picks and is
+//! killed when its handle drops, so no test leaves one behind. Waits are bounded loops
+//! over observable state, never assertions about time.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use testkit::cloudsmith::{self, access_token_for, auth_for};
+use testkit::kubernetes::{self, Grant};
+use testkit::oidc;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cloudsmith-gen");
+
+/// The stand-in's fixed access token expiry.
+const EXP: u64 = 1_700_000_000;
+
+/// One compiled-component cache for every server this test binary starts.
+fn cache_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir")).path()
+}
+
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(testkit::workspace_root().join(path)).expect("repository file")
+}
+
+/// A service account caller's token, for the API server's audience (what a
+/// `kubernetes.io/service-account-token` Secret holds).
+fn caller(namespace: &str, name: &str) -> String {
+    oidc::token(
+        &format!("system:serviceaccount:{namespace}:{name}"),
+        &[oidc::ISSUER],
+    )
+}
+
+/// The `auth` the server must answer for `namespace` with the deploy/ generator.
+fn expected_auth(namespace: &str) -> String {
+    let subject = format!("system:serviceaccount:{namespace}:cloudsmith-oidc");
+    auth_for(&access_token_for(
+        &subject,
+        "my-organization",
+        "my-oidc-service",
+        EXP,
+    ))
+}
+
+/// The stand-ins and the server's manifests.
+struct World {
+    cloudsmith: cloudsmith::StandIn,
+    kube: kubernetes::StandIn,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    manifests: Vec<PathBuf>,
+}
+
+/// More generators, one per answer the contract names.
+fn extra_generators(api: &str) -> String {
+    let generator = |name: &str, org: &str| {
+        format!(
+            "---\napiVersion: generators.external-secrets.io/v1alpha1\nkind: CloudsmithAccessToken\n\
+             metadata:\n  name: {name}\n  namespace: ignored\nspec:\n  apiHost: \"{api}\"\n  orgSlug: {org}\n  \
+             serviceSlug: my-oidc-service\n  serviceAccountRef:\n    name: cloudsmith-oidc\n"
+        )
+    };
+    let mut text = testkit::cloudsmith::documented_manifest(api);
+    for (name, org) in [
+        ("refused", "fail-401"),
+        ("throttled", "rate-limited-long"),
+        ("garbled", "not-jwt"),
+        ("echo", "echo-401"),
+        ("slow", "slow"),
+    ] {
+        text.push_str(&generator(name, org));
+    }
+    text.push_str(
+        "---\napiVersion: generators.external-secrets.io/v1alpha1\nkind: CloudsmithAccessToken\nmetadata:\n  \
+         name: no-org\nspec:\n  serviceSlug: s\n  serviceAccountRef:\n    name: cloudsmith-oidc\n",
+    );
+    // Other kinds beside the generators are ignored, as in ESO's documentation.
+    text.push_str(
+        "---\napiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata:\n  name: x\nspec: {}\n",
+    );
+    text
+}
+
+impl World {
+    async fn new(slow_delay: Duration) -> World {
+        let cloudsmith = cloudsmith::StandIn::start(cloudsmith::StandInConfig {
+            slow_delay,
+            ..Default::default()
+        })
+        .await
+        .expect("Cloudsmith stand-in");
+        let mut config = kubernetes::StandInConfig::default();
+        for ns in ["apps", "team-b", "team-c", "team-d", "default"] {
+            config = config.with_service_account(ns, "cloudsmith-oidc");
+        }
+        config = config.with_service_account("apps", "default").with_grant(Grant {
+            user: "system:serviceaccount:platform:eso-all".into(),
+            namespace: "team-b".into(),
+            verb: "create".into(),
+            group: "generators.external-secrets.io".into(),
+            resource: "cloudsmithaccesstokens".into(),
+            subresource: "generate".into(),
+            name: Some("cloudsmith-access-token".into()),
+        });
+        let kube = kubernetes::StandIn::start(config)
+            .await
+            .expect("Kubernetes stand-in");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = kube.write_kubeconfig(dir.path()).expect("kubeconfig");
+        // The deploy/ generator itself, pointed at the stand-in.
+        let generators = repo_file("deploy/serve/generators.yaml")
+            .replace("\"api.cloudsmith.io\"", &format!("\"{}\"", cloudsmith.url()));
+        assert!(
+            generators.contains(&cloudsmith.url()),
+            "deploy/serve/generators.yaml changed shape"
+        );
+        let first = dir.path().join("generators.yaml");
+        std::fs::write(&first, generators).unwrap();
+        let second = dir.path().join("more.yaml");
+        std::fs::write(&second, extra_generators(&cloudsmith.url())).unwrap();
+        World {
+            cloudsmith,
+            kube,
+            dir,
+            kubeconfig,
+            manifests: vec![first, second],
+        }
+    }
+
+    /// Starts `serve` with the stand-ins' settings and `extra` flags.
+    fn serve(&self, extra: &[&str]) -> Server {
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--kubeconfig".into(),
+            self.kubeconfig.display().to_string(),
+            "--allow-host".into(),
+            self.cloudsmith.authority(),
+            "--allow-http".into(),
+            "--cache-dir".into(),
+            cache_dir().display().to_string(),
+        ];
+        for m in &self.manifests {
+            args.push("--manifest".into());
+            args.push(m.display().to_string());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Server::start(&args)
+    }
+}
+
+/// A running `cloudsmith-gen serve`; killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(args: &[String]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cloudsmith-gen serve");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["msg"] == "listening" {
+                        let _ = tx.send(v["address"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(300)) {
+            Ok(addr) => addr.parse().expect("listening address"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("serve did not start: {}", log.lock().unwrap().join("\n"));
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Log lines as JSON (every line must be JSON).
+    fn log_json(&self) -> Vec<Value> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON log line: {l}")))
+            .collect()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        self.child.wait().expect("serve exits")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An answer as a client sees it.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
+    }
+
+    /// The error case, checking the error shape on the way.
+    fn case(&self) -> String {
+        let v = self.json();
+        let error = v["error"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no error object: {}", self.body));
+        assert_eq!(error.len(), 2, "{}", self.body);
+        let message = error["message"].as_str().expect("message");
+        assert!(!message.is_empty() && !message.contains('\n'), "{}", self.body);
+        error["case"].as_str().expect("case").to_string()
+    }
+}
+
+/// One request on a fresh connection, with the headers Go's net/http sends for ESO
+/// (`User-Agent: Go-http-client/1.1`, `Accept-Encoding: gzip`, a `Content-Length`).
+async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("user-agent", "Go-http-client/1.1")
+        .header("content-length", body.len().to_string())
+        .header("accept-encoding", "gzip");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let req = builder.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+    let answer = sender.send_request(req).await.expect("an answer");
+    let (parts, body) = answer.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// ESO's request for `generator` in `namespace` with `token`.
+async fn ask(addr: SocketAddr, namespace: &str, generator: &str, token: &str) -> Reply {
+    let auth = format!("Bearer {token}");
+    request(
+        addr,
+        "POST",
+        &format!("/v1/namespaces/{namespace}/generators/{generator}"),
+        &[("authorization", &auth), ("content-type", "application/json")],
+        b"",
+    )
+    .await
+}
+
+/// Nothing secret in the server's logs: callers' tokens, the tokens it minted, the
+/// access tokens and `auth` values it answered.
+fn assert_logs_clean(server: &Server, world: &World, more: &[&str]) {
+    let logs = server.logs();
+    let minted: Vec<String> = world
+        .kube
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.token)
+        .collect();
+    let mut secrets: Vec<String> = minted.clone();
+    for r in world.kube.requests() {
+        if let Some(token) = r.token {
+            let subject = oidc::verify(&token).map(|c| c.sub).unwrap_or_default();
+            let access = access_token_for(&subject, "my-organization", "my-oidc-service", EXP);
+            secrets.push(auth_for(&access));
+            secrets.push(access);
+        }
+    }
+    secrets.extend(more.iter().map(|s| s.to_string()));
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    testkit::process::assert_no_secret(&[&logs], &secrets);
+    server.log_json();
+}
+
+/// Minimal Go-template rendering for the ESO objects: `{{ .name.key }}` from `data`.
+/// Panics on any other action, so a template this cannot render fails the test.
+fn render(template: &str, data: &[(&str, &str, &str)]) -> String {
+    let mut out = template.to_string();
+    for (name, key, value) in data {
+        out = out.replace(&format!("{{{{ .{name}.{key} }}}}"), value);
+    }
+    assert!(!out.contains("{{"), "unrendered template: {out}");
+    out
+}
+
+/// The documented ESO objects, replayed: the request ESO's Webhook generator builds
+/// from deploy/eso/apps.yaml (URL path, method, templated headers, no body), the
+/// answer read with `result.jsonPath: $` into Secret keys, and the ExternalSecret's
+/// template rendered into a dockerconfigjson the registry accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eso_webhook_replay() {
+    let world = World::new(Duration::from_secs(10)).await;
+    let server = world.serve(&[]);
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&repo_file("deploy/eso/apps.yaml"))
+        .expect("deploy/eso/apps.yaml is YAML");
+    let of_kind = |kind: &str| documents.iter().find(|d| d["kind"] == kind).unwrap().clone();
+    let webhook = of_kind("Webhook");
+    let secret = of_kind("Secret");
+    let external = of_kind("ExternalSecret");
+    let namespace = webhook["metadata"]["namespace"].as_str().unwrap();
+
+    // The Secret ESO reads: a service-account-token Secret for the caller account,
+    // labelled for the Webhook generator.
+    assert_eq!(secret["type"], "kubernetes.io/service-account-token");
+    assert_eq!(
+        secret["metadata"]["labels"]["generators.external-secrets.io/type"],
+        "webhook"
+    );
+    let account = secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+        .as_str()
+        .unwrap();
+    let token = caller(namespace, account);
+    let reference = &webhook["spec"]["secrets"][0];
+    let (name, key) = (
+        reference["name"].as_str().unwrap(),
+        reference["secretRef"]["key"].as_str().unwrap(),
+    );
+    assert_eq!(reference["secretRef"]["name"], secret["metadata"]["name"]);
+
+    // The request ESO builds: method, URL path, every header rendered, the body (none).
+    let url = webhook["spec"]["url"].as_str().unwrap();
+    let path = &url[url.find("/v1/").expect("a /v1/ path")..];
+    let method = webhook["spec"]["method"].as_str().unwrap();
+    let headers: Vec<(String, String)> = webhook["spec"]["headers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_lowercase(),
+                render(v.as_str().unwrap(), &[(name, key, &token)]),
+            )
+        })
+        .collect();
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let body = webhook["spec"]["body"].as_str().unwrap_or("");
+    let reply = request(server.addr, method, path, &headers, body.as_bytes()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.headers["content-type"], "application/json");
+
+    // result.jsonPath "$": every key of the object becomes a Secret key.
+    assert_eq!(webhook["spec"]["result"]["jsonPath"], "$");
+    let answer = reply.json();
+    let keys: Vec<&String> = answer.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["auth", "expiry"]);
+    assert_eq!(answer["auth"], expected_auth(namespace));
+    assert_eq!(answer["expiry"], EXP.to_string());
+
+    // The ExternalSecret's template, rendered with the generator's keys.
+    assert_eq!(
+        external["spec"]["dataFrom"][0]["sourceRef"]["generatorRef"]["name"],
+        webhook["metadata"]["name"]
+    );
+    let template = external["spec"]["target"]["template"]["data"][".dockerconfigjson"]
+        .as_str()
+        .unwrap();
+    let rendered = template.replace("{{ .auth }}", answer["auth"].as_str().unwrap());
+    let config: Value = serde_json::from_str(&rendered).expect("dockerconfigjson is JSON");
+    assert_eq!(
+        config["auths"]["docker.cloudsmith.io"]["auth"],
+        expected_auth(namespace)
+    );
+
+    // The exchange used the manifest's account in the URL's namespace, and the caller
+    // was reviewed with the API server's audience.
+    let minted = world.kube.requests();
+    assert_eq!(minted.len(), 1);
+    assert_eq!(
+        (minted[0].namespace.as_str(), minted[0].name.as_str()),
+        (namespace, "cloudsmith-oidc")
+    );
+    let reviews = world.kube.token_reviews();
+    assert_eq!(reviews.len(), 1);
+    assert!(reviews[0].audiences.is_empty() && reviews[0].authenticated);
+    assert!(
+        world.kube.access_reviews().is_empty(),
+        "own namespace needs no SubjectAccessReview"
+    );
+    assert_logs_clean(&server, &world, &[&token]);
+}
+
+/// Every unauthenticated request is 401 with `WWW-Authenticate: Bearer`, and none
+/// reaches the TokenRequest API or Cloudsmith.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_requests_are_401_and_mint_nothing() {
+    let world = World::new(Duration::from_secs(10)).await;
+    let server = world.serve(&[]);
+    let good = caller("apps", "eso-cloudsmith-caller");
+    let mut tampered = good.clone();
+    tampered.pop();
+    tampered.push(if good.ends_with('A') { 'B' } else { 'A' });
+    let expired = oidc::token_with_lifetime("system:serviceaccount:apps:eso", &[oidc::ISSUER], 0);
+    let for_cloudsmith = oidc::token(
+        "system:serviceaccount:apps:eso",
+        &[cloudsmith::PRODUCTION_AUDIENCE],
+    );
+    let basic = format!("Basic {}", base64_of("user:pass"));
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("no Authorization header", None),
+        ("Basic credentials", Some(basic)),
+        ("empty bearer", Some("Bearer ".into())),
+        ("bearer without a token", Some("Bearer".into())),
+        ("not a JWT", Some("Bearer not-a-token".into())),
+        ("tampered signature", Some(format!("Bearer {tampered}"))),
+        ("expired token", Some(format!("Bearer {expired}"))),
+        (
+            "token for another audience",
+            Some(format!("Bearer {for_cloudsmith}")),
+        ),
+    ];
+    for (what, header) in &cases {
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(h) = header {
+            headers.push(("authorization", h.as_str()));
+        }
+        let reply = request(
+            server.addr,
+            "POST",
+            "/v1/namespaces/apps/generators/cloudsmith-access-token",
+            &headers,
+            b"",
+        )
+        .await;
+        assert_eq!(reply.status, 401, "{what}: {}", reply.body);
+        assert_eq!(reply.case(), "unauthenticated", "{what}");
+        assert_eq!(reply.headers["www-authenticate"], "Bearer", "{what}");
+        assert!(
+            !reply.body.contains(&good) && !reply.body.contains(&tampered),
+            "{what}"
+        );
+    }
+    // An unknown generator is not revealed to an unauthenticated caller either.
+    let reply = request(
+        server.addr,
+        "POST",
+        "/v1/namespaces/apps/generators/nope",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 401);
+    assert!(world.kube.requests().is_empty(), "no token minted");
+    assert!(world.cloudsmith.requests().is_empty(), "no exchange");
+    assert!(world.kube.access_reviews().is_empty());
+    // Counted without a namespace label (the path comes from an unauthenticated client).
+    let metrics = request(server.addr, "GET", "/metrics", &[], b"").await.body;
+    assert!(
+        metrics.contains("cloudsmith_gen_refused_total{case=\"unauthenticated\"} 9\n"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("namespace=\"apps\""), "{metrics}");
+    assert_logs_clean(&server, &world, &[&good, &tampered, &expired, &for_cloudsmith]);
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// A caller may ask for its own namespace; any other needs a SubjectAccessReview that
+/// allows `create` on `cloudsmithaccesstokens/generate` for that generator there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_namespaces_need_a_subject_access_review() {
+    let world = World::new(Duration::from_secs(10)).await;
+    let server = world.serve(&[]);
+    let team_b = caller("team-b", "eso");
+    let platform = caller("platform", "eso-all");
+    let person = oidc::token("alice@example.com", &[oidc::ISSUER]);
+    let forbidden = [
+        (
+            "another namespace's account",
+            "apps",
+            "cloudsmith-access-token",
+            &team_b,
+        ),
+        (
+            "a grant for another namespace",
+            "apps",
+            "cloudsmith-access-token",
+            &platform,
+        ),
+        (
+            "a grant for another generator",
+            "team-b",
+            "my-cloudsmith-token",
+            &platform,
+        ),
+        (
+            "a user, not a service account",
+            "apps",
+            "cloudsmith-access-token",
+            &person,
+        ),
+    ];
+    for (what, ns, generator, token) in forbidden {
+        let reply = ask(server.addr, ns, generator, token).await;
+        assert_eq!(reply.status, 403, "{what}: {}", reply.body);
+        assert_eq!(reply.case(), "forbidden", "{what}");
+    }
+    assert!(
+        world.kube.requests().is_empty(),
+        "no token minted before authorization"
+    );
+    assert!(world.cloudsmith.requests().is_empty());
+    // Forbidden callers learn nothing about which generators exist.
+    let reply = ask(server.addr, "apps", "nope", &team_b).await;
+    assert_eq!(reply.status, 403);
+
+    let reviews = world.kube.access_reviews();
+    assert_eq!(reviews.len(), 5);
+    assert_eq!(reviews[0].user, "system:serviceaccount:team-b:eso");
+    let attributes = &reviews[0].attributes;
+    assert_eq!(
+        (
+            &*attributes.0,
+            &*attributes.1,
+            &*attributes.2,
+            &*attributes.3,
+            &*attributes.4,
+            &*attributes.5
+        ),
+        (
+            "apps",
+            "create",
+            "generators.external-secrets.io",
+            "cloudsmithaccesstokens",
+            "generate",
+            "cloudsmith-access-token"
+        )
+    );
+
+    // With the grant: the answer is for the URL's namespace, never the caller's.
+    let reply = ask(server.addr, "team-b", "cloudsmith-access-token", &platform).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["auth"], expected_auth("team-b"));
+    // Own namespace: allowed without a review.
+    let reviews_before = world.kube.access_reviews().len();
+    let reply = ask(server.addr, "team-b", "cloudsmith-access-token", &team_b).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(world.kube.access_reviews().len(), reviews_before);
+    assert_logs_clean(&server, &world, &[&team_b, &platform, &person]);
+}
+
+/// Each failure has its status, its case (the WIT's generate-error case for the
+/// generator's own) and, for the transient ones, `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failure_has_its_status_and_case() {
+    let world = World::new(Duration::from_secs(10)).await;
+    let server = world.serve(&["--max-body-bytes", "1024"]);
+    let token = caller("apps", "eso");
+    let cases: [(&str, &str, u16, &str, Option<&str>); 8] = [
+        ("apps", "nope", 404, "unknown-generator", None),
+        ("apps", "no-org", 422, "invalid-spec", None),
+        ("apps", "refused", 502, "unauthorized", None),
+        ("apps", "echo", 502, "unauthorized", None),
+        ("apps", "garbled", 502, "invalid-token", None),
+        ("apps", "throttled", 503, "rate-limited", Some("3600")),
+        // No cloudsmith-oidc account in that namespace: the TokenRequest fails.
+        ("empty", "cloudsmith-access-token", 502, "token-source", None),
+        // The seed's own manifest (serviceAccountRef default/default): its namespace
+        // is ignored, the account is apps/default.
+        ("apps", "my-cloudsmith-token", 200, "", None),
+    ];
+    for (ns, generator, status, case, retry) in cases {
+        let token = if ns == "apps" {
+            token.clone()
+        } else {
+            caller(ns, "eso")
+        };
+        let reply = ask(server.addr, ns, generator, &token).await;
+        assert_eq!(reply.status, status, "{ns}/{generator}: {}", reply.body);
+        if status != 200 {
+            assert_eq!(reply.case(), case, "{ns}/{generator}");
+        }
+        assert_eq!(
+            reply.headers.get("retry-after").map(|v| v.to_str().unwrap()),
+            retry,
+            "{ns}/{generator}"
+        );
+        assert_eq!(reply.headers["cache-control"], "no-store");
+    }
+    // Requests that are not the contract's.
+    let auth = format!("Bearer {token}");
+    let path = "/v1/namespaces/apps/generators/cloudsmith-access-token";
+    let big = vec![b'x'; 2048];
+    for (method, path, body, status, case) in [
+        ("GET", path, &b""[..], 405, "method-not-allowed"),
+        ("POST", path, &big[..], 413, "payload-too-large"),
+        (
+            "POST",
+            "/v1/namespaces/Apps/generators/x",
+            &b""[..],
+            400,
+            "bad-request",
+        ),
+        (
+            "POST",
+            "/v1/namespaces/apps/generators/a%2Fb",
+            &b""[..],
+            400,
+            "bad-request",
+        ),
+        ("POST", "/v2/anything", &b""[..], 404, "not-found"),
+        ("POST", "/healthz", &b""[..], 405, "method-not-allowed"),
+    ] {
+        let reply = request(server.addr, method, path, &[("authorization", &auth)], body).await;
+        assert_eq!(reply.status, status, "{method} {path}: {}", reply.body);
+        assert_eq!(reply.case(), case, "{method} {path}");
+    }
+    // echo-401 quotes the whole exchange request, OIDC token included: redacted.
+    let minted: Vec<String> = world
+        .kube
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.token)
+        .collect();
+    let echo = ask(server.addr, "apps", "echo", &token).await;
+    for t in &minted {
+        assert!(!echo.body.contains(t.as_str()), "minted token in an error answer");
+    }
+    assert_logs_clean(&server, &world, &[&token]);
+}
+
+/// 64 concurrent callers from four namespaces: every request answered, each with its
+/// own namespace's credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_at_concurrency_64() {
+    let world = World::new(Duration::from_secs(10)).await;
+    let server = world.serve(&["--rate-limit", "0", "--max-concurrent-calls", "8"]);
+    let namespaces = ["apps", "team-b", "team-c", "team-d"];
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let ns = namespaces[i % namespaces.len()];
+        let addr = server.addr;
+        tasks.spawn(async move {
+            let token = caller(ns, "eso");
+            let mut answers = Vec::new();
+            for _ in 0..4 {
+                let reply = ask(addr, ns, "cloudsmith-access-token", &token).await;
+                answers.push((reply.status, reply.body));
+            }
+            (ns, answers)
+        });
+    }
+    let mut answered = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (ns, answers) = done.expect("task");
+        for (status, body) in answers {
+            assert_eq!(status, 200, "{ns}: {body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["auth"], expected_auth(ns), "an answer for another namespace");
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 256);
+    assert_eq!(world.cloudsmith.requests().len(), 256);
+    let metrics = request(server.addr, "GET", "/metrics", &[], b"").await.body;
+    for ns in namespaces {
+        let line = format!("cloudsmith_gen_calls_total{{generator=\"cloudsmith-access-token\",namespace=\"{ns}\",case=\"ok\"}} 64");
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("cloudsmith_gen_exchange_duration_seconds_count 256"),
+        "{metrics}"
+    );
+    assert_logs_clean(&server, &world, &[]);
+}
+
+/// The per-caller rate limit: a burst, then 429 with Retry-After, for that caller only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_caller_has_a_rate_limit() {
+    let world = World::new(Duration::from_secs(10)).await;
+    let server = world.serve(&["--rate-limit", "0.001", "--rate-burst", "2"]);
+    let busy = caller("apps", "busy");
+    for _ in 0..2 {
+        assert_eq!(
+            ask(server.addr, "apps", "cloudsmith-access-token", &busy)
+                .await
+                .status,
+            200
+        );
+    }
+    let reply = ask(server.addr, "apps", "cloudsmith-access-token", &busy).await;
+    assert_eq!(reply.status, 429, "{}", reply.body);
+    assert_eq!(reply.case(), "too-many-requests");
+    assert!(
+        reply.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(
+        world.cloudsmith.requests().len(),
+        2,
+        "the refused call made no exchange"
+    );
+    let other = caller("apps", "other");
+    assert_eq!(
+        ask(server.addr, "apps", "cloudsmith-access-token", &other)
+            .await
+            .status,
+        200
+    );
+}
+
+/// Health checks answer while the only sandbox slot waits on a slow Cloudsmith; SIGTERM
+/// lets that call finish, answers it, and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_while_busy_and_graceful_shutdown() {
+    let world = World::new(Duration::from_secs(8)).await;
+    let mut server = world.serve(&[
+        "--max-concurrent-calls",
+        "1",
+        "--max-queued-calls",
+        "0",
+        "--shutdown-timeout",
+        "120",
+    ]);
+    let addr = server.addr;
+    let token = caller("apps", "eso");
+    let slow = tokio::spawn({
+        let token = token.clone();
+        async move { ask(addr, "apps", "slow", &token).await }
+    });
+    wait_for_metric(addr, "cloudsmith_gen_calls_in_flight 1").await;
+    for path in ["/healthz", "/readyz"] {
+        let reply = request(addr, "GET", path, &[], b"").await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "ok\n"), "{path}");
+    }
+    // The only slot is taken and no call may queue: a second caller is told to retry.
+    let busy = ask(addr, "apps", "cloudsmith-access-token", &token).await;
+    assert_eq!(busy.status, 503, "{}", busy.body);
+    assert_eq!(busy.case(), "busy");
+    assert!(busy.headers.contains_key("retry-after"));
+    assert!(!slow.is_finished(), "the slow call is still in flight");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.terminate();
+        (status, server)
+    });
+    let reply = slow.await.unwrap();
+    assert_eq!(reply.status, 200, "the call in flight finished: {}", reply.body);
+    let (status, server) = status.await.unwrap();
+    assert!(status.success(), "exit {status:?}: {}", server.logs());
+    let messages: Vec<String> = server
+        .log_json()
+        .iter()
+        .map(|l| l["msg"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        messages.iter().any(|m| m == "stopping") && messages.last().unwrap() == "stopped",
+        "{messages:?}"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer listening"
+    );
+    assert_logs_clean(&server, &world, &[&token]);
+}
+
+/// Polls /metrics until it holds `line` (bounded).
+async fn wait_for_metric(addr: SocketAddr, line: &str) {
+    for _ in 0..600 {
+        if request(addr, "GET", "/metrics", &[], b"")
+            .await
+            .body
+            .contains(line)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("/metrics never showed {line}");
+}
+
+/// A changed manifest is served without a restart; a broken one is refused and the
+/// previous generators stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_are_reloaded_when_they_change() {
+    let world = World::new(Duration::from_secs(10)).await;
+    let server = world.serve(&["--reload-interval", "0.1"]);
+    let token = caller("apps", "eso");
+    assert_eq!(ask(server.addr, "apps", "added", &token).await.status, 404);
+    let added = repo_file("deploy/serve/generators.yaml")
+        .replace(
+            "\"api.cloudsmith.io\"",
+            &format!("\"{}\"", world.cloudsmith.url()),
+        )
+        .replace("name: cloudsmith-access-token", "name: added");
+    let path = &world.manifests[1];
+    let previous = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, format!("{previous}---\n{added}")).unwrap();
+    wait_until(|| async { ask(server.addr, "apps", "added", &token).await.status == 200 }).await;
+
+    std::fs::write(path, "kind: [unclosed").unwrap();
+    wait_until(|| async { server.logs().contains("manifests not reloaded") }).await;
+    assert_eq!(
+        ask(server.addr, "apps", "added", &token).await.status,
+        200,
+        "previous set kept"
+    );
+    let metrics = request(server.addr, "GET", "/metrics", &[], b"").await.body;
+    assert!(
+        metrics.contains("cloudsmith_gen_manifest_reloads_total{result=\"failed\"}"),
+        "{metrics}"
+    );
+    let _ = world.dir.path();
+}
+
+async fn wait_until<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..600 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition never held");
+}
+
+/// A TLS connection to `addr` trusting only `ca`; `None` when the handshake fails.
+async fn tls_client(
+    addr: SocketAddr,
+    ca: &testkit::tls::TestCa,
+) -> Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let connector = tokio_rustls::TlsConnector::from(ca.client_config().unwrap());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, stream).await.ok()?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    Some(sender)
+}
+
+/// With --tls-cert/--tls-key the contract is served over HTTPS, and a renewed
+/// certificate (files replaced in place, as cert-manager does) is served without a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_and_certificate_renewal() {
+    let world = World::new(Duration::from_secs(10)).await;
+    let ca = testkit::tls::TestCa::new();
+    let (cert, key) = ca.write_server_pem(world.dir.path()).unwrap();
+    let server = world.serve(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--reload-interval",
+        "0.1",
+    ]);
+    let mut sender = tls_client(server.addr, &ca)
+        .await
+        .expect("TLS handshake with the test CA");
+    let token = caller("apps", "eso");
+    let req = hyper::Request::post("/v1/namespaces/apps/generators/cloudsmith-access-token")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = sender.send_request(req).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["auth"], expected_auth("apps"));
+
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let handshake =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(plain)).await;
+    if let Ok((mut sender, conn)) = handshake {
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/healthz")
+            .header("host", "x")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert!(sender.send_request(req).await.is_err());
+    }
+
+    // Renewal: a new CA's certificate written over the files.
+    let renewed = testkit::tls::TestCa::new();
+    renewed.write_server_pem(world.dir.path()).unwrap();
+    wait_until(|| async { tls_client(server.addr, &renewed).await.is_some() }).await;
+    assert!(
+        tls_client(server.addr, &ca).await.is_none(),
+        "the old certificate is no longer served"
+    );
+    // A broken renewal keeps the working pair.
+    std::fs::write(&key, "not a key").unwrap();
+    wait_until(|| async { server.logs().contains("TLS certificate not reloaded") }).await;
+    assert!(tls_client(server.addr, &renewed).await.is_some());
+}
+
+/// When the Kubernetes API cannot review the caller, the answer is 503 with
+/// Retry-After (ESO retries), never a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_unavailable_is_503() {
+    let world = World::new(Duration::from_secs(10)).await;
+    // A kubeconfig for a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let text = std::fs::read_to_string(&world.kubeconfig)
+        .unwrap()
+        .replace(&world.kube.url(), &format!("http://{closed}"));
+    std::fs::write(&world.kubeconfig, text).unwrap();
+    let server = world.serve(&[]);
+    let reply = ask(
+        server.addr,
+        "apps",
+        "cloudsmith-access-token",
+        &caller("apps", "eso"),
+    )
+    .await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.case(), "unavailable");
+    assert!(reply.headers.contains_key("retry-after"));
+    assert!(world.cloudsmith.requests().is_empty());
+}
+
+/// Bad flags and bad manifests stop the server before it listens, with one error line.
+#[test]
+fn startup_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n").unwrap();
+    let dup = dir.path().join("dup.yaml");
+    std::fs::write(
+        &dup,
+        format!(
+            "{}---\n{}",
+            repo_file("deploy/serve/generators.yaml"),
+            repo_file("deploy/serve/generators.yaml")
+        ),
+    )
+    .unwrap();
+    for (args, needle) in [
+        (
+            vec!["serve", "--manifest", bad.to_str().unwrap()],
+            "no generator document",
+        ),
+        (
+            vec!["serve", "--manifest", dup.to_str().unwrap()],
+            "names must be unique",
+        ),
+        (
+            vec!["serve", "--manifest", "/nonexistent.yaml"],
+            "/nonexistent.yaml",
+        ),
+        (
+            vec![
+                "serve",
+                "--manifest",
+                bad.to_str().unwrap(),
+                "--tls-cert",
+                "x.pem",
+            ],
+            "--tls-key",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env("KUBECONFIG", "/nonexistent")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(needle),
+            "{needle:?} not in {stderr}"
+        );
+    }
+}
