@@ -69,17 +69,13 @@ struct ExchangeBody<'a> {
     service_slug: &'a str,
 }
 
-/// A success answer: `{"token": "<JWT>"}`, typed after parsing so that a
-/// token of the wrong type is told apart from a missing one.
+/// Cloudsmith's answer: `{"token": "<JWT>"}` on success; on failure an
+/// explanation in `detail` (other gateways use `error`). One type for both
+/// (each derived type costs the component a kilobyte or two); typed after
+/// parsing, so that a token of the wrong type is told apart from a missing one.
 #[derive(Deserialize)]
-struct TokenAnswer {
+struct AnswerBody {
     token: Option<Field>,
-}
-
-/// An error answer: Cloudsmith puts its explanation in `detail`; other
-/// gateways use `error`.
-#[derive(Deserialize)]
-struct ErrorAnswer {
     detail: Option<Field>,
     error: Option<Field>,
 }
@@ -228,7 +224,7 @@ fn token_from(answer: &Answer) -> Verdict {
             "answer is larger than {MAX_ANSWER_BYTES} bytes"
         )));
     }
-    let Ok(Object::Is(parsed)) = serde_json::from_slice::<Object<TokenAnswer>>(&answer.body) else {
+    let Ok(Object::Is(parsed)) = serde_json::from_slice::<Object<AnswerBody>>(&answer.body) else {
         return invalid("answer is not a JSON object");
     };
     match parsed.token {
@@ -246,7 +242,7 @@ fn detail(answer: &Answer, secrets: &[&str]) -> String {
         Some(Field::Str(s)) if !s.trim().is_empty() => Some(s),
         _ => None,
     };
-    let from_json = match serde_json::from_slice::<Object<ErrorAnswer>>(&answer.body) {
+    let from_json = match serde_json::from_slice::<Object<AnswerBody>>(&answer.body) {
         Ok(Object::Is(e)) => explain(e.detail).or_else(|| explain(e.error)),
         _ => None,
     };

@@ -9,8 +9,10 @@
 
 use alloc::alloc::{alloc, realloc, Layout};
 
+/// Grows linear memory as needed. A component instance is single-threaded,
+/// which is what talc's wasm allocator requires.
 #[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 
 /// A panic is a bug; the host reports the trap as the call's failure. There
 /// is nowhere to print a message: the component has no stderr.

@@ -251,36 +251,33 @@ fn quoted(raw: &str) -> String {
     format!("\"{}\"", one_line(raw, 100))
 }
 
-/// Every key the generator reads, at any level of ESO's manifest forms: a
-/// `CloudsmithAccessToken` resource (`spec`), a `ClusterGenerator` wrapping
-/// one (`spec.kind`, `spec.generator.cloudsmithAccessTokenSpec`), or a bare
-/// spec. Values are typed after parsing, so each error names its field.
-/// Nulls read as unset, as in ESO's Go structs; unknown keys are ignored.
+/// Every key the generator reads, at any level of the manifest: the
+/// resource's header, the spec, ESO's ClusterGenerator wrapping
+/// (`spec.kind`, `spec.generator.cloudsmithAccessTokenSpec`) and
+/// `serviceAccountRef`. Each object is read as this one type and only the keys
+/// that belong at its level are looked at, so a key out of place is ignored
+/// like any unknown key. One type rather than one per level: each derived type
+/// costs the component a kilobyte or two of its size budget.
+///
+/// Values are typed after parsing, so each error names its field. Nulls read
+/// as unset, as in ESO's Go structs.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Fields {
+    // The resource.
     api_version: Option<Field>,
     kind: Option<Field>,
     spec: Option<Object<Box<Fields>>>,
-    generator: Option<Object<GeneratorSpecs>>,
+    // A ClusterGenerator's spec (with `kind`): ESO's union of generator specs.
+    generator: Option<Object<Box<Fields>>>,
+    cloudsmith_access_token_spec: Option<Object<Box<Fields>>>,
+    // The CloudsmithAccessToken spec.
     api_url: Option<Field>,
     api_host: Option<Field>,
     org_slug: Option<Field>,
     service_slug: Option<Field>,
-    service_account_ref: Option<Object<RawServiceAccountRef>>,
-}
-
-/// ESO's union of generator specs in a ClusterGenerator, one key per kind;
-/// only ours is read.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct GeneratorSpecs {
-    cloudsmith_access_token_spec: Option<Object<Box<Fields>>>,
-}
-
-/// `spec.serviceAccountRef` as written.
-#[derive(Deserialize)]
-struct RawServiceAccountRef {
+    service_account_ref: Option<Object<Box<Fields>>>,
+    // Its serviceAccountRef.
     name: Option<Field>,
     namespace: Option<Field>,
     audiences: Option<Field>,
@@ -295,8 +292,8 @@ pub fn parse_manifest(manifest: &str) -> Result<Spec, SpecError> {
     // serde_json bounds nesting (128 levels), so hostile input cannot exhaust
     // the stack. Bytes, not `str`: every document the component reads then
     // goes through one instance of serde_json's parser, not two.
-    let top = match serde_json::from_slice::<Object<Fields>>(manifest.as_bytes()) {
-        Ok(Object::Is(top)) => top,
+    let top = match serde_json::from_slice::<Object<Box<Fields>>>(manifest.as_bytes()) {
+        Ok(Object::Is(top)) => *top,
         Ok(Object::Not) => return Err(SpecError::new("manifest must be a JSON object".into())),
         Err(e) => return Err(manifest_error(&e)),
     };
@@ -399,7 +396,7 @@ fn parse_spec(raw: Fields, field: &str) -> Result<Spec, SpecError> {
     let org_slug = slug(raw.org_slug, &at("orgSlug"))?;
     let service_slug = slug(raw.service_slug, &at("serviceSlug"))?;
     let service_account = match raw.service_account_ref {
-        Some(Object::Is(r)) => service_account_ref(r, &api, &at("serviceAccountRef"))?,
+        Some(Object::Is(r)) => service_account_ref(*r, &api, &at("serviceAccountRef"))?,
         Some(Object::Not) => {
             return Err(SpecError::new(format!(
                 "{} must be an object",
@@ -416,11 +413,7 @@ fn parse_spec(raw: Fields, field: &str) -> Result<Spec, SpecError> {
     })
 }
 
-fn service_account_ref(
-    r: RawServiceAccountRef,
-    api: &ApiBase,
-    field: &str,
-) -> Result<ServiceAccountRef, SpecError> {
+fn service_account_ref(r: Fields, api: &ApiBase, field: &str) -> Result<ServiceAccountRef, SpecError> {
     let name_field = format!("{field}.name");
     let name =
         string(r.name, &name_field)?.ok_or_else(|| SpecError::new(format!("{name_field} is required")))?;

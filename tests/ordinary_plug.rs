@@ -106,7 +106,10 @@ fn an_ordinary_plug_composes_both_ways_and_runs_esos_vector_in_wasmtime() {
     let plug_copy = work.path().join("ordinary-plug.wasm");
     std::fs::copy(&plug, &plug_copy).unwrap();
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // The stand-in serves from the runtime's own thread while this test
+    // blocks on external processes.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();

@@ -121,7 +121,7 @@ async fn get(verbose: bool) -> Result<Answer, Failure> {
     let answer = json!({
         "ServerURL": server,
         "Username": "token",
-        "Secret": minted.token.access_token.expose(),
+        "Secret": minted.access_token()?.access_token.expose(),
     });
     print(&answer.to_string())?;
     Ok(Answer::Done)

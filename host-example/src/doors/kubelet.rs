@@ -255,12 +255,12 @@ pub async fn run(args: KubeletArgs, verbose: bool) -> Result<(), Failure> {
         verbose,
     )
     .await?;
-    let left = minted
-        .token
+    let token = minted.access_token()?;
+    let left = token
         .exp
         .saturating_sub(now_unix())
         .saturating_sub(margin.as_secs());
-    super::print(&response(Some((registry, &minted.token.access_token)), left))
+    super::print(&response(Some((registry, &token.access_token)), left))
 }
 
 /// The (unverified) claims of a JWT: the kubelet is trusted to pass the pod's own token.

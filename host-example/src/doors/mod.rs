@@ -43,8 +43,22 @@ pub struct MintRequest {
 pub struct Minted {
     /// ESO's outputs.
     pub credentials: Credentials,
-    /// The access token and its expiry.
-    pub token: CachedToken,
+    /// The access token and its expiry, when `auth` is `token:<access token>` as
+    /// the Cloudsmith generator writes it. Another generator (`--component`) may
+    /// write other outputs: `generate` prints them as they are; the doors that hand
+    /// out the access token itself need this.
+    pub token: Option<CachedToken>,
+}
+
+impl Minted {
+    /// The access token, for the doors that hand it out.
+    pub fn access_token(&self) -> Result<&CachedToken, Failure> {
+        self.token.as_ref().ok_or_else(|| {
+            Failure::Other(anyhow::anyhow!(
+                "the generator's auth is not base64 of token:<access token>"
+            ))
+        })
+    }
 }
 
 /// Credentials for `request`: from `cache` when it holds a usable token, else from the
@@ -68,7 +82,7 @@ pub async fn mint(
                 }
                 return Ok(Minted {
                     credentials: token.credentials(),
-                    token,
+                    token: Some(token),
                 });
             }
             Lookup::Miss if verbose => note("token cache: miss"),
@@ -86,14 +100,10 @@ pub async fn mint(
         .generate_traced(&request.manifest, &request.namespace)
         .await;
     let credentials = finish(traced, verbose)?;
-    let token = CachedToken::from_credentials(&credentials).ok_or_else(|| {
-        Failure::Other(anyhow::anyhow!(
-            "the generator's auth is not base64 of token:<access token>"
-        ))
-    })?;
-    if let (Some(cache), Some(key)) = (cache, &key) {
+    let token = CachedToken::from_credentials(&credentials);
+    if let (Some(cache), Some(key), Some(token)) = (cache, &key, &token) {
         // A cache that cannot be written costs the next call an exchange, nothing more.
-        match cache.put(key, &token) {
+        match cache.put(key, token) {
             Ok(path) if verbose => note(&format!("token cache: stored {}", path.display())),
             Err(e) if verbose => note(&format!("token cache: not stored ({e:#})")),
             _ => {}
