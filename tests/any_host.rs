@@ -215,16 +215,7 @@ fn jco() -> PathBuf {
 }
 
 fn expect_success(what: &str, cmd: std::process::Command) -> Output {
-    let out =
-        testkit::process::run_blocking(cmd, None, RUN_TIMEOUT).unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.success(),
-        "{what} failed ({:?}):\n{}{}",
-        out.code,
-        out.stdout,
-        out.stderr
-    );
-    out
+    testkit::process::expect_success(what, cmd, RUN_TIMEOUT)
 }
 
 // ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use testkit::cloudsmith::{auth_for, StandIn, StandInConfig, ESO_TOKEN};
-use testkit::process::{assert_no_secret, run_blocking, Output};
+use testkit::process::{assert_no_secret, expect_success};
 
 /// The one WASI version the generator and its plugs share.
 const WASI_VERSION: &str = "@0.2.12";
@@ -26,18 +26,6 @@ const WASMTIME_INVOKE: &str = "secretgen:generator/generator.generate@0.1.0";
 
 fn workspace() -> PathBuf {
     testkit::workspace_root()
-}
-
-fn expect_success(what: &str, cmd: Command, timeout: Duration) -> Output {
-    let out = run_blocking(cmd, None, timeout).unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.success(),
-        "{what} failed ({:?}):\n{}{}",
-        out.code,
-        out.stdout,
-        out.stderr
-    );
-    out
 }
 
 /// Builds the template exactly as its README comment says a plug author

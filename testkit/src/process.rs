@@ -91,6 +91,20 @@ pub fn run_blocking(
     runtime.block_on(run(tokio::process::Command::from(command), stdin, timeout))
 }
 
+/// [`run_blocking`] without stdin for a step that must succeed: panics with
+/// `what`, the exit code and both outputs otherwise.
+pub fn expect_success(what: &str, command: std::process::Command, timeout: Duration) -> Output {
+    let out = run_blocking(command, None, timeout).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.success(),
+        "{what} failed ({:?}):\n{}{}",
+        out.code,
+        out.stdout,
+        out.stderr
+    );
+    out
+}
+
 /// Panics if any of `secrets` (or, for a JWT, its payload or signature
 /// alone) appears in any of `haystacks`. Empty secrets are ignored.
 pub fn assert_no_secret(haystacks: &[&str], secrets: &[&str]) {
