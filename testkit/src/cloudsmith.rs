@@ -98,6 +98,13 @@ pub struct StandInConfig {
     /// Issue exactly this access token on every success instead of one
     /// minted per request (e.g. ESO's own unit-test vector, [`ESO_TOKEN`]).
     pub issued_token: Option<String>,
+    /// Keep per-request history (the default): every request for
+    /// [`StandIn::requests`], and each caller's count in the burst scenarios,
+    /// which then fail a caller's first requests and succeed ever after. A
+    /// soak turns it off, since that history grows with every call in the
+    /// test's own process, which is what a soak measures: requests are then
+    /// only counted, and a burst starts over for a caller once it has passed.
+    pub keep_history: bool,
 }
 
 /// The access token of ESO's own unit test: `exp` 1700000000, `sub`
@@ -113,6 +120,7 @@ impl Default for StandInConfig {
             redirect_location: "http://evil.example/openid/x/".to_string(),
             slow_delay: Duration::from_secs(10),
             issued_token: None,
+            keep_history: true,
         }
     }
 }
@@ -344,6 +352,8 @@ struct State {
     /// Audiences accepted: the configured ones and the stand-in's origins.
     accepted_audiences: Vec<String>,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Requests received per organisation slug ("" when the path has none).
+    counts: Mutex<HashMap<String, usize>>,
     /// Requests seen per (org, OIDC subject), for the burst scenarios.
     seen: Mutex<HashMap<(String, String), u32>>,
 }
@@ -389,6 +399,7 @@ impl StandIn {
             config,
             accepted_audiences,
             requests: Mutex::default(),
+            counts: Mutex::default(),
             seen: Mutex::default(),
         });
         slot.set(state.clone()).expect("set once");
@@ -426,6 +437,18 @@ impl StandIn {
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state.requests.lock().expect("requests lock").clone()
+    }
+
+    /// How many requests were received for organisation `org`, whether or not
+    /// they are recorded ([`StandInConfig::keep_history`]).
+    pub fn request_count_for(&self, org: &str) -> usize {
+        let counts = self.state.counts.lock().expect("counts lock");
+        counts.get(org).copied().unwrap_or(0)
+    }
+
+    /// How many requests were received in all.
+    pub fn request_count(&self) -> usize {
+        self.state.counts.lock().expect("counts lock").values().sum()
     }
 
     /// The requests received for organisation `org`.
@@ -510,11 +533,19 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
         headers,
         body: body.to_vec(),
     };
-    state
-        .requests
+    *state
+        .counts
         .lock()
-        .expect("requests lock")
-        .push(recorded.clone());
+        .expect("counts lock")
+        .entry(recorded.org().unwrap_or_default().to_string())
+        .or_default() += 1;
+    if state.config.keep_history {
+        state
+            .requests
+            .lock()
+            .expect("requests lock")
+            .push(recorded.clone());
+    }
 
     let Some(org) = recorded.org() else {
         return Ok(detail(404, "Not found."));
@@ -596,11 +627,19 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
         return Ok(success());
     };
     let fixed = |status: u16| detail(status, scenario.detail().unwrap_or_default());
-    let earlier = {
+    // How many requests this caller made to a burst scenario before this one.
+    // Without history the entry is dropped once the burst has passed, so a
+    // long soak through the stand-in does not grow it with every caller.
+    let earlier = |burst: u32| {
         let mut seen = state.seen.lock().expect("seen lock");
-        let count = seen.entry((org.to_string(), subject.clone())).or_insert(0);
-        *count += 1;
-        *count - 1
+        let key = (org.to_string(), subject.clone());
+        let count = seen.entry(key.clone()).or_insert(0);
+        let before = *count;
+        *count = count.saturating_add(1);
+        if before >= burst && !state.config.keep_history {
+            seen.remove(&key);
+        }
+        before
     };
     Ok(match scenario {
         Scenario::Fail400 => fixed(400),
@@ -612,8 +651,8 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
         Scenario::Fail503 => fixed(503),
         Scenario::RateLimited => throttled(scenario, "1"),
         Scenario::RateLimitedLong => throttled(scenario, "3600"),
-        Scenario::Burst429 if earlier < 1 => throttled(scenario, "1"),
-        Scenario::Burst503 if earlier < 2 => fixed(503),
+        Scenario::Burst429 if earlier(1) < 1 => throttled(scenario, "1"),
+        Scenario::Burst503 if earlier(2) < 2 => fixed(503),
         Scenario::Burst429 | Scenario::Burst503 => success(),
         Scenario::Fail502 => server::raw(
             502,
