@@ -3,6 +3,9 @@
 #
 #   scripts/bench.sh            # full run (a few minutes after the build)
 #   BENCH_QUICK=1 scripts/bench.sh   # a tenth of the counts, for a smoke run
+#   BENCH_ONLY=doors,serve scripts/bench.sh   # only these parts (core, cli, doors,
+#                                             # serve); their rows replace theirs in
+#                                             # bench/results.json, the rest is kept
 #
 # What it does, each step idempotent:
 #   1. adds the wasm32-wasip2 target (rustup does not add it by itself);

@@ -1,6 +1,7 @@
 //! The one benchmark run: cold start, guest memory, latency and throughput of
-//! the component against a native client, and the CLI against the official
-//! Cloudsmith CLI, all against one stand-in Cloudsmith on loopback.
+//! the component against a native client, the CLI against the official
+//! Cloudsmith CLI, the pull-time doors (Docker credential helper, kubelet
+//! provider) and the `serve` door under load, all against stand-ins on loopback.
 //!
 //! Run it with `scripts/bench.sh` (which installs the official CLI and builds
 //! `cloudsmith-gen`). `BENCH_QUICK=1` cuts every count by ten, for a smoke run.
@@ -17,6 +18,7 @@ use benchmarks::load::{self, quantile, LoadRun};
 use benchmarks::native::NativeClient;
 use benchmarks::report::{human, verdict, Report};
 use benchmarks::standin::StandInThread;
+use benchmarks::{doors, serve};
 use host_example::cache::{self, ArtifactCache, CacheOutcome};
 use host_example::token_source::StaticTokenSource;
 use host_example::{sandbox, Authority, EngineOptions, Generator, GeneratorOptions, OutboundPolicy, Secret};
@@ -104,10 +106,70 @@ impl Setup {
     }
 }
 
+/// Which parts to run: `BENCH_ONLY=doors,serve` (a comma-separated subset of
+/// [`PARTS`]) runs only those and lays their rows over the existing results.json;
+/// unset, everything runs and results.json is written afresh.
+const PARTS: [&str; 4] = ["core", "cli", "doors", "serve"];
+
 fn main() -> anyhow::Result<()> {
     let counts = Counts::from_env();
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let parts: Vec<&str> = only.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    if let Some(unknown) = parts.iter().find(|p| !PARTS.contains(p)) {
+        bail!("BENCH_ONLY: unknown part {unknown:?} (expected some of {PARTS:?})");
+    }
+    let runs = |part: &str| parts.is_empty() || parts.contains(&part);
     let mut report = Report::default();
     machine(&mut report);
+    let setup = Setup::new()?;
+    if runs("core") {
+        core(&setup, &counts, &mut report)?;
+    }
+    if runs("cli") {
+        processes(&setup, &counts, &mut report)?;
+    }
+    let cloudsmith_gen = benchmarks::serve::cloudsmith_gen_path();
+    if runs("doors") || runs("serve") {
+        ensure!(
+            cloudsmith_gen.is_file(),
+            "cloudsmith-gen not found at {} (build it: cargo build --release -p host-example)",
+            cloudsmith_gen.display()
+        );
+    }
+    if runs("doors") {
+        let binaries = doors::Binaries {
+            cloudsmith_gen: cloudsmith_gen.clone(),
+            official: std::env::var_os("CLOUDSMITH_CLI").map(PathBuf::from),
+        };
+        doors::measure(&binaries, counts.processes, &mut report)?;
+    }
+    if runs("serve") {
+        let serve_counts = serve::Counts {
+            calls: counts.calls / 2,
+            rounds: 2,
+            warmup: counts.warmup / 2,
+        };
+        serve::measure(&cloudsmith_gen, &setup.standin, &serve_counts, &mut report)?;
+    }
+
+    println!("{}", report.table());
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results.json");
+    let json = if parts.is_empty() {
+        report.to_json()
+    } else {
+        let previous = std::fs::read_to_string(&out)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_else(|| serde_json::json!({}));
+        report.merged_over(previous, &only)
+    };
+    std::fs::write(&out, serde_json::to_string_pretty(&json)?)?;
+    println!("\nresults written to {}", out.display());
+    Ok(())
+}
+
+/// The component: size, cold start, guest memory, and latency against native.
+fn core(setup: &Setup, counts: &Counts, report: &mut Report) -> anyhow::Result<()> {
     let component_path = testkit::artifacts::wasm("cloudsmith-access-token");
     let component_bytes = std::fs::read(&component_path)?;
     let size = component_bytes.len();
@@ -117,32 +179,15 @@ fn main() -> anyhow::Result<()> {
         format!("{:.1} KiB", size as f64 / 1024.0),
         verdict(size <= 150 * 1024, "≤ 150 KiB"),
     );
-    let setup = Setup::new()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let generators = cold_start(&setup, &component_bytes, &counts, &mut report).await?;
-        let minimal = guest_memory(&setup, &component_bytes, &mut report).await?;
-        latency(
-            &setup,
-            &generators,
-            minimal,
-            &component_bytes,
-            &counts,
-            &mut report,
-        )
-        .await
-    })?;
-    drop(runtime);
-    processes(&setup, &counts, &mut report)?;
-
-    println!("{}", report.table());
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&report.to_json())?)?;
-    println!("\nresults written to {}", out.display());
-    Ok(())
+        let generators = cold_start(setup, &component_bytes, counts, report).await?;
+        let minimal = guest_memory(setup, &component_bytes, report).await?;
+        latency(setup, &generators, minimal, &component_bytes, counts, report).await
+    })
 }
 
 /// CPU model, cores, memory and rustc, for the record.
@@ -165,6 +210,15 @@ fn machine(report: &mut Report) {
     report.machine("cores", cores.to_string());
     report.machine("memory", memory);
     report.machine("rustc", rustc);
+    // The machine is shared: the load when the run started qualifies every figure.
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    report.machine("load average", loadavg.trim().to_string());
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    report.machine("date", date);
 }
 
 /// Both engines' generators, pooling on and off, for the latency runs.
@@ -585,9 +639,7 @@ impl CliUnderTest {
 
 /// `cloudsmith-gen generate` with a warm precompile cache in `work`.
 fn cloudsmith_gen(setup: &Setup, work: &Path) -> anyhow::Result<Option<CliUnderTest>> {
-    let bin = std::env::var_os("CLOUDSMITH_GEN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| testkit::workspace_root().join("target/release/cloudsmith-gen"));
+    let bin = serve::cloudsmith_gen_path();
     if !bin.is_file() {
         eprintln!(
             "cloudsmith-gen not found at {} (build it: cargo build --release -p host-example)",

@@ -14,12 +14,17 @@
 //!   a given concurrency, with the clients' CPU time;
 //! - [`standin`]: the stand-in on its own thread (its CPU is not the clients');
 //! - [`cli`]: whole CLI processes, wall time and peak RSS via `wait4`;
+//! - [`doors`]: the pull-time doors (Docker credential helper, kubelet provider) as
+//!   processes, warm and cold token cache, against the official CLI's helper;
+//! - [`serve`]: `cloudsmith-gen serve` under keep-alive load against a native server;
 //! - [`report`]: the table and the JSON the plot is drawn from.
 
 pub mod cli;
+pub mod doors;
 pub mod embed;
 pub mod load;
 pub mod native;
 pub mod report;
+pub mod serve;
 pub mod standin;
 pub mod transport;

@@ -15,6 +15,8 @@ pub struct Report {
     rows: Vec<(String, String, String, String)>,
     /// Latency and throughput per runner and concurrency, for the plot.
     load: Vec<Value>,
+    /// The same for the `serve` runs, kept apart: another workload than the plot's.
+    serve_load: Vec<Value>,
     /// The machine and toolchain the run was on.
     machine: Vec<(String, String)>,
 }
@@ -33,16 +35,12 @@ impl Report {
 
     /// Records a load run of `runner` for the plot and the table.
     pub fn load(&mut self, runner: &str, run: &LoadRun) {
-        self.load.push(json!({
-            "runner": runner,
-            "concurrency": run.concurrency,
-            "calls": run.latencies.len(),
-            "p50_us": micros(run.quantile(0.5)),
-            "p90_us": micros(run.quantile(0.9)),
-            "p99_us": micros(run.quantile(0.99)),
-            "throughput_per_s": run.throughput(),
-            "client_cpu_us_per_call": micros(run.cpu_per_call()),
-        }));
+        self.load.push(load_point(runner, run));
+    }
+
+    /// Records a load run of a server (`serve` or its native baseline).
+    pub fn serve_load(&mut self, runner: &str, run: &LoadRun) {
+        self.serve_load.push(load_point(runner, run));
     }
 
     /// The table, as printed.
@@ -74,8 +72,65 @@ impl Report {
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
-        json!({"machine": machine, "rows": rows, "load": self.load})
+        json!({"machine": machine, "rows": rows, "load": self.load, "serve_load": self.serve_load})
     }
+
+    /// This run's JSON laid over `previous` (the results file of an earlier run), for a
+    /// run of only some sections (`BENCH_ONLY`): rows of the sections measured now
+    /// replace theirs, this run's `serve_load` replaces the previous one if measured,
+    /// and everything else (the plot's `load`, other sections' rows, the machine of
+    /// the run that measured them) is kept. This run's machine and date go under
+    /// `partial_runs`, so every row can be traced to the run that produced it.
+    pub fn merged_over(&self, mut previous: Value, only: &str) -> Value {
+        let ours = self.to_json();
+        let sections: Vec<&str> = self.rows.iter().map(|(s, ..)| s.as_str()).collect();
+        let mut rows: Vec<Value> = previous["rows"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter(|r| !sections.contains(&r["section"].as_str().unwrap_or_default()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        rows.extend(ours["rows"].as_array().cloned().unwrap_or_default());
+        previous["rows"] = Value::Array(rows);
+        if !self.serve_load.is_empty() {
+            previous["serve_load"] = ours["serve_load"].clone();
+        }
+        if !previous["partial_runs"].is_array() {
+            previous["partial_runs"] = json!([]);
+        }
+        if let Some(runs) = previous["partial_runs"].as_array_mut() {
+            runs.push(json!({"only": only, "machine": ours["machine"], "sections": sections_of(&sections)}));
+        }
+        previous
+    }
+}
+
+/// The distinct section names, in order.
+fn sections_of(sections: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in sections {
+        if !out.iter().any(|o| o == s) {
+            out.push((*s).to_string());
+        }
+    }
+    out
+}
+
+/// One load run as a JSON point.
+fn load_point(runner: &str, run: &LoadRun) -> Value {
+    json!({
+            "runner": runner,
+            "concurrency": run.concurrency,
+            "calls": run.latencies.len(),
+            "p50_us": micros(run.quantile(0.5)),
+            "p90_us": micros(run.quantile(0.9)),
+            "p99_us": micros(run.quantile(0.99)),
+            "throughput_per_s": run.throughput(),
+            "client_cpu_us_per_call": micros(run.cpu_per_call()),
+    })
 }
 
 /// A duration in microseconds, as a float.

@@ -1,8 +1,10 @@
-//! The stand-in Cloudsmith on a thread of its own, so that its work can be
-//! told apart from the clients' (its CPU time is read on its thread) and so
-//! that it keeps answering while the bench blocks on a child process.
+//! The stand-ins (Cloudsmith, and for `serve` the Kubernetes API) on threads of
+//! their own, so that their work can be told apart from the clients' (CPU time
+//! is read on their threads) and so that they keep answering while the bench
+//! blocks on a child process.
 
-use std::sync::mpsc;
+use std::future::Future;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -11,40 +13,115 @@ use testkit::cloudsmith::{StandIn, StandInConfig};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-/// A running stand-in; dropping it stops the server and joins its thread.
+/// A running stand-in Cloudsmith; dropping it stops the server and joins its thread.
 pub struct StandInThread {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     /// The port it listens on.
     pub port: u16,
-    handle: Handle,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    thread: ServiceThread<StandIn>,
 }
 
 impl StandInThread {
     /// Starts a default stand-in on a single-threaded runtime on a new thread.
     pub fn start() -> anyhow::Result<Self> {
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("stand-in".into())
-            .spawn(move || serve(ready_tx, stop_rx))?;
-        let (url, port, handle) = ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .context("the stand-in did not start")??;
+        Self::start_with(StandInConfig::default())
+    }
+
+    /// Starts a stand-in with `config` (e.g. a future token `exp`, so that token
+    /// caches hit) on a single-threaded runtime on a new thread.
+    pub fn start_with(config: StandInConfig) -> anyhow::Result<Self> {
+        let thread = ServiceThread::start("stand-in", move || StandIn::start(config))?;
         Ok(StandInThread {
-            url,
-            port,
+            url: thread.service().url(),
+            port: thread.service().port(),
+            thread,
+        })
+    }
+
+    /// CPU time the stand-in's thread has used so far.
+    pub async fn cpu_time(&self) -> Duration {
+        self.thread.cpu_time().await
+    }
+
+    /// How many exchange requests it has received so far (to prove a cache hit made none).
+    pub fn requests(&self) -> usize {
+        self.thread.service().requests().len()
+    }
+
+    /// The stand-in itself.
+    pub fn service(&self) -> &StandIn {
+        self.thread.service()
+    }
+}
+
+/// A service (a stand-in, a server) running on a single-threaded tokio runtime on
+/// a thread of its own: its CPU time can be read apart from the clients', and it
+/// keeps answering while the bench blocks on a child process.
+pub struct ServiceThread<T: Send + Sync + 'static> {
+    service: Option<Arc<T>>,
+    handle: Handle,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<T: Send + Sync + 'static> ServiceThread<T> {
+    /// Runs `make` on a new thread's runtime and keeps what it built alive there
+    /// until this handle is dropped.
+    pub fn start<F, Fut>(name: &str, make: F) -> anyhow::Result<Self>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<(Arc<T>, Handle)>>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match make().await {
+                    Ok(service) => {
+                        let service = Arc::new(service);
+                        let _ = ready_tx.send(Ok((service.clone(), Handle::current())));
+                        let _ = stop_rx.await;
+                        // The last reference may be this one: drop it on its own runtime.
+                        drop(service);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+        let (service, handle) = ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .with_context(|| format!("{name} did not start"))??;
+        Ok(ServiceThread {
+            service: Some(service),
             handle,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
     }
 
-    /// CPU time the stand-in's thread has used so far.
+    /// The running service.
+    pub fn service(&self) -> &T {
+        self.service.as_deref().expect("present until dropped")
+    }
+
+    /// A handle to the service's runtime, to spawn work next to it.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// CPU time the service's thread has used so far.
     pub async fn cpu_time(&self) -> Duration {
-        // A task on the stand-in's single-threaded runtime runs on its thread.
+        // A task on the single-threaded runtime runs on its thread.
         self.handle
             .spawn(async { thread_cpu_time() })
             .await
@@ -52,8 +129,10 @@ impl StandInThread {
     }
 }
 
-impl Drop for StandInThread {
+impl<T: Send + Sync + 'static> Drop for ServiceThread<T> {
     fn drop(&mut self) {
+        // Ours first, so the thread's is the last and the service stops on its runtime.
+        self.service = None;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -61,30 +140,6 @@ impl Drop for StandInThread {
             let _ = thread.join();
         }
     }
-}
-
-type Ready = anyhow::Result<(String, u16, Handle)>;
-
-fn serve(ready: mpsc::Sender<Ready>, stop: oneshot::Receiver<()>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let _ = ready.send(Err(e.into()));
-            return;
-        }
-    };
-    runtime.block_on(async move {
-        match StandIn::start(StandInConfig::default()).await {
-            Ok(standin) => {
-                let _ = ready.send(Ok((standin.url(), standin.port(), Handle::current())));
-                let _ = stop.await;
-                drop(standin);
-            }
-            Err(e) => {
-                let _ = ready.send(Err(e));
-            }
-        }
-    });
 }
 
 /// CPU time of the calling thread.
