@@ -9,6 +9,16 @@
 //! SOAK_CALLS=50000 cargo test --release -p host-example --test serve_soak -- --ignored --nocapture
 //! ```
 //!
+//! or, with a release `cloudsmith-gen` already built (the server is what is measured;
+//! the driving test's own profile does not matter), without rebuilding the test in
+//! release:
+//!
+//! ```text
+//! cargo build --release -p host-example --bin cloudsmith-gen
+//! CLOUDSMITH_GEN=target/release/cloudsmith-gen SOAK_CALLS=50000 \
+//!     cargo test -p host-example --test serve_soak -- --ignored --nocapture
+//! ```
+//!
 //! 64 client tasks, each on one keep-alive connection (as Go's client reuses them),
 //! across four namespaces; one call in eight is refused (another namespace's caller:
 //! 403) or fails at Cloudsmith (401 → 502). Every answer is checked against its
@@ -29,6 +39,12 @@ use testkit::cloudsmith::{self, access_token_for, auth_for};
 use testkit::{kubernetes, oidc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloudsmith-gen");
+
+/// The server binary: `CLOUDSMITH_GEN` when set (e.g. a release build), else the one
+/// cargo built with this test.
+fn server_binary() -> String {
+    std::env::var("CLOUDSMITH_GEN").unwrap_or_else(|_| BIN.to_string())
+}
 const CONCURRENCY: usize = 64;
 const NAMESPACES: [&str; 4] = ["apps", "team-b", "team-c", "team-d"];
 const MAX_GROWTH_BYTES: u64 = 1024 * 1024;
@@ -84,7 +100,9 @@ async fn soak() {
     )
     .unwrap();
 
-    let mut child = Command::new(BIN)
+    let binary = server_binary();
+    println!("serve soak: server {binary}");
+    let mut child = Command::new(&binary)
         .args([
             "serve",
             "--listen",
