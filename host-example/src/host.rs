@@ -44,10 +44,7 @@ impl CallTarget {
 /// would refuse every token request of a generator that accepts that form.
 fn manifest_account(manifest: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(manifest).ok()?;
-    let mut spec = value.get("spec").filter(|s| s.is_object()).unwrap_or(&value);
-    if value.get("kind").and_then(|k| k.as_str()) == Some("ClusterGenerator") {
-        spec = spec.get("generator")?.get("cloudsmithAccessTokenSpec")?;
-    }
+    let spec = crate::generator_spec::spec(&value)?;
     Some(spec.get("serviceAccountRef")?.get("name")?.as_str()?.to_string())
 }
 

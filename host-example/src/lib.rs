@@ -47,6 +47,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod generator_spec;
 mod host;
 pub mod output;
 pub mod policy;

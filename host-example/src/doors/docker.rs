@@ -25,13 +25,12 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use clap::Parser as _;
+use host_example::generator_spec;
 use host_example::token_source::{EnvTokenSource, FileTokenSource, KubernetesTokenSource};
 use host_example::{NamespacePolicy, TokenSource};
 use serde_json::{json, Value};
 
-use super::{
-    env_identity, file_identity, kubernetes_identity, mint, print, shown, spec_of, MintRequest, Registries,
-};
+use super::{env_identity, file_identity, kubernetes_identity, mint, print, shown, MintRequest, Registries};
 use crate::commands::read_manifest;
 use crate::{Failure, RuntimeArgs};
 
@@ -171,14 +170,8 @@ impl Config {
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
             .map(str::to_string);
-        // The spec object to fill in: a resource's `spec`, or the bare spec.
-        let is_resource = spec_of(&manifest).is_some_and(|s| !std::ptr::eq(s, &manifest));
-        let spec = if is_resource {
-            manifest.get_mut("spec")
-        } else {
-            Some(&mut manifest)
-        };
-        let Some(Value::Object(spec)) = spec else {
+        // The spec object to fill in, where the generator reads it.
+        let Some(spec) = generator_spec::spec_mut(&mut manifest) else {
             return Err(usage(format!(
                 "{}: the manifest has no spec object",
                 env::MANIFEST
@@ -234,11 +227,12 @@ impl Config {
                 )),
             )));
         };
-        let spec = spec_of_mut(&mut manifest);
         if !kubernetes {
             // The generator requires a serviceAccountRef; a file or variable token ignores it.
-            spec.entry("serviceAccountRef")
-                .or_insert_with(|| json!({ "name": "default" }));
+            if let Some(spec) = generator_spec::spec_mut(&mut manifest) {
+                spec.entry("serviceAccountRef")
+                    .or_insert_with(|| json!({ "name": "default" }));
+            }
         }
         let manifest = manifest.to_string();
         let identity = if kubernetes {
@@ -273,19 +267,6 @@ impl Config {
             },
             runtime,
         })
-    }
-}
-
-fn spec_of_mut(manifest: &mut Value) -> &mut serde_json::Map<String, Value> {
-    let is_resource = spec_of(manifest).is_some_and(|s| !std::ptr::eq(s, &*manifest));
-    let spec = if is_resource {
-        manifest.get_mut("spec")
-    } else {
-        Some(manifest)
-    };
-    match spec {
-        Some(Value::Object(spec)) => spec,
-        _ => unreachable!("checked in Config::from_env"),
     }
 }
 

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{
-    env_identity, file_identity, go_duration, kubernetes_identity, mint, spec_of, token_identity,
-    MintRequest, Registries,
+    env_identity, file_identity, go_duration, kubernetes_identity, mint, token_identity, MintRequest,
+    Registries,
 };
 use crate::commands::read_manifest;
 use crate::{Failure, KubeletArgs};
@@ -279,14 +279,7 @@ fn with_service_account(manifest: &str, account: &str) -> String {
     let Ok(mut value) = serde_json::from_str::<Value>(manifest) else {
         return manifest.to_string();
     };
-    // The same rule as `spec_of`: a resource has its spec under `spec`.
-    let is_resource = spec_of(&value).is_some_and(|spec| !std::ptr::eq(spec, &value));
-    let spec = if is_resource {
-        value.get_mut("spec")
-    } else {
-        Some(&mut value)
-    };
-    if let Some(Value::Object(spec)) = spec {
+    if let Some(spec) = host_example::generator_spec::spec_mut(&mut value) {
         spec.entry("serviceAccountRef")
             .or_insert_with(|| json!({ "name": account }));
     }
@@ -436,5 +429,14 @@ mod tests {
         );
         let kept = with_service_account(r#"{"orgSlug":"o","serviceAccountRef":{"name":"x"}}"#, "puller");
         assert_eq!(kept, r#"{"orgSlug":"o","serviceAccountRef":{"name":"x"}}"#);
+        // A ClusterGenerator keeps its spec one level down: the account goes there.
+        let cluster = with_service_account(
+            r#"{"kind":"ClusterGenerator","spec":{"generator":{"cloudsmithAccessTokenSpec":{"orgSlug":"o"}},"kind":"CloudsmithAccessToken"}}"#,
+            "puller",
+        );
+        assert_eq!(
+            cluster,
+            r#"{"kind":"ClusterGenerator","spec":{"generator":{"cloudsmithAccessTokenSpec":{"orgSlug":"o","serviceAccountRef":{"name":"puller"}}},"kind":"CloudsmithAccessToken"}}"#
+        );
     }
 }

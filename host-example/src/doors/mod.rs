@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine as _;
+use host_example::generator_spec;
 use host_example::token_cache::{CacheKey, CachedToken, Lookup, TokenCache};
 use host_example::{Credentials, NamespacePolicy, TokenSource};
 use serde_json::Value;
@@ -112,24 +113,11 @@ pub async fn mint(
     Ok(Minted { credentials, token })
 }
 
-/// The spec object of a manifest (a resource's `spec`, or the manifest itself when it
-/// is a bare spec), as the generator reads it.
-pub fn spec_of(manifest: &Value) -> Option<&Value> {
-    let is_resource = ["spec", "kind", "apiVersion"]
-        .iter()
-        .any(|k| manifest.get(k).is_some());
-    if is_resource {
-        manifest.get("spec").filter(|s| s.is_object())
-    } else {
-        Some(manifest).filter(|s| s.is_object())
-    }
-}
-
 /// The cache key for a manifest and identity: the API fields as written, org and
 /// service. `None` when the manifest lacks them (the generator then reports the error).
 fn cache_key(manifest: &str, identity: &str) -> Option<CacheKey> {
     let manifest: Value = serde_json::from_str(manifest).ok()?;
-    let spec = spec_of(&manifest)?;
+    let spec = generator_spec::spec(&manifest)?;
     let text = |k: &str| spec.get(k).and_then(Value::as_str);
     Some(CacheKey::new(
         text("apiUrl").unwrap_or(""),
@@ -197,7 +185,7 @@ pub fn env_identity(var: &str) -> Option<String> {
 pub fn kubernetes_identity(kubeconfig: Option<&PathBuf>, manifest: &str, namespace: &str) -> Option<String> {
     use kube::config::Kubeconfig;
     let manifest: Value = serde_json::from_str(manifest).ok()?;
-    let account = spec_of(&manifest)?.get("serviceAccountRef")?;
+    let account = generator_spec::spec(&manifest)?.get("serviceAccountRef")?;
     let cluster = match kubeconfig {
         Some(path) => Kubeconfig::read_from(path).ok(),
         None => Kubeconfig::read().ok(),

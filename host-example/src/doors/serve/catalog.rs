@@ -128,17 +128,12 @@ fn for_any_namespace(mut resource: Map<String, Value>) -> Value {
     if let Some(Value::Object(metadata)) = resource.get_mut("metadata") {
         metadata.remove("namespace");
     }
-    let spec = resource.get_mut("spec").and_then(|spec| {
-        if spec.get("generator").is_some() {
-            spec.get_mut("generator")?.get_mut("cloudsmithAccessTokenSpec")
-        } else {
-            Some(spec)
-        }
-    });
+    let mut resource = Value::Object(resource);
+    let spec = host_example::generator_spec::spec_mut(&mut resource);
     if let Some(Value::Object(account)) = spec.and_then(|s| s.get_mut("serviceAccountRef")) {
         account.remove("namespace");
     }
-    Value::Object(resource)
+    resource
 }
 
 #[cfg(test)]
