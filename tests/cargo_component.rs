@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use testkit::cloudsmith::{auth_for, StandIn, StandInConfig, ESO_TOKEN};
+use testkit::cloudsmith::{auth_for, StandIn, ESO_TOKEN};
 use testkit::process::{expect_success, Output};
 
 /// Two release builds (wasip2 and wasip1) from a cold target directory.
@@ -129,19 +129,7 @@ fn cargo_component_builds_the_same_generator() {
     assert_eq!(wit_lines(&created), wit_lines(&plain));
 
     // ...and the same answers, ESO's own vector included.
-    // The stand-in serves from the runtime's own thread while this test
-    // blocks on external processes.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let stand_in = runtime
-        .block_on(StandIn::start(StandInConfig {
-            issued_token: Some(ESO_TOKEN.to_string()),
-            ..StandInConfig::default()
-        }))
-        .unwrap();
+    let (_runtime, stand_in) = StandIn::eso_vector_blocking();
     let work = tempfile::tempdir().unwrap();
     let from_plain = generate(&plain, &stand_in, work.path());
     let from_created = generate(&created, &stand_in, work.path());

@@ -368,7 +368,7 @@ async fn no_token_leaks_from_the_library_on_any_failure() {
     }
 
     let mut secrets = vec![oidc_token.clone(), kube.bearer_token().to_string()];
-    let minted: Vec<String> = kube.requests().into_iter().filter_map(|r| r.token).collect();
+    let minted = kube.minted_tokens();
     assert!(!minted.is_empty(), "the Kubernetes stand-in minted tokens");
     secrets.extend(minted);
     for org in Scenario::ALL.iter().map(|s| s.org()).chain(["acme"]) {
@@ -642,7 +642,7 @@ async fn no_token_leaks_from_the_cli_on_any_failure() {
     outputs.extend(results);
 
     let mut secrets = vec![oidc_token.clone(), kube.bearer_token().to_string()];
-    secrets.extend(kube.requests().into_iter().filter_map(|r| r.token));
+    secrets.extend(kube.minted_tokens());
     for org in Scenario::ALL.iter().map(|s| s.org()).chain(["acme"]) {
         let access = access_token_for(SUBJECT, org, SERVICE, EXP);
         secrets.push(auth_for(&access));

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use testkit::cloudsmith::{auth_for, StandIn, StandInConfig, ESO_TOKEN};
+use testkit::cloudsmith::{auth_for, StandIn, ESO_TOKEN};
 use testkit::process::{assert_no_secret, expect_success};
 
 /// The one WASI version the generator and its plugs share.
@@ -94,19 +94,7 @@ fn an_ordinary_plug_composes_both_ways_and_runs_esos_vector_in_wasmtime() {
     let plug_copy = work.path().join("ordinary-plug.wasm");
     std::fs::copy(&plug, &plug_copy).unwrap();
 
-    // The stand-in serves from the runtime's own thread while this test
-    // blocks on external processes.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let stand_in = runtime
-        .block_on(StandIn::start(StandInConfig {
-            issued_token: Some(ESO_TOKEN.to_string()),
-            ..StandInConfig::default()
-        }))
-        .unwrap();
+    let (_runtime, stand_in) = StandIn::eso_vector_blocking();
     let manifest = json!({
         "spec": {
             "apiUrl": stand_in.url(),

@@ -308,12 +308,7 @@ async fn ask(addr: SocketAddr, namespace: &str, generator: &str, token: &str) ->
 /// access tokens and `auth` values it answered.
 fn assert_logs_clean(server: &Server, world: &World, more: &[&str]) {
     let logs = server.logs();
-    let minted: Vec<String> = world
-        .kube
-        .requests()
-        .into_iter()
-        .filter_map(|r| r.token)
-        .collect();
+    let minted = world.kube.minted_tokens();
     let mut secrets: Vec<String> = minted.clone();
     for r in world.kube.requests() {
         if let Some(token) = r.token {
@@ -665,12 +660,7 @@ async fn every_failure_has_its_status_and_case() {
         assert_eq!(reply.case(), case, "{method} {path}");
     }
     // echo-401 quotes the whole exchange request, OIDC token included: redacted.
-    let minted: Vec<String> = world
-        .kube
-        .requests()
-        .into_iter()
-        .filter_map(|r| r.token)
-        .collect();
+    let minted = world.kube.minted_tokens();
     let echo = ask(server.addr, "apps", "echo", &token).await;
     for t in &minted {
         assert!(!echo.body.contains(t.as_str()), "minted token in an error answer");

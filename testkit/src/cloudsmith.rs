@@ -429,6 +429,24 @@ impl StandIn {
         self.url()
     }
 
+    /// A stand-in issuing ESO's own test-vector token ([`ESO_TOKEN`]) on every
+    /// success, served from a runtime thread of its own, for tests that block on
+    /// external processes (the runtime must outlive the stand-in: keep both).
+    pub fn eso_vector_blocking() -> (tokio::runtime::Runtime, StandIn) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the stand-in");
+        let stand_in = runtime
+            .block_on(StandIn::start(StandInConfig {
+                issued_token: Some(ESO_TOKEN.to_string()),
+                ..StandInConfig::default()
+            }))
+            .expect("stand-in");
+        (runtime, stand_in)
+    }
+
     /// The port the stand-in listens on.
     pub fn port(&self) -> u16 {
         self.running.addr.port()

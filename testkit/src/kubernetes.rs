@@ -230,6 +230,11 @@ impl StandIn {
         self.state.requests.lock().expect("requests lock").clone()
     }
 
+    /// The tokens minted so far (every TokenRequest's answer), in order.
+    pub fn minted_tokens(&self) -> Vec<String> {
+        self.requests().into_iter().filter_map(|r| r.token).collect()
+    }
+
     /// Every TokenReview received so far, in order.
     pub fn token_reviews(&self) -> Vec<TokenReviewRecord> {
         self.state.token_reviews.lock().expect("reviews lock").clone()
