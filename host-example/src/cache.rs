@@ -131,7 +131,7 @@ impl ArtifactCache {
 
     fn store(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
         let payload = component.serialize().map_err(wasm_err)?;
-        create_private_dir(&self.dir)?;
+        create_private_dir(&self.dir, "cache directory")?;
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)
             .with_context(|| format!("creating a temporary file in {}", self.dir.display()))?;
         tmp.write_all(MAGIC)?;
@@ -152,14 +152,15 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
         .context("compiling the component")
 }
 
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+/// Creates `dir` (and its parents) with mode 0700; `what` names it in errors.
+pub(crate) fn create_private_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder
         .create(dir)
-        .with_context(|| format!("creating cache directory {}", dir.display()))
+        .with_context(|| format!("creating {what} {}", dir.display()))
 }
 
 /// Feeds `Hash` output into SHA-256, so the engine's compatibility hash is stable across

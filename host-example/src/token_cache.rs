@@ -347,13 +347,7 @@ fn current_uid() -> u32 {
 /// Creates `dir` 0700 (and its parents); an existing directory that others can enter
 /// is made private, because it holds bearer tokens.
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .with_context(|| format!("creating token cache directory {}", dir.display()))?;
+    crate::cache::create_private_dir(dir, "token cache directory")?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
