@@ -682,37 +682,7 @@ fn official_cli(setup: &Setup, work: &Path) -> Option<CliUnderTest> {
     let home = work.join("home");
     let url = setup.standin.url.clone();
     let token = setup.oidc_token.clone();
-    let command = move || {
-        let mut command = Command::new(&bin);
-        command
-            .args(["credential-helper", "docker"])
-            .env("HOME", &home)
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("CLOUDSMITH_API_HOST", &url)
-            .env("CLOUDSMITH_ORG", ORG)
-            .env("CLOUDSMITH_SERVICE_SLUG", SERVICE)
-            .env("CLOUDSMITH_OIDC_TOKEN", &token)
-            // Only the generic (environment variable) OIDC source: the cloud
-            // detectors would probe metadata endpoints off this machine.
-            .env("CLOUDSMITH_OIDC_DETECTOR_ORDER", "generic")
-            // No keyring, no update check, no telemetry: nothing but the exchange.
-            .env("CLOUDSMITH_NO_KEYRING", "1")
-            .env("CLOUDSMITH_NO_UPDATE_CHECK", "1")
-            .env("DO_NOT_TRACK", "1")
-            .env_remove("CLOUDSMITH_API_KEY");
-        // A proxy would put a third process in the path; the target is loopback.
-        for proxy in [
-            "CLOUDSMITH_PROXY",
-            "CLOUDSMITH_API_PROXY",
-            "HTTP_PROXY",
-            "http_proxy",
-            "ALL_PROXY",
-            "all_proxy",
-        ] {
-            command.env_remove(proxy);
-        }
-        command
-    };
+    let command = move || benchmarks::doors::official_helper_command(&bin, &home, &url, &token);
     Some(CliUnderTest {
         name: "cloudsmith credential-helper docker",
         command: Box::new(command),

@@ -399,6 +399,27 @@ fn kubelet(
     })
 }
 
+/// `cloudsmith credential-helper docker` (the official CLI) at `bin`, with `home` as its
+/// home, configured for the API at `api_url` and `oidc_token` through its documented
+/// variables, and nothing of this process's Cloudsmith or proxy settings.
+pub fn official_helper_command(bin: &Path, home: &Path, api_url: &str, oidc_token: &str) -> Command {
+    let mut command = clean_command(bin, home);
+    command
+        .args(["credential-helper", "docker"])
+        .env("CLOUDSMITH_API_HOST", api_url)
+        .env("CLOUDSMITH_ORG", ORG)
+        .env("CLOUDSMITH_SERVICE_SLUG", SERVICE)
+        .env("CLOUDSMITH_OIDC_TOKEN", oidc_token)
+        // Only the generic (environment variable) OIDC source: the cloud
+        // detectors would probe metadata endpoints off this machine.
+        .env("CLOUDSMITH_OIDC_DETECTOR_ORDER", "generic")
+        // No keyring, no update check, no telemetry: nothing but the exchange.
+        .env("CLOUDSMITH_NO_KEYRING", "1")
+        .env("CLOUDSMITH_NO_UPDATE_CHECK", "1")
+        .env("DO_NOT_TRACK", "1");
+    command
+}
+
 /// `cloudsmith credential-helper docker` (the official CLI), configured for the stand-in
 /// through its documented variables; its warm cache is its disk OIDC token cache
 /// (`<app dir>/oidc_token_cache`; the keyring is off, as there is none on a server).
@@ -413,22 +434,7 @@ fn official_helper(
     let home = work.join("official-home");
     let (bin, url, token) = (bin.to_path_buf(), standin.url.clone(), oidc_token.to_string());
     let cache_home = home.clone();
-    let command = move || {
-        let mut command = clean_command(&bin, &home);
-        command
-            .args(["credential-helper", "docker"])
-            .env("CLOUDSMITH_API_HOST", &url)
-            .env("CLOUDSMITH_ORG", ORG)
-            .env("CLOUDSMITH_SERVICE_SLUG", SERVICE)
-            .env("CLOUDSMITH_OIDC_TOKEN", &token)
-            // Only the generic (environment variable) OIDC source: the cloud
-            // detectors would probe metadata endpoints off this machine.
-            .env("CLOUDSMITH_OIDC_DETECTOR_ORDER", "generic")
-            .env("CLOUDSMITH_NO_KEYRING", "1")
-            .env("CLOUDSMITH_NO_UPDATE_CHECK", "1")
-            .env("DO_NOT_TRACK", "1");
-        command
-    };
+    let command = move || official_helper_command(&bin, &home, &url, &token);
     // Warm and cold share one home (the CLI's cache path is fixed by host, org and
     // service): the cold case runs last in each round, and its exchange refills the
     // cache that the next round's warm run reuses.
