@@ -1,14 +1,41 @@
-//! Links wasi-libc for the component's `memcpy`, `memset` and `memcmp`.
+//! Link settings for the component on `wasm32-wasip2`.
 //!
-//! The component is `no_std` (src/runtime.rs); on `wasm32-wasip2` those
-//! functions come from wasi-libc, which std would otherwise link. Only the
-//! memory functions are pulled from it: libc's start-up code, and its
-//! imports of `wasi:cli`, stay out.
+//! - **wasi-libc's `memcpy`, `memset` and `memcmp`.** The component is
+//!   `no_std` (src/runtime.rs); those functions come from wasi-libc, which std
+//!   would otherwise link. Only the memory functions are pulled from it:
+//!   libc's start-up code, and its imports of `wasi:cli`, stay out.
+//! - **The stack in linear memory: 256 KiB, not Rust's default 1 MiB.** Every
+//!   call gets a fresh instance whose memory the host sets up, resets and
+//!   releases, so the memory's size is a per-call cost; the default stack made
+//!   it 17 pages. The deepest call is serde_json's recursion at its nesting
+//!   limit (128) through the manifest's own struct (`spec` nested in `spec`),
+//!   which needs between 72 and 80 KiB: host-example/tests/guest_stack.rs runs
+//!   that input and the other recursive ones at the limit and beyond, and
+//!   failed (a trap) with 64 and 72 KiB stacks, passed with 80 KiB and up.
+//!   256 KiB leaves three times that. The stack is placed first (wasm-ld's
+//!   default for Rust), so an overflow runs off address 0 and traps instead
+//!   of overwriting data, as those failures showed.
+//!   `CLOUDSMITH_GUEST_STACK_BYTES` overrides the size, for measuring (the
+//!   benchmark builds a 1 MiB variant to price this setting).
+
+/// The stack the component reserves in its linear memory.
+const STACK_BYTES: u32 = 256 * 1024;
 
 fn main() {
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    println!("cargo:rerun-if-env-changed=CLOUDSMITH_GUEST_STACK_BYTES");
     if arch == "wasm32" && os == "wasi" {
         println!("cargo:rustc-link-lib=c");
+        let stack = match std::env::var("CLOUDSMITH_GUEST_STACK_BYTES") {
+            Ok(bytes) => match bytes.parse::<u32>() {
+                Ok(n) if n >= 4096 && n % 16 == 0 => n,
+                _ => {
+                    panic!("CLOUDSMITH_GUEST_STACK_BYTES: {bytes:?} is not a multiple of 16 of at least 4096")
+                }
+            },
+            Err(_) => STACK_BYTES,
+        };
+        println!("cargo:rustc-link-arg=-zstack-size={stack}");
     }
 }

@@ -40,7 +40,7 @@ fn main() {
     let built = match env::var_os(PREBUILT_ENV) {
         Some(prebuilt) => PathBuf::from(prebuilt),
         None => {
-            for input in ["src", "wit", "Cargo.toml", "Cargo.lock"] {
+            for input in ["src", "wit", "build.rs", "Cargo.toml", "Cargo.lock"] {
                 println!("cargo:rerun-if-changed={}", workspace.join(input).display());
             }
             build_component(&workspace)

@@ -1,5 +1,6 @@
 //! The built component against its contract: valid, the WIT world it
-//! promises, no filesystem or sockets, and within its size budget.
+//! promises, no filesystem or sockets, within its size budget, and with the
+//! small stack the host relies on.
 
 use std::process::Command;
 
@@ -115,5 +116,54 @@ fn component_fits_its_size_budget() {
     assert!(
         size <= SIZE_BUDGET,
         "component is {size} bytes, over the {SIZE_BUDGET}-byte budget"
+    );
+}
+
+/// The stack the root `build.rs` reserves in linear memory.
+const STACK_BYTES: u64 = 256 * 1024;
+
+/// The number after `prefix` on the first line of the main core module's text
+/// that starts with `prefix`.
+fn first_number_after(wat: &str, prefix: &str) -> u64 {
+    let main = &wat[wat.find("(core module $main").expect("a main core module")..];
+    let line = main
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?}"));
+    let digits: String = line[prefix.len()..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number in {line:.80}"))
+}
+
+#[test]
+fn the_stack_is_small_and_placed_below_the_data() {
+    let wasm = testkit::artifacts::wasm("cloudsmith-access-token");
+    let out = Command::new(testkit::tools::wasm_tools())
+        .arg("print")
+        .arg(&wasm)
+        .output()
+        .expect("run wasm-tools print");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let wat = String::from_utf8_lossy(&out.stdout);
+    // The stack pointer starts at the top of the stack, which grows down to 0.
+    let stack_top = first_number_after(&wat, "(global (;0;) (mut i32) i32.const");
+    assert_eq!(stack_top, STACK_BYTES, "the stack pointer's initial value");
+    // Data after the stack: an overflow runs off address 0 (a trap), not into data.
+    let data = first_number_after(&wat, "(data (;0;) (i32.const");
+    assert!(
+        data >= stack_top,
+        "data at {data} is inside the stack (top {stack_top})"
+    );
+    // Stack and data in a few pages: not Rust's default 1 MiB stack (17 pages).
+    let pages = first_number_after(&wat, "(memory (;0;)");
+    assert!(
+        pages * 65536 <= STACK_BYTES + 128 * 1024,
+        "initial memory is {pages} pages"
     );
 }

@@ -98,6 +98,10 @@ pub struct StandInConfig {
     /// Issue exactly this access token on every success instead of one
     /// minted per request (e.g. ESO's own unit-test vector, [`ESO_TOKEN`]).
     pub issued_token: Option<String>,
+    /// Answer every success with exactly this JSON text instead of
+    /// `{"token": ...}` (e.g. one nested as deep as a parser allows). The real
+    /// API may add fields to its answer; a client must read what it needs.
+    pub issued_body: Option<String>,
     /// Keep per-request history (the default): every request for
     /// [`StandIn::requests`], and each caller's count in the burst scenarios,
     /// which then fail a caller's first requests and succeed ever after. A
@@ -120,6 +124,7 @@ impl Default for StandInConfig {
             redirect_location: "http://evil.example/openid/x/".to_string(),
             slow_delay: Duration::from_secs(10),
             issued_token: None,
+            issued_body: None,
             keep_history: true,
         }
     }
@@ -635,6 +640,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
     let subject = claims.sub;
     let exp = state.config.token_exp;
     let success = || {
+        if let Some(body) = &state.config.issued_body {
+            return server::raw(201, "application/json", body.clone(), &[]);
+        }
         server::json(
             201,
             &json!({ "token": state.config.issued_token.clone().unwrap_or_else(|| access_token_for(&subject, org, service, exp)) }),
