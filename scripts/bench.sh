@@ -52,6 +52,8 @@ export CARGO_PROFILE_BENCH_OPT_LEVEL=3
 export CARGO_PROFILE_BENCH_LTO=false
 export CARGO_PROFILE_BENCH_CODEGEN_UNITS=16
 export CARGO_PROFILE_BENCH_STRIP=false
+# Line tables cost no speed and let scripts/profile.sh reuse this very build.
+export CARGO_PROFILE_BENCH_DEBUG=line-tables-only
 export CLOUDSMITH_GEN="$PWD/target/release/cloudsmith-gen"
 export CLOUDSMITH_CLI="$PWD/$venv/bin/cloudsmith"
 cargo bench --locked -p benchmarks --bench generate "$@"

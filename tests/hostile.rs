@@ -72,6 +72,8 @@ impl Setup {
                     pooling: true,
                     max_concurrent_calls: 8,
                     max_memory_bytes: 64 * 1024 * 1024,
+                    // As shipped: slots keep their pages between calls (reset in place).
+                    ..Default::default()
                 })
                 .expect("engine");
                 let good = cache::compile(&engine, host_example::COMPONENT).expect("compile the generator");
@@ -467,6 +469,23 @@ async fn a_plugin_echoing_the_token_has_it_scrubbed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_a_call_leaves_in_memory_reaches_the_next_call() {
+    // The pool keeps a slot's pages mapped between calls and resets them in place
+    // (EngineOptions::keep_resident_bytes); the next call must still start from
+    // the module's initial memory, whatever the last one wrote.
+    let setup = Setup::new().await;
+    for round in 0..4 {
+        let traced = setup.hostile(serde_json::json!({"hostile": "leftovers"})).await;
+        let credentials = traced
+            .result
+            .unwrap_or_else(|e| panic!("leftovers, round {round}: {e}"));
+        assert_eq!(seen(&credentials, "calls-before"), "0", "round {round}");
+        assert_eq!(seen(&credentials, "marker-found"), "false", "round {round}");
+        setup.assert_good_call_works("a leftovers call").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_and_good_calls_run_side_by_side() {
     let s = Setup::new().await;
     let (spin, hog, good) = tokio::join!(

@@ -42,6 +42,14 @@ pub fn tuned_pooling_engine(calls: u32) -> anyhow::Result<Engine> {
     Engine::new(&config).map_err(wasm)
 }
 
+/// An engine with wasmtime's defaults (on-demand allocation) and copy-on-write
+/// memory initialisation on or off (wasmtime's default is on).
+pub fn on_demand_engine(memory_init_cow: bool) -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config.memory_init_cow(memory_init_cow);
+    Engine::new(&config).map_err(wasm)
+}
+
 /// Records the largest linear memory any instance in the store asked for.
 #[derive(Debug, Default)]
 struct PeakMemory {

@@ -116,6 +116,7 @@ pub fn load_with(
         pooling: pool.is_some(),
         max_concurrent_calls: pool.unwrap_or(1),
         max_memory_bytes: memory,
+        ..Default::default()
     })
     .map_err(Failure::Other)?;
 

@@ -28,6 +28,13 @@ pub struct EngineOptions {
     pub max_concurrent_calls: u32,
     /// The most linear memory one instance may have; also sizes pool slots.
     pub max_memory_bytes: usize,
+    /// With pooling: how much of each slot's linear memory and tables stays mapped
+    /// between calls (reset in place) instead of being handed back to the kernel and
+    /// faulted in again by the next call. Zero is wasmtime's default (release it all).
+    pub keep_resident_bytes: usize,
+    /// Write `/tmp/perf-<pid>.map` as components are compiled, so that `perf` names
+    /// the guest's functions in a profile (scripts/profile.sh). Off by default.
+    pub perf_map: bool,
 }
 
 impl Default for EngineOptions {
@@ -36,9 +43,20 @@ impl Default for EngineOptions {
             pooling: true,
             max_concurrent_calls: 16,
             max_memory_bytes: Limits::default().memory_bytes,
+            keep_resident_bytes: KEEP_RESIDENT_BYTES,
+            perf_map: false,
         }
     }
 }
+
+/// What a generator call touches of its linear memory (a 256 KiB stack, its data
+/// and a small heap: 5 pages, plus what the answer needs) and of its tables, with
+/// room to spare. Kept mapped, a slot is reset with `memset` over the pages the call
+/// dirtied; released, every call pays `madvise` (and the TLB shootdowns it sends
+/// to the other cores) and then page faults. Measured in BENCHMARKS.md ("Levers").
+/// Either way the next call starts from the module's initial state: nothing is
+/// shared between calls.
+const KEEP_RESIDENT_BYTES: usize = 1 << 20;
 
 /// Per-component resources reserved in the pool for each concurrent call. A composed
 /// component has several core instances, memories and tables; these are generous.
@@ -52,13 +70,13 @@ const TABLES_PER_CALL: u32 = 8;
 /// The ticker thread holds only a weak reference and ends when the last clone of the
 /// engine is dropped.
 pub fn engine(options: &EngineOptions) -> anyhow::Result<Engine> {
-    let mut config = base_config();
+    let mut config = base_config(options);
     let engine = if options.pooling {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(options)));
         match Engine::new(&config) {
             Ok(engine) => engine,
             // The pool is an optimisation: never fail a call for it.
-            Err(_) => Engine::new(&base_config())
+            Err(_) => Engine::new(&base_config(options))
                 .map_err(wasm_err)
                 .context("creating the engine")?,
         }
@@ -95,9 +113,12 @@ pub(crate) fn call_slots(engine: &Engine) -> Option<Arc<tokio::sync::Semaphore>>
         .map(|(_, slots)| slots.clone())
 }
 
-fn base_config() -> Config {
+fn base_config(options: &EngineOptions) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
+    if options.perf_map {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     config
 }
 
@@ -109,7 +130,9 @@ fn pool(options: &EngineOptions) -> PoolingAllocationConfig {
         .total_memories(calls * MEMORIES_PER_CALL)
         .total_tables(calls * TABLES_PER_CALL)
         .total_stacks(calls)
-        .max_memory_size(options.max_memory_bytes);
+        .max_memory_size(options.max_memory_bytes)
+        .linear_memory_keep_resident(options.keep_resident_bytes)
+        .table_keep_resident(options.keep_resident_bytes);
     pool
 }
 

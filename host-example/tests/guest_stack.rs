@@ -165,11 +165,7 @@ async fn the_deepest_inputs_fit_the_guest_stack() {
         (
             "manifest: spec inside spec (the manifest struct)",
             Place::Manifest(Box::new(|d| {
-                format!(
-                    "{}{}",
-                    r#"{"spec": "#.repeat(d - 1),
-                    format!("{{SPEC}}{}", "}".repeat(d - 1))
-                )
+                format!("{}{{SPEC}}{}", r#"{"spec": "#.repeat(d - 1), "}".repeat(d - 1))
             })),
             "invalid spec",
             "invalid spec",

@@ -20,9 +20,10 @@
 //! | `panic`        | panics (the release profile aborts: a trap)                                |
 //! | `stdout-flood` | writes to stdout and stderr without bound (or `bytes` each)               |
 //! | `echo-token`   | fetches a service account token and prints it to stdout, stderr and its error |
+//! | `leftovers`    | looks for what an earlier call left behind (a static counter, a marker on its heap and stack), then leaves its own; reports what it found |
 //!
 //! Modes that report what they saw (`evil-host`, `files`, `env`,
-//! `stdout-flood`) return it beside ESO's two keys (`auth` = `hostile-report`,
+//! `stdout-flood`, `leftovers`) return it beside ESO's two keys (`auth` = `hostile-report`,
 //! `expiry` = `0`), so a host that insists on those keys still hands the
 //! report back to the test.
 //!
@@ -112,6 +113,7 @@ mod component {
                 "panic" => panic!("hostile plugin panics on purpose"),
                 "stdout-flood" => Ok(report(flood(m.get("bytes").and_then(Value::as_u64)))),
                 "echo-token" => echo_token(&namespace),
+                "leftovers" => Ok(report(leftovers())),
                 other => Err(wit::GenerateError::InvalidSpec(format!(
                     "hostile plugin: unknown mode {other:?}"
                 ))),
@@ -130,6 +132,47 @@ mod component {
         ];
         out.extend(seen);
         out
+    }
+
+    /// Calls made by this instance so far (in the data segment).
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    /// A marker built at run time, so that the module's own data never holds it.
+    fn marker() -> Vec<u8> {
+        b"revo-tfel-llac-reilrae".iter().rev().copied().collect()
+    }
+
+    /// What an earlier call left in this instance's memory, then leaves the same
+    /// for a later call: the counter, the marker in a leaked heap block and on the
+    /// stack. A host that reuses memory between calls without resetting it would
+    /// show a counter above zero or the marker found.
+    fn leftovers() -> Outputs {
+        let before = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let marker = marker();
+        let found = find_in_memory(&marker);
+        Box::leak(marker.clone().into_boxed_slice());
+        let on_stack = [0u8; 64];
+        let mut on_stack = core::hint::black_box(on_stack);
+        on_stack[..marker.len()].copy_from_slice(&marker);
+        core::hint::black_box(&on_stack);
+        vec![
+            ("calls-before".into(), before.to_string().into_bytes()),
+            ("marker-found".into(), found.to_string().into_bytes()),
+        ]
+    }
+
+    /// Whether `needle` occurs anywhere in linear memory, other than in the
+    /// copy this call made to search with.
+    fn find_in_memory(needle: &[u8]) -> bool {
+        let size = core::arch::wasm32::memory_size(0) * 65536;
+        let own = needle.as_ptr() as usize;
+        (1..size - needle.len()).any(|at| {
+            // SAFETY: every address below memory_size is readable in wasm32 (0 is
+            // skipped: it is the null pointer, and the bottom of the stack).
+            at != own
+                && (0..needle.len())
+                    .all(|i| unsafe { core::ptr::read_volatile((at + i) as *const u8) } == needle[i])
+        })
     }
 
     fn spin() -> ! {
