@@ -35,5 +35,5 @@ trap 'rm -rf "$data"' EXIT
 BENCH_ONLY=profile perf record --quiet -F 1999 --call-graph dwarf,32768 -o "$data/perf.data" -- "$bench" --bench
 perf script --no-inline -i "$data/perf.data" 2>/dev/null | inferno-collapse-perf > "${out%.svg}.folded"
 title="${BENCH_PROFILE_RUNNER:-host}, concurrency ${BENCH_PROFILE_CONCURRENCY:-1}"
-inferno-flamegraph --title "$title" < "${out%.svg}.folded" > "$out"
+inferno-flamegraph --minwidth 0.2 --title "$title" < "${out%.svg}.folded" > "$out"
 echo "profile.sh: wrote $out and ${out%.svg}.folded"

@@ -8,11 +8,82 @@
 //! nothing but `wasi:http`, `wasi:io`, `wasi:clocks` and the token source.
 
 use alloc::alloc::{alloc, realloc, Layout};
+use core::ptr::NonNull;
 
-/// Grows linear memory as needed. A component instance is single-threaded,
-/// which is what talc's wasm allocator requires.
+use talc::base::binning::Binning;
+use talc::base::Talc;
+use talc::cell::TalcSyncCell;
+use talc::source::Source;
+use talc::wasm::WasmBinning;
+
+/// talc with [`StartThenGrow`]. A component instance is single-threaded,
+/// which is what `TalcSyncCell::new_wasm` requires.
 #[global_allocator]
-static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+static ALLOCATOR: TalcSyncCell<StartThenGrow, WasmBinning> = TalcSyncCell::new_wasm(StartThenGrow {
+    end: None,
+    started: false,
+});
+
+const PAGE: usize = 64 * 1024;
+
+unsafe extern "C" {
+    /// Where the linker ends the stack and the data: the heap may start here.
+    static __heap_base: u8;
+}
+
+/// Gives talc the memory the module starts with (from `__heap_base` to the end
+/// of its initial pages) before growing it.
+///
+/// talc's own wasm source grows memory on the first allocation and never uses
+/// the initial pages past the data. Every call has a fresh instance, so every
+/// call grew by a page, and the host's pooling allocator then shrank the slot
+/// back for the next instance: two `mprotect`s per call, each sending TLB
+/// shootdowns to the other cores. The root build.rs sizes the initial memory so
+/// that an ordinary call never grows it (BENCHMARKS.md, "Levers").
+#[derive(Debug)]
+pub struct StartThenGrow {
+    /// The end of the heap talc manages, to extend it when memory grows.
+    end: Option<NonNull<u8>>,
+    /// Whether the initial pages have been handed over.
+    started: bool,
+}
+
+// SAFETY: `acquire` only claims memory nothing else uses (the initial pages past
+// `__heap_base`, then pages it has just grown) and touches no allocator.
+unsafe impl Source for StartThenGrow {
+    fn acquire<B: Binning>(talc: &mut Talc<Self, B>, layout: Layout) -> Result<(), ()> {
+        if !talc.source.started {
+            talc.source.started = true;
+            let base = core::ptr::addr_of!(__heap_base) as usize;
+            let end = core::arch::wasm32::memory_size(0) * PAGE;
+            if end > base {
+                // SAFETY: between the heap base and the end of memory nothing lives.
+                talc.source.end = unsafe { talc.claim(base as *mut u8, end - base) };
+                if talc.source.end.is_some() {
+                    return Ok(());
+                }
+            }
+        }
+        // Room for the block and talc's bookkeeping around it.
+        let pages = (layout.size() + layout.align() + 256).div_ceil(PAGE);
+        let previous = core::arch::wasm32::memory_grow(0, pages);
+        if previous == usize::MAX {
+            return Err(());
+        }
+        let base = (previous * PAGE) as *mut u8;
+        let bytes = pages * PAGE;
+        if let Some(old_end) = talc.source.end.take() {
+            if old_end.as_ptr() == base {
+                // SAFETY: the grown pages start where the heap ends.
+                talc.source.end = Some(unsafe { talc.extend(old_end, base.wrapping_add(bytes)) });
+                return Ok(());
+            }
+        }
+        // SAFETY: the pages were just grown and belong to nothing else.
+        talc.source.end = unsafe { talc.claim(base, bytes) };
+        talc.source.end.map(drop).ok_or(())
+    }
+}
 
 /// A panic is a bug; the host reports the trap as the call's failure. There
 /// is nowhere to print a message: the component has no stderr.

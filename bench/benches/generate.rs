@@ -278,15 +278,15 @@ fn core(setup: &Setup, counts: &Counts, report: &mut Report) -> anyhow::Result<(
     })
 }
 
-/// The component built with another stack size (`CLOUDSMITH_GUEST_STACK_BYTES`,
-/// see the root build.rs) in a target directory of its own.
-fn component_with_stack(stack_bytes: u32) -> anyhow::Result<Vec<u8>> {
+/// The component built with other link settings (`CLOUDSMITH_GUEST_STACK_BYTES`,
+/// `CLOUDSMITH_GUEST_INITIAL_MEMORY_BYTES`: see the root build.rs), in a target
+/// directory of its own (`target/bench-guest-<tag>`).
+fn component_with(tag: &str, settings: &[(&str, u32)]) -> anyhow::Result<Vec<u8>> {
     let root = testkit::workspace_root();
-    let target_dir = root
-        .join("target")
-        .join(format!("bench-guest-stack-{stack_bytes}"));
+    let target_dir = root.join("target").join(format!("bench-guest-{tag}"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    command
         .current_dir(&root)
         .args([
             "build",
@@ -298,14 +298,15 @@ fn component_with_stack(stack_bytes: u32) -> anyhow::Result<Vec<u8>> {
         ])
         .args(["-p", "cloudsmith-access-token", "--target-dir"])
         .arg(&target_dir)
-        .env("CLOUDSMITH_GUEST_STACK_BYTES", stack_bytes.to_string())
         .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .context("running cargo to build the component")?;
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    for (name, value) in settings {
+        command.env(name, value.to_string());
+    }
+    let status = command.status().context("running cargo to build the component")?;
     ensure!(
         status.success(),
-        "building the component with a {stack_bytes}-byte stack failed"
+        "building the component with {settings:?} failed"
     );
     let path = target_dir.join("wasm32-wasip2/release/cloudsmith_access_token.wasm");
     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
@@ -345,12 +346,28 @@ async fn levers(setup: &Setup, bytes: &[u8], counts: &Counts, report: &mut Repor
         max_memory_bytes: GUEST_MATCHED_MEMORY,
         ..Default::default()
     })?;
-    let one_mib_stack = component_with_stack(1 << 20)?;
+    // Rust's default stack, with the same heap room as shipped (no memory.grow).
+    let one_mib_stack = component_with("stack-1mib", &[("CLOUDSMITH_GUEST_STACK_BYTES", 1 << 20)])?;
+    // The component as it was: Rust's default stack and the initial memory the
+    // linker gives it (17 pages), which every call grew by a page.
+    let as_it_was = component_with(
+        "before",
+        &[
+            ("CLOUDSMITH_GUEST_STACK_BYTES", 1 << 20),
+            ("CLOUDSMITH_GUEST_INITIAL_MEMORY_BYTES", 17 * 65536),
+        ],
+    )?;
+    let growing = component_with("grows", &[("CLOUDSMITH_GUEST_INITIAL_MEMORY_BYTES", 5 * 65536)])?;
     // (lever, before, after)
     let levers: Vec<(&str, Runner, Runner)> = vec![
         (
             "guest stack 1 MiB -> 256 KiB (host-example, pooling)",
             host(&shipped, &one_mib_stack, None)?,
+            host(&shipped, bytes, None)?,
+        ),
+        (
+            "guest initial memory 5 -> 6 pages, no memory.grow (host-example, pooling)",
+            host(&shipped, &growing, None)?,
             host(&shipped, bytes, None)?,
         ),
         (
@@ -369,8 +386,8 @@ async fn levers(setup: &Setup, bytes: &[u8], counts: &Counts, report: &mut Repor
             minimal(&benchmarks::embed::on_demand_engine(true)?)?,
         ),
         (
-            "all: 1 MiB stack, keep_resident 0 -> as shipped (host-example)",
-            host(&released, &one_mib_stack, None)?,
+            "all: 1 MiB stack, 17 pages, keep_resident 0 -> as shipped (host-example, pooling)",
+            host(&released, &as_it_was, None)?,
             host(&shipped, bytes, None)?,
         ),
     ];

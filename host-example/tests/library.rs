@@ -278,6 +278,25 @@ async fn memory_limit_is_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordinary_call_never_grows_the_guests_memory() {
+    // The component starts with 6 pages (stack, data, heap: the root build.rs)
+    // and its allocator uses them first; a call that grew memory would pay an
+    // mprotect, and one more when the pool shrinks the slot back. With the limit
+    // at exactly the initial size, any growth fails the call.
+    let stand_in = testkit::cloudsmith::StandIn::start(Default::default())
+        .await
+        .unwrap();
+    let generator = generator_for(&stand_in, |o| o.limits.memory_bytes = 6 * 64 * 1024).await;
+    for round in 0..3 {
+        let credentials = generator
+            .generate(&manifest(&stand_in.url(), "my-org"), "default")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(credentials.expiry(), "1700000000");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_never_echo_the_oidc_token() {
     let stand_in = testkit::cloudsmith::StandIn::start(Default::default())
         .await
