@@ -19,7 +19,9 @@
 //!   benchmark builds a 1 MiB variant to price this setting).
 //! - **The initial memory: the stack, the data and a 100 KiB heap**, so that
 //!   an ordinary call never grows memory (see [`initial_memory`]);
-//!   `CLOUDSMITH_GUEST_INITIAL_MEMORY_BYTES` overrides it, for measuring.
+//!   `CLOUDSMITH_GUEST_INITIAL_MEMORY_BYTES` overrides it, and
+//!   `CLOUDSMITH_GUEST_TALC_GROWS_FIRST=1` puts back talc's own wasm source
+//!   (which grows memory on the first allocation), for measuring.
 
 /// The linear memory the component starts with: the stack, the data (about
 /// 20 KiB) and a heap of about 100 KiB. An ordinary call allocates less than
@@ -39,6 +41,13 @@ fn main() {
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     println!("cargo:rerun-if-env-changed=CLOUDSMITH_GUEST_STACK_BYTES");
     println!("cargo:rerun-if-env-changed=CLOUDSMITH_GUEST_INITIAL_MEMORY_BYTES");
+    println!("cargo:rerun-if-env-changed=CLOUDSMITH_GUEST_TALC_GROWS_FIRST");
+    println!("cargo:rustc-check-cfg=cfg(talc_grows_first)");
+    // talc's own wasm source instead of src/runtime.rs's StartThenGrow: every call
+    // grows memory, as before. For the benchmark's lever row only.
+    if std::env::var_os("CLOUDSMITH_GUEST_TALC_GROWS_FIRST").is_some() {
+        println!("cargo:rustc-cfg=talc_grows_first");
+    }
     if arch == "wasm32" && os == "wasi" {
         println!("cargo:rustc-link-lib=c");
         let stack = match std::env::var("CLOUDSMITH_GUEST_STACK_BYTES") {

@@ -12,18 +12,25 @@ use core::ptr::NonNull;
 
 use talc::base::binning::Binning;
 use talc::base::Talc;
-use talc::cell::TalcSyncCell;
 use talc::source::Source;
-use talc::wasm::WasmBinning;
 
 /// talc with [`StartThenGrow`]. A component instance is single-threaded,
 /// which is what `TalcSyncCell::new_wasm` requires.
+#[cfg(not(talc_grows_first))]
 #[global_allocator]
-static ALLOCATOR: TalcSyncCell<StartThenGrow, WasmBinning> = TalcSyncCell::new_wasm(StartThenGrow {
-    end: None,
-    started: false,
-});
+static ALLOCATOR: talc::cell::TalcSyncCell<StartThenGrow, talc::wasm::WasmBinning> =
+    talc::cell::TalcSyncCell::new_wasm(StartThenGrow {
+        end: None,
+        started: false,
+    });
 
+/// talc's own wasm allocator, which grows memory on the first allocation: only
+/// built to measure the difference (the root build.rs, for the benchmark).
+#[cfg(talc_grows_first)]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
+#[cfg_attr(talc_grows_first, allow(dead_code))]
 const PAGE: usize = 64 * 1024;
 
 unsafe extern "C" {
@@ -41,6 +48,7 @@ unsafe extern "C" {
 /// shootdowns to the other cores. The root build.rs sizes the initial memory so
 /// that an ordinary call never grows it (BENCHMARKS.md, "Levers").
 #[derive(Debug)]
+#[cfg_attr(talc_grows_first, allow(dead_code))]
 pub struct StartThenGrow {
     /// The end of the heap talc manages, to extend it when memory grows.
     end: Option<NonNull<u8>>,

@@ -348,16 +348,25 @@ async fn levers(setup: &Setup, bytes: &[u8], counts: &Counts, report: &mut Repor
     })?;
     // Rust's default stack, with the same heap room as shipped (no memory.grow).
     let one_mib_stack = component_with("stack-1mib", &[("CLOUDSMITH_GUEST_STACK_BYTES", 1 << 20)])?;
-    // The component as it was: Rust's default stack and the initial memory the
-    // linker gives it (17 pages), which every call grew by a page.
+    // The component as it was: Rust's default stack, the initial memory the
+    // linker gives it (17 pages) and talc's own source, so every call grew it.
     let as_it_was = component_with(
         "before",
         &[
             ("CLOUDSMITH_GUEST_STACK_BYTES", 1 << 20),
             ("CLOUDSMITH_GUEST_INITIAL_MEMORY_BYTES", 17 * 65536),
+            ("CLOUDSMITH_GUEST_TALC_GROWS_FIRST", 1),
         ],
     )?;
-    let growing = component_with("grows", &[("CLOUDSMITH_GUEST_INITIAL_MEMORY_BYTES", 5 * 65536)])?;
+    // talc's own wasm source, which grows memory on the first allocation, with
+    // the initial memory the linker gives the shipped stack and data (5 pages).
+    let growing = component_with(
+        "grows",
+        &[
+            ("CLOUDSMITH_GUEST_INITIAL_MEMORY_BYTES", 5 * 65536),
+            ("CLOUDSMITH_GUEST_TALC_GROWS_FIRST", 1),
+        ],
+    )?;
     // (lever, before, after)
     let levers: Vec<(&str, Runner, Runner)> = vec![
         (
@@ -366,7 +375,7 @@ async fn levers(setup: &Setup, bytes: &[u8], counts: &Counts, report: &mut Repor
             host(&shipped, bytes, None)?,
         ),
         (
-            "guest initial memory 5 -> 6 pages, no memory.grow (host-example, pooling)",
+            "guest allocator: grows memory -> initial pages first, 6 of them (host-example, pooling)",
             host(&shipped, &growing, None)?,
             host(&shipped, bytes, None)?,
         ),
