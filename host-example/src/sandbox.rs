@@ -50,8 +50,8 @@ impl Default for EngineOptions {
 }
 
 /// What a generator call touches of its linear memory (a 256 KiB stack, its data
-/// and a small heap: 5 pages, plus what the answer needs) and of its tables, with
-/// room to spare. Kept mapped, a slot is reset with `memset` over the pages the call
+/// and heap: 6 pages, more only for an unusually large answer) and of its tables,
+/// with room to spare. Kept mapped, a slot is reset with `memset` over the pages the call
 /// dirtied; released, every call pays `madvise` (and the TLB shootdowns it sends
 /// to the other cores) and then page faults. Measured in BENCHMARKS.md ("Levers").
 /// Either way the next call starts from the module's initial state: nothing is
