@@ -9,8 +9,9 @@
 //!   releases, so the memory's size is a per-call cost; the default stack made
 //!   it 17 pages. The deepest call is serde_json's recursion at its nesting
 //!   limit (128) through the manifest's own struct (`spec` nested in `spec`),
-//!   which needs between 72 and 80 KiB: host-example/tests/guest_stack.rs runs
-//!   that input and the other recursive ones at the limit and beyond, and
+//!   which needs between 72 and 80 KiB: host-example/tests/library.rs
+//!   (`the_deepest_inputs_fit_the_guest_stack`) runs that input and the other
+//!   recursive ones at the limit and beyond, and
 //!   failed (a trap) with 64 and 72 KiB stacks, passed with 80 KiB and up.
 //!   256 KiB leaves three times that. The stack is placed first (wasm-ld's
 //!   default for Rust), so an overflow runs off address 0 and traps instead

@@ -7,15 +7,24 @@ use std::process::Command;
 /// The component's size budget: 192 KiB (196,608 bytes).
 const SIZE_BUDGET: u64 = 192 * 1024;
 
-fn component_wit() -> String {
+/// What `wasm-tools <args> <the component>` prints; the run must succeed.
+fn wasm_tools(args: &[&str]) -> String {
     let wasm = testkit::artifacts::wasm("cloudsmith-access-token");
     let out = Command::new(testkit::tools::wasm_tools())
-        .args(["component", "wit"])
+        .args(args)
         .arg(&wasm)
         .output()
-        .expect("run wasm-tools component wit");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("WIT is UTF-8")
+        .unwrap_or_else(|e| panic!("run wasm-tools {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "wasm-tools {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn component_wit() -> String {
+    wasm_tools(&["component", "wit"])
 }
 
 /// The `import`/`export` lines of the component's world.
@@ -31,13 +40,7 @@ fn world_items(wit: &str, kind: &str) -> Vec<String> {
 
 #[test]
 fn wasm_tools_validates_the_component() {
-    let wasm = testkit::artifacts::wasm("cloudsmith-access-token");
-    let out = Command::new(testkit::tools::wasm_tools())
-        .arg("validate")
-        .arg(&wasm)
-        .output()
-        .expect("run wasm-tools validate");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wasm_tools(&["validate"]);
 }
 
 #[test]
@@ -143,14 +146,7 @@ fn first_number_after(wat: &str, prefix: &str) -> u64 {
 
 #[test]
 fn the_stack_is_small_and_placed_below_the_data() {
-    let wasm = testkit::artifacts::wasm("cloudsmith-access-token");
-    let out = Command::new(testkit::tools::wasm_tools())
-        .arg("print")
-        .arg(&wasm)
-        .output()
-        .expect("run wasm-tools print");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let wat = String::from_utf8_lossy(&out.stdout);
+    let wat = wasm_tools(&["print"]);
     // The stack pointer starts at the top of the stack, which grows down to 0.
     let stack_top = first_number_after(&wat, "(global (;0;) (mut i32) i32.const");
     assert_eq!(stack_top, STACK_BYTES, "the stack pointer's initial value");
