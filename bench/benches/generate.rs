@@ -96,27 +96,25 @@ impl Setup {
     }
 
     fn generator(&self, engine: &Engine, component: &Component) -> anyhow::Result<Generator> {
+        self.generator_with(engine, component, |_| {})
+    }
+
+    /// [`Setup::generator`] with its options adjusted by `tweak`.
+    fn generator_with(
+        &self,
+        engine: &Engine,
+        component: &Component,
+        tweak: impl FnOnce(&mut GeneratorOptions),
+    ) -> anyhow::Result<Generator> {
         let policy = OutboundPolicy::default()
             .allow_only([Authority::new("127.0.0.1", self.standin.port)])
             .allow_http(true);
-        let options = GeneratorOptions {
+        let mut options = GeneratorOptions {
             policy,
             max_concurrent_calls: MAX_CONCURRENT as usize,
             ..Default::default()
         };
-        let tokens = Arc::new(StaticTokenSource::new(Secret::new(self.oidc_token.clone())));
-        Generator::new(engine, component, tokens, options)
-    }
-
-    /// [`Setup::generator`] with a memory limit of `memory_bytes`.
-    fn generator_with_memory(
-        &self,
-        engine: &Engine,
-        component: &Component,
-        memory_bytes: usize,
-    ) -> anyhow::Result<Generator> {
-        let mut options = self.generator(engine, component)?.options().clone();
-        options.limits.memory_bytes = memory_bytes;
+        tweak(&mut options);
         let tokens = Arc::new(StaticTokenSource::new(Secret::new(self.oidc_token.clone())));
         Generator::new(engine, component, tokens, options)
     }
@@ -278,37 +276,15 @@ fn core(setup: &Setup, counts: &Counts, report: &mut Report) -> anyhow::Result<(
     })
 }
 
-/// The component built with other link settings (`CLOUDSMITH_GUEST_STACK_BYTES`,
-/// `CLOUDSMITH_GUEST_INITIAL_MEMORY_BYTES`: see the root build.rs), in a target
-/// directory of its own (`target/bench-guest-<tag>`).
+/// The component built with other link settings (the root build.rs's
+/// `CLOUDSMITH_GUEST_*` measuring variables), in `target/bench-guest-<tag>`.
 fn component_with(tag: &str, settings: &[(&str, u32)]) -> anyhow::Result<Vec<u8>> {
-    let root = testkit::workspace_root();
-    let target_dir = root.join("target").join(format!("bench-guest-{tag}"));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(&root)
-        .args([
-            "build",
-            "--quiet",
-            "--locked",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-        ])
-        .args(["-p", "cloudsmith-access-token", "--target-dir"])
-        .arg(&target_dir)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS");
-    for (name, value) in settings {
-        command.env(name, value.to_string());
-    }
-    let status = command.status().context("running cargo to build the component")?;
-    ensure!(
-        status.success(),
-        "building the component with {settings:?} failed"
-    );
-    let path = target_dir.join("wasm32-wasip2/release/cloudsmith_access_token.wasm");
+    let env: Vec<(&str, String)> = settings
+        .iter()
+        .map(|(name, value)| (*name, value.to_string()))
+        .collect();
+    let path =
+        testkit::artifacts::wasm_variant("cloudsmith-access-token", &format!("bench-guest-{tag}"), &env);
     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
 }
 
@@ -323,10 +299,11 @@ async fn levers(setup: &Setup, bytes: &[u8], counts: &Counts, report: &mut Repor
     };
     let host = |engine: &Engine, bytes: &[u8], memory_bytes: Option<usize>| -> anyhow::Result<Runner> {
         let component = cache::compile(engine, bytes)?;
-        let generator = match memory_bytes {
-            None => setup.generator(engine, &component)?,
-            Some(bytes) => setup.generator_with_memory(engine, &component, bytes)?,
-        };
+        let generator = setup.generator_with(engine, &component, |options| {
+            if let Some(bytes) = memory_bytes {
+                options.limits.memory_bytes = bytes;
+            }
+        })?;
         Ok(Runner::Host(generator))
     };
     let minimal = |engine: &Engine| -> anyhow::Result<Runner> {
@@ -408,22 +385,17 @@ async fn levers(setup: &Setup, bytes: &[u8], counts: &Counts, report: &mut Repor
     for concurrency in [1, 64] {
         let section = format!("levers (issue 12), concurrency {concurrency}");
         for (name, before, after) in &levers {
-            let mut runs: [Option<LoadRun>; 2] = [None, None];
-            for round in 0..counts.rounds {
-                let warmup = if round == 0 { counts.warmup / 2 } else { 0 };
-                let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-                for i in order {
-                    let runner = if i == 0 { before } else { after };
-                    let run = runner.load(setup, concurrency, warmup, counts.calls / 2).await?;
-                    runs[i] = Some(match runs[i].take() {
-                        Some(so_far) => so_far.merge(run),
-                        None => run,
-                    });
-                }
-            }
-            let [Some(before), Some(after)] = runs else {
-                bail!("a lever did not run");
-            };
+            let loads = interleaved(
+                setup,
+                &[before, after],
+                concurrency,
+                counts.rounds,
+                counts.warmup / 2,
+                counts.calls / 2,
+            )
+            .await?;
+            let [before, after] =
+                <[LoadRun; 2]>::try_from(loads).map_err(|_| anyhow::anyhow!("a lever did not run"))?;
             let change = |b: f64, a: f64| format!("{:+.0}%", (a / b - 1.0) * 100.0);
             let (cpu_b, cpu_a) = (before.cpu_per_call(), after.cpu_per_call());
             report.row(
@@ -747,33 +719,52 @@ async fn latency(
         ),
     ];
     for concurrency in CONCURRENCY {
-        let mut runs: Vec<Option<LoadRun>> = vec![None; runners.len()];
-        for round in 0..counts.rounds {
-            let warmup = if round == 0 { counts.warmup } else { 0 };
-            // Alternate the order each round so drift (thermal, other load) is shared.
-            let mut order: Vec<usize> = (0..runners.len()).collect();
-            if round % 2 == 1 {
-                order.reverse();
-            }
-            for i in order {
-                let run = runners[i]
-                    .1
-                    .load(setup, concurrency, warmup, counts.calls)
-                    .await?;
-                runs[i] = Some(match runs[i].take() {
-                    Some(so_far) => so_far.merge(run),
-                    None => run,
-                });
-            }
-        }
-        let runs: Vec<(&str, LoadRun)> = runners
-            .iter()
-            .zip(runs)
-            .map(|((name, _), run)| run.map(|run| (*name, run)).context("a runner did not run"))
-            .collect::<anyhow::Result<_>>()?;
+        let all: Vec<&Runner> = runners.iter().map(|(_, runner)| runner).collect();
+        let loads = interleaved(
+            setup,
+            &all,
+            concurrency,
+            counts.rounds,
+            counts.warmup,
+            counts.calls,
+        )
+        .await?;
+        let runs: Vec<(&str, LoadRun)> = runners.iter().map(|(name, _)| *name).zip(loads).collect();
         record_level(report, &runs);
     }
     Ok(())
+}
+
+/// `rounds` load runs of `calls` calls per runner at `concurrency`, the order of
+/// the runners reversed every other round so that drift (thermal, other load)
+/// falls on all of them; `warmup` unrecorded calls each in the first round.
+/// Returns each runner's rounds merged, in the runners' order.
+async fn interleaved(
+    setup: &Setup,
+    runners: &[&Runner],
+    concurrency: usize,
+    rounds: usize,
+    warmup: usize,
+    calls: usize,
+) -> anyhow::Result<Vec<LoadRun>> {
+    let mut runs: Vec<Option<LoadRun>> = vec![None; runners.len()];
+    for round in 0..rounds {
+        let warmup = if round == 0 { warmup } else { 0 };
+        let mut order: Vec<usize> = (0..runners.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let run = runners[i].load(setup, concurrency, warmup, calls).await?;
+            runs[i] = Some(match runs[i].take() {
+                Some(so_far) => so_far.merge(run),
+                None => run,
+            });
+        }
+    }
+    runs.into_iter()
+        .map(|run| run.context("a runner did not run"))
+        .collect()
 }
 
 /// The rows and plot points of one concurrency level; `runs[0]` is native.

@@ -30,12 +30,27 @@ pub fn wasm(package: &str) -> PathBuf {
 }
 
 fn build(package: &str) -> PathBuf {
+    build_in(package, "guest", &[])
+}
+
+/// Builds `package` for `wasm32-wasip2` in release mode with the build-time
+/// variables `env` set (e.g. the root build.rs's `CLOUDSMITH_GUEST_*`
+/// measuring settings), in a target directory of its own
+/// (`target/<dir>`), and returns the path of its `.wasm`. Every call runs
+/// cargo (which does nothing when the build is current). Panics with cargo's
+/// output if the build fails.
+pub fn wasm_variant(package: &str, dir: &str, env: &[(&str, String)]) -> PathBuf {
+    build_in(package, dir, env)
+}
+
+fn build_in(package: &str, dir: &str, env: &[(&str, String)]) -> PathBuf {
     let root = crate::workspace_root();
-    let target_dir = root.join("target").join("guest");
+    let target_dir = root.join("target").join(dir);
     // `CARGO` is the cargo running the tests: the same toolchain.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(&root)
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .args([
             "build",
             "--release",
