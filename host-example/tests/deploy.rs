@@ -4,25 +4,12 @@
 //! NetworkPolicy, and ESO objects that point at the service and at each other.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use serde_json::Value;
 
 /// Every object `kubectl kustomize deploy/` prints.
 fn rendered() -> Vec<Value> {
-    let kubectl = ["/usr/bin/kubectl", "kubectl"]
-        .into_iter()
-        .find(|k| Command::new(k).arg("version").arg("--client").output().is_ok())
-        .expect("kubectl not found: scripts/test.sh installs Debian's kubernetes-client");
-    let out = Command::new(kubectl)
-        .arg("kustomize")
-        .arg(testkit::workspace_root().join("deploy"))
-        .output()
-        .expect("kubectl kustomize runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "kubectl kustomize deploy/ failed: {stderr}");
-    let text = String::from_utf8(out.stdout).expect("UTF-8");
-    serde_saphyr::from_multiple(&text).expect("rendered YAML")
+    testkit::eso::kustomize(&testkit::workspace_root().join("deploy")).expect("kubectl kustomize deploy/")
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -208,17 +195,9 @@ fn kustomize_renders_the_service_and_the_eso_objects() {
         "{url}"
     );
     assert_eq!(webhook["spec"]["method"], "POST");
-    // ESO reads a caProvider ConfigMap from caProvider.namespace only (no default).
-    let ca = &webhook["spec"]["caProvider"];
-    if ca["type"] == "ConfigMap" {
-        assert_eq!(
-            ca["namespace"], namespace,
-            "caProvider ConfigMap needs its namespace"
-        );
-    }
-    // ESO reads only Secrets labelled for the Webhook generator.
-    let secret_labels = &find(&objects, "Secret", "eso-cloudsmith-caller-token")["metadata"]["labels"];
-    assert_eq!(secret_labels["generators.external-secrets.io/type"], "webhook");
+    // What ESO's code accepts (the Secret's label, caProvider's namespace, the
+    // statuses, the timeout) is proven by running these objects through testkit::eso
+    // against the binary: serve.rs, eso_runs_the_deploy_objects.
     let secret = find(&objects, "Secret", "eso-cloudsmith-caller-token");
     assert_eq!(secret["metadata"]["namespace"], namespace);
     assert_eq!(secret["type"], "kubernetes.io/service-account-token");

@@ -324,109 +324,206 @@ fn assert_logs_clean(server: &Server, world: &World, more: &[&str]) {
     server.log_json();
 }
 
-/// Minimal Go-template rendering for the ESO objects: `{{ .name.key }}` from `data`.
-/// Panics on any other action, so a template this cannot render fails the test.
-fn render(template: &str, data: &[(&str, &str, &str)]) -> String {
-    let mut out = template.to_string();
-    for (name, key, value) in data {
-        out = out.replace(&format!("{{{{ .{name}.{key} }}}}"), value);
-    }
-    assert!(!out.contains("{{"), "unrendered template: {out}");
-    out
+/// `kubectl kustomize deploy/`'s object of `kind` named `name`.
+fn object<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name} rendered"))
 }
 
-/// The documented ESO objects, replayed: the request ESO's Webhook generator builds
-/// from deploy/eso/apps.yaml (URL path, method, templated headers, no body), the
-/// answer read with `result.jsonPath: $` into Secret keys, and the ExternalSecret's
-/// template rendered into a dockerconfigjson the registry accepts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eso_webhook_replay() {
-    let world = World::new(Duration::from_secs(10)).await;
-    let server = world.serve(&[]);
-    let documents: Vec<Value> = serde_saphyr::from_multiple(&repo_file("deploy/eso/apps.yaml"))
-        .expect("deploy/eso/apps.yaml is YAML");
-    let of_kind = |kind: &str| documents.iter().find(|d| d["kind"] == kind).unwrap().clone();
-    let webhook = of_kind("Webhook");
-    let secret = of_kind("Secret");
-    let external = of_kind("ExternalSecret");
-    let namespace = webhook["metadata"]["namespace"].as_str().unwrap();
+fn object_mut<'a>(objects: &'a mut [Value], kind: &str, name: &str) -> &'a mut Value {
+    objects
+        .iter_mut()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name}"))
+}
 
-    // The Secret ESO reads: a service-account-token Secret for the caller account,
-    // labelled for the Webhook generator.
-    assert_eq!(secret["type"], "kubernetes.io/service-account-token");
-    assert_eq!(
-        secret["metadata"]["labels"]["generators.external-secrets.io/type"],
-        "webhook"
+/// `deploy/` as ESO runs it: the rendered objects through `testkit::eso` (a model of
+/// ESO's Webhook generator from ESO's source) against the binary over HTTPS with a
+/// certificate for the Service's DNS name. The documented objects give the
+/// dockerconfigjson; the old label, a foreign caProvider namespace, an unknown
+/// generator and a timeout each give ESO's error (and never delete the Secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eso_runs_the_deploy_objects() {
+    use testkit::eso::{reconcile, Cluster, Synced};
+    let world = World::new(Duration::from_secs(10)).await;
+    let objects = testkit::eso::kustomize(&testkit::workspace_root().join("deploy"))
+        .expect("kubectl kustomize deploy/");
+    let service = object(&objects, "Service", "cloudsmith-gen");
+    let host = format!(
+        "{}.{}.svc",
+        service["metadata"]["name"].as_str().unwrap(),
+        service["metadata"]["namespace"].as_str().unwrap()
     );
+    let port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
+    let ca = testkit::tls::TestCa::for_names(&[&host]);
+    let (cert, key) = ca.write_server_pem(world.dir.path()).unwrap();
+    // A short bound for one call, so the timeout cases take seconds.
+    let server = world.serve(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--timeout",
+        "2",
+    ]);
+
+    // deploy/'s bound for one call is below the Webhook's timeout.
+    let webhook = object(&objects, "Webhook", "cloudsmith-access-token");
+    let namespace = webhook["metadata"]["namespace"].as_str().unwrap().to_string();
+    let args = &object(&objects, "Deployment", "cloudsmith-gen")["spec"]["template"]["spec"]["containers"][0]
+        ["args"];
+    let serve_timeout: u64 = args
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|a| a.as_str()?.strip_prefix("--timeout="))
+        .expect("--timeout in deploy/serve/deployment.yaml")
+        .parse()
+        .unwrap();
+    let eso_timeout: u64 = webhook["spec"]["timeout"]
+        .as_str()
+        .unwrap()
+        .strip_suffix('s')
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        serve_timeout < eso_timeout,
+        "--timeout={serve_timeout} must be below the Webhook's {eso_timeout}s"
+    );
+
+    // The cluster: the token controller fills the caller's Secret, and the CA ConfigMap
+    // is created in the generator's namespace (README, step 3).
+    let secret = object(&objects, "Secret", "eso-cloudsmith-caller-token");
     let account = secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
         .as_str()
         .unwrap();
-    let token = caller(namespace, account);
-    let reference = &webhook["spec"]["secrets"][0];
-    let (name, key) = (
-        reference["name"].as_str().unwrap(),
-        reference["secretRef"]["key"].as_str().unwrap(),
-    );
-    assert_eq!(reference["secretRef"]["name"], secret["metadata"]["name"]);
+    let token = caller(&namespace, account);
+    let mut filled = secret.clone();
+    filled["data"] = serde_json::json!({"token": base64_of(&token)});
+    let cluster = Cluster {
+        objects: vec![
+            filled,
+            serde_json::json!({"kind": "ConfigMap", "metadata": {"name": "cloudsmith-gen-ca", "namespace": namespace},
+                               "data": {"ca.crt": ca.ca_pem()}}),
+        ],
+        dns: [(format!("{host}:{port}"), server.addr)].into(),
+    };
+    let run = |objects: Vec<Value>, cluster: Cluster| {
+        let namespace = namespace.clone();
+        async move { reconcile(&objects, &cluster, &namespace, "cloudsmith-credentials").await }
+    };
 
-    // The request ESO builds: method, URL path, every header rendered, the body (none).
-    let url = webhook["spec"]["url"].as_str().unwrap();
-    let path = &url[url.find("/v1/").expect("a /v1/ path")..];
-    let method = webhook["spec"]["method"].as_str().unwrap();
-    let headers: Vec<(String, String)> = webhook["spec"]["headers"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_lowercase(),
-                render(v.as_str().unwrap(), &[(name, key, &token)]),
-            )
-        })
-        .collect();
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let body = webhook["spec"]["body"].as_str().unwrap_or("");
-    let reply = request(server.addr, method, path, &headers, body.as_bytes()).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(reply.headers["content-type"], "application/json");
-
-    // result.jsonPath "$": every key of the object becomes a Secret key.
-    assert_eq!(webhook["spec"]["result"]["jsonPath"], "$");
-    let answer = reply.json();
-    let keys: Vec<&String> = answer.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["auth", "expiry"]);
-    assert_eq!(answer["auth"], expected_auth(namespace));
-    assert_eq!(answer["expiry"], EXP.to_string());
-
-    // The ExternalSecret's template, rendered with the generator's keys.
-    assert_eq!(
-        external["spec"]["dataFrom"][0]["sourceRef"]["generatorRef"]["name"],
-        webhook["metadata"]["name"]
-    );
-    let template = external["spec"]["target"]["template"]["data"][".dockerconfigjson"]
-        .as_str()
-        .unwrap();
-    let rendered = template.replace("{{ .auth }}", answer["auth"].as_str().unwrap());
-    let config: Value = serde_json::from_str(&rendered).expect("dockerconfigjson is JSON");
-    assert_eq!(
-        config["auths"]["docker.cloudsmith.io"]["auth"],
-        expected_auth(namespace)
-    );
-
-    // The exchange used the manifest's account in the URL's namespace, and the caller
-    // was reviewed with the API server's audience.
+    match run(objects.clone(), cluster.clone()).await {
+        Ok(Synced::Secret { type_, data }) => {
+            assert_eq!(type_, "kubernetes.io/dockerconfigjson");
+            let config: Value =
+                serde_json::from_slice(&data[".dockerconfigjson"]).expect("dockerconfigjson is JSON");
+            assert_eq!(
+                config["auths"]["docker.cloudsmith.io"]["auth"],
+                expected_auth(&namespace)
+            );
+        }
+        other => panic!("ESO would not sync deploy/: {other:?}"),
+    }
     let minted = world.kube.requests();
     assert_eq!(minted.len(), 1);
     assert_eq!(
         (minted[0].namespace.as_str(), minted[0].name.as_str()),
-        (namespace, "cloudsmith-oidc")
+        (namespace.as_str(), "cloudsmith-oidc")
     );
-    let reviews = world.kube.token_reviews();
-    assert_eq!(reviews.len(), 1);
-    assert!(reviews[0].audiences.is_empty() && reviews[0].authenticated);
     assert!(
         world.kube.access_reviews().is_empty(),
         "own namespace needs no SubjectAccessReview"
+    );
+
+    let expect_error = |result: Result<Synced, String>, needle: &str, what: &str| match result {
+        Err(e) => assert!(e.contains(needle), "{what}: {e}"),
+        Ok(synced) => panic!("{what}: ESO would have synced {synced:?}"),
+    };
+    // The label deploy/ used to carry: ESO refuses the Secret before any call.
+    let mut old = cluster.clone();
+    old.objects[0]["metadata"]["labels"] =
+        serde_json::json!({"generators.external-secrets.io/type": "webhook"});
+    expect_error(
+        run(objects.clone(), old).await,
+        "secret does not contain needed label 'external-secrets.io/type: webhook'",
+        "old label",
+    );
+    // caProvider.namespace naming another namespace (the CA ConfigMap is there too).
+    let mut foreign = objects.clone();
+    object_mut(&mut foreign, "Webhook", "cloudsmith-access-token")["spec"]["caProvider"]["namespace"] =
+        "cloudsmith-gen".into();
+    let mut there = cluster.clone();
+    let mut copy = there.objects[1].clone();
+    copy["metadata"]["namespace"] = "cloudsmith-gen".into();
+    there.objects.push(copy);
+    expect_error(
+        run(foreign, there).await,
+        "failed to prepare provider http client: namespace should either be empty or match the namespace",
+        "foreign caProvider namespace",
+    );
+    // No CA ConfigMap in the generator's namespace.
+    let mut no_ca = cluster.clone();
+    no_ca.objects.truncate(1);
+    expect_error(
+        run(objects.clone(), no_ca).await,
+        "configmaps \"cloudsmith-gen-ca\" not found",
+        "no CA ConfigMap",
+    );
+
+    let with_url = |path: &str, timeout: &str, deletion: Option<&str>| {
+        let mut changed = objects.clone();
+        let spec = &mut object_mut(&mut changed, "Webhook", "cloudsmith-access-token")["spec"];
+        spec["url"] = format!("https://{host}:{port}{path}").into();
+        spec["timeout"] = timeout.into();
+        if let Some(policy) = deletion {
+            object_mut(&mut changed, "ExternalSecret", "cloudsmith-credentials")["spec"]["target"]
+                ["deletionPolicy"] = policy.into();
+        }
+        changed
+    };
+    // A mistyped generator or path fails the sync: with deletionPolicy Delete a 404
+    // would have deleted the pull Secret.
+    for (path, status) in [
+        (
+            format!("/v1/namespaces/{namespace}/generators/nope"),
+            "422 Unprocessable Entity",
+        ),
+        (
+            format!("/v1/namespace/{namespace}/generators/cloudsmith-access-token"),
+            "400 Bad Request",
+        ),
+    ] {
+        expect_error(
+            run(with_url(&path, "30s", Some("Delete")), cluster.clone()).await,
+            &format!("error using generator: endpoint gave error {status}"),
+            &path,
+        );
+    }
+    // Cloudsmith slower than both bounds: with the service's bound below ESO's, ESO
+    // sees the service's 503 (its case in the log); the other way round, only ESO's
+    // client timeout.
+    let slow = format!("/v1/namespaces/{namespace}/generators/slow");
+    expect_error(
+        run(with_url(&slow, "8s", None), cluster.clone()).await,
+        "endpoint gave error 503 Service Unavailable",
+        "service bound first",
+    );
+    assert!(
+        server.logs().contains("\"case\":\"deadline-exceeded\""),
+        "{}",
+        server.logs()
+    );
+    expect_error(
+        run(with_url(&slow, "1s", None), cluster.clone()).await,
+        &format!(
+            "failed to call endpoint: Post \"https://{host}:{port}{slow}\": \
+             context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+        ),
+        "ESO's bound first",
     );
     assert_logs_clean(&server, &world, &[&token]);
 }
@@ -601,7 +698,7 @@ async fn every_failure_has_its_status_and_case() {
     let server = world.serve(&["--max-body-bytes", "1024"]);
     let token = caller("apps", "eso");
     let cases: [(&str, &str, u16, &str, Option<&str>); 8] = [
-        ("apps", "nope", 404, "unknown-generator", None),
+        ("apps", "nope", 422, "unknown-generator", None),
         ("apps", "no-org", 422, "invalid-spec", None),
         ("apps", "refused", 502, "unauthorized", None),
         ("apps", "echo", 502, "unauthorized", None),
@@ -652,7 +749,7 @@ async fn every_failure_has_its_status_and_case() {
             400,
             "bad-request",
         ),
-        ("POST", "/v2/anything", &b""[..], 404, "not-found"),
+        ("POST", "/v2/anything", &b""[..], 400, "unknown-path"),
         ("POST", "/healthz", &b""[..], 405, "method-not-allowed"),
     ] {
         let reply = request(server.addr, method, path, &[("authorization", &auth)], body).await;
@@ -828,7 +925,7 @@ async fn manifests_are_reloaded_when_they_change() {
     let world = World::new(Duration::from_secs(10)).await;
     let server = world.serve(&["--reload-interval", "0.1"]);
     let token = caller("apps", "eso");
-    assert_eq!(ask(server.addr, "apps", "added", &token).await.status, 404);
+    assert_eq!(ask(server.addr, "apps", "added", &token).await.status, 422);
     let added = repo_file("deploy/serve/generators.yaml")
         .replace(
             "\"api.cloudsmith.io\"",

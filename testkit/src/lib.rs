@@ -12,6 +12,8 @@
 //!   control channel).
 //! - [`kubernetes`]: a stand-in Kubernetes API server answering TokenRequests
 //!   with `k8s-openapi`'s own types.
+//! - [`eso`] (feature `tls`): a model of ESO's Webhook generator, from ESO's
+//!   source, that reads rendered manifests and calls a real server over HTTPS.
 //! - [`tls`] (feature `tls`): a throw-away CA and a server certificate for
 //!   `localhost` and `127.0.0.1`.
 //! - [`tools`], [`artifacts`], [`process`]: finding external tools, building
@@ -25,6 +27,8 @@
 
 pub mod artifacts;
 pub mod cloudsmith;
+#[cfg(feature = "tls")]
+pub mod eso;
 pub mod kubernetes;
 pub mod oidc;
 pub mod process;

@@ -48,6 +48,17 @@ impl TestCa {
 
     /// [`TestCa::new`], returning the error instead of panicking.
     pub fn try_new() -> anyhow::Result<TestCa> {
+        Self::try_for_names(&["localhost", "127.0.0.1"])
+    }
+
+    /// A CA and a server certificate for `names` (the first is the common name):
+    /// e.g. a Service's DNS name, for a client that checks the name a manifest gives.
+    pub fn for_names(names: &[&str]) -> TestCa {
+        Self::try_for_names(names).expect("testkit: generating a test CA")
+    }
+
+    /// [`TestCa::for_names`], returning the error instead of panicking.
+    pub fn try_for_names(names: &[&str]) -> anyhow::Result<TestCa> {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
@@ -59,10 +70,10 @@ impl TestCa {
         let issuer = Issuer::new(ca_params, ca_key);
 
         let mut server_params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
         server_params
             .distinguished_name
-            .push(DnType::CommonName, "localhost");
+            .push(DnType::CommonName, names.first().copied().unwrap_or("localhost"));
         server_params.use_authority_key_identifier_extension = true;
         server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

@@ -46,6 +46,11 @@ pub fn docker_registry() -> PathBuf {
     find("DOCKER_REGISTRY", "docker-registry", INSTALL_HINT)
 }
 
+/// `kubectl` (env `KUBECTL`, Debian package `kubernetes-client`).
+pub fn kubectl() -> PathBuf {
+    find("KUBECTL", "kubectl", INSTALL_HINT)
+}
+
 /// `htpasswd` (env `HTPASSWD`, Debian package `apache2-utils`).
 pub fn htpasswd() -> PathBuf {
     find("HTPASSWD", "htpasswd", INSTALL_HINT)

@@ -7,12 +7,17 @@
 //! template while the generator runs sandboxed here.
 //!
 //! A request goes, in order (each step's refusal costs less than the next step):
-//! 1. path and method (400/404/405; health and metrics paths need no token);
+//! 1. path and method (400/405; health and metrics paths need no token);
 //! 2. `Authorization: Bearer` checked with TokenReview (401), then the namespace rule
 //!    or a SubjectAccessReview (403): see [`access`]; nothing is minted before this;
 //! 3. the caller's rate limit (429) and the request body's size (413);
-//! 4. the generator by name (404), then the sandboxed call on the pooled engine, whose
+//! 4. the generator by name (422), then the sandboxed call on the pooled engine, whose
 //!    slots bound the calls at once; a bounded queue waits for them (503 when full).
+//!
+//! No answer is 404: ESO's Webhook generator reads 404 as "no secret"
+//! (providers/v1/webhook/pkg/webhook/webhook.go, executeRequest), and an ExternalSecret
+//! with `deletionPolicy: Delete` then deletes its Secret; a typo in a URL must fail the
+//! sync instead (ESO reads every status but 2xx, 304 and 404 as an error).
 //!
 //! Health checks and metrics never wait for a slot or for Cloudsmith: they are answered
 //! from memory on their own connection tasks.
@@ -272,10 +277,11 @@ fn route(path: &str) -> Result<Route, (StatusCode, &'static str, String)> {
         "/metrics" => return Ok(Route::Metrics),
         _ => {}
     }
+    // 400, not 404: a mistyped Webhook URL must fail ESO's sync, not delete a Secret.
     let not_found = || {
         (
-            StatusCode::NOT_FOUND,
-            "not-found",
+            StatusCode::BAD_REQUEST,
+            "unknown-path",
             "no such path: POST /v1/namespaces/{namespace}/generators/{name}".to_string(),
         )
     };
@@ -459,9 +465,11 @@ async fn generate(
             )
         };
     }
+    // 422, not 404: ESO reads 404 as "no secret" and, with deletionPolicy Delete, would
+    // delete the pull Secret because a generator was renamed or mistyped.
     let Some(manifest) = server.catalog.get(name) else {
         return refused(
-            StatusCode::NOT_FOUND,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "unknown-generator",
             &format!("no generator named {name:?} in this server's manifests"),
             who,
@@ -669,10 +677,11 @@ mod tests {
             _ => panic!("not a generate route"),
         }
         for (path, status) in [
-            ("/", 404),
-            ("/v1/namespaces/apps/generators", 404),
-            ("/v1/namespaces/apps/generators/a/b", 404),
-            ("/v1/namespaces/apps/secrets/a", 404),
+            // Never 404 (ESO's "no secret"): see the module's doc.
+            ("/", 400),
+            ("/v1/namespaces/apps/generators", 400),
+            ("/v1/namespaces/apps/generators/a/b", 400),
+            ("/v1/namespaces/apps/secrets/a", 400),
             ("/v1/namespaces/Apps/generators/a", 400),
             ("/v1/namespaces/apps/generators/a_b", 400),
             ("/v1/namespaces/-a/generators/a", 400),
