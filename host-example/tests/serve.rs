@@ -367,6 +367,8 @@ async fn eso_runs_the_deploy_objects() {
         key.to_str().unwrap(),
         "--timeout",
         "2",
+        "--max-concurrent-calls",
+        "1",
     ]);
 
     // deploy/'s bound for one call is below the Webhook's timeout.
@@ -517,6 +519,19 @@ async fn eso_runs_the_deploy_objects() {
         "{}",
         server.logs()
     );
+    // Two at once on the only slot: the second waits for it, and is still answered
+    // by the service within its bound (the wait counts), before ESO's 3 s.
+    let (first, second) = tokio::join!(
+        run(with_url(&slow, "3s", None), cluster.clone()),
+        run(with_url(&slow, "3s", None), cluster.clone())
+    );
+    for result in [first, second] {
+        expect_error(
+            result,
+            "endpoint gave error 503 Service Unavailable",
+            "queued call",
+        );
+    }
     expect_error(
         run(with_url(&slow, "1s", None), cluster.clone()).await,
         &format!(

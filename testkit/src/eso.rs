@@ -108,10 +108,12 @@ pub async fn reconcile(
         let found = match generate(objects, cluster, namespace, generator_ref).await {
             Ok(found) => found,
             Err(Failure::NoSecret) if deletion != "Retain" => continue,
-            Err(e) => return Err(format!(
+            Err(e) => {
+                return Err(format!(
                 "error processing spec.dataFrom[{i}].sourceRef.generatorRef, err: error using generator: {}",
                 e.message()
-            )),
+            ))
+            }
         };
         data.extend(found);
     }

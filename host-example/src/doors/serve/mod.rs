@@ -79,6 +79,8 @@ struct Server {
     max_body_bytes: usize,
     /// Calls waiting for or holding a sandbox slot may be at most this many.
     max_in_flight: i64,
+    /// `--timeout`: one call's bound, the wait for a sandbox slot included.
+    call_bound: Duration,
     stopping: AtomicBool,
     /// HTTPS settings, re-read with the manifests; `None` serves plain HTTP.
     tls: Option<Tls>,
@@ -120,6 +122,7 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<(), Failure> {
         metrics,
         max_body_bytes: args.max_body_bytes,
         max_in_flight: (args.max_concurrent_calls as usize + args.max_queued_calls) as i64,
+        call_bound: args.runtime.deadline,
         stopping: AtomicBool::new(false),
         tls,
     });
@@ -491,7 +494,14 @@ async fn generate(
 
     server.metrics.in_flight(1);
     let started = Instant::now();
-    let result = server.generator.generate(&manifest, namespace).await;
+    // The guest's deadline starts when it has a slot; ESO's spec.timeout counts the wait
+    // too, so the whole call is bounded here, and a queued call is answered 503 (with
+    // its case in the log) before ESO hangs up with only "context deadline exceeded".
+    let result = tokio::time::timeout(server.call_bound, server.generator.generate(&manifest, namespace))
+        .await
+        .unwrap_or(Err(Error::Host(HostError::DeadlineExceeded {
+            deadline: server.call_bound,
+        })));
     server.metrics.exchange(started.elapsed());
     server.metrics.in_flight(-1);
     let (answer, case) = match result {
