@@ -172,7 +172,13 @@ pub async fn run(args: KubeletArgs, verbose: bool) -> Result<(), Failure> {
     let request = parse_request(&input).map_err(|m| Failure::Usage(anyhow::anyhow!(m)))?;
     let registries = Registries::with_default(args.registries.iter().map(String::as_str))
         .map_err(|m| Failure::Usage(anyhow::anyhow!(m)))?;
-    let Some(registry) = image_registry(&request.image).and_then(|r| registries.matching(r)) else {
+    // The image's own `host[:port]`, not the configured spelling: the kubelet matches an
+    // auth key's port exactly (`urlsMatch`, pkg/credentialprovider/keyring.go), so
+    // `registry.acme.com:443/app` needs the key `registry.acme.com:443`.
+    let Some(registry) = image_registry(&request.image)
+        .filter(|r| registries.matching(r).is_some())
+        .map(str::to_string)
+    else {
         // Not ours: the kubelet pulls it with other credentials (or none).
         if verbose {
             crate::commands::note("image is not on a configured Cloudsmith registry: empty auth");
@@ -180,6 +186,25 @@ pub async fn run(args: KubeletArgs, verbose: bool) -> Result<(), Failure> {
         return super::print(&response(None, 0));
     };
 
+    let bound = args.deadline;
+    let at = crate::started() + bound;
+    match tokio::time::timeout_at(at.into(), credentials(args, request, &registry, verbose)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(Failure::Other(anyhow::anyhow!(
+            "no credentials within {}s of starting (--deadline; the kubelet kills a provider after 1 minute): \
+             the exchange with Cloudsmith did not finish (no answer, or still retrying)",
+            bound.as_secs()
+        ))),
+    }
+}
+
+/// The response for an image on one of our registries: `registry` is its auth key.
+async fn credentials(
+    args: KubeletArgs,
+    request: ProviderRequest,
+    registry: &str,
+    verbose: bool,
+) -> Result<(), Failure> {
     let manifest = read_manifest(&args.manifest, args.generator.as_deref()).map_err(Failure::Usage)?;
     let (manifest, namespace, tokens, identity, namespaces) = match &request.service_account_token {
         Some(token) => {
@@ -308,7 +333,7 @@ mod tests {
         let request = parse_request(request.as_bytes())?;
         let token = Secret::new(TOKEN);
         Ok(
-            match image_registry(&request.image).and_then(|r| registries.matching(r)) {
+            match image_registry(&request.image).filter(|r| registries.matching(r).is_some()) {
                 Some(registry) => response(Some((registry, &token)), seconds),
                 None => response(None, 0),
             },
@@ -316,6 +341,26 @@ mod tests {
     }
 
     const GOLDEN: &[Golden] = &[
+        Golden {
+            name: "kubelet-shaped: the repository to pull, without tag or digest",
+            request: r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"docker.cloudsmith.io/org/repo/app"}"#,
+            response: r#"{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Registry","cacheDuration":"1h25m0s","auth":{"docker.cloudsmith.io":{"username":"token","password":"eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2lnbmF0dXJl"}}}"#,
+        },
+        Golden {
+            name: "kubelet-shaped: a custom domain written with :443 gets the key with :443 (urlsMatch compares ports)",
+            request: r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"registry.acme.com:443/app"}"#,
+            response: r#"{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Registry","cacheDuration":"1h25m0s","auth":{"registry.acme.com:443":{"username":"token","password":"eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2lnbmF0dXJl"}}}"#,
+        },
+        Golden {
+            name: "kubelet-shaped: a custom domain without a port",
+            request: r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"registry.acme.com/team/app"}"#,
+            response: r#"{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Registry","cacheDuration":"1h25m0s","auth":{"registry.acme.com":{"username":"token","password":"eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2lnbmF0dXJl"}}}"#,
+        },
+        Golden {
+            name: "kubelet-shaped: docker.cloudsmith.io:443 keeps its port in the key",
+            request: r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"docker.cloudsmith.io:443/org/repo/app"}"#,
+            response: r#"{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Registry","cacheDuration":"1h25m0s","auth":{"docker.cloudsmith.io:443":{"username":"token","password":"eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2lnbmF0dXJl"}}}"#,
+        },
         Golden {
             name: "image on docker.cloudsmith.io",
             request: r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"docker.cloudsmith.io/acme/prod/app:1.2.3"}"#,
@@ -345,7 +390,7 @@ mod tests {
 
     #[test]
     fn golden_pairs() {
-        let registries = Registries::with_default(["registry.acme.com:5000"]).unwrap();
+        let registries = Registries::with_default(["registry.acme.com:5000", "registry.acme.com"]).unwrap();
         let mut failures = Vec::new();
         for g in GOLDEN {
             match answer(g.request, &registries, 5100) {
