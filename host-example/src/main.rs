@@ -257,8 +257,8 @@ struct KubeletArgs {
     /// Bound on the whole call, from process start (compile, exchange, retries,
     /// Retry-After waits), in seconds: the kubelet kills its provider after 1 minute and
     /// then logs only "context deadline exceeded".
-    #[arg(long, value_name = "SECS", default_value = "50", value_parser = parse_seconds)]
-    deadline: Duration,
+    #[arg(long = "deadline", value_name = "SECS", default_value = "50", value_parser = parse_seconds)]
+    bound: Duration,
 
     #[command(flatten)]
     cache: DoorCacheArgs,

@@ -186,7 +186,7 @@ pub async fn run(args: KubeletArgs, verbose: bool) -> Result<(), Failure> {
         return super::print(&response(None, 0));
     };
 
-    let bound = args.deadline;
+    let bound = args.bound;
     let at = crate::started() + bound;
     match tokio::time::timeout_at(at.into(), credentials(args, request, &registry, verbose)).await {
         Ok(answer) => answer,
