@@ -340,7 +340,17 @@ mod tests {
         )
     }
 
+    /// The kubelet's `image` is `repoToPull`: `parsers.ParseImageName(image)` in
+    /// pkg/kubelet/images/image_manager.go (`EnsureImageExists`), the normalized name
+    /// without tag or digest, passed through `keyring.Lookup` to the plugin's `Provide`
+    /// (pkg/credentialprovider/plugin/plugin.go). The `kubelet-shaped` rows are such
+    /// names; the others are what other callers (and older kubelets' tests) send.
     const GOLDEN: &[Golden] = &[
+        Golden {
+            name: "kubelet-shaped: Docker Hub's normalized name is not ours",
+            request: r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"docker.io/library/nginx"}"#,
+            response: r#"{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Registry","cacheDuration":"0s","auth":{}}"#,
+        },
         Golden {
             name: "kubelet-shaped: the repository to pull, without tag or digest",
             request: r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"docker.cloudsmith.io/org/repo/app"}"#,
