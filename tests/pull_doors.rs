@@ -7,7 +7,7 @@
 //! | [`kubelet_golden_end_to_end`]         | request JSON in, the exact response out, with the request's service account token; custom registry; another registry's image gets an empty map and no exchange |
 //! | [`kubelet_cache_duration_and_cache`]  | `cacheDuration` is the token's life minus the margin; a second call is served from the cache with the stand-in stopped |
 //! | [`kubelet_bad_input`]                 | bad stdin and a missing token source: one `error:` line, non-zero exit, nothing on stdout, no token anywhere |
-//! | [`kubelet_stalled_cloudsmith`]        | a Cloudsmith that accepts and never answers: the provider ends by itself within `--deadline` (from process start), one `error:` line naming the bound, exit 1 |
+//! | [`kubelet_stalled_cloudsmith`]        | a Cloudsmith that accepts and never answers: the provider ends by itself within `--deadline` (from process start), one `error:` line naming the bound, exit 9 |
 //! | [`install_kubelet_credential_provider`] | the binary (0755), config and manifest under temporary host dirs; the installed binary answers a CredentialProviderRequest with the installed config's args; a second run changes nothing; an existing manifest is kept |
 //! | [`docker_helper_protocol`]            | `docker-credential-cloudsmith` (a symlink) and `cloudsmith-gen docker-credential-helper`: get in every server URL form, the not-found sentinel, store/erase/list/version, each error |
 //! | [`install_docker_credential_helper`]  | the link and `credHelpers` entries under `DOCKER_CONFIG`, other entries kept |
@@ -663,7 +663,7 @@ async fn kubelet_stalled_cloudsmith() {
     let took = started.elapsed();
     assert_fails(
         &out,
-        1,
+        9,
         "no credentials within 4s of starting (--deadline",
         &w.secrets(),
         "stalled",

@@ -486,6 +486,8 @@ enum Failure {
     Call(Error),
     /// Anything else.
     Other(anyhow::Error),
+    /// The whole call ran past a door's bound (the kubelet provider's `--deadline`).
+    OutOfTime(String),
 }
 
 impl Failure {
@@ -493,6 +495,7 @@ impl Failure {
         match self {
             Failure::Usage(_) => 2,
             Failure::Other(_) => 1,
+            Failure::OutOfTime(_) => 9,
             Failure::Call(Error::Generate(e)) => match e {
                 GenerateError::InvalidSpec(_) => 2,
                 GenerateError::TokenSource(_) => 3,
@@ -517,6 +520,7 @@ impl Failure {
         let text = match self {
             Failure::Usage(e) | Failure::Other(e) => format!("{e:#}"),
             Failure::Call(e) => e.to_string(),
+            Failure::OutOfTime(m) => m.clone(),
         };
         text.split_whitespace().collect::<Vec<_>>().join(" ")
     }

@@ -190,10 +190,10 @@ pub async fn run(args: KubeletArgs, verbose: bool) -> Result<(), Failure> {
     let at = crate::started() + bound;
     match tokio::time::timeout_at(at.into(), credentials(args, request, &registry, verbose)).await {
         Ok(answer) => answer,
-        Err(_) => Err(Failure::Other(anyhow::anyhow!(
+        Err(_) => Err(Failure::OutOfTime(format!(
             "no credentials within {}s of starting (--deadline; the kubelet kills a provider after 1 minute): \
              the exchange with Cloudsmith did not finish (no answer, or still retrying)",
-            bound.as_secs()
+            bound.as_secs_f64()
         ))),
     }
 }
