@@ -7,6 +7,8 @@
 //! | [`kubelet_golden_end_to_end`]         | request JSON in, the exact response out, with the request's service account token; custom registry; another registry's image gets an empty map and no exchange |
 //! | [`kubelet_cache_duration_and_cache`]  | `cacheDuration` is the token's life minus the margin; a second call is served from the cache with the stand-in stopped |
 //! | [`kubelet_bad_input`]                 | bad stdin and a missing token source: one `error:` line, non-zero exit, nothing on stdout, no token anywhere |
+//! | [`kubelet_stalled_cloudsmith`]        | a Cloudsmith that accepts and never answers: the provider ends by itself within `--deadline` (from process start), one `error:` line naming the bound, exit 9 |
+//! | [`install_kubelet_credential_provider`] | the binary (0755), config and manifest under temporary host dirs; the installed binary answers a CredentialProviderRequest with the installed config's args; a second run changes nothing; an existing manifest is kept |
 //! | [`docker_helper_protocol`]            | `docker-credential-cloudsmith` (a symlink) and `cloudsmith-gen docker-credential-helper`: get in every server URL form, the not-found sentinel, store/erase/list/version, each error |
 //! | [`install_docker_credential_helper`]  | the link and `credHelpers` entries under `DOCKER_CONFIG`, other entries kept |
 
@@ -636,4 +638,165 @@ async fn install_docker_credential_helper() {
     // The installed link speaks the protocol.
     let version = run(&link, &strings(&["version"]), &[], "", &home).await;
     assert!(version.success(), "{}", version.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubelet_stalled_cloudsmith() {
+    let w = World::new(PAST_EXP).await;
+    // The `slow` scenario with a delay far past any bound: accepts, reads, never answers.
+    let stalled = StandIn::start(StandInConfig {
+        slow_delay: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .expect("stand-in");
+    let manifest = w.file(
+        "stalled.json",
+        &json!({"apiHost": stalled.url(), "orgSlug": "slow", "serviceSlug": SERVICE}).to_string(),
+    );
+    let mut args = kubelet_args(&w, &manifest, &["--deadline", "4", "--no-token-cache"]);
+    args.extend(["--allow-host".into(), stalled.authority()]);
+    let request = kubelet_request("docker.cloudsmith.io/slow/repo/app", Some(&w.oidc_token));
+    let bin = testkit::tools::cloudsmith_gen();
+    let started = std::time::Instant::now();
+    let out = run(&bin, &args, &[], &request, w.dir.path()).await;
+    let took = started.elapsed();
+    assert_fails(
+        &out,
+        9,
+        "no credentials within 4s of starting (--deadline",
+        &w.secrets(),
+        "stalled",
+    );
+    assert!(
+        stalled.request_count() >= 1,
+        "the exchange was under way when the bound hit"
+    );
+    // The bound counts from process start; exiting takes a moment past it.
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_millis(5500),
+        "ended after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn install_kubelet_credential_provider() {
+    let w = World::new(PAST_EXP).await;
+    let bin = testkit::tools::cloudsmith_gen();
+    let (bin_dir, config, manifest) = (
+        w.path("host/bin"),
+        w.path("host/etc/cp.yaml"),
+        w.path("host/etc/gen.yaml"),
+    );
+    // The node's operator wrote the manifest first (pointing at the stand-in): it is kept.
+    std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+    let ours = json!({"apiHost": w.url, "orgSlug": ORG, "serviceSlug": SERVICE}).to_string();
+    std::fs::write(&manifest, &ours).unwrap();
+    let mut args = strings(&["install", "kubelet-credential-provider", "--bin-dir"]);
+    args.push(bin_dir.display().to_string());
+    args.extend(["--config".into(), config.display().to_string()]);
+    args.extend(["--manifest".into(), manifest.display().to_string()]);
+    let first = run(&bin, &args, &[], "", w.dir.path()).await;
+    assert!(first.success(), "{}", first.stderr);
+    let installed = bin_dir.join("cloudsmith-gen");
+    assert_eq!(
+        first.stdout.lines().collect::<Vec<_>>(),
+        [
+            format!("installed {}", installed.display()),
+            format!("installed {}", config.display()),
+            format!(
+                "kept {} (differs; --overwrite-config replaces it)",
+                manifest.display()
+            ),
+        ]
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&installed).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    assert_eq!(std::fs::read(&installed).unwrap(), std::fs::read(&bin).unwrap());
+    assert_eq!(std::fs::read_to_string(&manifest).unwrap(), ours);
+
+    // The installed binary, run as the installed config tells the kubelet to.
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("  - name: cloudsmith-gen\n"),
+        "the name is the executable's"
+    );
+    let mut provider_args = config_args(&text);
+    assert_eq!(provider_args[0], "kubelet-credential-provider");
+    assert!(
+        provider_args.contains(&manifest.display().to_string()),
+        "{provider_args:?}"
+    );
+    // The node's cache dirs are not ours to write: point them into the scratch dir.
+    provider_args.retain(|a| !a.starts_with("/var/cache"));
+    provider_args.retain(|a| a != "--cache-dir" && a != "--token-cache-dir");
+    provider_args.push("--no-token-cache".into());
+    provider_args.extend(w.runtime_flags());
+    let request = kubelet_request(
+        "docker.cloudsmith.io/my-organization/prod/app",
+        Some(&w.oidc_token),
+    );
+    let answer = run(&installed, &provider_args, &[], &request, w.dir.path()).await;
+    assert!(answer.success(), "{}", answer.stderr);
+    assert_eq!(
+        answer.stdout_json()["auth"]["docker.cloudsmith.io"]["password"],
+        json!(w.access_token(ORG))
+    );
+
+    // Again: nothing changes, and it says so.
+    let stat = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.modified().unwrap(), std::fs::read(p).unwrap())
+    };
+    let before: Vec<_> = [&installed, &config, &manifest].map(|p| stat(p)).into();
+    let second = run(&bin, &args, &[], "", w.dir.path()).await;
+    assert!(second.success(), "{}", second.stderr);
+    assert_eq!(
+        second.stdout.lines().collect::<Vec<_>>(),
+        [
+            format!("unchanged {}", installed.display()),
+            format!("unchanged {}", config.display()),
+            format!(
+                "kept {} (differs; --overwrite-config replaces it)",
+                manifest.display()
+            ),
+        ]
+    );
+    let after: Vec<_> = [&installed, &config, &manifest].map(|p| stat(p)).into();
+    assert_eq!(before, after);
+    assert_eq!(
+        std::fs::read_dir(&bin_dir).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+
+    // A bin dir that cannot be created: one error line, exit 1.
+    let blocked = w.file("not-a-dir", "");
+    let mut bad = strings(&["install", "kubelet-credential-provider", "--bin-dir"]);
+    bad.push(blocked.join("bin").display().to_string());
+    bad.extend(["--config".into(), config.display().to_string()]);
+    bad.extend(["--manifest".into(), manifest.display().to_string()]);
+    let failed = run(&bin, &bad, &[], "", w.dir.path()).await;
+    assert_fails(
+        &failed,
+        1,
+        "not-a-dir/bin/cloudsmith-gen: Not a directory",
+        &[],
+        "blocked bin dir",
+    );
+}
+
+/// The provider's `args` list of a CredentialProviderConfig as shipped (block style,
+/// one item a line; this crate has no YAML parser).
+fn config_args(text: &str) -> Vec<String> {
+    text.lines()
+        .skip_while(|l| l.trim_end() != "    args:")
+        .skip(1)
+        .take_while(|l| l.starts_with("      "))
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .map(|a| a.trim_matches('"').to_string())
+        .collect()
 }

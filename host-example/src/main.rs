@@ -173,6 +173,41 @@ enum InstallCommand {
     /// Link docker-credential-cloudsmith to this binary and add credHelpers entries to
     /// Docker's config.json ($DOCKER_CONFIG or ~/.docker).
     DockerCredentialHelper(InstallHelperArgs),
+    /// Install this binary as a kubelet image credential provider on this node (or under
+    /// host paths mounted at the same place): BIN_DIR/cloudsmith-gen, the kubelet's
+    /// CredentialProviderConfig and the generator manifest. Never deletes anything and
+    /// never restarts the kubelet; a second run changes nothing.
+    #[command(after_help = KUBELET_INSTALL_HELP)]
+    KubeletCredentialProvider(InstallKubeletArgs),
+}
+
+const KUBELET_INSTALL_HELP: &str = "\
+The binary is copied through a temporary file in BIN_DIR and renamed into place (mode 0755),
+and replaced only when its content differs. The config and the manifest are written only
+where none exists (or, with --overwrite-config, where they differ). One line per action on
+stdout. Then start the kubelet with
+  --image-credential-provider-config=CONFIG --image-credential-provider-bin-dir=BIN_DIR
+and edit MANIFEST (orgSlug, serviceSlug).";
+
+/// `install kubelet-credential-provider`'s arguments; the defaults are the paths in
+/// deploy/kubelet/credential-provider-config.yaml.
+#[derive(Debug, Args)]
+struct InstallKubeletArgs {
+    /// The kubelet's --image-credential-provider-bin-dir.
+    #[arg(long, value_name = "DIR", default_value = doors::install::KUBELET_BIN_DIR)]
+    bin_dir: PathBuf,
+
+    /// The kubelet's --image-credential-provider-config file.
+    #[arg(long, value_name = "FILE", default_value = doors::install::KUBELET_CONFIG)]
+    config: PathBuf,
+
+    /// The generator manifest the provider reads (--manifest in the config's args).
+    #[arg(long, value_name = "FILE", default_value = doors::install::KUBELET_MANIFEST)]
+    manifest: PathBuf,
+
+    /// Replace an existing config and manifest that differ from the shipped ones.
+    #[arg(long, visible_alias = "force")]
+    overwrite_config: bool,
 }
 
 /// `install docker-credential-helper`'s arguments.
@@ -218,6 +253,12 @@ struct KubeletArgs {
     /// Fallback token sources, used when the request carries no service account token.
     #[command(flatten)]
     tokens: TokenArgs,
+
+    /// Bound on the whole call, from process start (compile, exchange, retries,
+    /// Retry-After waits), in seconds: the kubelet kills its provider after 1 minute and
+    /// then logs only "context deadline exceeded".
+    #[arg(long = "deadline", value_name = "SECS", default_value = "50", value_parser = parse_seconds)]
+    bound: Duration,
 
     #[command(flatten)]
     cache: DoorCacheArgs,
@@ -445,6 +486,8 @@ enum Failure {
     Call(Error),
     /// Anything else.
     Other(anyhow::Error),
+    /// The whole call ran past a door's bound (the kubelet provider's `--deadline`).
+    OutOfTime(String),
 }
 
 impl Failure {
@@ -452,6 +495,7 @@ impl Failure {
         match self {
             Failure::Usage(_) => 2,
             Failure::Other(_) => 1,
+            Failure::OutOfTime(_) => 9,
             Failure::Call(Error::Generate(e)) => match e {
                 GenerateError::InvalidSpec(_) => 2,
                 GenerateError::TokenSource(_) => 3,
@@ -476,12 +520,22 @@ impl Failure {
         let text = match self {
             Failure::Usage(e) | Failure::Other(e) => format!("{e:#}"),
             Failure::Call(e) => e.to_string(),
+            Failure::OutOfTime(m) => m.clone(),
         };
         text.split_whitespace().collect::<Vec<_>>().join(" ")
     }
 }
 
+/// When this process started: the kubelet's deadline counts from its exec.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// When this process started (as near as `main` can tell).
+fn started() -> std::time::Instant {
+    *STARTED.get_or_init(std::time::Instant::now)
+}
+
 fn main() -> ExitCode {
+    started();
     // A panic must still end in one `error:` line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
         let what = info
@@ -527,6 +581,9 @@ fn main() -> ExitCode {
             Command::Serve(args) => doors::serve::run(*args, verbose).await,
             Command::Install(InstallCommand::DockerCredentialHelper(args)) => {
                 doors::install::docker_credential_helper(args)
+            }
+            Command::Install(InstallCommand::KubeletCredentialProvider(args)) => {
+                doors::install::kubelet_credential_provider(args)
             }
         }
         .map(|()| None)

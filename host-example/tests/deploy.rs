@@ -9,7 +9,12 @@ use serde_json::Value;
 
 /// Every object `kubectl kustomize deploy/` prints.
 fn rendered() -> Vec<Value> {
-    testkit::eso::kustomize(&testkit::workspace_root().join("deploy")).expect("kubectl kustomize deploy/")
+    rendered_at("deploy")
+}
+
+/// Every object `kubectl kustomize <dir>` prints (`dir` relative to the workspace).
+fn rendered_at(dir: &str) -> Vec<Value> {
+    testkit::eso::kustomize(&testkit::workspace_root().join(dir)).expect("kubectl kustomize")
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -228,4 +233,73 @@ fn kustomize_renders_the_service_and_the_eso_objects() {
         minter_binding["metadata"]["namespace"], namespace,
         "the namespace opts in to token minting"
     );
+}
+
+#[test]
+fn the_kubelet_rbac_grants_nodes_the_configured_audience_and_the_daemonset_installs_its_paths() {
+    let objects = rendered_at("deploy/kubelet");
+    let config = std::fs::read_to_string(
+        testkit::workspace_root().join("deploy/kubelet/credential-provider-config.yaml"),
+    )
+    .unwrap();
+    let audience = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("serviceAccountTokenAudience:"))
+        .map(str::trim)
+        .expect("the config names an audience");
+    // NodeRestriction's check: verb request-serviceaccounts-token-audience, apiGroup "",
+    // the audience as the resource.
+    let role = find(&objects, "ClusterRole", "cloudsmith-gen-kubelet-audience");
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(
+        strings(&rules[0]["verbs"]),
+        ["request-serviceaccounts-token-audience"]
+    );
+    assert_eq!(strings(&rules[0]["apiGroups"]), [""]);
+    assert_eq!(strings(&rules[0]["resources"]), [audience]);
+    let binding = find(&objects, "ClusterRoleBinding", "cloudsmith-gen-kubelet-audience");
+    assert_eq!(binding["roleRef"]["name"], "cloudsmith-gen-kubelet-audience");
+    assert_eq!(binding["subjects"][0]["kind"], "Group");
+    assert_eq!(binding["subjects"][0]["name"], "system:nodes");
+
+    let ds = find(&objects, "DaemonSet", "cloudsmith-gen-kubelet-provider");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["nodeSelector"]["kubernetes.io/arch"], "amd64");
+    assert_eq!(pod["tolerations"], serde_json::json!([{"operator": "Exists"}]));
+    let init = &pod["initContainers"][0];
+    assert_eq!(init["image"], "cloudsmith-gen:0.1.0");
+    let args = strings(&init["args"]);
+    assert_eq!(args[..2], ["install", "kubelet-credential-provider"]);
+    // Each path the install writes is a hostPath mounted at the same place, and the
+    // config the install writes names the manifest path the DaemonSet passes.
+    let mounts: Vec<&str> = init["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    let host_paths: Vec<&str> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["hostPath"]["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(mounts, host_paths);
+    for flag in ["--bin-dir=", "--config=", "--manifest="] {
+        let value = args
+            .iter()
+            .find_map(|a| a.strip_prefix(flag))
+            .unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+        let dir = if flag == "--bin-dir=" {
+            value
+        } else {
+            value.rsplit_once('/').unwrap().0
+        };
+        assert!(mounts.contains(&dir), "{value} is not under a mount {mounts:?}");
+        assert!(
+            config.contains(value),
+            "credential-provider-config.yaml does not name {value}"
+        );
+    }
 }

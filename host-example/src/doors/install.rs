@@ -1,3 +1,7 @@
+//! `cloudsmith-gen install kubelet-credential-provider`: copies this binary into the
+//! kubelet's credential provider bin dir and writes the kubelet's config and the
+//! generator manifest where none exist (see [`kubelet_credential_provider`]).
+//!
 //! `cloudsmith-gen install docker-credential-helper [--dir DIR]`: links
 //! `docker-credential-cloudsmith` to this binary and points Docker's `config.json` at
 //! it (`credHelpers`) for every configured registry.
@@ -15,7 +19,7 @@ use serde_json::{Map, Value};
 
 use super::docker::{registries, CRED_HELPER, HELPER_NAME};
 use super::{print, Registries};
-use crate::{Failure, InstallHelperArgs};
+use crate::{Failure, InstallHelperArgs, InstallKubeletArgs};
 
 /// Runs the install.
 pub fn docker_credential_helper(args: InstallHelperArgs) -> Result<(), Failure> {
@@ -50,6 +54,84 @@ pub fn docker_credential_helper(args: InstallHelperArgs) -> Result<(), Failure> 
         exe.display(),
         config.display(),
         names.join(", ")
+    ))
+}
+
+/// The kubelet's `--image-credential-provider-bin-dir` in the shipped config.
+pub const KUBELET_BIN_DIR: &str = "/usr/libexec/kubernetes/kubelet-plugins/credential-provider/exec";
+/// The kubelet's `--image-credential-provider-config` in the shipped config.
+pub const KUBELET_CONFIG: &str = "/etc/cloudsmith/credential-provider.yaml";
+/// The generator manifest the shipped config names.
+pub const KUBELET_MANIFEST: &str = "/etc/cloudsmith/generator.yaml";
+/// The executable's name in the bin dir: the config's provider `name` must equal it.
+const PROVIDER_NAME: &str = "cloudsmith-gen";
+const SHIPPED_CONFIG: &str = include_str!("../../../deploy/kubelet/credential-provider-config.yaml");
+const SHIPPED_MANIFEST: &str = include_str!("../../../deploy/kubelet/generator.yaml");
+
+/// Installs the kubelet credential provider: `BIN_DIR/cloudsmith-gen` (replaced, through a
+/// temporary file in BIN_DIR and a rename, only when its content differs), the config and
+/// the manifest (written only where missing, or differing with `--overwrite-config`).
+/// Never deletes, never restarts the kubelet: the kubelet reads both at its start.
+pub fn kubelet_credential_provider(args: InstallKubeletArgs) -> Result<(), Failure> {
+    let exe = std::env::current_exe()
+        .context("finding this executable")
+        .map_err(Failure::Other)?;
+    let binary = std::fs::read(&exe)
+        .with_context(|| format!("reading {}", exe.display()))
+        .map_err(Failure::Other)?;
+    let target = args.bin_dir.join(PROVIDER_NAME);
+    let config = SHIPPED_CONFIG.replace(KUBELET_MANIFEST, &args.manifest.display().to_string());
+    for (path, content, mode, replace) in [
+        (&target, binary.as_slice(), 0o755, true),
+        (&args.config, config.as_bytes(), 0o644, args.overwrite_config),
+        (
+            &args.manifest,
+            SHIPPED_MANIFEST.as_bytes(),
+            0o644,
+            args.overwrite_config,
+        ),
+    ] {
+        let line = place(path, content, mode, replace).map_err(Failure::Other)?;
+        print(&line)?;
+    }
+    Ok(())
+}
+
+/// Writes `content` at `path` unless it already holds it (or holds anything, without
+/// `replace`); says what it did in one line.
+fn place(path: &Path, content: &[u8], mode: u32, replace: bool) -> anyhow::Result<String> {
+    let name = path.display();
+    match std::fs::read(path) {
+        Ok(old) if old == content => return Ok(format!("unchanged {name}")),
+        Ok(_) if !replace => return Ok(format!("kept {name} (differs; --overwrite-config replaces it)")),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow!("reading {name}: {e}")),
+    }
+    let existed = path.exists();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| anyhow!("creating {}: {e}", dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".cloudsmith-gen.")
+        .tempfile_in(dir)
+        .map_err(|e| anyhow!("creating a temporary file in {}: {e}", dir.display()))?;
+    tmp.write_all(content)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| anyhow!("writing {}: {e}", tmp.path().display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
+            .map_err(|e| anyhow!("setting the mode of {}: {e}", tmp.path().display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    // A rename: the kubelet execs either the old binary or the new one, never half of one.
+    tmp.persist(path)
+        .map_err(|e| anyhow!("writing {name}: {}", e.error))?;
+    Ok(format!(
+        "{} {name}",
+        if existed { "replaced" } else { "installed" }
     ))
 }
 
@@ -125,6 +207,40 @@ pub fn add_cred_helpers(path: &Path, registries: &[&str]) -> anyhow::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn place_writes_once_keeps_what_differs_and_replaces_when_told() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bin/cloudsmith-gen");
+        assert!(place(&path, b"one", 0o755, false)
+            .unwrap()
+            .starts_with("installed "));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755);
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert!(place(&path, b"one", 0o755, true)
+            .unwrap()
+            .starts_with("unchanged "));
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+        assert!(place(&path, b"two", 0o755, false).unwrap().starts_with("kept "));
+        assert_eq!(std::fs::read(&path).unwrap(), b"one");
+        assert!(place(&path, b"two", 0o755, true)
+            .unwrap()
+            .starts_with("replaced "));
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_shipped_config_names_the_default_paths() {
+        assert!(SHIPPED_CONFIG.contains(KUBELET_MANIFEST));
+        assert!(SHIPPED_CONFIG.contains(KUBELET_CONFIG));
+        assert!(SHIPPED_CONFIG.contains(KUBELET_BIN_DIR));
+        assert!(SHIPPED_CONFIG.contains(&format!("name: {PROVIDER_NAME}")));
+    }
 
     #[test]
     fn cred_helpers_are_added_and_everything_else_kept() {

@@ -172,7 +172,13 @@ pub async fn run(args: KubeletArgs, verbose: bool) -> Result<(), Failure> {
     let request = parse_request(&input).map_err(|m| Failure::Usage(anyhow::anyhow!(m)))?;
     let registries = Registries::with_default(args.registries.iter().map(String::as_str))
         .map_err(|m| Failure::Usage(anyhow::anyhow!(m)))?;
-    let Some(registry) = image_registry(&request.image).and_then(|r| registries.matching(r)) else {
+    // The image's own `host[:port]`, not the configured spelling: the kubelet matches an
+    // auth key's port exactly (`urlsMatch`, pkg/credentialprovider/keyring.go), so
+    // `registry.acme.com:443/app` needs the key `registry.acme.com:443`.
+    let Some(registry) = image_registry(&request.image)
+        .filter(|r| registries.matching(r).is_some())
+        .map(str::to_string)
+    else {
         // Not ours: the kubelet pulls it with other credentials (or none).
         if verbose {
             crate::commands::note("image is not on a configured Cloudsmith registry: empty auth");
@@ -180,6 +186,25 @@ pub async fn run(args: KubeletArgs, verbose: bool) -> Result<(), Failure> {
         return super::print(&response(None, 0));
     };
 
+    let bound = args.bound;
+    let at = crate::started() + bound;
+    match tokio::time::timeout_at(at.into(), credentials(args, request, &registry, verbose)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(Failure::OutOfTime(format!(
+            "no credentials within {}s of starting (--deadline; the kubelet kills a provider after 1 minute): \
+             the exchange with Cloudsmith did not finish (no answer, or still retrying)",
+            bound.as_secs_f64()
+        ))),
+    }
+}
+
+/// The response for an image on one of our registries: `registry` is its auth key.
+async fn credentials(
+    args: KubeletArgs,
+    request: ProviderRequest,
+    registry: &str,
+    verbose: bool,
+) -> Result<(), Failure> {
     let manifest = read_manifest(&args.manifest, args.generator.as_deref()).map_err(Failure::Usage)?;
     let (manifest, namespace, tokens, identity, namespaces) = match &request.service_account_token {
         Some(token) => {
@@ -308,14 +333,44 @@ mod tests {
         let request = parse_request(request.as_bytes())?;
         let token = Secret::new(TOKEN);
         Ok(
-            match image_registry(&request.image).and_then(|r| registries.matching(r)) {
+            match image_registry(&request.image).filter(|r| registries.matching(r).is_some()) {
                 Some(registry) => response(Some((registry, &token)), seconds),
                 None => response(None, 0),
             },
         )
     }
 
+    /// The kubelet's `image` is `repoToPull`: `parsers.ParseImageName(image)` in
+    /// pkg/kubelet/images/image_manager.go (`EnsureImageExists`), the normalized name
+    /// without tag or digest, passed through `keyring.Lookup` to the plugin's `Provide`
+    /// (pkg/credentialprovider/plugin/plugin.go). The `kubelet-shaped` rows are such
+    /// names; the others are what other callers (and older kubelets' tests) send.
     const GOLDEN: &[Golden] = &[
+        Golden {
+            name: "kubelet-shaped: Docker Hub's normalized name is not ours",
+            request: r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"docker.io/library/nginx"}"#,
+            response: r#"{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Registry","cacheDuration":"0s","auth":{}}"#,
+        },
+        Golden {
+            name: "kubelet-shaped: the repository to pull, without tag or digest",
+            request: r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"docker.cloudsmith.io/org/repo/app"}"#,
+            response: r#"{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Registry","cacheDuration":"1h25m0s","auth":{"docker.cloudsmith.io":{"username":"token","password":"eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2lnbmF0dXJl"}}}"#,
+        },
+        Golden {
+            name: "kubelet-shaped: a custom domain written with :443 gets the key with :443 (urlsMatch compares ports)",
+            request: r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"registry.acme.com:443/app"}"#,
+            response: r#"{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Registry","cacheDuration":"1h25m0s","auth":{"registry.acme.com:443":{"username":"token","password":"eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2lnbmF0dXJl"}}}"#,
+        },
+        Golden {
+            name: "kubelet-shaped: a custom domain without a port",
+            request: r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"registry.acme.com/team/app"}"#,
+            response: r#"{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Registry","cacheDuration":"1h25m0s","auth":{"registry.acme.com":{"username":"token","password":"eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2lnbmF0dXJl"}}}"#,
+        },
+        Golden {
+            name: "kubelet-shaped: docker.cloudsmith.io:443 keeps its port in the key",
+            request: r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"docker.cloudsmith.io:443/org/repo/app"}"#,
+            response: r#"{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Registry","cacheDuration":"1h25m0s","auth":{"docker.cloudsmith.io:443":{"username":"token","password":"eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2lnbmF0dXJl"}}}"#,
+        },
         Golden {
             name: "image on docker.cloudsmith.io",
             request: r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"docker.cloudsmith.io/acme/prod/app:1.2.3"}"#,
@@ -345,7 +400,7 @@ mod tests {
 
     #[test]
     fn golden_pairs() {
-        let registries = Registries::with_default(["registry.acme.com:5000"]).unwrap();
+        let registries = Registries::with_default(["registry.acme.com:5000", "registry.acme.com"]).unwrap();
         let mut failures = Vec::new();
         for g in GOLDEN {
             match answer(g.request, &registries, 5100) {
