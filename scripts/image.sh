@@ -9,7 +9,8 @@
 #
 # The image: one static musl binary, /cloudsmith-gen, the entrypoint, run as
 # 65532:65532; no shell, no libc, no /etc/passwd (the binary never looks a user
-# up), no CA bundle (the host embeds webpki-roots; extra CAs are mounted files).
+# up), Debian's CA bundle (the kube client needs system roots; Cloudsmith calls use
+# the embedded webpki-roots).
 # musl rather than static glibc: musl's resolver reads /etc/hosts and
 # /etc/resolv.conf itself. A static glibc's getaddrinfo would dlopen NSS modules
 # (the linker warns it needs the shared libraries at run time); measured here, a
@@ -71,6 +72,10 @@ ctr=$("${b[@]}" from --isolation chroot scratch)
 # A fixed mode and owner, whatever the file had on disk.
 install -m 0555 "$binary" "$storage/cloudsmith-gen"
 "${b[@]}" copy --chown 0:0 "$ctr" "$storage/cloudsmith-gen" /cloudsmith-gen >/dev/null
+# The kube client (rustls-tls) refuses to start without system roots, even when the
+# kubeconfig names its CA: Debian's bundle, at the path rustls-native-certs probes.
+install -m 0444 /etc/ssl/certs/ca-certificates.crt "$storage/ca-certificates.crt"
+"${b[@]}" copy --chown 0:0 "$ctr" "$storage/ca-certificates.crt" /etc/ssl/certs/ca-certificates.crt >/dev/null
 "${b[@]}" config \
   --entrypoint '["/cloudsmith-gen"]' --cmd '' \
   --user 65532:65532 \
