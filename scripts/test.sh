@@ -15,9 +15,12 @@ source scripts/tools.sh
 
 # Real clients: for the credential helper suite (tests/skopeo.rs), Debian's
 # skopeo, the CNCF distribution registry and htpasswd (apache2-utils); for the
-# deploy/ checks, kubectl (kubernetes-client) to render the kustomize base.
+# deploy/ checks, kubectl (kubernetes-client) to render the kustomize base; for
+# the container image (host-example/tests/image.rs), buildah, podman with runc,
+# and musl-gcc (musl-tools: ring's C code in the static binary).
 missing=()
-for tool in skopeo:skopeo docker-registry:docker-registry htpasswd:apache2-utils kubectl:kubernetes-client; do
+for tool in skopeo:skopeo docker-registry:docker-registry htpasswd:apache2-utils kubectl:kubernetes-client \
+    buildah:buildah podman:podman runc:runc musl-gcc:musl-tools; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then
@@ -26,5 +29,12 @@ if ((${#missing[@]})); then
   "${sudo[@]}" apt-get update
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
 fi
+
+# The image's static binary, built once (without fat LTO: profile image-test)
+# and packaged by every test that needs an image.
+rustup target add x86_64-unknown-linux-musl >/dev/null
+CC_x86_64_unknown_linux_musl=musl-gcc cargo build --locked -q -p host-example --bin cloudsmith-gen \
+  --no-default-features --target x86_64-unknown-linux-musl --profile image-test
+export CLOUDSMITH_GEN_STATIC="$PWD/target/x86_64-unknown-linux-musl/image-test/cloudsmith-gen"
 
 cargo test --workspace --locked "$@"

@@ -22,6 +22,8 @@
 //! On failure stderr holds exactly one line, `error: <cause>` (more with `-v`).
 
 mod commands;
+// The stand-in and its test key stay out of release images (`--no-default-features`).
+#[cfg(feature = "demo")]
 mod demo;
 mod doors;
 mod manifest;
@@ -71,6 +73,7 @@ enum Command {
     #[command(after_help = EXIT_CODES)]
     Info(InfoArgs),
     /// Run the whole path against a local stand-in for Cloudsmith (no account needed).
+    #[cfg(feature = "demo")]
     #[command(after_help = EXIT_CODES)]
     Demo(DemoArgs),
     /// Kubelet image credential provider: CredentialProviderRequest (v1) on stdin,
@@ -436,6 +439,7 @@ struct InfoArgs {
 }
 
 /// `demo`'s arguments.
+#[cfg(feature = "demo")]
 #[derive(Debug, Args)]
 struct DemoArgs {
     /// The target namespace.
@@ -573,6 +577,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Generate(args) => commands::generate(*args, verbose).await,
             Command::Info(args) => commands::info(args, verbose).await,
+            #[cfg(feature = "demo")]
             Command::Demo(args) => demo::run(args, verbose).await,
             Command::KubeletCredentialProvider(args) => doors::kubelet::run(*args, verbose).await,
             Command::DockerCredentialHelper(args) => {

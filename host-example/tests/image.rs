@@ -1,0 +1,345 @@
+//! The container image (scripts/image.sh) as deploy/ runs it: loaded into podman, a
+//! read-only root, every capability dropped, user 65532, against the stand-ins on
+//! loopback (`--network host`), Cloudsmith reached by a host name (`--add-host`), so
+//! the static binary's resolver is exercised without libc or NSS in the image.
+//!
+//! The static binary is built once by scripts/test.sh and passed as
+//! `CLOUDSMITH_GEN_STATIC`; every test here packages and runs that one file.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::cloudsmith::{self, access_token_for, auth_for};
+use testkit::kubernetes;
+
+const STATIC_ENV: &str = "CLOUDSMITH_GEN_STATIC";
+const NAME: &str = "localhost/cloudsmith-gen:test";
+const CLOUDSMITH_HOST: &str = "cloudsmith.test";
+
+/// The static binary scripts/test.sh built.
+fn static_binary() -> PathBuf {
+    let path = std::env::var_os(STATIC_ENV).unwrap_or_else(|| {
+        panic!("{STATIC_ENV} is not set: run `bash scripts/test.sh`, which builds the static binary")
+    });
+    let path = PathBuf::from(path);
+    assert!(path.is_file(), "{STATIC_ENV}={} is not a file", path.display());
+    path
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// scripts/image.sh on the static binary into `dir`; the digest it printed.
+fn package(dir: &Path) -> String {
+    let out = run(Command::new("bash")
+        .arg(testkit::workspace_root().join("scripts/image.sh"))
+        .arg("--binary")
+        .arg(static_binary())
+        .arg(dir));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one stdout line: {stdout}");
+    assert!(
+        lines[0].starts_with("sha256:") && lines[0].len() == 71,
+        "{stdout}"
+    );
+    lines[0].to_string()
+}
+
+/// The image, built once per test process and loaded into a private podman store.
+struct Image {
+    _dir: tempfile::TempDir,
+    layout: PathBuf,
+    digest: String,
+    store: PathBuf,
+}
+
+fn image() -> &'static Image {
+    static IMAGE: OnceLock<Image> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let layout = dir.path().join("layout");
+        let digest = package(&layout);
+        let store = dir.path().join("store");
+        let version = env!("CARGO_PKG_VERSION");
+        run(Command::new("skopeo")
+            .arg("copy")
+            .arg("-q")
+            .arg(format!("oci:{}:{version}", layout.display()))
+            .arg(format!(
+                "containers-storage:[vfs@{}+{}]{NAME}",
+                store.join("root").display(),
+                store.join("run").display()
+            )));
+        Image {
+            _dir: dir,
+            layout,
+            digest,
+            store,
+        }
+    })
+}
+
+/// `podman run` of the image as deploy/serve/deployment.yaml runs it, with `mounts`
+/// (host dir, container dir; read-only) and the image's entrypoint given `args`.
+/// The second use (another command in the same image) only needs other args.
+fn podman(mounts: &[(&Path, &str)], args: &[String]) -> Command {
+    let store = &image().store;
+    let mut cmd = Command::new("podman");
+    cmd.arg("--root")
+        .arg(store.join("root"))
+        .arg("--runroot")
+        .arg(store.join("run"))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--runtime",
+            "runc",
+            "--cgroup-manager",
+            "cgroupfs",
+        ])
+        .args([
+            "run",
+            "--rm",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=4096:4096",
+        ])
+        .args([
+            "--network",
+            "host",
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            "--user",
+            "65532:65532",
+        ])
+        .args(["--security-opt", "no-new-privileges"])
+        .arg(format!("--add-host={CLOUDSMITH_HOST}:127.0.0.1"));
+    for (host, container) in mounts {
+        cmd.arg("-v").arg(format!("{}:{container}:ro", host.display()));
+    }
+    cmd.arg(NAME).args(args);
+    cmd
+}
+
+/// A directory the container's user (65532) can read: tempfile's are 0700 root.
+fn shared_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    set_mode(dir.path(), 0o755);
+    dir
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn one_binary_packaged_twice_gives_one_digest() {
+    let again = tempfile::tempdir().expect("temp dir");
+    let digest = package(&again.path().join("layout"));
+    assert_eq!(digest, image().digest);
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(image().layout.join("index.json")).unwrap()).unwrap();
+    let manifests = index["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 1);
+    assert_eq!(manifests[0]["digest"], image().digest.as_str());
+    assert_eq!(
+        manifests[0]["annotations"]["org.opencontainers.image.ref.name"],
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+#[test]
+fn the_image_holds_no_stand_in_and_no_test_key() {
+    let bytes = std::fs::read(static_binary()).unwrap();
+    let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    for marker in [
+        // testkit::oidc's signing key and demo.rs's strings.
+        &b"testkit service account issuer key"[..],
+        b"trusted only by the stand-in",
+        b"starting the Cloudsmith stand-in",
+    ] {
+        assert!(
+            !contains(marker),
+            "the image's binary holds {:?}",
+            String::from_utf8_lossy(marker)
+        );
+    }
+    let out = run(&mut podman(&[], &["--help".into()]));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("serve"), "{help}");
+    assert!(!help.contains("demo"), "{help}");
+}
+
+/// `serve` in the container: /healthz, then ESO's call for the deploy/ generator, with
+/// Cloudsmith reached as http://cloudsmith.test:PORT.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_answers_eso_by_host_name() {
+    let cloudsmith = cloudsmith::StandIn::start(cloudsmith::StandInConfig::default())
+        .await
+        .expect("Cloudsmith stand-in");
+    let config = kubernetes::StandInConfig::default()
+        .with_service_account("apps", "cloudsmith-oidc")
+        .with_service_account("apps", "default");
+    let kube = kubernetes::StandIn::start(config)
+        .await
+        .expect("Kubernetes stand-in");
+    let port = cloudsmith
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let by_name = format!("http://{CLOUDSMITH_HOST}:{port}");
+
+    let dir = shared_dir();
+    let generators = std::fs::read_to_string(testkit::workspace_root().join("deploy/serve/generators.yaml"))
+        .unwrap()
+        .replace("\"api.cloudsmith.io\"", &format!("\"{by_name}\""));
+    assert!(
+        generators.contains(&by_name),
+        "deploy/serve/generators.yaml changed shape"
+    );
+    std::fs::write(dir.path().join("generators.yaml"), generators).unwrap();
+    let kubeconfig = kube.write_kubeconfig(dir.path()).expect("kubeconfig");
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        set_mode(&entry.unwrap().path(), 0o644);
+    }
+    let kubeconfig_name = kubeconfig.file_name().unwrap().to_string_lossy();
+    let args: Vec<String> = [
+        "serve",
+        "--listen=127.0.0.1:0",
+        &format!("--kubeconfig=/etc/cloudsmith-gen/{kubeconfig_name}"),
+        &format!("--allow-host={CLOUDSMITH_HOST}:{port}"),
+        "--allow-http",
+        "--manifest=/etc/cloudsmith-gen/generators.yaml",
+        "--cache-dir=/tmp/cache",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut container = Container::start(podman(&[(dir.path(), "/etc/cloudsmith-gen")], &args));
+
+    let health = http(container.addr, "GET", "/healthz", None).await;
+    assert_eq!(health.0, 200, "{}", health.1);
+
+    let caller = testkit::oidc::token("system:serviceaccount:apps:default", &[testkit::oidc::ISSUER]);
+    let (status, body) = http(
+        container.addr,
+        "POST",
+        "/v1/namespaces/apps/generators/cloudsmith-access-token",
+        Some(&caller),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["auth", "expiry"], "{body}");
+    let token = access_token_for(
+        "system:serviceaccount:apps:cloudsmith-oidc",
+        "my-organization",
+        "my-oidc-service",
+        1_700_000_000,
+    );
+    assert_eq!(v["auth"], auth_for(&token));
+    container.stop();
+}
+
+/// A container running `serve`; stopped on drop.
+struct Container {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Container {
+    fn start(mut cmd: Command) -> Container {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("podman run");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut log = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["msg"] == "listening" {
+                        let _ = tx.send(Ok(v["address"].as_str().unwrap_or_default().to_string()));
+                    }
+                }
+                log.push(line);
+            }
+            let _ = tx.send(Err(log.join("\n")));
+        });
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(Ok(addr)) => Container {
+                child,
+                addr: addr.parse().expect("listening address"),
+            },
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("serve did not start in the container: {other:?}");
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        // SIGTERM to podman is forwarded to the container (--sig-proxy).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+    }
+}
+
+/// One plain-HTTP request; (status, body).
+async fn http(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
+    use http_body_util::{BodyExt as _, Full};
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-length", "0");
+    if let Some(token) = bearer {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let answer = sender
+        .send_request(builder.body(Full::new(bytes::Bytes::new())).unwrap())
+        .await
+        .expect("an answer");
+    let status = answer.status().as_u16();
+    let body = answer.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
