@@ -94,8 +94,14 @@ fn image() -> &'static Image {
 
 /// `podman run` of the image as deploy/serve/deployment.yaml runs it, with `mounts`
 /// (host dir, container dir; read-only) and the image's entrypoint given `args`.
-/// The second use (another command in the same image) only needs other args.
 fn podman(mounts: &[(&Path, &str)], args: &[String]) -> Command {
+    let mounts: Vec<(&Path, &str, &str)> = mounts.iter().map(|(h, c)| (*h, *c, "ro")).collect();
+    podman_as("65532:65532", &mounts, args)
+}
+
+/// `podman run` as `user`, with `mounts` (host dir, container dir, `ro` or `rw`); the
+/// same read-only root, dropped capabilities and host network as [`podman`].
+fn podman_as(user: &str, mounts: &[(&Path, &str, &str)], args: &[String]) -> Command {
     let store = &image().store;
     let mut cmd = Command::new("podman");
     cmd.arg("--root")
@@ -125,12 +131,13 @@ fn podman(mounts: &[(&Path, &str)], args: &[String]) -> Command {
             "--cap-drop",
             "ALL",
             "--user",
-            "65532:65532",
+            user,
         ])
         .args(["--security-opt", "no-new-privileges"])
         .arg(format!("--add-host={CLOUDSMITH_HOST}:127.0.0.1"));
-    for (host, container) in mounts {
-        cmd.arg("-v").arg(format!("{}:{container}:ro", host.display()));
+    for (host, container, mode) in mounts {
+        cmd.arg("-v")
+            .arg(format!("{}:{container}:{mode}", host.display()));
     }
     cmd.arg(NAME).args(args);
     cmd
@@ -259,6 +266,175 @@ async fn serve_answers_eso_by_host_name() {
     );
     assert_eq!(v["auth"], auth_for(&token));
     container.stop();
+}
+
+/// deploy/kubelet/daemonset.yaml's install step, run in the image as the DaemonSet runs
+/// it (user 0, no capabilities, read-only root, the node's directories mounted at their
+/// own paths), with temporary directories standing for the node. The binary it installs
+/// answers a kubelet request, and a second run changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemonset_install_step_installs_a_provider_that_answers() {
+    let daemonset: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(testkit::workspace_root().join("deploy/kubelet/daemonset.yaml")).unwrap(),
+    )
+    .expect("daemonset.yaml");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    let install = &pod["initContainers"][0];
+    let args: Vec<String> = install["args"]
+        .as_array()
+        .expect("the install step's args")
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(args[..2], ["install", "kubelet-credential-provider"]);
+    let flag = |name: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+            .unwrap_or_else(|| panic!("the install step has no --{name}=: {args:?}"))
+            .to_string()
+    };
+    let (bin_dir, config, manifest) = (flag("bin-dir"), flag("config"), flag("manifest"));
+    let user = format!(
+        "{}:{}",
+        pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]
+    );
+    assert_eq!(user, "0:0", "the node's directories are root's");
+
+    // The node: every mounted path of the DaemonSet, as a temporary directory.
+    let node = tempfile::tempdir().expect("temp dir");
+    let mounts: Vec<(PathBuf, String)> = install["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let path = m["mountPath"].as_str().unwrap().to_string();
+            let host = node.path().join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(&host).unwrap();
+            (host, path)
+        })
+        .collect();
+    let on_node = |container: &str| -> PathBuf {
+        let (host, path) = mounts
+            .iter()
+            .find(|(_, p)| Path::new(container).starts_with(p))
+            .unwrap_or_else(|| panic!("{container} is on no mounted volume"));
+        host.join(Path::new(container).strip_prefix(path).unwrap())
+    };
+    let rw: Vec<(&Path, &str, &str)> = mounts
+        .iter()
+        .map(|(h, c)| (h.as_path(), c.as_str(), "rw"))
+        .collect();
+    let installed = format!("{bin_dir}/cloudsmith-gen");
+    let expected = |verb: &str, manifest_verb: &str| {
+        vec![
+            format!("{verb} {installed}"),
+            format!("{verb} {config}"),
+            format!("{manifest_verb} {manifest}"),
+        ]
+    };
+
+    let first = run(&mut podman_as(&user, &rw, &args));
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout).lines().collect::<Vec<_>>(),
+        expected("installed", "installed"),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let installed_on_node = on_node(&installed);
+    assert_eq!(
+        std::fs::read(&installed_on_node).unwrap(),
+        std::fs::read(static_binary()).unwrap(),
+        "the installed binary is the image's"
+    );
+    let config_text = std::fs::read_to_string(on_node(&config)).unwrap();
+    assert!(
+        config_text.contains(&format!("- {manifest}")),
+        "the config names the node's manifest path: {config_text}"
+    );
+
+    // The installed binary, for a kubelet request, against the stand-in Cloudsmith (the
+    // shipped manifest names api.cloudsmith.io: the node's operator points it here).
+    let cloudsmith = cloudsmith::StandIn::start(cloudsmith::StandInConfig::default())
+        .await
+        .expect("Cloudsmith stand-in");
+    let url = cloudsmith.url().trim_end_matches('/').to_string();
+    let authority = url.trim_start_matches("http://").to_string();
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let local_manifest = scratch.path().join("generator.yaml");
+    let shipped = std::fs::read_to_string(on_node(&manifest)).unwrap();
+    std::fs::write(
+        &local_manifest,
+        shipped.replace("spec:\n", &format!("spec:\n  apiUrl: \"{url}\"\n")),
+    )
+    .unwrap();
+    let subject = "system:serviceaccount:apps:default";
+    let sa_token = testkit::oidc::token(subject, &["https://api.cloudsmith.io"]);
+    let request = serde_json::json!({
+        "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+        "kind": "CredentialProviderRequest",
+        "image": "docker.cloudsmith.io/my-organization/prod/app",
+        "serviceAccountToken": sa_token,
+    })
+    .to_string();
+    let mut provider = tokio::process::Command::new(&installed_on_node)
+        .arg("kubelet-credential-provider")
+        .arg("--manifest")
+        .arg(&local_manifest)
+        .arg("--no-token-cache")
+        .arg("--cache-dir")
+        .arg(scratch.path().join("cache"))
+        .args(["--allow-host", &authority, "--allow-http"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the installed provider runs");
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stdin = provider.stdin.take().unwrap();
+        stdin.write_all(request.as_bytes()).await.unwrap();
+    }
+    let answer = provider.wait_with_output().await.unwrap();
+    assert!(
+        answer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    let response: Value = serde_json::from_slice(&answer.stdout).expect("a CredentialProviderResponse");
+    assert_eq!(response["kind"], "CredentialProviderResponse");
+    assert_eq!(
+        response["auth"]["docker.cloudsmith.io"]["password"],
+        access_token_for(subject, "my-organization", "my-oidc-service", 1_700_000_000)
+    );
+
+    // Again: nothing changes on the node, and it says so.
+    let snapshot = || -> Vec<(PathBuf, std::time::SystemTime, Vec<u8>)> {
+        let mut files = Vec::new();
+        for (host, _) in &mounts {
+            for entry in std::fs::read_dir(host).unwrap() {
+                let path = entry.unwrap().path();
+                let meta = std::fs::metadata(&path).unwrap();
+                files.push((
+                    path.clone(),
+                    meta.modified().unwrap(),
+                    std::fs::read(&path).unwrap(),
+                ));
+            }
+        }
+        files.sort();
+        files
+    };
+    let before = snapshot();
+    let second = run(&mut podman_as(&user, &rw, &args));
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        expected("unchanged", "unchanged"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(snapshot(), before, "a second run changed the node");
 }
 
 /// A container running `serve`; stopped on drop.
