@@ -371,7 +371,8 @@ struct RuntimeArgs {
     #[arg(long)]
     allow_http: bool,
 
-    /// Overall deadline for the call, in seconds.
+    /// Overall deadline for one call, in seconds; under `serve` it counts from the
+    /// call's arrival, so the wait for a sandbox slot is inside it.
     #[arg(long = "timeout", value_name = "SECS", default_value = "90", value_parser = parse_seconds)]
     deadline: Duration,
 
