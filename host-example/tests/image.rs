@@ -497,25 +497,8 @@ impl Drop for Container {
 
 /// One plain-HTTP request; (status, body).
 async fn http(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
-    use http_body_util::{BodyExt as _, Full};
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let mut builder = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string())
-        .header("content-length", "0");
-    if let Some(token) = bearer {
-        builder = builder.header("authorization", format!("Bearer {token}"));
-    }
-    let answer = sender
-        .send_request(builder.body(Full::new(bytes::Bytes::new())).unwrap())
-        .await
-        .expect("an answer");
-    let status = answer.status().as_u16();
-    let body = answer.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let auth = bearer.map(|token| format!("Bearer {token}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    let (status, _, body) = testkit::client::request(addr, method, path, &headers, b"").await;
+    (status, body)
 }

@@ -265,29 +265,13 @@ impl Reply {
 /// One request on a fresh connection, with the headers Go's net/http sends for ESO
 /// (`User-Agent: Go-http-client/1.1`, `Accept-Encoding: gzip`, a `Content-Length`).
 async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let mut builder = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string())
-        .header("user-agent", "Go-http-client/1.1")
-        .header("content-length", body.len().to_string())
-        .header("accept-encoding", "gzip");
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let req = builder.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
-    let answer = sender.send_request(req).await.expect("an answer");
-    let (parts, body) = answer.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
+    let mut all = vec![("user-agent", "Go-http-client/1.1"), ("accept-encoding", "gzip")];
+    all.extend_from_slice(headers);
+    let (status, headers, body) = testkit::client::request(addr, method, path, &all, body).await;
     Reply {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        status,
+        headers,
+        body,
     }
 }
 

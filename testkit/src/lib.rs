@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 
 pub mod artifacts;
+pub mod client;
 pub mod cloudsmith;
 #[cfg(feature = "tls")]
 pub mod eso;
