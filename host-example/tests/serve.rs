@@ -161,6 +161,20 @@ impl World {
         args.extend(extra.iter().map(|s| s.to_string()));
         Server::start(&args)
     }
+
+    /// `serve` over HTTPS with a certificate of `ca`, written into the world's dir
+    /// (where a renewal writes the next one over it).
+    fn serve_https(&self, ca: &testkit::tls::TestCa, extra: &[&str]) -> Server {
+        let (cert, key) = ca.write_server_pem(self.dir.path()).unwrap();
+        let mut args = vec![
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.serve(&args)
+    }
 }
 
 /// A running `cloudsmith-gen serve`; killed on drop.
@@ -342,18 +356,8 @@ async fn eso_runs_the_deploy_objects() {
     );
     let port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
     let ca = testkit::tls::TestCa::for_names(&[&host]);
-    let (cert, key) = ca.write_server_pem(world.dir.path()).unwrap();
     // A short bound for one call, so the timeout cases take seconds.
-    let server = world.serve(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--timeout",
-        "2",
-        "--max-concurrent-calls",
-        "1",
-    ]);
+    let server = world.serve_https(&ca, &["--timeout", "2", "--max-concurrent-calls", "1"]);
 
     // deploy/'s bound for one call is below the Webhook's timeout.
     let webhook = object(&objects, "Webhook", "cloudsmith-access-token");
@@ -988,15 +992,7 @@ async fn tls_client(
 async fn https_and_certificate_renewal() {
     let world = World::new(Duration::from_secs(10)).await;
     let ca = testkit::tls::TestCa::new();
-    let (cert, key) = ca.write_server_pem(world.dir.path()).unwrap();
-    let server = world.serve(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--reload-interval",
-        "0.1",
-    ]);
+    let server = world.serve_https(&ca, &["--reload-interval", "0.1"]);
     let mut sender = tls_client(server.addr, &ca)
         .await
         .expect("TLS handshake with the test CA");
@@ -1027,7 +1023,8 @@ async fn https_and_certificate_renewal() {
 
     // Renewal: a new CA's certificate written over the files.
     let renewed = testkit::tls::TestCa::new();
-    renewed.write_server_pem(world.dir.path()).unwrap();
+    // The same paths serve_https wrote the first pair to.
+    let (_, key) = renewed.write_server_pem(world.dir.path()).unwrap();
     wait_until(|| async { tls_client(server.addr, &renewed).await.is_some() }).await;
     assert!(
         tls_client(server.addr, &ca).await.is_none(),
