@@ -43,9 +43,9 @@ impl CallTarget {
 /// `spec.generator.cloudsmithAccessTokenSpec`; without reading it there the broker
 /// would refuse every token request of a generator that accepts that form.
 fn manifest_account(manifest: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(manifest).ok()?;
-    let spec = crate::generator_spec::spec(&value)?;
-    Some(spec.get("serviceAccountRef")?.get("name")?.as_str()?.to_string())
+    crate::spec::GeneratorSpec::of_json(manifest)?
+        .service_account_ref?
+        .name
 }
 
 /// Everything one call's store holds.

@@ -47,12 +47,13 @@
 
 pub mod cache;
 pub mod error;
-pub mod generator_spec;
 mod host;
+pub mod jwt;
 pub mod output;
 pub mod policy;
 pub mod sandbox;
 pub mod secret;
+pub mod spec;
 pub mod token_cache;
 pub mod token_source;
 
@@ -352,17 +353,15 @@ fn failed<T>(e: Error) -> Traced<T> {
 /// The secrets inside successful credentials: the `auth` value and the access token it
 /// encodes, so guest output that echoes them is scrubbed too.
 fn secrets_in(credentials: &Credentials) -> Vec<String> {
-    use base64::Engine as _;
     let auth = credentials.auth().expose().to_string();
-    let mut secrets = vec![auth.clone()];
-    if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(&auth) {
-        let decoded = String::from_utf8_lossy(&decoded).into_owned();
-        if let Some(token) = decoded.strip_prefix("token:") {
-            secrets.push(token.to_string());
-        }
-        secrets.push(decoded);
+    match credentials.access_token() {
+        Some(token) => vec![
+            auth,
+            format!("token:{}", token.expose()),
+            token.expose().to_string(),
+        ],
+        None => vec![auth],
     }
-    secrets
 }
 
 /// One call in flight: its store, captured output and report.

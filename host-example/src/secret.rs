@@ -106,6 +106,21 @@ impl Credentials {
         &self.auth
     }
 
+    /// The access token inside `auth` when it is base64 of `token:<access token>`, as
+    /// the Cloudsmith generator writes it; `None` for a generator that writes another
+    /// form (a `--component` may).
+    pub fn access_token(&self) -> Option<Secret> {
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(self.auth.expose())
+            .ok()?;
+        let token = String::from_utf8(decoded)
+            .ok()?
+            .strip_prefix("token:")?
+            .to_string();
+        (!token.is_empty()).then(|| Secret::new(token))
+    }
+
     /// ESO's `expiry` output: decimal UNIX seconds.
     pub fn expiry(&self) -> &str {
         &self.expiry

@@ -102,17 +102,10 @@ impl CachedToken {
     /// The access token inside `credentials` (decoded from `auth`, base64 of
     /// `token:<access token>`) and its expiry; `None` if `auth` is not of that form.
     pub fn from_credentials(credentials: &Credentials) -> Option<Self> {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(credentials.auth().expose())
-            .ok()?;
-        let decoded = String::from_utf8(decoded).ok()?;
-        let token = decoded.strip_prefix("token:")?;
-        if token.is_empty() {
-            return None;
-        }
+        let access_token = credentials.access_token()?;
         let exp = whole_seconds(credentials.expiry())?;
         Some(CachedToken {
-            access_token: Secret::new(token),
+            access_token,
             expiry: credentials.expiry().to_string(),
             exp,
         })

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use clap::Parser as _;
-use host_example::generator_spec;
+use host_example::spec::{self, Field, GeneratorSpec};
 use host_example::token_source::{EnvTokenSource, FileTokenSource, KubernetesTokenSource};
 use host_example::{NamespacePolicy, TokenSource};
 use serde_json::{json, Value};
@@ -170,44 +170,47 @@ impl Config {
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
             .map(str::to_string);
-        // The spec object to fill in, where the generator reads it.
-        let Some(spec) = generator_spec::spec_mut(&mut manifest) else {
+        for (variable, field) in [
+            (env::ORG, Field::OrgSlug),
+            (env::SERVICE, Field::ServiceSlug),
+            (env::API_HOST, Field::ApiHost),
+        ] {
+            if let Some(value) = var(variable) {
+                if !spec::set(&mut manifest, field, Some(Value::String(value.trim().into()))) {
+                    return Err(usage(format!(
+                        "{}: the manifest has no spec object",
+                        env::MANIFEST
+                    )));
+                }
+                if field == Field::ApiHost {
+                    // The variable is the user's latest word on the API: it beats apiUrl.
+                    spec::set(&mut manifest, Field::ApiUrl, None);
+                }
+            }
+        }
+        let Some(view) = GeneratorSpec::of(&manifest) else {
             return Err(usage(format!(
                 "{}: the manifest has no spec object",
                 env::MANIFEST
             )));
         };
-        for (variable, field) in [
-            (env::ORG, "orgSlug"),
-            (env::SERVICE, "serviceSlug"),
-            (env::API_HOST, "apiHost"),
+        for (field, variable, value) in [
+            (Field::OrgSlug, env::ORG, &view.org_slug),
+            (Field::ServiceSlug, env::SERVICE, &view.service_slug),
         ] {
-            if let Some(value) = var(variable) {
-                spec.insert(field.into(), Value::String(value.trim().into()));
-                if field == "apiHost" {
-                    // The variable is the user's latest word on the API: it beats apiUrl.
-                    spec.remove("apiUrl");
-                }
-            }
-        }
-        for (field, variable) in [("orgSlug", env::ORG), ("serviceSlug", env::SERVICE)] {
-            if !spec.contains_key(field) {
+            if value.is_none() {
                 return Err(usage(format!(
-                    "{variable} is not set (or {} with spec.{field})",
-                    env::MANIFEST
+                    "{variable} is not set (or {} with spec.{})",
+                    env::MANIFEST,
+                    field.name()
                 )));
             }
         }
-        let api = spec
-            .get("apiUrl")
-            .or_else(|| spec.get("apiHost"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let namespace = spec
-            .get("serviceAccountRef")
-            .and_then(|r| r.get("namespace"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
+        let api = view.api().map(str::to_string);
+        let namespace = view
+            .service_account_ref
+            .as_ref()
+            .and_then(|r| r.namespace.clone())
             .or(metadata_namespace)
             .unwrap_or_else(|| "default".to_string());
 
@@ -229,10 +232,7 @@ impl Config {
         };
         if !kubernetes {
             // The generator requires a serviceAccountRef; a file or variable token ignores it.
-            if let Some(spec) = generator_spec::spec_mut(&mut manifest) {
-                spec.entry("serviceAccountRef")
-                    .or_insert_with(|| json!({ "name": "default" }));
-            }
+            spec::default_account(&mut manifest, "default");
         }
         let manifest = manifest.to_string();
         let identity = if kubernetes {

@@ -29,7 +29,7 @@ use host_example::token_cache::{now_unix, TokenCache, DEFAULT_MARGIN};
 use host_example::token_source::StaticTokenSource;
 use host_example::{NamespacePolicy, Secret, TokenSource};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{
     env_identity, file_identity, go_duration, kubernetes_identity, mint, token_identity, MintRequest,
@@ -304,10 +304,7 @@ fn with_service_account(manifest: &str, account: &str) -> String {
     let Ok(mut value) = serde_json::from_str::<Value>(manifest) else {
         return manifest.to_string();
     };
-    if let Some(spec) = host_example::generator_spec::spec_mut(&mut value) {
-        spec.entry("serviceAccountRef")
-            .or_insert_with(|| json!({ "name": account }));
-    }
+    host_example::spec::default_account(&mut value, account);
     value.to_string()
 }
 

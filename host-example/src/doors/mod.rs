@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine as _;
-use host_example::generator_spec;
+use host_example::spec::GeneratorSpec;
 use host_example::token_cache::{CacheKey, CachedToken, Lookup, TokenCache};
 use host_example::{Credentials, NamespacePolicy, TokenSource};
 use serde_json::Value;
@@ -116,14 +116,12 @@ pub async fn mint(
 /// The cache key for a manifest and identity: the API fields as written, org and
 /// service. `None` when the manifest lacks them (the generator then reports the error).
 fn cache_key(manifest: &str, identity: &str) -> Option<CacheKey> {
-    let manifest: Value = serde_json::from_str(manifest).ok()?;
-    let spec = generator_spec::spec(&manifest)?;
-    let text = |k: &str| spec.get(k).and_then(Value::as_str);
+    let spec = GeneratorSpec::of_json(manifest)?;
     Some(CacheKey::new(
-        text("apiUrl").unwrap_or(""),
-        text("apiHost").unwrap_or(""),
-        text("orgSlug")?,
-        text("serviceSlug")?,
+        spec.api_url.as_deref().unwrap_or(""),
+        spec.api_host.as_deref().unwrap_or(""),
+        spec.org_slug.as_deref()?,
+        spec.service_slug.as_deref()?,
         identity,
     ))
 }
@@ -184,8 +182,8 @@ pub fn env_identity(var: &str) -> Option<String> {
 /// audiences the manifest names in `namespace`. Read from local files only.
 pub fn kubernetes_identity(kubeconfig: Option<&PathBuf>, manifest: &str, namespace: &str) -> Option<String> {
     use kube::config::Kubeconfig;
-    let manifest: Value = serde_json::from_str(manifest).ok()?;
-    let account = generator_spec::spec(&manifest)?.get("serviceAccountRef")?;
+    let account = GeneratorSpec::of_json(manifest)?.service_account_ref?;
+    let account = serde_json::to_string(&account).ok()?;
     let cluster = match kubeconfig {
         Some(path) => Kubeconfig::read_from(path).ok(),
         None => Kubeconfig::read().ok(),

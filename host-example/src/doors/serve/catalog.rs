@@ -129,10 +129,7 @@ fn for_any_namespace(mut resource: Map<String, Value>) -> Value {
         metadata.remove("namespace");
     }
     let mut resource = Value::Object(resource);
-    let spec = host_example::generator_spec::spec_mut(&mut resource);
-    if let Some(Value::Object(account)) = spec.and_then(|s| s.get_mut("serviceAccountRef")) {
-        account.remove("namespace");
-    }
+    host_example::spec::drop_account_namespace(&mut resource);
     resource
 }
 

@@ -1,0 +1,292 @@
+//! The generator spec as the host reads it: one typed view, found where the component
+//! finds it.
+//!
+//! Hosts read a few spec fields themselves (the account a token may be minted for,
+//! the token cache's key, the account or slugs a door fills in), and must find them where
+//! the component does: a bare spec is the manifest itself; a resource (any of `spec`,
+//! `kind`, `apiVersion` set) keeps it under `spec`; ESO's `ClusterGenerator` one level
+//! further down, under `spec.generator.cloudsmithAccessTokenSpec`. One rule for every
+//! reader, so a form the component accepts is not misread by one of them.
+//!
+//! The view is lenient where the component is strict: a field of the wrong type reads as
+//! absent, and the component, which validates the spec, reports it.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+/// The spec fields the host reads ([`GeneratorSpec::of`]) or writes ([`set`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GeneratorSpec {
+    /// `apiUrl`, as written.
+    #[serde(default, deserialize_with = "text")]
+    pub api_url: Option<String>,
+    /// `apiHost`, as written.
+    #[serde(default, deserialize_with = "text")]
+    pub api_host: Option<String>,
+    /// `orgSlug`.
+    #[serde(default, deserialize_with = "text")]
+    pub org_slug: Option<String>,
+    /// `serviceSlug`.
+    #[serde(default, deserialize_with = "text")]
+    pub service_slug: Option<String>,
+    /// `serviceAccountRef`.
+    #[serde(default, deserialize_with = "account")]
+    pub service_account_ref: Option<ServiceAccountRef>,
+}
+
+/// `serviceAccountRef`: ESO's `ServiceAccountSelector`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceAccountRef {
+    /// `name`.
+    #[serde(default, deserialize_with = "text", skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `namespace`.
+    #[serde(default, deserialize_with = "text", skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// `audiences`.
+    #[serde(default, deserialize_with = "texts", skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+}
+
+impl GeneratorSpec {
+    /// The spec of `manifest`; `None` when it has no spec object where the component
+    /// would look.
+    pub fn of(manifest: &Value) -> Option<GeneratorSpec> {
+        // `spec` returns objects only: serde would also read a struct from an array.
+        GeneratorSpec::deserialize(spec(manifest)?).ok()
+    }
+
+    /// [`GeneratorSpec::of`] a manifest in JSON text.
+    pub fn of_json(manifest: &str) -> Option<GeneratorSpec> {
+        GeneratorSpec::of(&serde_json::from_str(manifest).ok()?)
+    }
+
+    /// The API as written: `apiUrl` when set, else `apiHost` (the component's order).
+    pub fn api(&self) -> Option<&str> {
+        self.api_url.as_deref().or(self.api_host.as_deref())
+    }
+}
+
+/// A spec field a host writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// `apiUrl`.
+    ApiUrl,
+    /// `apiHost`.
+    ApiHost,
+    /// `orgSlug`.
+    OrgSlug,
+    /// `serviceSlug`.
+    ServiceSlug,
+    /// `serviceAccountRef`.
+    ServiceAccountRef,
+}
+
+impl Field {
+    /// The field's JSON name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::ApiUrl => "apiUrl",
+            Field::ApiHost => "apiHost",
+            Field::OrgSlug => "orgSlug",
+            Field::ServiceSlug => "serviceSlug",
+            Field::ServiceAccountRef => "serviceAccountRef",
+        }
+    }
+}
+
+/// Sets (`Some`) or removes (`None`) `field` in `manifest`'s spec; `false` when the
+/// manifest has no spec object to change.
+pub fn set(manifest: &mut Value, field: Field, value: Option<Value>) -> bool {
+    let Some(spec) = spec_mut(manifest) else {
+        return false;
+    };
+    match value {
+        Some(value) => spec.insert(field.name().into(), value),
+        None => spec.remove(field.name()),
+    };
+    true
+}
+
+/// Gives the spec a `serviceAccountRef` naming `account` when it has none (the
+/// component requires one; with a token the host already holds, it only names the
+/// account). `false` when the manifest has no spec object.
+pub fn default_account(manifest: &mut Value, account: &str) -> bool {
+    let Some(spec) = spec_mut(manifest) else {
+        return false;
+    };
+    spec.entry(Field::ServiceAccountRef.name())
+        .or_insert_with(|| serde_json::json!({ "name": account }));
+    true
+}
+
+/// Removes `serviceAccountRef.namespace`, when there is one.
+pub fn drop_account_namespace(manifest: &mut Value) {
+    if let Some(Value::Object(account)) =
+        spec_mut(manifest).and_then(|s| s.get_mut(Field::ServiceAccountRef.name()))
+    {
+        account.remove("namespace");
+    }
+}
+
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+fn texts<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Array(a) => a
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    })
+}
+
+fn account<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ServiceAccountRef>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        object @ Value::Object(_) => ServiceAccountRef::deserialize(object).ok(),
+        _ => None,
+    })
+}
+
+/// The kind ESO gives generators that serve every namespace.
+const CLUSTER_GENERATOR: &str = "ClusterGenerator";
+
+/// The spec object of `manifest` as JSON, or `None` when the manifest has none where the
+/// component would look.
+fn spec(manifest: &Value) -> Option<&Value> {
+    let spec = match form(manifest)? {
+        Form::Bare => manifest,
+        Form::Resource => manifest.get("spec")?,
+        Form::ClusterGenerator => manifest
+            .get("spec")?
+            .get("generator")?
+            .get("cloudsmithAccessTokenSpec")?,
+    };
+    spec.is_object().then_some(spec)
+}
+
+/// [`spec`], for changing it.
+fn spec_mut(manifest: &mut Value) -> Option<&mut Map<String, Value>> {
+    let spec = match form(manifest)? {
+        Form::Bare => manifest,
+        Form::Resource => manifest.get_mut("spec")?,
+        Form::ClusterGenerator => manifest
+            .get_mut("spec")?
+            .get_mut("generator")?
+            .get_mut("cloudsmithAccessTokenSpec")?,
+    };
+    spec.as_object_mut()
+}
+
+enum Form {
+    Bare,
+    Resource,
+    ClusterGenerator,
+}
+
+fn form(manifest: &Value) -> Option<Form> {
+    let top = manifest.as_object()?;
+    // null is unset, for these keys as for every other (the component's rule).
+    let set = |k: &str| top.get(k).is_some_and(|v| !v.is_null());
+    Some(if !(set("spec") || set("kind") || set("apiVersion")) {
+        Form::Bare
+    } else if top.get("kind").and_then(Value::as_str) == Some(CLUSTER_GENERATOR) {
+        Form::ClusterGenerator
+    } else {
+        Form::Resource
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_form_the_component_reads() {
+        let inner = json!({"orgSlug": "o"});
+        let cases = [
+            (json!({"orgSlug": "o"}), Some(inner.clone())),
+            (
+                json!({"kind": "CloudsmithAccessToken", "spec": {"orgSlug": "o"}}),
+                Some(inner.clone()),
+            ),
+            (json!({"spec": {"orgSlug": "o"}}), Some(inner.clone())),
+            (
+                json!({"kind": "ClusterGenerator", "spec": {"kind": "CloudsmithAccessToken",
+                    "generator": {"cloudsmithAccessTokenSpec": {"orgSlug": "o"}}}}),
+                Some(inner.clone()),
+            ),
+            // A resource without a spec, a spec that is not an object, no object at all.
+            (json!({"kind": "CloudsmithAccessToken"}), None),
+            (json!({"spec": "x"}), None),
+            (
+                json!({"kind": "ClusterGenerator", "spec": {"generator": {}}}),
+                None,
+            ),
+            (json!([1]), None),
+            // null keys are unset: this is a bare spec.
+            (
+                json!({"spec": null, "orgSlug": "o"}),
+                Some(json!({"spec": null, "orgSlug": "o"})),
+            ),
+        ];
+        for (mut manifest, want) in cases {
+            assert_eq!(spec(&manifest).cloned(), want, "{manifest}");
+            let got_mut = spec_mut(&mut manifest).map(|m| Value::Object(m.clone()));
+            assert_eq!(got_mut, want, "{manifest} (mut)");
+        }
+    }
+
+    #[test]
+    fn the_typed_view_reads_wrong_types_as_absent() {
+        let s = GeneratorSpec::of_json(
+            r#"{"spec": {"orgSlug": "o", "serviceSlug": 7, "apiHost": "h", "apiUrl": "https://u",
+                "serviceAccountRef": {"name": "sa", "namespace": 1, "audiences": ["a", 2]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.org_slug.as_deref(), Some("o"));
+        assert_eq!(s.service_slug, None);
+        assert_eq!(s.api(), Some("https://u"));
+        let account = s.service_account_ref.unwrap();
+        assert_eq!(
+            (account.name.as_deref(), account.namespace, account.audiences),
+            (Some("sa"), None, vec!["a".to_string()])
+        );
+        let odd = GeneratorSpec::of_json(r#"{"serviceAccountRef": "sa"}"#).unwrap();
+        assert_eq!(odd.service_account_ref, None);
+        assert_eq!(GeneratorSpec::of_json("[]"), None);
+    }
+
+    #[test]
+    fn writers_change_the_spec_where_the_component_reads_it() {
+        let mut m = json!({"kind": "ClusterGenerator", "spec": {"generator": {"cloudsmithAccessTokenSpec":
+            {"orgSlug": "o", "apiUrl": "u", "serviceAccountRef": {"name": "x", "namespace": "n"}}}}});
+        assert!(set(&mut m, Field::ApiHost, Some(json!("h"))));
+        assert!(set(&mut m, Field::ApiUrl, None));
+        drop_account_namespace(&mut m);
+        assert!(default_account(&mut m, "ignored"));
+        let s = GeneratorSpec::of(&m).unwrap();
+        assert_eq!((s.api_host.as_deref(), s.api_url.as_deref()), (Some("h"), None));
+        assert_eq!(
+            s.service_account_ref.unwrap(),
+            ServiceAccountRef {
+                name: Some("x".into()),
+                ..Default::default()
+            }
+        );
+        let mut bare = json!({"orgSlug": "o"});
+        assert!(default_account(&mut bare, "puller"));
+        assert_eq!(
+            bare,
+            json!({"orgSlug": "o", "serviceAccountRef": {"name": "puller"}})
+        );
+        assert!(!set(&mut json!([1]), Field::OrgSlug, None));
+    }
+}
