@@ -133,6 +133,26 @@ impl Default for GeneratorOptions {
     }
 }
 
+/// One call's token source and namespace rule, in place of the generator's: so one
+/// generator (one pre-linked component, one pool of slots) serves calls whose tokens
+/// come from different places, as a long-lived host's callers do.
+#[derive(Clone)]
+pub struct CallTokens {
+    /// Where the call's OIDC token comes from.
+    pub source: Arc<dyn TokenSource>,
+    /// Whether a `serviceAccountRef.namespace` other than the target is honoured.
+    pub namespaces: NamespacePolicy,
+}
+
+impl std::fmt::Debug for CallTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallTokens")
+            .field("source", &self.source.describe())
+            .field("namespaces", &self.namespaces)
+            .finish()
+    }
+}
+
 /// What the generator says about itself (the WIT `generator-info`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -256,7 +276,21 @@ impl Generator {
 
     /// [`Generator::generate`], also returning what the host observed.
     pub async fn generate_traced(&self, manifest: &str, namespace: &str) -> Traced<Credentials> {
-        let mut call = match self.start(Some(CallTarget::new(manifest, namespace))).await {
+        self.generate_traced_with(manifest, namespace, None).await
+    }
+
+    /// [`Generator::generate_traced`] with this call's own token source and namespace
+    /// rule in place of the generator's (`None`: the generator's).
+    pub async fn generate_traced_with(
+        &self,
+        manifest: &str,
+        namespace: &str,
+        tokens: Option<&CallTokens>,
+    ) -> Traced<Credentials> {
+        let mut call = match self
+            .start(Some(CallTarget::new(manifest, namespace)), tokens)
+            .await
+        {
             Ok(call) => call,
             Err(e) => return failed(e),
         };
@@ -291,7 +325,7 @@ impl Generator {
 
     /// Calls the generator's `info`.
     pub async fn info(&self) -> Result<GeneratorInfo, Error> {
-        let mut call = self.start(None).await?;
+        let mut call = self.start(None, None).await?;
         let instance = call.instantiate().await?;
         let started = Instant::now();
         let calling = instance
@@ -308,7 +342,11 @@ impl Generator {
     }
 
     /// Prepares a fresh store for one call.
-    async fn start(&self, target: Option<CallTarget>) -> Result<Call<'_>, Error> {
+    async fn start(
+        &self,
+        target: Option<CallTarget>,
+        tokens: Option<&CallTokens>,
+    ) -> Result<Call<'_>, Error> {
         let inner = &*self.inner;
         // The semaphore is never closed, so acquiring only waits.
         let permit = inner.permits.acquire().await.ok();
@@ -323,7 +361,10 @@ impl Generator {
             table: ResourceTable::new(),
             hooks: PolicyHooks::new(inner.policy.clone(), inner.tls.clone(), journal.clone()),
             limiter: Limiter::new(limits.memory_bytes),
-            tokens: TokenBroker::new(inner.token_source.clone(), inner.options.namespaces, target),
+            tokens: match tokens {
+                Some(t) => TokenBroker::new(t.source.clone(), t.namespaces, target),
+                None => TokenBroker::new(inner.token_source.clone(), inner.options.namespaces, target),
+            },
             journal,
         };
         let mut store = Store::new(inner.pre.engine(), state);

@@ -17,6 +17,7 @@
 //! - with more than one generator document, `--generator NAME` picks by `metadata.name`.
 
 use anyhow::{anyhow, bail};
+use host_example::secret::one_line;
 use serde_json::{Map, Value};
 
 /// The generator kind the component implements.
@@ -67,7 +68,7 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Value>> {
             // The user formatter: the developer one suggests parser options to the
             // reader, which a user of the CLI cannot set.
             let message = e.render_with_formatter(&serde_saphyr::UserMessageFormatter);
-            anyhow!("invalid YAML: {}", one_line(&message))
+            anyhow!("invalid YAML: {}", one_line(&message, 1000))
         }
     })?;
     // serde-saphyr skips empty documents already; a document that is just `null` or `~`
@@ -209,23 +210,10 @@ fn list(items: impl Iterator<Item = String>) -> String {
     text
 }
 
-/// Text from the file as an error shows it: control characters replaced (a name must
-/// not end the line or move the cursor) and long text cut.
+/// Text from the file as an error shows it: one line, bounded (a name must not end the
+/// line or move the cursor).
 fn shown(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .take(MAX_SHOWN_CHARS)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if text.chars().count() > MAX_SHOWN_CHARS {
-        out.push('…');
-    }
-    out
-}
-
-/// The parser's message on one line.
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    one_line(text, MAX_SHOWN_CHARS)
 }
 
 #[cfg(test)]
@@ -431,7 +419,7 @@ mod tests {
             ("duplicate key", "kind: A\nkind: B\n".into(), None, vec!["invalid YAML: duplicate", "line 2"]),
             ("too many documents", many, None, vec!["more than 100 YAML documents"]),
             ("a long name is cut", docs(&[&a, &generator(&long_name, "o")]), None, vec!["2 generator documents", "…"]),
-            ("a name with a newline", docs(&[&a, &generator("\"x\\ny\"", "o")]), None, vec!["CloudsmithAccessToken/x?y"]),
+            ("a name with a newline", docs(&[&a, &generator("\"x\\ny\"", "o")]), None, vec!["CloudsmithAccessToken/x y"]),
         ];
         let mut wrong = Vec::new();
         for (case, text, name, needles) in &table {

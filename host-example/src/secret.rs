@@ -200,20 +200,29 @@ fn redact_jwts(text: &str) -> String {
     out
 }
 
-/// Makes guest-supplied text safe for a one-line message: control characters become
-/// spaces and it is cut to `max` characters.
-pub(crate) fn one_line(text: &str, max: usize) -> String {
-    let clean: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let clean = clean.trim();
+/// Text made safe for a one-line message or log field: anything shaped like a JWT
+/// redacted, control characters and runs of whitespace folded into one space, and cut to
+/// `max` characters (with `…`). Every message built from text the host did not write
+/// (guest output, a server's answer, a parser's error, user input) goes through it.
+pub fn one_line(text: &str, max: usize) -> String {
+    let folded = text
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let clean = redact_jwts(&folded);
     if clean.chars().count() <= max {
-        return clean.to_string();
+        return clean;
     }
     let mut cut: String = clean.chars().take(max).collect();
     cut.push('…');
     cut
+}
+
+/// A value from untrusted input (a server URL, an image name, an action), as an error
+/// quotes it: [`one_line`], at most 80 characters.
+pub fn shown(value: &str) -> String {
+    one_line(value, 80)
 }
 
 #[cfg(test)]
@@ -298,6 +307,14 @@ mod tests {
     #[test]
     fn one_line_strips_controls_and_cuts() {
         assert_eq!(one_line("a\nb\x1b[31m", 100), "a b [31m");
+        assert_eq!(one_line("  a \t\r\n  b  ", 100), "a b");
         assert_eq!(one_line("abcdef", 3), "abc…");
+        assert_eq!(one_line("ééé", 2), "éé…");
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+        assert_eq!(
+            one_line(&format!("bad token {jwt}\n"), 100),
+            "bad token [redacted]"
+        );
+        assert_eq!(shown(&"x".repeat(100)).chars().count(), 81);
     }
 }

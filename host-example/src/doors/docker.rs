@@ -19,20 +19,15 @@
 //! (comma-separated). The outbound policy allows the configured API host only; extra CA
 //! roots come from `SSL_CERT_FILE`.
 
-use std::io::Read as _;
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use anyhow::anyhow;
-use clap::Parser as _;
+use host_example::secret::shown;
 use host_example::spec::{self, Field, GeneratorSpec};
-use host_example::token_source::{EnvTokenSource, FileTokenSource, KubernetesTokenSource};
-use host_example::{NamespacePolicy, TokenSource};
+use host_example::{Authority, NamespacePolicy};
 use serde_json::{json, Value};
 
-use super::{env_identity, file_identity, kubernetes_identity, mint, print, shown, MintRequest, Registries};
-use crate::commands::read_manifest;
-use crate::{Failure, RuntimeArgs};
+use super::{split_server, Registries, Reply};
+use crate::failure::Failure;
+use crate::mint::{Mint, MintRequest, TokenChoice};
+use crate::setup::{self, RuntimeConfig};
 
 /// The name the binary answers to as a helper (`credHelpers` value `cloudsmith`).
 pub const HELPER_NAME: &str = "docker-credential-cloudsmith";
@@ -41,7 +36,7 @@ pub const CRED_HELPER: &str = "cloudsmith";
 /// The protocol's "none here" answer.
 pub const NOT_FOUND: &str = "credentials not found in native keychain";
 /// A server URL or a `store` payload is small.
-const MAX_INPUT_BYTES: u64 = 64 * 1024;
+pub const MAX_INPUT_BYTES: u64 = 64 * 1024;
 
 /// The environment variables the helper reads.
 pub mod env {
@@ -63,124 +58,88 @@ pub mod env {
     pub const SSL_CERT_FILE: &str = "SSL_CERT_FILE";
 }
 
-/// What the process should exit with after a successful protocol exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
-    /// Exit 0.
-    Done,
-    /// The sentinel was printed: exit 1.
-    NotFound,
+/// The helper's configuration: the variables of [`env`] as they were set (empty counts
+/// as unset). Captured whole and checked only by the actions that use them, so that a
+/// misconfigured `get` does not break `list` or `version`.
+#[derive(Debug, Clone, Default)]
+pub struct DockerConfig {
+    vars: std::collections::BTreeMap<&'static str, String>,
 }
 
-/// Runs one helper action.
-pub async fn run(action: &str, verbose: bool) -> Result<Answer, Failure> {
-    match action {
-        "get" => get(verbose).await,
-        "store" | "erase" => {
-            // Read the input so a client writing it never sees a broken pipe.
-            read_stdin()?;
-            Ok(Answer::Done)
+impl DockerConfig {
+    /// The variables of [`env`], read with `var` (`std::env::var` in `main`).
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> DockerConfig {
+        let vars = [
+            env::ORG,
+            env::SERVICE,
+            env::API_HOST,
+            env::OIDC_TOKEN,
+            env::OIDC_TOKEN_FILE,
+            env::MANIFEST,
+            env::REGISTRIES,
+            env::SSL_CERT_FILE,
+        ]
+        .into_iter()
+        .filter_map(|name| {
+            Some((
+                name,
+                var(name).filter(|v| !v.trim().is_empty())?.trim().to_string(),
+            ))
+        })
+        .collect();
+        DockerConfig { vars }
+    }
+
+    fn var(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    /// docker.cloudsmith.io and `CLOUDSMITH_REGISTRIES`.
+    pub fn registries(&self) -> Result<Registries, Failure> {
+        let extra = self.var(env::REGISTRIES).unwrap_or_default();
+        Registries::with_default(extra.split(','))
+            .map_err(|m| Failure::usage(format!("{}: {m}", env::REGISTRIES)))
+    }
+
+    /// The runtime: the default, allowing the configured API host only (plain http only
+    /// when written `http://`), with `SSL_CERT_FILE`'s roots besides the public ones.
+    pub fn runtime(&self) -> Result<RuntimeConfig, Failure> {
+        let mut config = RuntimeConfig::default();
+        if let Some(api) = self.manifest()?.1 {
+            let (authority, plain) = api_authority(&api).map_err(Failure::usage)?;
+            config.policy = config.policy.allow(authority).allow_http(plain);
         }
-        "list" => print("{}").map(|()| Answer::Done),
-        "version" => print(&format!(
-            "{HELPER_NAME} (cloudsmith-gen) {}",
-            env!("CARGO_PKG_VERSION")
-        ))
-        .map(|()| Answer::Done),
-        other => Err(Failure::Usage(anyhow!(
-            "unknown action {:?}: expected get, store, erase, list or version",
-            shown(other)
-        ))),
+        if let Some(ca) = self.var(env::SSL_CERT_FILE) {
+            config.policy = config
+                .policy
+                .extra_ca_file(std::path::Path::new(ca))
+                .map_err(|e| Failure::Usage(e.context(env::SSL_CERT_FILE)))?;
+        }
+        Ok(config)
     }
-}
 
-/// The registries from the environment.
-pub fn registries() -> Result<Registries, Failure> {
-    let extra = std::env::var(env::REGISTRIES).unwrap_or_default();
-    Registries::with_default(extra.split(','))
-        .map_err(|m| Failure::Usage(anyhow!("{}: {m}", env::REGISTRIES)))
-}
-
-async fn get(verbose: bool) -> Result<Answer, Failure> {
-    let input = read_stdin()?;
-    let server = String::from_utf8(input)
-        .map_err(|_| Failure::Usage(anyhow!("the server URL on stdin is not UTF-8")))?;
-    let server = server.trim();
-    if server.is_empty() {
-        return Err(Failure::Usage(anyhow!("no server URL on stdin")));
-    }
-    let registries = registries()?;
-    if registries.matching(server).is_none() {
-        print(NOT_FOUND)?;
-        return Ok(Answer::NotFound);
-    }
-    let config = Config::from_env()?;
-    let cache = super::token_cache(true, None);
-    let minted = mint(config.request, &config.runtime, cache.as_ref(), verbose).await?;
-    let answer = json!({
-        "ServerURL": server,
-        "Username": "token",
-        "Secret": minted.access_token()?.access_token.expose(),
-    });
-    print(&answer.to_string())?;
-    Ok(Answer::Done)
-}
-
-fn read_stdin() -> Result<Vec<u8>, Failure> {
-    let mut input = Vec::new();
-    std::io::stdin()
-        .take(MAX_INPUT_BYTES + 1)
-        .read_to_end(&mut input)
-        .map_err(|e| Failure::Usage(anyhow!("reading stdin: {e}")))?;
-    if input.len() as u64 > MAX_INPUT_BYTES {
-        return Err(Failure::Usage(anyhow!(
-            "stdin is larger than {MAX_INPUT_BYTES} bytes"
-        )));
-    }
-    Ok(input)
-}
-
-/// The helper's configuration, read from the environment.
-struct Config {
-    request: MintRequest,
-    runtime: RuntimeArgs,
-}
-
-/// `RuntimeArgs` with every default of `generate`'s flags, plus these.
-#[derive(clap::Parser)]
-struct Runtime {
-    #[command(flatten)]
-    runtime: RuntimeArgs,
-}
-
-impl Config {
-    fn from_env() -> Result<Config, Failure> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let usage = |m: String| Failure::Usage(anyhow!(m));
-        let manifest_path = var(env::MANIFEST);
-        let mut manifest: Value = match &manifest_path {
+    /// The manifest (`CLOUDSMITH_GENERATOR_MANIFEST` with the variables' overrides, or
+    /// the variables alone) and the API it names.
+    fn manifest(&self) -> Result<(Value, Option<String>), Failure> {
+        let mut manifest: Value = match self.var(env::MANIFEST) {
             Some(path) => {
-                let text = read_manifest(&PathBuf::from(path), None)
-                    .map_err(|e| Failure::Usage(e.context(env::MANIFEST)))?;
-                serde_json::from_str(&text).map_err(|e| usage(format!("{}: {e}", env::MANIFEST)))?
+                let text = setup::read_manifest(std::path::Path::new(path), None).map_err(|f| match f {
+                    Failure::Usage(e) => Failure::Usage(e.context(env::MANIFEST)),
+                    other => other,
+                })?;
+                serde_json::from_str(&text).map_err(|e| Failure::usage(format!("{}: {e}", env::MANIFEST)))?
             }
             None => json!({}),
         };
-        let metadata_namespace = manifest
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let no_spec = || Failure::usage(format!("{}: the manifest has no spec object", env::MANIFEST));
         for (variable, field) in [
             (env::ORG, Field::OrgSlug),
             (env::SERVICE, Field::ServiceSlug),
             (env::API_HOST, Field::ApiHost),
         ] {
-            if let Some(value) = var(variable) {
-                if !spec::set(&mut manifest, field, Some(Value::String(value.trim().into()))) {
-                    return Err(usage(format!(
-                        "{}: the manifest has no spec object",
-                        env::MANIFEST
-                    )));
+            if let Some(value) = self.var(variable) {
+                if !spec::set(&mut manifest, field, Some(Value::String(value.into()))) {
+                    return Err(no_spec());
                 }
                 if field == Field::ApiHost {
                     // The variable is the user's latest word on the API: it beats apiUrl.
@@ -188,106 +147,129 @@ impl Config {
                 }
             }
         }
-        let Some(view) = GeneratorSpec::of(&manifest) else {
-            return Err(usage(format!(
-                "{}: the manifest has no spec object",
-                env::MANIFEST
-            )));
-        };
+        let view = GeneratorSpec::of(&manifest).ok_or_else(no_spec)?;
+        let api = view.api().map(str::to_string);
+        Ok((manifest, api))
+    }
+
+    /// The request `get` mints with, checked (the runtime too, whose errors would
+    /// otherwise only show as a policy refusal).
+    pub fn request(&self) -> Result<MintRequest, Failure> {
+        self.runtime()?;
+        let (mut manifest, _) = self.manifest()?;
+        let view = GeneratorSpec::of(&manifest).unwrap_or_default();
         for (field, variable, value) in [
             (Field::OrgSlug, env::ORG, &view.org_slug),
             (Field::ServiceSlug, env::SERVICE, &view.service_slug),
         ] {
             if value.is_none() {
-                return Err(usage(format!(
+                return Err(Failure::usage(format!(
                     "{variable} is not set (or {} with spec.{})",
                     env::MANIFEST,
                     field.name()
                 )));
             }
         }
-        let api = view.api().map(str::to_string);
+        let metadata_namespace = manifest
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let namespace = view
             .service_account_ref
             .as_ref()
             .and_then(|r| r.namespace.clone())
             .or(metadata_namespace)
             .unwrap_or_else(|| "default".to_string());
-
-        let (tokens, kubernetes): (Arc<dyn TokenSource>, bool) = if var(env::OIDC_TOKEN).is_some() {
-            (Arc::new(EnvTokenSource::new(env::OIDC_TOKEN)), false)
-        } else if let Some(path) = var(env::OIDC_TOKEN_FILE) {
-            (Arc::new(FileTokenSource::new(path)), false)
-        } else if manifest_path.is_some() {
-            (Arc::new(KubernetesTokenSource::new(None)), true)
+        let tokens = if self.var(env::OIDC_TOKEN).is_some() {
+            TokenChoice::Env(env::OIDC_TOKEN.into())
+        } else if let Some(path) = self.var(env::OIDC_TOKEN_FILE) {
+            TokenChoice::File(path.into())
+        } else if self.var(env::MANIFEST).is_some() {
+            TokenChoice::Kubernetes(None)
         } else {
-            return Err(Failure::Call(host_example::Error::Generate(
-                host_example::GenerateError::TokenSource(format!(
-                    "no OIDC token: set {}, {} or {}",
-                    env::OIDC_TOKEN,
-                    env::OIDC_TOKEN_FILE,
-                    env::MANIFEST
-                )),
+            return Err(Failure::no_token_source(format!(
+                "no OIDC token: set {}, {} or {}",
+                env::OIDC_TOKEN,
+                env::OIDC_TOKEN_FILE,
+                env::MANIFEST
             )));
         };
-        if !kubernetes {
+        if !matches!(tokens, TokenChoice::Kubernetes(_)) {
             // The generator requires a serviceAccountRef; a file or variable token ignores it.
             spec::default_account(&mut manifest, "default");
         }
-        let manifest = manifest.to_string();
-        let identity = if kubernetes {
-            kubernetes_identity(None, &manifest, &namespace)
-        } else if var(env::OIDC_TOKEN).is_some() {
-            env_identity(env::OIDC_TOKEN)
-        } else {
-            var(env::OIDC_TOKEN_FILE).and_then(|p| file_identity(&PathBuf::from(p)))
-        };
-
-        let mut flags = vec!["runtime".to_string()];
-        if let Some(api) = &api {
-            let (authority, plain) = api_authority(api).map_err(usage)?;
-            flags.extend(["--allow-host".into(), authority]);
-            if plain {
-                flags.push("--allow-http".into());
-            }
-        }
-        if let Some(ca) = var(env::SSL_CERT_FILE) {
-            flags.extend(["--ca-file".into(), ca]);
-        }
-        let runtime = Runtime::try_parse_from(&flags)
-            .map_err(|e| usage(format!("configuration: {}", e.kind())))?
-            .runtime;
-        Ok(Config {
-            request: MintRequest {
-                manifest,
-                namespace,
-                tokens,
-                identity,
-                namespaces: NamespacePolicy::TargetOnly,
-            },
-            runtime,
+        Ok(MintRequest {
+            manifest: manifest.to_string(),
+            namespace,
+            tokens,
+            namespaces: NamespacePolicy::TargetOnly,
         })
     }
 }
 
-/// The `host:port` the policy must allow for an API host or URL, and whether it is plain
+/// Runs one helper action on `input` (the bytes of stdin).
+pub async fn handle(
+    action: &str,
+    input: &[u8],
+    mint: &impl Mint,
+    config: &DockerConfig,
+) -> Result<Reply, Failure> {
+    match action {
+        "get" => get(input, mint, config).await,
+        // Credentials are minted, not stored: nothing to store or erase. main has read
+        // the input, so a client writing it never sees a broken pipe.
+        "store" | "erase" => Ok(Reply::ok("")),
+        "list" => Ok(Reply::ok("{}")),
+        "version" => Ok(Reply::ok(format!(
+            "{HELPER_NAME} (cloudsmith-gen) {}",
+            env!("CARGO_PKG_VERSION")
+        ))),
+        other => Err(Failure::usage(format!(
+            "unknown action {:?}: expected get, store, erase, list or version",
+            shown(other)
+        ))),
+    }
+}
+
+async fn get(input: &[u8], mint: &impl Mint, config: &DockerConfig) -> Result<Reply, Failure> {
+    let server =
+        std::str::from_utf8(input).map_err(|_| Failure::usage("the server URL on stdin is not UTF-8"))?;
+    let server = server.trim();
+    if server.is_empty() {
+        return Err(Failure::usage("no server URL on stdin"));
+    }
+    if config.registries()?.matching(server).is_none() {
+        return Ok(Reply {
+            stdout: NOT_FOUND.into(),
+            exit: 1,
+        });
+    }
+    let minted = mint.mint(config.request()?).await?;
+    let answer = json!({
+        "ServerURL": server,
+        "Username": "token",
+        "Secret": minted.access_token()?.access_token.expose(),
+    });
+    Ok(Reply::ok(answer.to_string()))
+}
+
+/// The authority the policy must allow for an API host or URL, and whether it is plain
 /// http (allowed only when the user wrote `http://`, as the generator requires).
-fn api_authority(api: &str) -> Result<(String, bool), String> {
-    let api = api.trim();
-    let (plain, rest) = match api.split_once("://") {
-        Some(("http", rest)) => (true, rest),
-        Some(("https", rest)) => (false, rest),
-        Some(_) => {
-            return Err(format!(
-                "{}: {:?} is not an http(s) URL or a host",
-                env::API_HOST,
-                shown(api)
-            ))
-        }
-        None => (false, api),
+fn api_authority(api: &str) -> Result<(Authority, bool), String> {
+    let bad = || {
+        format!(
+            "{}: {:?} is not an http(s) URL or a host",
+            env::API_HOST,
+            shown(api)
+        )
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let parsed: host_example::Authority = authority
+    let (scheme, authority) = split_server(api).ok_or_else(bad)?;
+    let plain = match scheme {
+        Some("http") => true,
+        Some("https") | None => false,
+        Some(_) => return Err(bad()),
+    };
+    let parsed: Authority = authority
         .parse()
         .map_err(|e: String| format!("API host {:?}: {e}", shown(api)))?;
     let explicit_port = authority
@@ -298,35 +280,181 @@ fn api_authority(api: &str) -> Result<(String, bool), String> {
         (false, true) => 80,
         (false, false) => 443,
     };
-    Ok((
-        host_example::Authority::new(parsed.host(), port).to_string(),
-        plain,
-    ))
+    Ok((Authority::new(parsed.host(), port), plain))
 }
 
 #[cfg(test)]
 mod tests {
+    //! The protocol of docker-credential-helpers (`credentials/credentials.go`,
+    //! `HandleCommand`), row by row through the real `handle` with a fake mint.
+
     use super::*;
+    use crate::mint::fake::FakeMint;
+
+    const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2lnbmF0dXJl";
+
+    fn config(vars: &[(&str, &str)]) -> DockerConfig {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        DockerConfig::from_env(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    }
+
+    const CONFIGURED: &[(&str, &str)] = &[
+        (env::ORG, "acme"),
+        (env::SERVICE, "puller"),
+        (env::OIDC_TOKEN, "x"),
+        (env::REGISTRIES, "registry.acme.com, 127.0.0.1:5000"),
+    ];
+
+    #[tokio::test]
+    async fn golden_rows() {
+        let ok = |server: &str| {
+            Ok(Reply::ok(format!(
+                r#"{{"Secret":"{TOKEN}","ServerURL":"{server}","Username":"token"}}"#
+            )))
+        };
+        let not_found = || {
+            Ok(Reply {
+                stdout: NOT_FOUND.into(),
+                exit: 1,
+            })
+        };
+        let rows: Vec<(&str, &str, Result<Reply, &str>, bool)> = vec![
+            ("get", "docker.cloudsmith.io\n", ok("docker.cloudsmith.io"), true),
+            (
+                "get",
+                "https://docker.cloudsmith.io/v1/",
+                ok("https://docker.cloudsmith.io/v1/"),
+                true,
+            ),
+            ("get", "registry.acme.com", ok("registry.acme.com"), true),
+            ("get", "127.0.0.1:5000", ok("127.0.0.1:5000"), true),
+            ("get", "index.docker.io", not_found(), false),
+            ("get", "127.0.0.1:5001", not_found(), false),
+            ("get", "", Err("no server URL on stdin"), false),
+            ("get", "\u{fffd}", not_found(), false),
+            ("list", "", Ok(Reply::ok("{}")), false),
+            (
+                "store",
+                r#"{"ServerURL":"x","Username":"u","Secret":"s"}"#,
+                Ok(Reply::ok("")),
+                false,
+            ),
+            ("erase", "docker.cloudsmith.io", Ok(Reply::ok("")), false),
+            (
+                "version",
+                "",
+                Ok(Reply::ok(format!(
+                    "{HELPER_NAME} (cloudsmith-gen) {}",
+                    env!("CARGO_PKG_VERSION")
+                ))),
+                false,
+            ),
+            ("bogus", "", Err("unknown action \"bogus\""), false),
+        ];
+        let mut failures = Vec::new();
+        for (action, input, want, mints) in rows {
+            let mint = FakeMint::new(TOKEN, 600);
+            let got = handle(action, input.as_bytes(), &mint, &config(CONFIGURED)).await;
+            let matches = match (&got, &want) {
+                (Ok(got), Ok(want)) => got == want,
+                (Err(got), Err(needle)) => got.message().contains(needle) && got.exit_code() == 2,
+                _ => false,
+            };
+            let minted = !mint.seen.lock().unwrap().is_empty();
+            if !matches || minted != mints {
+                failures.push(format!(
+                    "{action} {input:?}: got {got:?}, want {want:?}, minted {minted}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[tokio::test]
+    async fn get_names_what_is_missing_but_other_actions_need_nothing() {
+        let get = |vars: &'static [(&'static str, &'static str)]| async move {
+            handle(
+                "get",
+                b"docker.cloudsmith.io",
+                &FakeMint::new(TOKEN, 1),
+                &config(vars),
+            )
+            .await
+            .unwrap_err()
+        };
+        let err = get(&[(env::SERVICE, "s"), (env::OIDC_TOKEN, "x")]).await;
+        assert!(
+            err.message().starts_with("CLOUDSMITH_ORG is not set"),
+            "{}",
+            err.message()
+        );
+        let err = get(&[(env::ORG, "o"), (env::SERVICE, "s")]).await;
+        assert_eq!(err.exit_code(), 3, "{}", err.message());
+        let err = get(&[
+            (env::ORG, "o"),
+            (env::SERVICE, "s"),
+            (env::OIDC_TOKEN, "x"),
+            (env::API_HOST, "ftp://h"),
+        ])
+        .await;
+        assert!(
+            err.message().contains("is not an http(s) URL"),
+            "{}",
+            err.message()
+        );
+        let broken = config(&[(env::REGISTRIES, "bad host")]);
+        let list = handle("list", b"", &FakeMint::new(TOKEN, 1), &broken)
+            .await
+            .unwrap();
+        assert_eq!(list, Reply::ok("{}"));
+        let err = handle("get", b"x", &FakeMint::new(TOKEN, 1), &broken)
+            .await
+            .unwrap_err();
+        assert!(
+            err.message()
+                .starts_with("CLOUDSMITH_REGISTRIES: registry \"bad host\""),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[test]
+    fn the_request_carries_the_variables() {
+        let request = config(&[
+            (env::ORG, "o"),
+            (env::SERVICE, "s"),
+            (env::OIDC_TOKEN_FILE, "/t"),
+            (env::API_HOST, "http://127.0.0.1:9"),
+        ])
+        .request()
+        .unwrap();
+        let spec = GeneratorSpec::of_json(&request.manifest).unwrap();
+        assert_eq!(
+            (spec.org_slug.as_deref(), spec.service_slug.as_deref()),
+            (Some("o"), Some("s"))
+        );
+        assert_eq!(spec.api_host.as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(spec.service_account_ref.unwrap().name.as_deref(), Some("default"));
+        assert!(matches!(request.tokens, TokenChoice::File(ref p) if p.as_os_str() == "/t"));
+    }
 
     #[test]
     fn api_authorities() {
+        let a = |api: &str| api_authority(api).map(|(a, plain)| (a.to_string(), plain));
         assert_eq!(
-            api_authority("api.cloudsmith.io").unwrap(),
+            a("api.cloudsmith.io").unwrap(),
             ("api.cloudsmith.io:443".into(), false)
         );
         assert_eq!(
-            api_authority("https://api.cloudsmith.io/v1/").unwrap(),
+            a("https://api.cloudsmith.io/v1/").unwrap(),
             ("api.cloudsmith.io:443".into(), false)
         );
         assert_eq!(
-            api_authority("http://127.0.0.1:8080").unwrap(),
+            a("http://127.0.0.1:8080").unwrap(),
             ("127.0.0.1:8080".into(), true)
         );
-        assert_eq!(
-            api_authority("http://localhost").unwrap(),
-            ("localhost:80".into(), true)
-        );
-        assert!(api_authority("ftp://x").is_err());
-        assert!(api_authority("bad host").is_err());
+        assert_eq!(a("http://localhost").unwrap(), ("localhost:80".into(), true));
+        assert!(a("ftp://x").is_err());
+        assert!(a("bad host").is_err());
     }
 }

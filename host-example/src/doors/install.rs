@@ -17,12 +17,36 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::{Map, Value};
 
-use super::docker::{registries, CRED_HELPER, HELPER_NAME};
-use super::{print, Registries};
-use crate::{Failure, InstallHelperArgs, InstallKubeletArgs};
+use super::docker::{DockerConfig, CRED_HELPER, HELPER_NAME};
+use super::{Registries, Reply};
+use crate::failure::Failure;
 
-/// Runs the install.
-pub fn docker_credential_helper(args: InstallHelperArgs) -> Result<(), Failure> {
+/// What `install docker-credential-helper` installs.
+#[derive(Debug, Clone, Default)]
+pub struct HelperInstall {
+    /// Where to link `docker-credential-cloudsmith` (default: beside this binary).
+    pub dir: Option<PathBuf>,
+    /// Registries to route to the helper besides docker.cloudsmith.io and
+    /// `CLOUDSMITH_REGISTRIES`.
+    pub registries: Vec<String>,
+}
+
+/// What `install kubelet-credential-provider` installs, and where.
+#[derive(Debug, Clone)]
+pub struct KubeletInstall {
+    /// The kubelet's `--image-credential-provider-bin-dir`.
+    pub bin_dir: PathBuf,
+    /// The kubelet's `--image-credential-provider-config` file.
+    pub config: PathBuf,
+    /// The generator manifest the provider reads.
+    pub manifest: PathBuf,
+    /// Replace a config and manifest that differ from the shipped ones.
+    pub overwrite_config: bool,
+}
+
+/// Links the helper and adds `credHelpers` entries; `docker` is the helper's
+/// environment (for `CLOUDSMITH_REGISTRIES`).
+pub fn docker_credential_helper(args: &HelperInstall, docker: &DockerConfig) -> Result<Reply, Failure> {
     let exe = std::env::current_exe()
         .and_then(|p| p.canonicalize())
         .context("finding this executable")
@@ -35,26 +59,28 @@ pub fn docker_credential_helper(args: InstallHelperArgs) -> Result<(), Failure> 
             .map(Path::to_path_buf)
             .ok_or_else(|| Failure::Other(anyhow!("{} has no directory", exe.display())))?,
     };
-    let mut all = registries()?;
-    if !args.registries.is_empty() {
-        let env = std::env::var(super::docker::env::REGISTRIES).unwrap_or_default();
-        let extra: Vec<&str> = env
-            .split(',')
+    let all = docker.registries()?;
+    let all = if args.registries.is_empty() {
+        all
+    } else {
+        let extra: Vec<&str> = all
+            .names()
+            .filter(|name| *name != super::DEFAULT_REGISTRY)
             .chain(args.registries.iter().map(String::as_str))
             .collect();
-        all = Registries::with_default(extra).map_err(|m| Failure::Usage(anyhow!(m)))?;
-    }
+        Registries::with_default(extra).map_err(Failure::usage)?
+    };
     let link = link_helper(&exe, &dir).map_err(Failure::Other)?;
     let config = docker_config_path().map_err(Failure::Usage)?;
     let names: Vec<&str> = all.names().collect();
     add_cred_helpers(&config, &names).map_err(Failure::Other)?;
-    print(&format!(
+    Ok(Reply::ok(format!(
         "linked {} -> {}\nset credHelpers in {} for {}",
         link.display(),
         exe.display(),
         config.display(),
         names.join(", ")
-    ))
+    )))
 }
 
 /// The kubelet's `--image-credential-provider-bin-dir` in the shipped config.
@@ -72,7 +98,7 @@ const SHIPPED_MANIFEST: &str = include_str!("../../../deploy/kubelet/generator.y
 /// temporary file in BIN_DIR and a rename, only when its content differs), the config and
 /// the manifest (written only where missing, or differing with `--overwrite-config`).
 /// Never deletes, never restarts the kubelet: the kubelet reads both at its start.
-pub fn kubelet_credential_provider(args: InstallKubeletArgs) -> Result<(), Failure> {
+pub fn kubelet_credential_provider(args: &KubeletInstall) -> Result<Reply, Failure> {
     let exe = std::env::current_exe()
         .context("finding this executable")
         .map_err(Failure::Other)?;
@@ -81,6 +107,7 @@ pub fn kubelet_credential_provider(args: InstallKubeletArgs) -> Result<(), Failu
         .map_err(Failure::Other)?;
     let target = args.bin_dir.join(PROVIDER_NAME);
     let config = SHIPPED_CONFIG.replace(KUBELET_MANIFEST, &args.manifest.display().to_string());
+    let mut lines = Vec::new();
     for (path, content, mode, replace) in [
         (&target, binary.as_slice(), 0o755, true),
         (&args.config, config.as_bytes(), 0o644, args.overwrite_config),
@@ -91,10 +118,9 @@ pub fn kubelet_credential_provider(args: InstallKubeletArgs) -> Result<(), Failu
             args.overwrite_config,
         ),
     ] {
-        let line = place(path, content, mode, replace).map_err(Failure::Other)?;
-        print(&line)?;
+        lines.push(place(path, content, mode, replace).map_err(Failure::Other)?);
     }
-    Ok(())
+    Ok(Reply::ok(lines.join("\n")))
 }
 
 /// Writes `content` at `path` unless it already holds it (or holds anything, without

@@ -22,21 +22,19 @@
 //! image on a registry that is not ours gets an empty `auth` map and `0s`.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use host_example::token_cache::{now_unix, TokenCache, DEFAULT_MARGIN};
-use host_example::token_source::StaticTokenSource;
-use host_example::{NamespacePolicy, Secret, TokenSource};
+use host_example::jwt::Claims;
+use host_example::secret::shown;
+use host_example::{NamespacePolicy, Secret};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
-    env_identity, file_identity, go_duration, kubernetes_identity, mint, token_identity, MintRequest,
-    Registries,
-};
-use crate::commands::read_manifest;
-use crate::{Failure, KubeletArgs};
+use super::{go_duration, Registries, Reply};
+use crate::failure::Failure;
+use crate::mint::{Mint, MintRequest, TokenChoice};
+use crate::setup::{self, note};
 
 /// The API version of the requests this provider answers (and of its responses).
 pub const API_VERSION: &str = "credentialprovider.kubelet.k8s.io/v1";
@@ -45,7 +43,7 @@ pub const REQUEST_KIND: &str = "CredentialProviderRequest";
 /// The response's kind.
 pub const RESPONSE_KIND: &str = "CredentialProviderResponse";
 /// A request is a few KiB (an image name and a token); refuse to buffer more.
-const MAX_REQUEST_BYTES: u64 = 1024 * 1024;
+pub const MAX_REQUEST_BYTES: u64 = 1024 * 1024;
 
 /// A `CredentialProviderRequest`, checked.
 #[derive(Debug)]
@@ -76,7 +74,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<ProviderRequest, String> {
         Some(other) => {
             return Err(format!(
                 "CredentialProviderRequest apiVersion {:?} is not {API_VERSION}",
-                crate::doors::shown(other)
+                shown(other)
             ))
         }
         None => {
@@ -87,12 +85,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<ProviderRequest, String> {
     }
     match raw.kind.as_deref() {
         Some(REQUEST_KIND) => {}
-        Some(other) => {
-            return Err(format!(
-                "kind {:?} is not {REQUEST_KIND}",
-                crate::doors::shown(other)
-            ))
-        }
+        Some(other) => return Err(format!("kind {:?} is not {REQUEST_KIND}", shown(other))),
         None => return Err(format!("request has no kind (expected {REQUEST_KIND})")),
     }
     let image = raw.image.map(|i| i.trim().to_string()).unwrap_or_default();
@@ -157,145 +150,93 @@ pub fn response(credentials: Option<(&str, &Secret)>, cache_seconds: u64) -> Str
     serde_json::to_string(&response).expect("plain strings serialize")
 }
 
-/// Runs the provider: request from stdin, response on stdout.
-pub async fn run(args: KubeletArgs, verbose: bool) -> Result<(), Failure> {
-    let mut input = Vec::new();
-    std::io::stdin()
-        .take(MAX_REQUEST_BYTES + 1)
-        .read_to_end(&mut input)
-        .map_err(|e| Failure::Usage(anyhow::anyhow!("reading the request from stdin: {e}")))?;
-    if input.len() as u64 > MAX_REQUEST_BYTES {
-        return Err(Failure::Usage(anyhow::anyhow!(
-            "CredentialProviderRequest on stdin is larger than {MAX_REQUEST_BYTES} bytes"
-        )));
-    }
-    let request = parse_request(&input).map_err(|m| Failure::Usage(anyhow::anyhow!(m)))?;
-    let registries = Registries::with_default(args.registries.iter().map(String::as_str))
-        .map_err(|m| Failure::Usage(anyhow::anyhow!(m)))?;
+/// The provider's configuration (its flags).
+#[derive(Clone)]
+pub struct KubeletConfig {
+    /// The generator manifest file.
+    pub manifest: PathBuf,
+    /// Which generator document of the manifest (its `metadata.name`).
+    pub generator: Option<String>,
+    /// The registries to answer for.
+    pub registries: Registries,
+    /// The namespace for the fallback token source.
+    pub namespace: String,
+    /// The token source when the request carries no service account token, and its
+    /// namespace rule.
+    pub fallback: Option<(TokenChoice, NamespacePolicy)>,
+    /// When the whole call must be over (`--deadline` from process start).
+    pub deadline: Instant,
+    /// How long `--deadline` is, for the message when it passes.
+    pub bound: Duration,
+    /// Print `-v` notes.
+    pub verbose: bool,
+}
+
+/// Answers one `CredentialProviderRequest` (`request`, the bytes of stdin).
+pub async fn handle(request: &[u8], mint: &impl Mint, config: &KubeletConfig) -> Result<Reply, Failure> {
+    let request = parse_request(request).map_err(Failure::usage)?;
     // The image's own `host[:port]`, not the configured spelling: the kubelet matches an
     // auth key's port exactly (`urlsMatch`, pkg/credentialprovider/keyring.go), so
     // `registry.acme.com:443/app` needs the key `registry.acme.com:443`.
-    let Some(registry) = image_registry(&request.image)
-        .filter(|r| registries.matching(r).is_some())
-        .map(str::to_string)
+    let Some(registry) = image_registry(&request.image).filter(|r| config.registries.matching(r).is_some())
     else {
         // Not ours: the kubelet pulls it with other credentials (or none).
-        if verbose {
-            crate::commands::note("image is not on a configured Cloudsmith registry: empty auth");
+        if config.verbose {
+            note("image is not on a configured Cloudsmith registry: empty auth");
         }
-        return super::print(&response(None, 0));
+        return Ok(Reply::ok(response(None, 0)));
     };
-
-    let bound = args.bound;
-    let at = crate::started() + bound;
-    match tokio::time::timeout_at(at.into(), credentials(args, request, &registry, verbose)).await {
-        Ok(answer) => answer,
+    let answering = async {
+        let minted = mint
+            .mint(mint_request(request.service_account_token, config)?)
+            .await?;
+        let token = minted.access_token()?;
+        Ok(Reply::ok(response(
+            Some((registry, &token.access_token)),
+            minted.usable_for.as_secs(),
+        )))
+    };
+    match tokio::time::timeout_at(config.deadline.into(), answering).await {
+        Ok(reply) => reply,
         Err(_) => Err(Failure::OutOfTime(format!(
             "no credentials within {}s of starting (--deadline; the kubelet kills a provider after 1 minute): \
              the exchange with Cloudsmith did not finish (no answer, or still retrying)",
-            bound.as_secs_f64()
+            config.bound.as_secs_f64()
         ))),
     }
 }
 
-/// The response for an image on one of our registries: `registry` is its auth key.
-async fn credentials(
-    args: KubeletArgs,
-    request: ProviderRequest,
-    registry: &str,
-    verbose: bool,
-) -> Result<(), Failure> {
-    let manifest = read_manifest(&args.manifest, args.generator.as_deref()).map_err(Failure::Usage)?;
-    let (manifest, namespace, tokens, identity, namespaces) = match &request.service_account_token {
+/// The mint request for an image on one of our registries: with the pod's token when
+/// the kubelet passed one, else with the fallback source.
+fn mint_request(pod_token: Option<Secret>, config: &KubeletConfig) -> Result<MintRequest, Failure> {
+    let manifest = setup::read_manifest(&config.manifest, config.generator.as_deref())?;
+    Ok(match pod_token {
         Some(token) => {
-            let claims = claims(token.expose());
-            let account = claims
-                .as_ref()
-                .and_then(|c| c.pointer("/kubernetes.io/serviceaccount/name"))
-                .and_then(Value::as_str);
-            let namespace = claims
-                .as_ref()
-                .and_then(|c| c.pointer("/kubernetes.io/namespace"))
-                .and_then(Value::as_str);
-            let manifest = with_service_account(&manifest, account.unwrap_or("default"));
-            let tokens: Arc<dyn TokenSource> = Arc::new(StaticTokenSource::new(token.clone()));
-            let identity =
-                token_identity(token.expose()).map(|id| format!("kubelet service account token|{id}"));
-            // The kubelet chose the account; there is no namespace for this host to guard.
-            let ns = namespace.unwrap_or(&args.namespace).to_string();
-            (
-                manifest,
-                ns,
-                tokens,
-                identity,
-                NamespacePolicy::AllowCrossNamespace,
-            )
+            let claims = Claims::read(token.expose()).unwrap_or_default();
+            let (namespace, account) = claims.service_account();
+            MintRequest {
+                manifest: with_service_account(&manifest, account.unwrap_or("default")),
+                namespace: namespace.unwrap_or(&config.namespace).to_string(),
+                tokens: TokenChoice::kubelet_token(token),
+                // The kubelet chose the account; there is no namespace for this host to guard.
+                namespaces: NamespacePolicy::AllowCrossNamespace,
+            }
         }
         None => {
-            let t = &args.tokens;
-            let (tokens, identity): (Arc<dyn TokenSource>, _) = if let Some(path) = &t.oidc_token_file {
-                (
-                    Arc::new(host_example::token_source::FileTokenSource::new(path)),
-                    file_identity(path),
-                )
-            } else if let Some(var) = &t.oidc_token_env {
-                (
-                    Arc::new(host_example::token_source::EnvTokenSource::new(var)),
-                    env_identity(var),
-                )
-            } else if t.kubeconfig.is_some() {
-                (
-                    Arc::new(host_example::token_source::KubernetesTokenSource::new(
-                        t.kubeconfig.clone(),
-                    )),
-                    kubernetes_identity(t.kubeconfig.as_ref(), &manifest, &args.namespace),
-                )
-            } else {
-                return Err(Failure::Call(host_example::Error::Generate(host_example::GenerateError::TokenSource(
+            let Some((tokens, namespaces)) = config.fallback.clone() else {
+                return Err(Failure::no_token_source(
                     "no service account token: the request has none (set tokenAttributes in the kubelet's \
-                     CredentialProviderConfig) and no --oidc-token-file, --oidc-token-env or --kubeconfig was given"
-                        .into(),
-                ))));
+                     CredentialProviderConfig) and no --oidc-token-file, --oidc-token-env or --kubeconfig was given",
+                ));
             };
-            let namespaces = if t.allow_cross_namespace {
-                NamespacePolicy::AllowCrossNamespace
-            } else {
-                NamespacePolicy::TargetOnly
-            };
-            (manifest, args.namespace.clone(), tokens, identity, namespaces)
+            MintRequest {
+                manifest,
+                namespace: config.namespace.clone(),
+                tokens,
+                namespaces,
+            }
         }
-    };
-    let cache = super::token_cache(!args.cache.no_token_cache, args.cache.token_cache_dir.as_deref());
-    let margin = cache.as_ref().map_or(DEFAULT_MARGIN, TokenCache::margin);
-    let minted = mint(
-        MintRequest {
-            manifest,
-            namespace,
-            tokens,
-            identity,
-            namespaces,
-        },
-        &args.runtime,
-        cache.as_ref(),
-        verbose,
-    )
-    .await?;
-    let token = minted.access_token()?;
-    let left = token
-        .exp
-        .saturating_sub(now_unix())
-        .saturating_sub(margin.as_secs());
-    super::print(&response(Some((registry, &token.access_token)), left))
-}
-
-/// The (unverified) claims of a JWT: the kubelet is trusted to pass the pod's own token.
-fn claims(token: &str) -> Option<Value> {
-    use base64::Engine as _;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
+    })
 }
 
 /// The manifest with a `serviceAccountRef` when it has none: the generator requires one,
@@ -311,11 +252,12 @@ fn with_service_account(manifest: &str, account: &str) -> String {
 #[cfg(test)]
 mod tests {
     //! Golden request/response pairs in the shapes of the Kubernetes API reference
-    //! ("Kubelet CredentialProvider (v1)"), fed to the provider's parsing and response
-    //! code and compared byte for byte (as cloud-provider-aws tests its ECR provider).
+    //! ("Kubelet CredentialProvider (v1)"), fed to the real `handle` with a fake mint and
+    //! compared byte for byte (as cloud-provider-aws tests its ECR provider).
     //! `tests/kubelet.rs` runs the same through the binary against the stand-in Cloudsmith.
 
     use super::*;
+    use crate::mint::fake::FakeMint;
 
     struct Golden {
         name: &'static str,
@@ -325,16 +267,30 @@ mod tests {
 
     const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2lnbmF0dXJl";
 
-    /// Answers as `run` does, with a fixed access token and cache duration.
-    fn answer(request: &str, registries: &Registries, seconds: u64) -> Result<String, String> {
-        let request = parse_request(request.as_bytes())?;
-        let token = Secret::new(TOKEN);
-        Ok(
-            match image_registry(&request.image).filter(|r| registries.matching(r).is_some()) {
-                Some(registry) => response(Some((registry, &token)), seconds),
-                None => response(None, 0),
-            },
+    /// The provider's configuration for the golden rows: a manifest on disk, two custom
+    /// domains, a fallback token source.
+    fn config(manifest: &std::path::Path) -> KubeletConfig {
+        KubeletConfig {
+            manifest: manifest.to_path_buf(),
+            generator: None,
+            registries: Registries::with_default(["registry.acme.com:5000", "registry.acme.com"]).unwrap(),
+            namespace: "default".into(),
+            fallback: Some((TokenChoice::Env("UNUSED".into()), NamespacePolicy::TargetOnly)),
+            deadline: Instant::now() + Duration::from_secs(60),
+            bound: Duration::from_secs(60),
+            verbose: false,
+        }
+    }
+
+    fn manifest_file() -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(
+            &mut file,
+            b"apiVersion: generators.external-secrets.io/v1alpha1\nkind: CloudsmithAccessToken\n\
+              metadata: {name: g}\nspec: {orgSlug: o, serviceSlug: s}\n",
         )
+        .unwrap();
+        file
     }
 
     /// The kubelet's `image` is `repoToPull`: `parsers.ParseImageName(image)` in
@@ -395,17 +351,63 @@ mod tests {
         },
     ];
 
-    #[test]
-    fn golden_pairs() {
-        let registries = Registries::with_default(["registry.acme.com:5000", "registry.acme.com"]).unwrap();
+    /// The real `handle`, driven with a fake mint whose token is usable for 5100 s.
+    #[tokio::test]
+    async fn golden_pairs() {
+        let manifest = manifest_file();
+        let config = config(manifest.path());
         let mut failures = Vec::new();
         for g in GOLDEN {
-            match answer(g.request, &registries, 5100) {
-                Ok(got) if got == g.response => {}
+            let mint = FakeMint::new(TOKEN, 5100);
+            match handle(g.request.as_bytes(), &mint, &config).await {
+                Ok(reply) if reply == Reply::ok(g.response) => {}
                 other => failures.push(format!("{}:\n  got  {other:?}\n  want {}", g.name, g.response)),
+            }
+            let minted = !mint.seen.lock().unwrap().is_empty();
+            if minted != g.response.contains(TOKEN) {
+                failures.push(format!("{}: minted {minted}", g.name));
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[tokio::test]
+    async fn the_pod_token_names_the_account_and_namespace() {
+        use base64::Engine as _;
+        let payload = r#"{"iss":"i","sub":"system:serviceaccount:apps:puller","kubernetes.io":{"namespace":"apps","serviceaccount":{"name":"puller"}}}"#;
+        let pod = format!(
+            "e30.{}.c2ln",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload)
+        );
+        let request = format!(
+            r#"{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"docker.cloudsmith.io/o/r/app","serviceAccountToken":"{pod}"}}"#
+        );
+        let manifest = manifest_file();
+        let mint = FakeMint::new(TOKEN, 5100);
+        handle(request.as_bytes(), &mint, &config(manifest.path()))
+            .await
+            .unwrap();
+        let seen = mint.seen.lock().unwrap();
+        let (manifest, namespace, source) = &seen[0];
+        assert_eq!(namespace, "apps");
+        assert!(
+            manifest.contains(r#""serviceAccountRef":{"name":"puller"}"#),
+            "{manifest}"
+        );
+        assert_eq!(source, "a fixed token");
+    }
+
+    #[tokio::test]
+    async fn without_a_pod_token_or_fallback_the_error_says_what_to_set() {
+        let manifest = manifest_file();
+        let mut config = config(manifest.path());
+        config.fallback = None;
+        let request = r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"docker.cloudsmith.io/o/r/app"}"#;
+        let err = handle(request.as_bytes(), &FakeMint::new(TOKEN, 1), &config)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 3);
+        assert!(err.message().contains("set tokenAttributes"), "{}", err.message());
     }
 
     #[test]

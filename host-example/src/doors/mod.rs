@@ -1,217 +1,44 @@
-//! The doors of `cloudsmith-gen` besides `generate`: the kubelet image credential
-//! provider, the Docker credential helper, installing the helper, and the HTTP service
-//! for ESO's Webhook generator (`serve`). Each reads its
-//! protocol's input, asks [`mint`] for credentials, and writes its protocol's output.
+//! The doors: protocol adapters over the mint port.
 //!
-//! [`mint`] is the path every door shares: token cache first (a hit runs no Wasm and
-//! makes no network call), else the generator through `commands::load`, then the cache
-//! is filled.
+//! Each door turns its protocol's input into one [`crate::mint::MintRequest`], asks a
+//! [`Mint`](crate::mint::Mint) for credentials, and turns the answer into its protocol's
+//! output: `handle(input, &impl Mint, config) -> Result<Reply, Failure>`. Only `main`
+//! reads stdin and writes stdout; no door knows clap, and their tests drive the real
+//! `handle` with a fake mint.
+//!
+//! - [`generate`]: the `generate` and `info` commands (ESO's outputs, a Secret, a Docker
+//!   config);
+//! - [`kubelet`]: the kubelet's image credential provider (exec plugin);
+//! - [`docker`]: the Docker credential helper (`docker-credential-cloudsmith`);
+//! - [`serve`]: the HTTP(S) service for ESO's Webhook generator;
+//! - [`install`]: putting the kubelet provider and the Docker helper in place;
+//! - `demo`: `generate` against a stand-in Cloudsmith.
 
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod docker;
+pub mod generate;
 pub mod install;
 pub mod kubelet;
 pub mod serve;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use base64::Engine as _;
-use host_example::spec::GeneratorSpec;
-use host_example::token_cache::{CacheKey, CachedToken, Lookup, TokenCache};
-use host_example::{Credentials, NamespacePolicy, TokenSource};
-use serde_json::Value;
-
-use crate::commands::{finish, load, note};
-use crate::{Failure, RuntimeArgs};
-
-/// One request for credentials, as a door puts it.
-pub struct MintRequest {
-    /// The generator manifest (JSON).
-    pub manifest: String,
-    /// The target namespace.
-    pub namespace: String,
-    /// Where the OIDC token comes from.
-    pub tokens: Arc<dyn TokenSource>,
-    /// The token source's identity for the cache key; `None` disables caching for
-    /// this request (the identity could not be established without a secret or a
-    /// network call).
-    pub identity: Option<String>,
-    /// Whether a `serviceAccountRef.namespace` other than the target is honoured.
-    pub namespaces: NamespacePolicy,
+/// What a door answers: its stdout and the process's exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Written to stdout, with a newline.
+    pub stdout: String,
+    /// The exit code: 0, or 1 for the Docker helper's "not found".
+    pub exit: u8,
 }
 
-/// What [`mint`] returns: the credentials and the access token inside them.
-pub struct Minted {
-    /// ESO's outputs.
-    pub credentials: Credentials,
-    /// The access token and its expiry, when `auth` is `token:<access token>` as
-    /// the Cloudsmith generator writes it. Another generator (`--component`) may
-    /// write other outputs: `generate` prints them as they are; the doors that hand
-    /// out the access token itself need this.
-    pub token: Option<CachedToken>,
-}
-
-impl Minted {
-    /// The access token, for the doors that hand it out.
-    pub fn access_token(&self) -> Result<&CachedToken, Failure> {
-        self.token.as_ref().ok_or_else(|| {
-            Failure::Other(anyhow::anyhow!(
-                "the generator's auth is not base64 of token:<access token>"
-            ))
-        })
-    }
-}
-
-/// Credentials for `request`: from `cache` when it holds a usable token, else from the
-/// generator (which then fills the cache).
-pub async fn mint(
-    request: MintRequest,
-    runtime: &RuntimeArgs,
-    cache: Option<&TokenCache>,
-    verbose: bool,
-) -> Result<Minted, Failure> {
-    let key = cache.and_then(|_| cache_key(&request.manifest, request.identity.as_deref()?));
-    if let (Some(cache), Some(key)) = (cache, &key) {
-        match cache.get(key) {
-            Lookup::Hit(token) => {
-                if verbose {
-                    note(&format!(
-                        "token cache: hit {} (expiry {})",
-                        cache.entry_path(key).display(),
-                        token.expiry
-                    ));
-                }
-                return Ok(Minted {
-                    credentials: token.credentials(),
-                    token: Some(token),
-                });
-            }
-            Lookup::Miss if verbose => note("token cache: miss"),
-            Lookup::Unusable(why) if verbose => note(&format!("token cache: entry ignored ({why})")),
-            _ => {}
-        }
-    } else if verbose {
-        note(match cache {
-            None => "token cache: off",
-            Some(_) => "token cache: not used (no identity for this token source)",
-        });
-    }
-    let generator = load(runtime, request.tokens, request.namespaces, verbose)?;
-    let traced = generator
-        .generate_traced(&request.manifest, &request.namespace)
-        .await;
-    let credentials = finish(traced, verbose)?;
-    let token = CachedToken::from_credentials(&credentials);
-    if let (Some(cache), Some(key), Some(token)) = (cache, &key, &token) {
-        // A cache that cannot be written costs the next call an exchange, nothing more.
-        match cache.put(key, token) {
-            Ok(path) if verbose => note(&format!("token cache: stored {}", path.display())),
-            Err(e) if verbose => note(&format!("token cache: not stored ({e:#})")),
-            _ => {}
+impl Reply {
+    /// `stdout`, exit 0.
+    pub fn ok(stdout: impl Into<String>) -> Reply {
+        Reply {
+            stdout: stdout.into(),
+            exit: 0,
         }
     }
-    Ok(Minted { credentials, token })
-}
-
-/// The cache key for a manifest and identity: the API fields as written, org and
-/// service. `None` when the manifest lacks them (the generator then reports the error).
-fn cache_key(manifest: &str, identity: &str) -> Option<CacheKey> {
-    let spec = GeneratorSpec::of_json(manifest)?;
-    Some(CacheKey::new(
-        spec.api_url.as_deref().unwrap_or(""),
-        spec.api_host.as_deref().unwrap_or(""),
-        spec.org_slug.as_deref()?,
-        spec.service_slug.as_deref()?,
-        identity,
-    ))
-}
-
-/// The token cache a door uses: `None` when turned off by flag or environment, or when
-/// there is no cache directory.
-pub fn token_cache(enabled: bool, dir: Option<&Path>) -> Option<TokenCache> {
-    if !enabled || TokenCache::disabled_by_env() {
-        return None;
-    }
-    dir.map(Path::to_path_buf)
-        .or_else(TokenCache::default_dir)
-        .map(TokenCache::new)
-}
-
-/// The identity of an OIDC token for the cache key: its issuer, subject and audiences
-/// (never the token). `None` when it is not a JWT with those claims.
-pub fn token_identity(token: &str) -> Option<String> {
-    let payload = token.split('.').nth(1)?;
-    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let claims: Value = serde_json::from_slice(&payload).ok()?;
-    let iss = claims.get("iss")?.as_str()?;
-    let sub = claims.get("sub")?.as_str()?;
-    let aud = match claims.get("aud") {
-        Some(Value::String(a)) => a.clone(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
-        _ => String::new(),
-    };
-    Some(format!("iss={iss}|sub={sub}|aud={aud}"))
-}
-
-/// The identity of a token file: its path and the identity of the token it holds now
-/// (read locally, so a rotated token for the same account keys the same entry, and a
-/// file now holding another account's token keys another).
-pub fn file_identity(path: &Path) -> Option<String> {
-    let meta = std::fs::metadata(path).ok()?;
-    if !meta.is_file() || meta.len() > 64 * 1024 {
-        return None;
-    }
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(format!(
-        "file {}|{}",
-        path.display(),
-        token_identity(text.trim())?
-    ))
-}
-
-/// The identity of a token in an environment variable.
-pub fn env_identity(var: &str) -> Option<String> {
-    let value = std::env::var(var).ok()?;
-    Some(format!("env {var}|{}", token_identity(value.trim())?))
-}
-
-/// The identity of the Kubernetes TokenRequest source: the cluster and user of the
-/// kubeconfig's current context (or the in-cluster API), and the service account and
-/// audiences the manifest names in `namespace`. Read from local files only.
-pub fn kubernetes_identity(kubeconfig: Option<&PathBuf>, manifest: &str, namespace: &str) -> Option<String> {
-    use kube::config::Kubeconfig;
-    let account = GeneratorSpec::of_json(manifest)?.service_account_ref?;
-    let account = serde_json::to_string(&account).ok()?;
-    let cluster = match kubeconfig {
-        Some(path) => Kubeconfig::read_from(path).ok(),
-        None => Kubeconfig::read().ok(),
-    };
-    let cluster = match cluster {
-        Some(config) => {
-            let name = config.current_context.clone()?;
-            let context = config.contexts.iter().find(|c| c.name == name)?.context.clone()?;
-            let server = config
-                .clusters
-                .iter()
-                .find(|c| c.name == context.cluster)
-                .and_then(|c| c.cluster.as_ref())
-                .and_then(|c| c.server.clone())?;
-            format!(
-                "kubeconfig server={server}|user={}",
-                context.user.unwrap_or_default()
-            )
-        }
-        None if kubeconfig.is_none() => {
-            let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
-            format!("in-cluster {host}")
-        }
-        None => return None,
-    };
-    Some(format!(
-        "kubernetes {cluster}|namespace={namespace}|account={account}"
-    ))
 }
 
 /// Cloudsmith's registry, always one of ours.
@@ -260,24 +87,28 @@ impl Registries {
     }
 }
 
-/// The host (lowercased) and port of `host[:port]`, `scheme://host[:port][/path]` or
-/// `host[:port]/path`; port 443 counts as none. `None` when there is no sensible host.
-pub fn host_port(server: &str) -> Option<(String, Option<u16>)> {
+/// The scheme (when there is one) and the authority of `host[:port]`,
+/// `scheme://host[:port][/path]` or `host[:port]/path`: the one reading of a server URL,
+/// registry or API host that the doors share. `None` when there is no sensible authority.
+pub fn split_server(server: &str) -> Option<(Option<&str>, &str)> {
     let s = server.trim();
-    let s = s
-        .split_once("://")
-        .map(|(scheme, rest)| {
-            if scheme.chars().all(|c| c.is_ascii_alphanumeric()) {
-                rest
-            } else {
-                s
-            }
-        })
-        .unwrap_or(s);
-    let authority = s.split(['/', '?', '#']).next()?;
+    let (scheme, rest) = match s.split_once("://") {
+        Some((scheme, rest)) if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric()) => {
+            (Some(scheme), rest)
+        }
+        _ => (None, s),
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
     if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
         return None;
     }
+    Some((scheme, authority))
+}
+
+/// The host (lowercased) and port of a server URL or registry ([`split_server`]); port
+/// 443, the registry default, counts as none.
+pub fn host_port(server: &str) -> Option<(String, Option<u16>)> {
+    let (_, authority) = split_server(server)?;
     let parsed: host_example::Authority = authority.parse().ok()?;
     // Authority parsing defaults the port to 443, which is also the registry default.
     let port = (parsed.port() != 443).then_some(parsed.port());
@@ -292,48 +123,6 @@ pub fn go_duration(seconds: u64) -> String {
         (0, 0) => format!("{s}s"),
         (0, _) => format!("{m}m{s}s"),
         _ => format!("{h}h{m}m{s}s"),
-    }
-}
-
-/// A value from untrusted input, made safe to quote in a one-line error: anything shaped
-/// like a JWT redacted, control characters removed, cut to 80 characters.
-pub fn shown(value: &str) -> String {
-    let clean: String = host_example::secret::redact(value, &[])
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if clean.chars().count() > 80 {
-        format!("{}…", clean.chars().take(80).collect::<String>())
-    } else {
-        clean
-    }
-}
-
-/// Writes a door's answer (one line) to stdout.
-pub fn print(text: &str) -> Result<(), Failure> {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{text}")
-        .and_then(|()| stdout.flush())
-        .map_err(|e| Failure::Other(anyhow::Error::new(e).context("writing to stdout")))
-}
-
-/// The token source identity of `generate`'s flags; `None` (no caching) when a
-/// component or WASI grants are given, because a composed component's plug reads a
-/// token this host never sees.
-pub fn generate_identity(args: &crate::GenerateArgs, manifest: &str) -> Option<String> {
-    let r = &args.runtime;
-    if r.component.is_some() || !r.wasi_dirs.is_empty() || !r.wasi_env.is_empty() {
-        return None;
-    }
-    let t = &args.tokens;
-    if let Some(path) = &t.oidc_token_file {
-        file_identity(path)
-    } else if let Some(var) = &t.oidc_token_env {
-        env_identity(var)
-    } else {
-        kubernetes_identity(t.kubeconfig.as_ref(), manifest, &args.namespace)
-            .map(|id| format!("{id}|cross-namespace={}", t.allow_cross_namespace))
     }
 }
 
@@ -388,20 +177,5 @@ mod tests {
         ] {
             assert_eq!(go_duration(secs), text);
         }
-    }
-
-    #[test]
-    fn token_identity_is_claims_never_the_token() {
-        let token = testkit::oidc::token(
-            "system:serviceaccount:apps:puller",
-            &["https://api.cloudsmith.io"],
-        );
-        let id = token_identity(&token).unwrap();
-        assert_eq!(
-            id,
-            "iss=https://kubernetes.default.svc.cluster.local|sub=system:serviceaccount:apps:puller|aud=https://api.cloudsmith.io"
-        );
-        assert!(!id.contains(token.split('.').nth(2).unwrap()));
-        assert_eq!(token_identity("not-a-jwt"), None);
     }
 }

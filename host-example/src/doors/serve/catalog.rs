@@ -16,9 +16,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::manifest;
-
-/// A manifest file is a few KiB; refuse to read a runaway one (same bound as `generate`).
-const MAX_FILE_BYTES: u64 = 1024 * 1024;
+use crate::setup::read_manifest_file;
 
 /// Generator name → the JSON manifest handed to the guest.
 pub type Generators = HashMap<String, Arc<str>>;
@@ -76,22 +74,10 @@ impl Catalog {
     }
 }
 
-fn read_file(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
-    let name = path.display();
-    let meta = std::fs::metadata(path).with_context(|| format!("manifest {name}"))?;
-    if !meta.is_file() {
-        bail!("manifest {name}: not a regular file");
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        bail!("manifest {name}: larger than {MAX_FILE_BYTES} bytes");
-    }
-    std::fs::read(path).with_context(|| format!("manifest {name}"))
-}
-
 fn digest(files: &[PathBuf]) -> anyhow::Result<[u8; 32]> {
     let mut hasher = Sha256::new();
     for path in files {
-        let bytes = read_file(path)?;
+        let bytes = read_manifest_file(path)?;
         hasher.update((bytes.len() as u64).to_le_bytes());
         hasher.update(&bytes);
     }
@@ -103,7 +89,7 @@ fn read(files: &[PathBuf]) -> anyhow::Result<([u8; 32], Generators)> {
     let mut generators = Generators::new();
     for path in files {
         let name = path.display();
-        let bytes = read_file(path)?;
+        let bytes = read_manifest_file(path)?;
         hasher.update((bytes.len() as u64).to_le_bytes());
         hasher.update(&bytes);
         let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("manifest {name}: not UTF-8"))?;

@@ -50,15 +50,18 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use host_example::secret::{one_line, shown};
 use host_example::token_source::KubernetesTokenSource;
-use host_example::{Error, GenerateError, Generator, HostError, NamespacePolicy};
+use host_example::{Error, GenerateError, HostError, NamespacePolicy, TokenSource};
 
 use self::access::{Access, Refusal};
 use self::catalog::{Catalog, Reload};
 use self::metrics::Metrics;
 use self::rate::RateLimiter;
 use self::tls::Tls;
-use crate::{Failure, ServeArgs};
+use crate::failure::Failure;
+use crate::mint::{Mint, MintRequest, Minter, TokenChoice};
+use crate::setup::RuntimeConfig;
 
 /// How long a client may take to send its request headers (slow clients must not hold
 /// connections forever).
@@ -69,9 +72,42 @@ const RETRY_UPSTREAM_SECONDS: u64 = 10;
 /// Retry-After for a Cloudsmith rate limit that named no wait, in seconds.
 const RETRY_RATE_LIMITED_SECONDS: u64 = 60;
 
+/// `serve`'s configuration (its flags).
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// HTTPS certificate chain and key (PEM); `None` serves plain HTTP.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The generator manifests.
+    pub manifests: Vec<std::path::PathBuf>,
+    /// How often to check the manifests (and TLS files) for changes.
+    pub reload_interval: Duration,
+    /// Kubeconfig for TokenRequest, TokenReview and SubjectAccessReview.
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Audiences callers' tokens must carry; empty: the API server's own.
+    pub audiences: Vec<String>,
+    /// Sandbox slots (the pooled engine's).
+    pub max_concurrent_calls: u32,
+    /// Calls that may wait for a slot.
+    pub max_queued_calls: usize,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Requests per second per caller (0: off).
+    pub rate_limit: f64,
+    /// Requests a caller may make at once before the rate applies.
+    pub rate_burst: u32,
+    /// How long calls in flight may take after SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// The sandbox, policy and component; its deadline bounds each call from arrival.
+    pub runtime: RuntimeConfig,
+}
+
 /// Everything a request handler shares.
-struct Server {
-    generator: Generator,
+struct Server<M> {
+    minter: M,
+    /// Mints tokens for the manifests' service accounts, with this server's client.
+    tokens: Arc<dyn TokenSource>,
     catalog: Catalog,
     access: Access,
     limiter: RateLimiter,
@@ -86,25 +122,21 @@ struct Server {
     tls: Option<Tls>,
 }
 
-type Answer = Response<Full<Bytes>>;
+type HttpResponse = Response<Full<Bytes>>;
 
 /// Runs the server until SIGTERM or SIGINT.
-pub async fn run(args: ServeArgs, verbose: bool) -> Result<(), Failure> {
+pub async fn run(args: ServeConfig, verbose: bool) -> Result<(), Failure> {
     let catalog = Catalog::load(args.manifests.clone()).map_err(Failure::Usage)?;
     let client = kube_client(args.kubeconfig.as_deref())
         .await
         .map_err(Failure::Usage)?;
-    let tokens = Arc::new(KubernetesTokenSource::with_client(client.clone()));
-    let generator = crate::commands::load_with(
-        &args.runtime,
-        tokens,
-        NamespacePolicy::TargetOnly,
-        verbose,
-        Some(args.max_concurrent_calls),
-    )?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(Tls::load(cert, key).map_err(Failure::Usage)?),
-        _ => None,
+    let tokens: Arc<dyn TokenSource> = Arc::new(KubernetesTokenSource::with_client(client.clone()));
+    let minter = Minter::pooled(args.runtime.clone(), args.max_concurrent_calls, verbose);
+    // A bad component fails the start, not the first call.
+    minter.prepare(tokens.clone())?;
+    let tls = match &args.tls {
+        Some((cert, key)) => Some(Tls::load(cert, key).map_err(Failure::Usage)?),
+        None => None,
     };
     let listener = TcpListener::bind(args.listen)
         .await
@@ -115,14 +147,15 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<(), Failure> {
     let metrics = Metrics::default();
     metrics.reload(Some(catalog.generators().len()));
     let server = Arc::new(Server {
-        generator,
+        minter,
+        tokens,
         catalog,
         access: Access::new(client, args.audiences.clone()),
         limiter: RateLimiter::new(args.rate_limit, args.rate_burst),
         metrics,
         max_body_bytes: args.max_body_bytes,
         max_in_flight: (args.max_concurrent_calls as usize + args.max_queued_calls) as i64,
-        call_bound: args.runtime.deadline,
+        call_bound: args.runtime.limits.deadline,
         stopping: AtomicBool::new(false),
         tls,
     });
@@ -175,9 +208,9 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 /// Accepts connections until `stop`, then lets each finish its request in flight (up to
 /// `grace`) and returns.
-async fn serve(
+async fn serve<M: Mint + Send + 'static>(
     listener: TcpListener,
-    server: Arc<Server>,
+    server: Arc<Server<M>>,
     stop: impl std::future::Future<Output = ()>,
     grace: Duration,
 ) {
@@ -216,10 +249,10 @@ async fn serve(
     }
 }
 
-async fn connection(
+async fn connection<M: Mint + Send + 'static>(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    server: Arc<Server>,
+    server: Arc<Server<M>>,
     stopping: watch::Receiver<bool>,
 ) {
     let Some(config) = server.tls.as_ref().map(Tls::config) else {
@@ -233,9 +266,10 @@ async fn connection(
     }
 }
 
-async fn http<I>(io: I, peer: SocketAddr, server: Arc<Server>, mut stopping: watch::Receiver<bool>)
+async fn http<I, M>(io: I, peer: SocketAddr, server: Arc<Server<M>>, mut stopping: watch::Receiver<bool>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    M: Mint + Send + 'static,
 {
     let service = service_fn(move |req| {
         let server = server.clone();
@@ -299,7 +333,7 @@ fn route(path: &str) -> Result<Route, (StatusCode, &'static str, String)> {
             "bad-request",
             format!(
                 "namespace {:?} is not a Kubernetes namespace name",
-                super::shown(namespace)
+                shown(namespace)
             ),
         ));
     }
@@ -307,10 +341,7 @@ fn route(path: &str) -> Result<Route, (StatusCode, &'static str, String)> {
         return Err((
             StatusCode::BAD_REQUEST,
             "bad-request",
-            format!(
-                "generator {:?} is not a Kubernetes object name",
-                super::shown(name)
-            ),
+            format!("generator {:?} is not a Kubernetes object name", shown(name)),
         ));
     }
     Ok(Route::Generate {
@@ -334,7 +365,7 @@ fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-async fn handle(server: &Server, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+async fn handle<M: Mint>(server: &Server<M>, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
     let started = Instant::now();
     let route = match route(req.uri().path()) {
         Ok(route) => route,
@@ -390,12 +421,12 @@ async fn handle(server: &Server, req: Request<Incoming>, peer: SocketAddr) -> An
 
 /// The generate route after its method check: the answer, the caller (for the log)
 /// and the result case.
-async fn generate(
-    server: &Server,
+async fn generate<M: Mint>(
+    server: &Server<M>,
     req: Request<Incoming>,
     namespace: &str,
     name: &str,
-) -> (Answer, Option<String>, String) {
+) -> (HttpResponse, Option<String>, String) {
     let refused = |status, case: &'static str, message: &str, caller: Option<String>| {
         server.metrics.refused(case);
         (error(status, case, message), caller, case.to_string())
@@ -497,21 +528,30 @@ async fn generate(
     // The guest's deadline starts when it has a slot; ESO's spec.timeout counts the wait
     // too, so the whole call is bounded here, and a queued call is answered 503 (with
     // its case in the log) before ESO hangs up with only "context deadline exceeded".
-    let result = tokio::time::timeout(server.call_bound, server.generator.generate(&manifest, namespace))
+    let request = MintRequest {
+        manifest: manifest.to_string(),
+        namespace: namespace.to_string(),
+        tokens: TokenChoice::Given {
+            source: server.tokens.clone(),
+            identity: None,
+        },
+        namespaces: NamespacePolicy::TargetOnly,
+    };
+    let result = tokio::time::timeout(server.call_bound, server.minter.mint(request))
         .await
-        .unwrap_or(Err(Error::Host(HostError::DeadlineExceeded {
+        .unwrap_or(Err(Failure::Call(Error::Host(HostError::DeadlineExceeded {
             deadline: server.call_bound,
-        })));
+        }))));
     server.metrics.exchange(started.elapsed());
     server.metrics.in_flight(-1);
     let (answer, case) = match result {
-        Ok(credentials) => {
-            let body = host_example::output::eso_json(&credentials);
+        Ok(minted) => {
+            let body = host_example::output::eso_json(&minted.credentials);
             (text(StatusCode::OK, "application/json", body), "ok".to_string())
         }
-        Err(e) => {
-            let (status, case, retry) = classify(&e);
-            let answer = error(status, case, &e.to_string());
+        Err(failure) => {
+            let (status, case, retry) = classify(&failure);
+            let answer = error(status, case, &failure.message());
             let answer = match retry {
                 Some(seconds) => with_header(answer, RETRY_AFTER.as_str(), &seconds.to_string()),
                 None => answer,
@@ -539,9 +579,24 @@ fn refusal_parts(refusal: Refusal) -> (StatusCode, &'static str, String) {
     }
 }
 
-/// The status, case and Retry-After of a failed call. The cases are the WIT
-/// `generate-error` cases; host failures have their own names.
-fn classify(e: &Error) -> (StatusCode, &'static str, Option<u64>) {
+/// The status, case and Retry-After of a failed call, by the classification every door
+/// shares ([`Failure`]). The cases are the WIT `generate-error` cases; host failures have
+/// their own names.
+fn classify(failure: &Failure) -> (StatusCode, &'static str, Option<u64>) {
+    let e = match failure {
+        Failure::Call(e) => e,
+        Failure::OutOfTime(_) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "deadline-exceeded",
+                Some(RETRY_UPSTREAM_SECONDS),
+            )
+        }
+        // The component or the configuration: the operator's to fix, not the caller's.
+        Failure::Usage(_) | Failure::Other(_) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
+        }
+    };
     match e {
         Error::Generate(g) => match g {
             GenerateError::InvalidSpec(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-spec", None),
@@ -588,7 +643,7 @@ fn classify(e: &Error) -> (StatusCode, &'static str, Option<u64>) {
 
 /// Checks the manifests (and the TLS files) every `interval` and swaps in a changed,
 /// valid set.
-async fn reload_loop(server: Arc<Server>, interval: Duration) {
+async fn reload_loop<M>(server: Arc<Server<M>>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -605,7 +660,7 @@ async fn reload_loop(server: Arc<Server>, interval: Duration) {
                 log(
                     "error",
                     "manifests not reloaded: keeping the previous generators",
-                    json!({"error": one_line(&format!("{e:#}"))}),
+                    json!({"error": one_log_line(&format!("{e:#}"))}),
                 );
             }
         }
@@ -614,7 +669,7 @@ async fn reload_loop(server: Arc<Server>, interval: Duration) {
             Some(Err(e)) => log(
                 "error",
                 "TLS certificate not reloaded: keeping the previous one",
-                json!({"error": one_line(&format!("{e:#}"))}),
+                json!({"error": one_log_line(&format!("{e:#}"))}),
             ),
             _ => {}
         }
@@ -622,12 +677,12 @@ async fn reload_loop(server: Arc<Server>, interval: Duration) {
 }
 
 /// `{"error": {"case", "message"}}` with `status`.
-fn error(status: StatusCode, case: &str, message: &str) -> Answer {
-    let body = json!({"error": {"case": case, "message": one_line(message)}});
+fn error(status: StatusCode, case: &str, message: &str) -> HttpResponse {
+    let body = json!({"error": {"case": case, "message": one_log_line(message)}});
     text(status, "application/json", body.to_string())
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Answer {
+fn text(status: StatusCode, content_type: &'static str, body: String) -> HttpResponse {
     let mut answer = Response::new(Full::new(Bytes::from(body)));
     *answer.status_mut() = status;
     answer
@@ -640,16 +695,16 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Answer 
     answer
 }
 
-fn with_header(mut answer: Answer, name: &'static str, value: &str) -> Answer {
+fn with_header(mut answer: HttpResponse, name: &'static str, value: &str) -> HttpResponse {
     if let Ok(value) = HeaderValue::from_str(value) {
         answer.headers_mut().insert(name, value);
     }
     answer
 }
 
-/// One line, and nothing shaped like a token.
-fn one_line(text: &str) -> String {
-    host_example::secret::redact(&text.split_whitespace().collect::<Vec<_>>().join(" "), &[])
+/// A message or log field: one line, nothing shaped like a token, bounded.
+fn one_log_line(text: &str) -> String {
+    one_line(text, 1000)
 }
 
 /// One JSON log line on stderr: `ts` (UNIX seconds), `level`, `msg`, then `fields`.
@@ -662,7 +717,7 @@ fn log(level: &str, msg: &str, fields: Value) {
     if let (Value::Object(line), Value::Object(fields)) = (&mut line, fields) {
         for (k, v) in fields {
             let v = match v {
-                Value::String(s) => Value::String(one_line(&s)),
+                Value::String(s) => Value::String(one_log_line(&s)),
                 other => other,
             };
             line.insert(k, v);
@@ -717,7 +772,7 @@ mod tests {
 
     #[test]
     fn statuses_follow_the_contract() {
-        let status = |e: GenerateError| classify(&Error::Generate(e)).0.as_u16();
+        let status = |e: GenerateError| classify(&Failure::Call(Error::Generate(e))).0.as_u16();
         let upstream = host_example::UpstreamStatus {
             status: 401,
             detail: String::new(),
@@ -726,17 +781,18 @@ mod tests {
         assert_eq!(status(GenerateError::Unauthorized(upstream.clone())), 502);
         assert_eq!(status(GenerateError::Rejected(upstream)), 502);
         assert_eq!(status(GenerateError::InvalidToken(String::new())), 502);
-        let limited = classify(&Error::Generate(GenerateError::RateLimited {
+        let limited = classify(&Failure::Call(Error::Generate(GenerateError::RateLimited {
             retry_after_seconds: Some(7),
             detail: String::new(),
-        }));
+        })));
         assert_eq!((limited.0.as_u16(), limited.2), (503, Some(7)));
-        let failing = classify(&Error::Generate(GenerateError::Upstream {
+        let failing = classify(&Failure::Call(Error::Generate(GenerateError::Upstream {
             status: None,
             detail: String::new(),
             attempts: 3,
             host_note: None,
-        }));
+        })));
         assert_eq!((failing.0.as_u16(), failing.1), (503, "upstream"));
+        assert_eq!(classify(&Failure::usage("bad component")).0.as_u16(), 500);
     }
 }

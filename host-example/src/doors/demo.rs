@@ -5,13 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use host_example::policy::TimeoutCaps;
 use host_example::token_source::{TokenRequest, TokenSource, TokenSourceError};
-use host_example::{NamespacePolicy, Secret};
+use host_example::{Limits, NamespacePolicy, OutboundPolicy, Secret};
 use testkit::cloudsmith::{documented_manifest, StandIn, StandInConfig};
 
-use crate::commands::{finish, load, note, print_credentials};
+use super::generate::{self, GenerateConfig, OutputConfig};
+use super::Reply;
+use crate::failure::Failure;
 use crate::manifest;
-use crate::{DemoArgs, Failure, RuntimeArgs};
+use crate::mint::{Minter, TokenChoice};
+use crate::setup::{note, RuntimeConfig};
 
 /// Mints demo service account tokens the way a TokenRequest would (subject
 /// `system:serviceaccount:<ns>:<name>`, the requested audiences), signed with the
@@ -34,7 +38,8 @@ impl TokenSource for DemoTokens {
     }
 }
 
-pub async fn run(args: DemoArgs, verbose: bool) -> Result<(), Failure> {
+/// Runs `generate` against a stand-in started here, for `namespace`.
+pub async fn run(namespace: &str, output: OutputConfig, verbose: bool) -> Result<Reply, Failure> {
     let stand_in = StandIn::start(StandInConfig::default())
         .await
         .map_err(|e| Failure::Other(e.context("starting the Cloudsmith stand-in")))?;
@@ -44,43 +49,42 @@ pub async fn run(args: DemoArgs, verbose: bool) -> Result<(), Failure> {
         stand_in.url()
     );
     // The documentation's example manifest, with apiHost pointed at the stand-in (and
-    // its namespaces at --namespace, which the example names as `default`).
-    let manifest = documented_manifest(&stand_in.url()).replace(
-        "namespace: \"default\"",
-        &format!("namespace: {}", serde_json::Value::from(args.namespace.as_str())),
-    );
-    let manifest = manifest.replace(
-        "namespace: default",
-        &format!("namespace: {}", serde_json::Value::from(args.namespace.as_str())),
-    );
+    // its namespaces at the target, which the example names as `default`).
+    let quoted = serde_json::Value::from(namespace).to_string();
+    let manifest = documented_manifest(&stand_in.url())
+        .replace("namespace: \"default\"", &format!("namespace: {quoted}"))
+        .replace("namespace: default", &format!("namespace: {quoted}"));
     let manifest = manifest::to_json(&manifest, None).map_err(Failure::Other)?;
-    let runtime = RuntimeArgs {
-        component: None,
-        allow_hosts: vec![stand_in
-            .authority()
-            .parse()
-            .map_err(|e: String| Failure::Other(anyhow::anyhow!(e)))?],
-        ca_file: None,
-        allow_http: true,
-        deadline: Duration::from_secs(30),
-        connect_timeout: Duration::from_secs(5),
-        first_byte_timeout: Duration::from_secs(10),
-        memory_limit: 64,
-        wasi_dirs: Vec::new(),
-        wasi_env: Vec::new(),
-        no_cache: false,
-        cache_dir: None,
-    };
-    let generator = load(
-        &runtime,
-        Arc::new(DemoTokens),
-        NamespacePolicy::TargetOnly,
-        verbose,
-    )?;
     if verbose {
         note(&format!("manifest: {manifest}"));
     }
-    let traced = generator.generate_traced(&manifest, &args.namespace).await;
-    let credentials = finish(traced, verbose)?;
-    print_credentials(&credentials, &args.output, &args.namespace)
+    let stand_in_authority = stand_in
+        .authority()
+        .parse()
+        .map_err(|e: String| Failure::Other(anyhow::anyhow!(e)))?;
+    let runtime = RuntimeConfig {
+        policy: OutboundPolicy::default()
+            .allow(stand_in_authority)
+            .allow_http(true)
+            .timeouts(TimeoutCaps {
+                connect: Duration::from_secs(5),
+                first_byte: Duration::from_secs(10),
+                between_bytes: Duration::from_secs(10),
+            }),
+        limits: Limits {
+            deadline: Duration::from_secs(30),
+            ..Limits::default()
+        },
+        ..RuntimeConfig::default()
+    };
+    let config = GenerateConfig {
+        namespace: namespace.to_string(),
+        tokens: TokenChoice::Given {
+            source: Arc::new(DemoTokens),
+            identity: None,
+        },
+        namespaces: NamespacePolicy::TargetOnly,
+        output,
+    };
+    generate::handle(manifest, &Minter::new(runtime, None, verbose), &config).await
 }

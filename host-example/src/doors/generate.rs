@@ -1,0 +1,136 @@
+//! `generate` and `info`: ESO's outputs for one manifest, printed as JSON, a Docker
+//! config or a ready-to-apply Secret; and the generator's own description.
+
+use std::sync::Arc;
+
+use host_example::token_source::KubernetesTokenSource;
+use host_example::{output, Credentials, NamespacePolicy};
+
+use super::Reply;
+use crate::failure::Failure;
+use crate::mint::{Mint, MintRequest, TokenChoice};
+use crate::setup::{self, RuntimeConfig};
+
+/// How to print the credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// ESO's outputs: `{"auth": "...", "expiry": "..."}`.
+    Json,
+    /// A `kubernetes.io/dockerconfigjson` Secret manifest for `kubectl apply -f -`.
+    Secret,
+    /// The Docker config file: `{"auths": {"<registry>": {"auth": "..."}}}`.
+    Dockerconfigjson,
+}
+
+/// The output: its format, and the Secret name and registry the Secret and Docker
+/// config name.
+#[derive(Debug, Clone)]
+pub struct OutputConfig {
+    /// The format.
+    pub format: Format,
+    /// The Secret's `metadata.name` (with [`Format::Secret`]).
+    pub secret_name: String,
+    /// The registry key (with [`Format::Secret`] and [`Format::Dockerconfigjson`]).
+    pub registry: String,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            format: Format::Json,
+            secret_name: output::DEFAULT_SECRET_NAME.into(),
+            registry: output::DEFAULT_REGISTRY.into(),
+        }
+    }
+}
+
+/// `generate`'s configuration besides the manifest.
+#[derive(Clone)]
+pub struct GenerateConfig {
+    /// The target namespace (the ExternalSecret's).
+    pub namespace: String,
+    /// Where the service account token comes from.
+    pub tokens: TokenChoice,
+    /// Whether a `serviceAccountRef.namespace` other than the target is honoured.
+    pub namespaces: NamespacePolicy,
+    /// How to print the result.
+    pub output: OutputConfig,
+}
+
+/// Mints credentials for `manifest` (the generator document as JSON) and renders them.
+pub async fn handle(manifest: String, mint: &impl Mint, config: &GenerateConfig) -> Result<Reply, Failure> {
+    let minted = mint
+        .mint(MintRequest {
+            manifest,
+            namespace: config.namespace.clone(),
+            tokens: config.tokens.clone(),
+            namespaces: config.namespaces,
+        })
+        .await?;
+    Ok(Reply::ok(render(
+        &minted.credentials,
+        &config.output,
+        &config.namespace,
+    )))
+}
+
+/// The credentials in `output`'s format.
+pub fn render(credentials: &Credentials, output: &OutputConfig, namespace: &str) -> String {
+    match output.format {
+        Format::Json => output::eso_json(credentials),
+        Format::Dockerconfigjson => output::docker_config_json(credentials, &output.registry),
+        Format::Secret => {
+            output::secret_manifest(credentials, &output.secret_name, namespace, &output.registry)
+        }
+    }
+}
+
+/// The generator's description (`info`), as pretty JSON.
+pub async fn info(config: &RuntimeConfig, verbose: bool) -> Result<Reply, Failure> {
+    // `info` never asks for a token (the host refuses outside `generate`), and this
+    // source connects only when asked, so no kubeconfig is needed.
+    let tokens = Arc::new(KubernetesTokenSource::new(None));
+    let generator = setup::load(config, tokens, NamespacePolicy::TargetOnly, None, verbose)?;
+    let info = generator.info().await.map_err(Failure::Call)?;
+    let json = serde_json::to_string_pretty(&info).map_err(|e| Failure::Other(e.into()))?;
+    Ok(Reply::ok(json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mint::fake::FakeMint;
+
+    #[tokio::test]
+    async fn every_format_renders_the_minted_credentials() {
+        let mint = FakeMint::new("eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2ln", 600);
+        let mut config = GenerateConfig {
+            namespace: "apps".into(),
+            tokens: TokenChoice::Env("TOKEN".into()),
+            namespaces: NamespacePolicy::TargetOnly,
+            output: OutputConfig::default(),
+        };
+        let auth = "dG9rZW46ZXlKaGJHY2lPaUpJVXpJMU5pSjkuZXlKbGVIQWlPakUzTURBd01EQXdNREI5LmMybG4=";
+        let reply = handle("{}".into(), &mint, &config).await.unwrap();
+        assert_eq!(
+            reply,
+            Reply::ok(format!(r#"{{"auth":"{auth}","expiry":"1700000000"}}"#))
+        );
+        config.output.format = Format::Dockerconfigjson;
+        config.output.registry = "registry.acme.com".into();
+        let reply = handle("{}".into(), &mint, &config).await.unwrap();
+        assert_eq!(
+            reply.stdout,
+            format!(r#"{{"auths":{{"registry.acme.com":{{"auth":"{auth}"}}}}}}"#)
+        );
+        config.output.format = Format::Secret;
+        let reply = handle("{}".into(), &mint, &config).await.unwrap();
+        assert!(reply.stdout.contains(r#""namespace":"apps""#), "{}", reply.stdout);
+        let seen = mint.seen.lock().unwrap();
+        assert_eq!(seen.len(), 3);
+        assert_eq!(
+            (seen[0].1.as_str(), seen[0].2.as_str()),
+            ("apps", "environment variable TOKEN")
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! The mint port: every door asks it for credentials, the same way.
+//!
+//! A [`Minter`] holds the runtime configuration, the token cache and the verbosity, and
+//! answers [`Mint::mint`]: the token cache first (a hit runs no Wasm and makes no network
+//! call), else the sandboxed generator, whose answer then fills the cache. It builds its
+//! [`Generator`] once, on the first miss, and keeps it: a long-lived door (`serve`) makes
+//! one [`Minter::pooled`] and so one pooled engine for all its calls. Each request brings
+//! its own token source ([`CallTokens`]), so one generator serves them all.
+//!
+//! Doors take `&impl Mint`, so their tests drive the real door with a fake.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use host_example::jwt::Claims;
+use host_example::spec::GeneratorSpec;
+use host_example::token_cache::{now_unix, CacheKey, CachedToken, Lookup, TokenCache, DEFAULT_MARGIN};
+use host_example::token_source::{EnvTokenSource, FileTokenSource, KubernetesTokenSource};
+use host_example::{CallTokens, Credentials, Generator, NamespacePolicy, Secret, TokenSource};
+
+use crate::failure::Failure;
+use crate::setup::{self, note, RuntimeConfig};
+
+/// Where a request's OIDC token comes from.
+#[derive(Clone)]
+pub enum TokenChoice {
+    /// Read from this file at each call (a projected service account token).
+    File(PathBuf),
+    /// Read from this environment variable.
+    Env(String),
+    /// The Kubernetes TokenRequest API, for the manifest's `serviceAccountRef`
+    /// (kubeconfig: this file, else KUBECONFIG, `~/.kube/config`, in-cluster).
+    Kubernetes(Option<PathBuf>),
+    /// A source the door already holds (the kubelet's pod token, serve's client, the
+    /// demo issuer), with its identity for the token cache when it has one.
+    Given {
+        /// The source.
+        source: Arc<dyn TokenSource>,
+        /// Its identity for the cache key; `None`: not cached.
+        identity: Option<String>,
+    },
+}
+
+impl TokenChoice {
+    /// The pod's service account token the kubelet passed: the token itself is the
+    /// source, and its claims are its identity.
+    pub fn kubelet_token(token: Secret) -> TokenChoice {
+        let identity = Claims::read(token.expose())
+            .and_then(|c| c.identity())
+            .map(|id| format!("kubelet service account token|{id}"));
+        TokenChoice::Given {
+            source: Arc::new(host_example::token_source::StaticTokenSource::new(token)),
+            identity,
+        }
+    }
+}
+
+/// One request for credentials, as a door puts it.
+pub struct MintRequest {
+    /// The generator manifest (JSON).
+    pub manifest: String,
+    /// The target namespace.
+    pub namespace: String,
+    /// Where the OIDC token comes from.
+    pub tokens: TokenChoice,
+    /// Whether a `serviceAccountRef.namespace` other than the target is honoured.
+    pub namespaces: NamespacePolicy,
+}
+
+/// What [`Mint::mint`] returns.
+#[derive(Debug)]
+pub struct Minted {
+    /// ESO's outputs.
+    pub credentials: Credentials,
+    /// The access token, when `auth` is `token:<access token>` as the Cloudsmith
+    /// generator writes it. Another generator (`--component`) may write other outputs:
+    /// `generate` prints them as they are; the doors that hand out the access token
+    /// itself need this.
+    pub token: Option<CachedToken>,
+    /// How much longer the token may be handed out: to its `exp` less the token cache's
+    /// margin, so a client never caches a token about to expire.
+    pub usable_for: Duration,
+}
+
+impl Minted {
+    /// The access token, for the doors that hand it out.
+    pub fn access_token(&self) -> Result<&CachedToken, Failure> {
+        self.token.as_ref().ok_or_else(|| {
+            Failure::Other(anyhow::anyhow!(
+                "the generator's auth is not base64 of token:<access token>"
+            ))
+        })
+    }
+}
+
+/// Something that mints credentials: the [`Minter`], or a test's fake.
+pub trait Mint: Sync {
+    /// Credentials for `request`.
+    fn mint(&self, request: MintRequest) -> impl Future<Output = Result<Minted, Failure>> + Send;
+}
+
+/// The mint port's one implementation: token cache, then the sandboxed generator.
+pub struct Minter {
+    config: RuntimeConfig,
+    cache: Option<TokenCache>,
+    verbose: bool,
+    /// A pooled engine with this many slots (a long-lived server), else one call.
+    slots: Option<u32>,
+    /// Built on the first miss, then reused.
+    generator: Mutex<Option<Generator>>,
+}
+
+impl Minter {
+    /// A minter for a one-shot door.
+    pub fn new(config: RuntimeConfig, cache: Option<TokenCache>, verbose: bool) -> Self {
+        Minter {
+            config,
+            cache,
+            verbose,
+            slots: None,
+            generator: Mutex::new(None),
+        }
+    }
+
+    /// A minter for a long-lived door: no token cache (each caller gets a fresh token,
+    /// as ESO expects of a generator), one pooled engine with `slots` call slots.
+    /// [`Minter::prepare`] builds it up front.
+    pub fn pooled(config: RuntimeConfig, slots: u32, verbose: bool) -> Self {
+        Minter {
+            slots: Some(slots),
+            ..Minter::new(config, None, verbose)
+        }
+    }
+
+    /// Loads the component and links the generator now, so the first call does not pay
+    /// for it and a bad component fails at start; `tokens` is the source of calls that
+    /// bring none.
+    pub fn prepare(&self, tokens: Arc<dyn TokenSource>) -> Result<Generator, Failure> {
+        let mut slot = self.generator.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(generator) = &*slot {
+            return Ok(generator.clone());
+        }
+        let generator = setup::load(
+            &self.config,
+            tokens,
+            NamespacePolicy::TargetOnly,
+            self.slots,
+            self.verbose,
+        )?;
+        *slot = Some(generator.clone());
+        Ok(generator)
+    }
+
+    /// The cache key of `request`, when the request may use the cache.
+    fn cache_key(&self, request: &MintRequest, identity: Option<&str>) -> Option<CacheKey> {
+        self.cache.as_ref()?;
+        if !self.config.host_sees_tokens() {
+            return None;
+        }
+        let spec = GeneratorSpec::of_json(&request.manifest)?;
+        let identity = format!("{}|namespaces={:?}", identity?, request.namespaces);
+        Some(CacheKey::new(
+            spec.api_url.as_deref().unwrap_or(""),
+            spec.api_host.as_deref().unwrap_or(""),
+            spec.org_slug.as_deref()?,
+            spec.service_slug.as_deref()?,
+            &identity,
+        ))
+    }
+
+    fn margin(&self) -> Duration {
+        self.cache.as_ref().map_or(DEFAULT_MARGIN, TokenCache::margin)
+    }
+
+    fn minted(&self, credentials: Credentials, token: Option<CachedToken>) -> Minted {
+        let usable_for = token.as_ref().map_or(Duration::ZERO, |t| {
+            Duration::from_secs(
+                t.exp
+                    .saturating_sub(now_unix())
+                    .saturating_sub(self.margin().as_secs()),
+            )
+        });
+        Minted {
+            credentials,
+            token,
+            usable_for,
+        }
+    }
+}
+
+impl Mint for Minter {
+    async fn mint(&self, request: MintRequest) -> Result<Minted, Failure> {
+        let (source, identity) = token_source(&request.tokens, &request.manifest, &request.namespace);
+        let key = self.cache_key(&request, identity.as_deref());
+        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+            match cache.get(key) {
+                Lookup::Hit(token) => {
+                    if self.verbose {
+                        note(&format!(
+                            "token cache: hit {} (expiry {})",
+                            cache.entry_path(key).display(),
+                            token.expiry
+                        ));
+                    }
+                    return Ok(self.minted(token.credentials(), Some(token)));
+                }
+                Lookup::Miss if self.verbose => note("token cache: miss"),
+                Lookup::Unusable(why) if self.verbose => note(&format!("token cache: entry ignored ({why})")),
+                _ => {}
+            }
+        } else if self.verbose {
+            note(match &self.cache {
+                None => "token cache: off",
+                Some(_) => "token cache: not used (no identity for this token source)",
+            });
+        }
+        if self.verbose {
+            note(&format!("token source: {}", source.describe()));
+        }
+        let generator = self.prepare(source.clone())?;
+        let tokens = CallTokens {
+            source,
+            namespaces: request.namespaces,
+        };
+        let traced = generator
+            .generate_traced_with(&request.manifest, &request.namespace, Some(&tokens))
+            .await;
+        let credentials = setup::finish(traced, self.verbose)?;
+        let token = CachedToken::from_credentials(&credentials);
+        if let (Some(cache), Some(key), Some(token)) = (&self.cache, &key, &token) {
+            // A cache that cannot be written costs the next call an exchange, nothing more.
+            match cache.put(key, token) {
+                Ok(path) if self.verbose => note(&format!("token cache: stored {}", path.display())),
+                Err(e) if self.verbose => note(&format!("token cache: not stored ({e:#})")),
+                _ => {}
+            }
+        }
+        Ok(self.minted(credentials, token))
+    }
+}
+
+/// The token cache a door uses: `None` when turned off (by flag, `enabled`, or by
+/// CLOUDSMITH_NO_TOKEN_CACHE), or when there is no cache directory.
+pub fn token_cache(enabled: bool, dir: Option<&Path>) -> Option<TokenCache> {
+    if !enabled || TokenCache::disabled_by_env() {
+        return None;
+    }
+    dir.map(Path::to_path_buf)
+        .or_else(TokenCache::default_dir)
+        .map(TokenCache::new)
+}
+
+/// The token source a choice names, and its identity for the token cache: the claims of
+/// the token it holds now (read locally, never sent anywhere), or for Kubernetes the
+/// cluster, user and service account. `None` when it cannot be told without a secret
+/// or a network call (the request is then not cached).
+pub fn token_source(
+    choice: &TokenChoice,
+    manifest: &str,
+    namespace: &str,
+) -> (Arc<dyn TokenSource>, Option<String>) {
+    match choice {
+        TokenChoice::File(path) => (Arc::new(FileTokenSource::new(path)), file_identity(path)),
+        TokenChoice::Env(var) => (Arc::new(EnvTokenSource::new(var)), env_identity(var)),
+        // Built lazily: a composed component that never asks needs no kubeconfig.
+        TokenChoice::Kubernetes(kubeconfig) => (
+            Arc::new(KubernetesTokenSource::new(kubeconfig.clone())),
+            kubernetes_identity(kubeconfig.as_deref(), manifest, namespace),
+        ),
+        TokenChoice::Given { source, identity } => (source.clone(), identity.clone()),
+    }
+}
+
+/// A token file's identity: its path and the claims of the token it holds now, so a
+/// rotated token for the same account keys the same entry, and another account's another.
+fn file_identity(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > 64 * 1024 {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let claims = Claims::read(&text)?.identity()?;
+    Some(format!("file {}|{claims}", path.display()))
+}
+
+fn env_identity(var: &str) -> Option<String> {
+    let claims = Claims::read(&std::env::var(var).ok()?)?.identity()?;
+    Some(format!("env {var}|{claims}"))
+}
+
+/// The identity of the TokenRequest source: the cluster and user of the kubeconfig's
+/// current context (or the in-cluster API), and the service account and audiences the
+/// manifest names. Read from local files only.
+fn kubernetes_identity(kubeconfig: Option<&Path>, manifest: &str, namespace: &str) -> Option<String> {
+    use kube::config::Kubeconfig;
+    let account = GeneratorSpec::of_json(manifest)?.service_account_ref?;
+    let cluster = match kubeconfig {
+        Some(path) => Kubeconfig::read_from(path).ok(),
+        None => Kubeconfig::read().ok(),
+    };
+    let cluster = match cluster {
+        Some(config) => {
+            let name = config.current_context.clone()?;
+            let context = config.contexts.iter().find(|c| c.name == name)?.context.clone()?;
+            let server = config
+                .clusters
+                .iter()
+                .find(|c| c.name == context.cluster)
+                .and_then(|c| c.cluster.as_ref())
+                .and_then(|c| c.server.clone())?;
+            format!(
+                "kubeconfig server={server}|user={}",
+                context.user.unwrap_or_default()
+            )
+        }
+        None if kubeconfig.is_none() => {
+            let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
+            format!("in-cluster {host}")
+        }
+        None => return None,
+    };
+    Some(format!(
+        "kubernetes {cluster}|namespace={namespace}|account={}/{}/{}",
+        account.name.unwrap_or_default(),
+        account.namespace.unwrap_or_default(),
+        account.audiences.join(",")
+    ))
+}
+
+#[cfg(test)]
+pub mod fake {
+    //! A [`Mint`] for door tests: a fixed access token, and a record of the requests.
+
+    use super::*;
+
+    /// Answers every request with `token`, usable for `usable_for`.
+    pub struct FakeMint {
+        /// The access token handed out.
+        pub token: &'static str,
+        /// `Minted::usable_for`.
+        pub usable_for: Duration,
+        /// The requests seen: manifest, namespace, the token source's description.
+        pub seen: Mutex<Vec<(String, String, String)>>,
+    }
+
+    impl FakeMint {
+        /// A fake handing out `token`, usable for `seconds`.
+        pub fn new(token: &'static str, seconds: u64) -> Self {
+            FakeMint {
+                token,
+                usable_for: Duration::from_secs(seconds),
+                seen: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    impl Mint for FakeMint {
+        async fn mint(&self, request: MintRequest) -> Result<Minted, Failure> {
+            let (source, _) = token_source(&request.tokens, &request.manifest, &request.namespace);
+            self.seen
+                .lock()
+                .unwrap()
+                .push((request.manifest, request.namespace, source.describe()));
+            let token = CachedToken {
+                access_token: Secret::new(self.token),
+                expiry: "1700000000".into(),
+                exp: 1_700_000_000,
+            };
+            Ok(Minted {
+                credentials: token.credentials(),
+                token: Some(token),
+                usable_for: self.usable_for,
+            })
+        }
+    }
+}
