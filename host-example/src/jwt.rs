@@ -9,7 +9,9 @@ use base64::alphabet::URL_SAFE;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+use crate::lenient::{object, seconds, text, text_or_texts};
 
 /// JWTs omit padding, but some encoders add it; both decode the same.
 const PAYLOAD: GeneralPurpose = GeneralPurpose::new(
@@ -27,13 +29,13 @@ pub struct Claims {
     #[serde(default, deserialize_with = "text")]
     pub sub: Option<String>,
     /// `aud`: a string or an array of strings, as RFC 7519 allows; always a list here.
-    #[serde(default, deserialize_with = "audiences")]
+    #[serde(default, deserialize_with = "text_or_texts")]
     pub aud: Vec<String>,
     /// `exp`, whole UNIX seconds (a fraction is dropped).
     #[serde(default, deserialize_with = "seconds")]
     pub exp: Option<u64>,
     /// The `kubernetes.io` claim of a service account token.
-    #[serde(default, rename = "kubernetes.io")]
+    #[serde(default, rename = "kubernetes.io", deserialize_with = "object")]
     pub kubernetes: Option<KubernetesClaims>,
 }
 
@@ -45,7 +47,7 @@ pub struct KubernetesClaims {
     #[serde(default, deserialize_with = "text")]
     pub namespace: Option<String>,
     /// `kubernetes.io.serviceaccount`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub serviceaccount: Option<NamedClaim>,
 }
 
@@ -70,7 +72,7 @@ impl Claims {
         let bytes = PAYLOAD.decode(payload).ok()?;
         // serde would also read a struct from an array, position by position.
         match serde_json::from_slice(&bytes).ok()? {
-            object @ serde_json::Value::Object(_) => serde_json::from_value(object).ok(),
+            claims @ serde_json::Value::Object(_) => serde_json::from_value(claims).ok(),
             _ => None,
         }
     }
@@ -94,31 +96,6 @@ impl Claims {
             k.and_then(|k| k.serviceaccount.as_ref()?.name.as_deref()),
         )
     }
-}
-
-fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(match serde_json::Value::deserialize(d)? {
-        serde_json::Value::String(s) => Some(s),
-        _ => None,
-    })
-}
-
-fn audiences<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    Ok(match serde_json::Value::deserialize(d)? {
-        serde_json::Value::String(s) => vec![s],
-        serde_json::Value::Array(a) => a
-            .into_iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    })
-}
-
-fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    Ok(serde_json::Value::deserialize(d)?
-        .as_f64()
-        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e15)
-        .map(|s| s as u64))
 }
 
 #[cfg(test)]

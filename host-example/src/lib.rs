@@ -49,6 +49,7 @@ pub mod cache;
 pub mod error;
 mod host;
 pub mod jwt;
+mod lenient;
 pub mod output;
 pub mod policy;
 pub mod sandbox;

@@ -134,13 +134,9 @@ fn command(cli: Cli, started: Instant) -> Result<Reply, Failure> {
         Command::Serve(args) => {
             let config = serve::ServeConfig::try_from(&*args)?;
             // Many callers at once: a worker per core.
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| Failure::Other(anyhow::Error::new(e).context("starting the async runtime")))?;
-            let result = runtime.block_on(serve::run(config, verbose));
-            runtime.shutdown_timeout(Duration::from_millis(100));
-            result.map(|()| Reply::ok(""))
+            run_on(tokio::runtime::Builder::new_multi_thread(), async {
+                serve::run(config, verbose).await.map(|()| Reply::ok(""))
+            })
         }
         Command::Install(InstallCommand::DockerCredentialHelper(args)) => {
             install::docker_credential_helper(&(&args).into(), &docker_env())
@@ -183,7 +179,14 @@ fn docker_env() -> DockerConfig {
 /// Runs a one-shot door on a single-threaded runtime: one call per process needs no
 /// worker threads, and not starting them is most of a runtime's start-up cost.
 fn block_on(door: impl Future<Output = Result<Reply, Failure>>) -> Result<Reply, Failure> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    run_on(tokio::runtime::Builder::new_current_thread(), door)
+}
+
+fn run_on(
+    mut builder: tokio::runtime::Builder,
+    door: impl Future<Output = Result<Reply, Failure>>,
+) -> Result<Reply, Failure> {
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| Failure::Other(anyhow::Error::new(e).context("starting the async runtime")))?;

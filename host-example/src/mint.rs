@@ -227,7 +227,7 @@ impl Mint for Minter {
         let traced = generator
             .generate_traced_with(&request.manifest, &request.namespace, Some(&tokens))
             .await;
-        let credentials = setup::finish(traced, self.verbose)?;
+        let credentials = setup::settle(traced, self.verbose)?;
         let token = CachedToken::from_credentials(&credentials);
         if let (Some(cache), Some(key), Some(token)) = (&self.cache, &key, &token) {
             // A cache that cannot be written costs the next call an exchange, nothing more.

@@ -516,14 +516,14 @@ struct Sent {
 }
 
 /// A failed send: the error for the guest and a description for the journal.
-struct Failure {
+struct SendFailure {
     error: HttpError,
     description: String,
 }
 
-impl Failure {
+impl SendFailure {
     fn new(error: HttpError, description: String) -> Self {
-        Failure { error, description }
+        SendFailure { error, description }
     }
 }
 
@@ -537,14 +537,14 @@ async fn send(
     target: &Target,
     timeouts: TimeoutCaps,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<Sent, Failure> {
+) -> Result<Sent, SendFailure> {
     let authority = &target.authority;
     let connecting = async {
         let stream = connect(target, tls).await?;
         hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| {
-                Failure::new(
+                SendFailure::new(
                     HttpError::Hyper(e),
                     format!("HTTP handshake with {authority} failed"),
                 )
@@ -553,7 +553,7 @@ async fn send(
     let (mut sender, connection) = tokio::time::timeout(timeouts.connect, connecting)
         .await
         .map_err(|_| {
-            Failure::new(
+            SendFailure::new(
                 HttpError::ConnectionTimeout,
                 format!("connecting to {authority} timed out after {:?}", timeouts.connect),
             )
@@ -569,7 +569,7 @@ async fn send(
     *request.uri_mut() = http::Uri::builder()
         .path_and_query(path)
         .build()
-        .map_err(|_| Failure::new(HttpError::HttpRequestUriInvalid, "invalid request path".into()))?;
+        .map_err(|_| SendFailure::new(HttpError::HttpRequestUriInvalid, "invalid request path".into()))?;
 
     let mut connection = Box::pin(connection);
     let mut connection_done = false;
@@ -584,7 +584,7 @@ async fn send(
             done = &mut connection, if !connection_done => {
                 connection_done = true;
                 if let Err(e) = done {
-                    return Err(Failure::new(
+                    return Err(SendFailure::new(
                         HttpError::Hyper(e),
                         format!("connection to {authority} failed before an answer"),
                     ));
@@ -594,12 +594,12 @@ async fn send(
     };
     let response = response
         .map_err(|_| {
-            Failure::new(
+            SendFailure::new(
                 HttpError::ConnectionReadTimeout,
                 format!("no answer from {authority} within {:?}", timeouts.first_byte),
             )
         })?
-        .map_err(|e| Failure::new(HttpError::Hyper(e), format!("request to {authority} failed")))?;
+        .map_err(|e| SendFailure::new(HttpError::Hyper(e), format!("request to {authority} failed")))?;
 
     let between = timeouts.between_bytes;
     let response = response.map(|body| TimedBody::new(body, between).boxed_unsync());
@@ -613,13 +613,13 @@ async fn send(
 }
 
 /// TCP (and TLS when the target needs it).
-async fn connect(target: &Target, tls: Arc<rustls::ClientConfig>) -> Result<Box<dyn Stream>, Failure> {
+async fn connect(target: &Target, tls: Arc<rustls::ClientConfig>) -> Result<Box<dyn Stream>, SendFailure> {
     let authority = &target.authority;
     let tcp = TcpStream::connect((authority.host(), authority.port()))
         .await
         .map_err(|e| {
             let why = format!("connecting to {authority} failed: {e}");
-            Failure::new(HttpError::Connect(e), why)
+            SendFailure::new(HttpError::Connect(e), why)
         })?;
     if !target.tls {
         return Ok(Box::new(tcp));
@@ -627,7 +627,7 @@ async fn connect(target: &Target, tls: Arc<rustls::ClientConfig>) -> Result<Box<
     let name = match authority.host().parse::<std::net::IpAddr>() {
         Ok(ip) => ServerName::from(ip),
         Err(_) => ServerName::try_from(authority.host().to_string()).map_err(|_| {
-            Failure::new(
+            SendFailure::new(
                 HttpError::HttpRequestUriInvalid,
                 format!("{} is not a valid TLS server name", authority.host()),
             )
@@ -638,7 +638,7 @@ async fn connect(target: &Target, tls: Arc<rustls::ClientConfig>) -> Result<Box<
         .await
         .map_err(|e| {
             let why = format!("TLS handshake with {authority} failed: {e}");
-            Failure::new(HttpError::Tls(e), why)
+            SendFailure::new(HttpError::Tls(e), why)
         })?;
     Ok(Box::new(stream))
 }

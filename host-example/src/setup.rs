@@ -183,7 +183,7 @@ pub fn manifest_json(name: &str, bytes: Vec<u8>, generator: Option<&str>) -> Res
 }
 
 /// Prints the call's report when verbose, then turns its result into a command's.
-pub fn finish(traced: Traced<Credentials>, verbose: bool) -> Result<Credentials, Failure> {
+pub fn settle(traced: Traced<Credentials>, verbose: bool) -> Result<Credentials, Failure> {
     if verbose {
         print_report(&traced.report);
         if let Ok(credentials) = &traced.result {

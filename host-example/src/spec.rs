@@ -11,8 +11,10 @@
 //! The view is lenient where the component is strict: a field of the wrong type reads as
 //! absent, and the component, which validates the spec, reports it.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::lenient::{object, text, texts};
 
 /// The spec fields the host reads ([`GeneratorSpec::of`]) or writes ([`set`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -31,7 +33,7 @@ pub struct GeneratorSpec {
     #[serde(default, deserialize_with = "text")]
     pub service_slug: Option<String>,
     /// `serviceAccountRef`.
-    #[serde(default, deserialize_with = "account")]
+    #[serde(default, deserialize_with = "object")]
     pub service_account_ref: Option<ServiceAccountRef>,
 }
 
@@ -128,30 +130,6 @@ pub fn drop_account_namespace(manifest: &mut Value) {
     {
         account.remove("namespace");
     }
-}
-
-fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(match Value::deserialize(d)? {
-        Value::String(s) => Some(s),
-        _ => None,
-    })
-}
-
-fn texts<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    Ok(match Value::deserialize(d)? {
-        Value::Array(a) => a
-            .into_iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    })
-}
-
-fn account<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ServiceAccountRef>, D::Error> {
-    Ok(match Value::deserialize(d)? {
-        object @ Value::Object(_) => ServiceAccountRef::deserialize(object).ok(),
-        _ => None,
-    })
 }
 
 /// The kind ESO gives generators that serve every namespace.

@@ -176,7 +176,7 @@ fn the_image_holds_no_stand_in_and_no_test_key() {
     let bytes = std::fs::read(static_binary()).unwrap();
     let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     for marker in [
-        // testkit::oidc's signing key and demo.rs's strings.
+        // testkit::oidc's signing key and doors/demo.rs's strings.
         &b"testkit service account issuer key"[..],
         b"trusted only by the stand-in",
         b"starting the Cloudsmith stand-in",
