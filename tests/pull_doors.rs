@@ -11,6 +11,9 @@
 //! | [`install_kubelet_credential_provider`] | the binary (0755), config and manifest under temporary host dirs; the installed binary answers a CredentialProviderRequest with the installed config's args; a second run changes nothing; an existing manifest is kept |
 //! | [`docker_helper_protocol`]            | `docker-credential-cloudsmith` (a symlink) and `cloudsmith-gen docker-credential-helper`: get in every server URL form, the not-found sentinel, store/erase/list/version, each error |
 //! | [`install_docker_credential_helper`]  | the link and `credHelpers` entries under `DOCKER_CONFIG`, other entries kept |
+//! | [`a_burst_of_helpers_exchanges_once`] | 16 concurrent `get`s with an empty token cache and a Cloudsmith taking 0.4 s: one exchange, 16 right answers |
+//! | [`a_burst_of_kubelet_runs_exchanges_once`] | 16 concurrent provider runs (16 images, one pod token): one exchange; a cold compile cache compiles once |
+//! | [`a_broken_token_cache_never_fails_a_pull`] | cache dir under a regular file, read-only bind mount, full tmpfs: credentials all the same, at most one warning line |
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,12 +49,16 @@ struct World {
 
 impl World {
     async fn new(exp: u64) -> World {
-        let cloudsmith = StandIn::start(StandInConfig {
+        World::with(StandInConfig {
             token_exp: exp,
             ..Default::default()
         })
         .await
-        .expect("stand-in");
+    }
+
+    async fn with(config: StandInConfig) -> World {
+        let exp = config.token_exp;
+        let cloudsmith = StandIn::start(config).await.expect("stand-in");
         let dir = tempfile::tempdir().expect("tempdir");
         let oidc_token = testkit::oidc::token(SUBJECT, &[PRODUCTION_AUDIENCE]);
         let token_file = dir.path().join("oidc-token");
@@ -799,4 +806,191 @@ fn config_args(text: &str) -> Vec<String> {
         .filter_map(|l| l.trim().strip_prefix("- "))
         .map(|a| a.trim_matches('"').to_string())
         .collect()
+}
+
+/// A stand-in whose every exchange takes 0.4 s (the `slow` org), tokens valid 6 hours.
+async fn slow_world() -> World {
+    World::with(StandInConfig {
+        token_exp: now() + 6 * 3600,
+        slow_delay: Duration::from_millis(400),
+        ..Default::default()
+    })
+    .await
+}
+
+/// Runs every `(args, stdin)` at once as `program`, and returns the outputs in order.
+async fn burst(
+    program: &Path,
+    runs: Vec<(Vec<String>, String)>,
+    env: &[(&str, &str)],
+    home: &Path,
+) -> Vec<Output> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, (args, stdin)) in runs.into_iter().enumerate() {
+        let (program, home) = (program.to_path_buf(), home.to_path_buf());
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        set.spawn(async move {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            (i, run(&program, &args, &env, &stdin, &home).await)
+        });
+    }
+    let mut outputs: Vec<(usize, Output)> = set.join_all().await;
+    outputs.sort_by_key(|(i, _)| *i);
+    outputs.into_iter().map(|(_, out)| out).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_helpers_exchanges_once() {
+    let w = slow_world().await;
+    let helper = helper_link(&w);
+    let home = w.dir.path().to_path_buf();
+    let token_file = w.token_file.display().to_string();
+    let env: Vec<(&str, &str)> = vec![
+        ("CLOUDSMITH_ORG", "slow"),
+        ("CLOUDSMITH_SERVICE_SLUG", SERVICE),
+        ("CLOUDSMITH_API_HOST", &w.url),
+        ("CLOUDSMITH_OIDC_TOKEN_FILE", &token_file),
+    ];
+    // Compile once up front (a warm node), so the burst measures the token cache alone.
+    let warm = run(&helper, &strings(&["version"]), &env, "", &home).await;
+    assert!(warm.success(), "{}", warm.stderr);
+    let runs = (0..16)
+        .map(|_| (strings(&["get"]), "docker.cloudsmith.io".to_string()))
+        .collect();
+    let outputs = burst(&helper, runs, &env, &home).await;
+    let secret = w.access_token("slow");
+    for (i, out) in outputs.iter().enumerate() {
+        assert!(out.success(), "run {i}: {}", out.stderr);
+        assert_eq!(out.stdout_json()["Secret"], json!(secret), "run {i}");
+        assert!(out.stderr.is_empty(), "run {i}: {}", out.stderr);
+    }
+    assert_eq!(w.requests(), 1, "one exchange for the whole burst");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_kubelet_runs_exchanges_once() {
+    let w = slow_world().await;
+    let bin = testkit::tools::cloudsmith_gen();
+    let manifest = w.bare_manifest("slow");
+    let home = w.dir.path().to_path_buf();
+    // A cold node: a compile cache of its own, empty.
+    let mut args = kubelet_args(&w, &manifest, &[]);
+    let at = args.iter().position(|a| a == "--cache-dir").unwrap();
+    args[at + 1] = w.path("compile-cache").display().to_string();
+    args.insert(1, "-v".into());
+    let runs = (0..16)
+        .map(|i| {
+            let image = format!("docker.cloudsmith.io/slow/prod/app-{i}:1.0");
+            (args.clone(), kubelet_request(&image, Some(&w.oidc_token)))
+        })
+        .collect();
+    let outputs = burst(&bin, runs, &[], &home).await;
+    let password = w.access_token("slow");
+    let mut compiled = 0;
+    for (i, out) in outputs.iter().enumerate() {
+        assert!(out.success(), "run {i}: {}", out.stderr);
+        let response: Value = out.stdout_json();
+        assert_eq!(
+            response["auth"]["docker.cloudsmith.io"]["password"],
+            json!(password),
+            "run {i}"
+        );
+        compiled += out.stderr.matches("compiled and cached").count();
+        testkit::process::assert_no_secret(
+            &[&out.stdout.replace(&password, ""), &out.stderr],
+            &[&w.oidc_token, &password],
+        );
+    }
+    assert_eq!(w.requests(), 1, "one exchange for the whole burst");
+    assert_eq!(compiled, 1, "the cold compile cache compiled once");
+}
+
+/// Runs `program args` in a mount namespace of its own, after `setup` (shell, `$D` is
+/// `dir`): mounts there vanish with the process.
+async fn run_mounted(
+    setup: &str,
+    dir: &Path,
+    program: &Path,
+    args: &[String],
+    stdin: &str,
+    home: &Path,
+) -> Output {
+    let mut all = strings(&["--mount", "--propagation", "private", "sh", "-c"]);
+    all.push(format!("set -e; D=\"$1\"; shift; {setup}; exec \"$@\""));
+    all.push("sh".into());
+    all.push(dir.display().to_string());
+    all.push(program.display().to_string());
+    all.extend(args.iter().cloned());
+    run(Path::new("unshare"), &all, &[], stdin, home).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_token_cache_never_fails_a_pull() {
+    let w = World::new(now() + 6 * 3600).await;
+    let bin = testkit::tools::cloudsmith_gen();
+    let manifest = w.bare_manifest(ORG);
+    let home = w.dir.path().to_path_buf();
+    let request = kubelet_request(
+        "docker.cloudsmith.io/my-organization/prod/app:1.0",
+        Some(&w.oidc_token),
+    );
+    let password = w.access_token(ORG);
+    let args_with = |dir: &Path| {
+        let mut args = kubelet_args(&w, &manifest, &[]);
+        let at = args.iter().position(|a| a == "--token-cache-dir").unwrap();
+        args[at + 1] = dir.display().to_string();
+        args
+    };
+    let check = |what: &str, out: &Output| {
+        assert!(out.success(), "{what}: {}", out.stderr);
+        assert_eq!(
+            out.stdout_json()["auth"]["docker.cloudsmith.io"]["password"],
+            json!(password),
+            "{what}"
+        );
+        let lines = out.stderr_lines();
+        assert!(lines.len() <= 1, "{what}: {lines:?}");
+        assert!(
+            lines.iter().all(|l| l.starts_with("warning: token cache: ")),
+            "{what}: {lines:?}"
+        );
+        testkit::process::assert_no_secret(&[&out.stderr], &[&w.oidc_token, &password]);
+    };
+
+    // A path under a regular file: nothing can be created there.
+    let file = w.file("a-file", "x");
+    let out = run(&bin, &args_with(&file.join("tokens")), &[], &request, &home).await;
+    check("under a regular file", &out);
+    assert_eq!(out.stderr_lines().len(), 1, "it says why once: {}", out.stderr);
+
+    // A read-only bind mount (root ignores permission bits, not a read-only mount).
+    let ro = w.path("read-only");
+    std::fs::create_dir_all(&ro).unwrap();
+    let before = w.requests();
+    let out = run_mounted(
+        "mount --bind \"$D\" \"$D\"; mount -o remount,bind,ro \"$D\"",
+        &ro,
+        &bin,
+        &args_with(&ro.join("tokens")),
+        &request,
+        &home,
+    )
+    .await;
+    check("read-only mount", &out);
+    assert_eq!(w.requests(), before + 1, "it exchanged");
+
+    // A full tmpfs: the directory and lock file fit, the entry does not.
+    let full = w.path("full");
+    std::fs::create_dir_all(&full).unwrap();
+    let out = run_mounted(
+        "mount -t tmpfs -o size=12k tmpfs \"$D\"; mkdir -m 0700 \"$D/tokens\"; head -c 1048576 /dev/zero > \"$D/fill\" 2>/dev/null || true",
+        &full,
+        &bin,
+        &args_with(&full.join("tokens")),
+        &request,
+        &home,
+    )
+    .await;
+    check("full tmpfs", &out);
+    assert!(!full.join("fill").exists(), "the tmpfs was private to the run");
 }

@@ -14,13 +14,19 @@ use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
+use crate::flight::{self, Flight};
 use crate::sandbox::wasm_err;
+
+/// How long a process waits for another's compile of the same component before
+/// compiling itself: a cold compile takes seconds (release) to tens of seconds (debug).
+const COMPILE_WAIT: Duration = Duration::from_secs(30);
 
 /// The wasmtime release this host is built against (pinned in Cargo.toml).
 const WASMTIME_VERSION: &str = "48.0.8";
@@ -96,10 +102,22 @@ impl ArtifactCache {
     /// compile is an error.
     pub fn load(&self, engine: &Engine, bytes: &[u8]) -> anyhow::Result<(Component, CacheOutcome)> {
         let path = self.entry_path(engine, bytes);
-        let recovered = match fs::read(&path) {
-            Ok(entry) => match Self::open(engine, &entry) {
-                Ok(component) => return Ok((component, CacheOutcome::Hit(path))),
-                Err(why) => Some(why),
+        let recovered = match self.read(engine, &path) {
+            Ok(Some(component)) => return Ok((component, CacheOutcome::Hit(path))),
+            Ok(None) => None,
+            Err(why) => Some(why),
+        };
+        // A burst of processes on a cold node compiles once: the first compiles, the
+        // others wait for its entry (or for COMPILE_WAIT, then compile themselves).
+        let _flight = match create_private_dir(&self.dir, "cache directory") {
+            Ok(()) => match flight::lock(&path, Instant::now() + COMPILE_WAIT) {
+                Flight::Leader(lock) => {
+                    if let Ok(Some(component)) = self.read(engine, &path) {
+                        return Ok((component, CacheOutcome::Hit(path)));
+                    }
+                    Some(lock)
+                }
+                Flight::TimedOut | Flight::Alone(_) => None,
             },
             Err(_) => None,
         };
@@ -111,6 +129,14 @@ impl ArtifactCache {
             (None, Err(e)) => CacheOutcome::NotStored(format!("{e:#}")),
         };
         Ok((component, outcome))
+    }
+
+    /// The entry at `path`: `Ok(None)` when there is none, `Err` (why) when it is unusable.
+    fn read(&self, engine: &Engine, path: &Path) -> Result<Option<Component>, String> {
+        match fs::read(path) {
+            Ok(entry) => Self::open(engine, &entry).map(Some),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Checks an entry's framing and digest, then deserializes it.

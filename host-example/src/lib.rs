@@ -47,6 +47,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod flight;
 mod host;
 pub mod jwt;
 mod lenient;

@@ -11,9 +11,11 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use host_example::flight::{Flight, FlightLock};
 use host_example::jwt::Claims;
 use host_example::spec::GeneratorSpec;
 use host_example::token_cache::{now_unix, CacheKey, CachedToken, Lookup, TokenCache, DEFAULT_MARGIN};
@@ -67,6 +69,10 @@ pub struct MintRequest {
     pub tokens: TokenChoice,
     /// Whether a `serviceAccountRef.namespace` other than the target is honoured.
     pub namespaces: NamespacePolicy,
+    /// When the caller gives up (the kubelet provider's `--deadline`); `None`: the
+    /// call's deadline from now. Waiting for another process's exchange of the same
+    /// token takes at most half the time left, so the caller's own exchange fits too.
+    pub deadline: Option<Instant>,
 }
 
 /// What [`Mint::mint`] returns.
@@ -101,6 +107,15 @@ pub trait Mint: Sync {
     fn mint(&self, request: MintRequest) -> impl Future<Output = Result<Minted, Failure>> + Send;
 }
 
+/// What a process does after a cache miss ([`Minter::lead`]).
+enum Lead {
+    /// Another process exchanged while this one waited: its entry.
+    Filled(CachedToken),
+    /// Exchange, holding the single-flight lock when it could be taken (dropped once
+    /// the entry is stored).
+    Exchange(Option<FlightLock>),
+}
+
 /// The mint port's one implementation: token cache, then the sandboxed generator.
 pub struct Minter {
     config: RuntimeConfig,
@@ -110,6 +125,8 @@ pub struct Minter {
     slots: Option<u32>,
     /// Built on the first miss, then reused.
     generator: Mutex<Option<Generator>>,
+    /// Whether the one warning about an unusable token cache has been printed.
+    warned: AtomicBool,
 }
 
 impl Minter {
@@ -121,6 +138,7 @@ impl Minter {
             verbose,
             slots: None,
             generator: Mutex::new(None),
+            warned: AtomicBool::new(false),
         }
     }
 
@@ -170,6 +188,45 @@ impl Minter {
         ))
     }
 
+    /// A cache that cannot be used costs an exchange, never the call: one line says so.
+    fn warn_cache(&self, why: &str) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "warning: token cache: {}; minting without it",
+                host_example::secret::one_line(why, 300)
+            );
+        }
+    }
+
+    /// After a miss: waits for another process exchanging for `key`, and either finds
+    /// its entry or goes ahead (holding the lock when it could take it).
+    fn lead(&self, cache: &TokenCache, key: &CacheKey, deadline: Instant) -> Lead {
+        let now = Instant::now();
+        let until = now + deadline.saturating_duration_since(now) / 2;
+        // A blocking wait: one-shot doors run one call on their thread, nothing else.
+        match cache.lock(key, until) {
+            Flight::Leader(lock) => match cache.get(key) {
+                Lookup::Hit(token) => {
+                    if self.verbose {
+                        note("token cache: filled by another process while this one waited");
+                    }
+                    Lead::Filled(token)
+                }
+                _ => Lead::Exchange(Some(lock)),
+            },
+            Flight::TimedOut => {
+                if self.verbose {
+                    note("token cache: another process is still exchanging; exchanging too");
+                }
+                Lead::Exchange(None)
+            }
+            Flight::Alone(why) => {
+                self.warn_cache(&why);
+                Lead::Exchange(None)
+            }
+        }
+    }
+
     fn margin(&self) -> Duration {
         self.cache.as_ref().map_or(DEFAULT_MARGIN, TokenCache::margin)
     }
@@ -216,6 +273,18 @@ impl Mint for Minter {
                 Some(_) => "token cache: not used (no identity for this token source)",
             });
         }
+        let _flight = match (&self.cache, &key) {
+            (Some(cache), Some(key)) => {
+                let deadline = request
+                    .deadline
+                    .unwrap_or_else(|| Instant::now() + self.config.limits.deadline);
+                match self.lead(cache, key, deadline) {
+                    Lead::Filled(token) => return Ok(self.minted(token.credentials(), Some(token))),
+                    Lead::Exchange(lock) => lock,
+                }
+            }
+            _ => None,
+        };
         if self.verbose {
             note(&format!("token source: {}", source.describe()));
         }
@@ -233,8 +302,8 @@ impl Mint for Minter {
             // A cache that cannot be written costs the next call an exchange, nothing more.
             match cache.put(key, token) {
                 Ok(path) if self.verbose => note(&format!("token cache: stored {}", path.display())),
-                Err(e) if self.verbose => note(&format!("token cache: not stored ({e:#})")),
-                _ => {}
+                Ok(_) => {}
+                Err(e) => self.warn_cache(&format!("not stored: {e:#}")),
             }
         }
         Ok(self.minted(credentials, token))

@@ -35,6 +35,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::flight::{self, Flight};
 use crate::secret::{Credentials, Secret};
 
 /// The smallest margin before `exp` at which a cached token is dropped (the official
@@ -271,6 +272,16 @@ impl TokenCache {
         tmp.persist(&path)
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
+    }
+
+    /// Takes the single-flight lock of `key`'s entry (see [`crate::flight`]), waiting for
+    /// another process's exchange until `until` at the latest. The leader looks the key
+    /// up once more before it exchanges: the previous holder may just have stored it.
+    pub fn lock(&self, key: &CacheKey, until: std::time::Instant) -> Flight {
+        if let Err(e) = create_private_dir(&self.dir) {
+            return Flight::Alone(format!("{e:#}"));
+        }
+        flight::lock(&self.entry_path(key), until)
     }
 
     /// How long `token` may still be used as of `now`: until `exp - margin`, zero when

@@ -203,6 +203,7 @@ impl DockerConfig {
             namespace,
             tokens,
             namespaces: NamespacePolicy::TargetOnly,
+            deadline: None,
         })
     }
 }

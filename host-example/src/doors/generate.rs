@@ -65,6 +65,7 @@ pub async fn handle(manifest: String, mint: &impl Mint, config: &GenerateConfig)
             namespace: config.namespace.clone(),
             tokens: config.tokens.clone(),
             namespaces: config.namespaces,
+            deadline: None,
         })
         .await?;
     Ok(Reply::ok(render(

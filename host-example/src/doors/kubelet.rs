@@ -220,6 +220,7 @@ fn mint_request(pod_token: Option<Secret>, config: &KubeletConfig) -> Result<Min
                 tokens: TokenChoice::kubelet_token(token),
                 // The kubelet chose the account; there is no namespace for this host to guard.
                 namespaces: NamespacePolicy::AllowCrossNamespace,
+                deadline: Some(config.deadline),
             }
         }
         None => {
@@ -234,6 +235,7 @@ fn mint_request(pod_token: Option<Secret>, config: &KubeletConfig) -> Result<Min
                 namespace: config.namespace.clone(),
                 tokens,
                 namespaces,
+                deadline: Some(config.deadline),
             }
         }
     })

@@ -536,6 +536,8 @@ async fn generate<M: Mint>(
             identity: None,
         },
         namespaces: NamespacePolicy::TargetOnly,
+        // No token cache here: nothing to wait for.
+        deadline: None,
     };
     let result = tokio::time::timeout(server.call_bound, server.minter.mint(request))
         .await
