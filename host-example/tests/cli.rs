@@ -598,3 +598,60 @@ async fn multi_document_manifests() {
         "orgs the stand-in saw, in order"
     );
 }
+
+/// A token whose subject the stand-in's OIDC service does not trust: the one `error:`
+/// line names the issuer, subject and audiences Cloudsmith saw, and none of the
+/// token's three parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_exchange_names_the_tokens_issuer_subject_and_audience() {
+    use testkit::cloudsmith::{StandIn, StandInConfig, Trusted};
+    const SUBJECT: &str = "system:serviceaccount:default:default";
+
+    let stand_in = StandIn::start(StandInConfig {
+        trusted: vec![Trusted::new(
+            testkit::oidc::ISSUER,
+            "system:serviceaccount:apps:*",
+        )],
+        ..StandInConfig::default()
+    })
+    .await
+    .expect("stand-in");
+    let token = testkit::oidc::token(SUBJECT, &[&stand_in.origin()]);
+    let manifest = local_manifest("refused.yaml", &stand_in.url());
+    let (authority, env_token) = (stand_in.authority(), token.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["generate", "--manifest"])
+            .arg(&manifest)
+            .args([
+                "--oidc-token-env",
+                "REFUSED_TOKEN",
+                "--allow-http",
+                "--allow-host",
+                &authority,
+            ])
+            .env("REFUSED_TOKEN", &env_token)
+            .env("XDG_CACHE_HOME", cache_dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("cloudsmith-gen runs")
+    })
+    .await
+    .expect("run the CLI");
+    assert_fails(
+        &out,
+        5,
+        &format!(
+            "Cloudsmith rejected the credentials (401): OIDC token cannot be authenticated; \
+             the token's iss={}, sub={SUBJECT}, aud={}: the Cloudsmith OIDC service must trust \
+             this issuer and subject",
+            testkit::oidc::ISSUER,
+            stand_in.origin()
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in token.split('.') {
+        assert!(!stderr.contains(part), "a part of the token in: {stderr}");
+    }
+    eprintln!("{stderr}");
+}
