@@ -655,3 +655,40 @@ async fn a_refused_exchange_names_the_tokens_issuer_subject_and_audience() {
     }
     eprintln!("{stderr}");
 }
+
+/// No kubeconfig anywhere and not in a cluster: one `error:` line that says first what
+/// to give, then kube's causes, whole words only.
+#[test]
+fn no_kubernetes_configuration_says_what_to_give_first() {
+    let home = tempfile::tempdir().expect("empty home");
+    let manifest = local_manifest("no-kube.yaml", "https://api.cloudsmith.io");
+    let out = Command::new(BIN)
+        .args(["generate", "--manifest"])
+        .arg(&manifest)
+        .env("HOME", home.path())
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("XDG_CACHE_HOME", cache_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("cloudsmith-gen runs");
+    assert_fails(
+        &out,
+        3,
+        "error: token source failed: no Kubernetes configuration found: \
+         give --kubeconfig, --oidc-token-file or --oidc-token-env; ",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.trim_end();
+    // Both places kube looked, each cause whole (the line fits, so nothing is cut).
+    assert!(
+        line.ends_with(
+            "; in-cluster: KUBERNETES_SERVICE_HOST or KUBERNETES_SERVICE_PORT is not set; \
+             kubeconfig: failed to read kubeconfig from '/nonexistent/kubeconfig': \
+             No such file or directory (os error 2)"
+        ),
+        "{line}"
+    );
+    eprintln!("{line}");
+}
