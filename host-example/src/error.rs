@@ -74,7 +74,7 @@ impl fmt::Display for PresentedToken {
                 };
                 write!(
                     f,
-                    "the token's iss={}, sub={}, aud={aud}: the Cloudsmith OIDC service must trust this issuer and subject",
+                    "the token's iss={}, sub={}, aud={aud}",
                     or_none(iss),
                     or_none(sub)
                 )
@@ -163,8 +163,18 @@ impl fmt::Display for GenerateError {
                     "Cloudsmith rejected the credentials ({}): {}",
                     s.status, s.detail
                 )?;
-                if let Some(token) = &s.token {
-                    write!(f, "; {token}")?;
+                match &s.token {
+                    Some(token @ PresentedToken::Claims { .. }) => {
+                        write!(
+                            f,
+                            "; {token}: the Cloudsmith OIDC service must trust this issuer and subject"
+                        )?;
+                        if s.status == 403 {
+                            write!(f, ", and have permission on the repositories")?;
+                        }
+                    }
+                    Some(token) => write!(f, "; {token}")?,
+                    None => {}
                 }
                 Ok(())
             }
@@ -353,6 +363,18 @@ mod tests {
         // Missing claims, and a claim that would break the line.
         let odd = refused(Some(&jwt(r#"{"sub":"a\nb"}"#)));
         assert!(odd.contains("iss=(none), sub=a b, aud=(none)"), "{odd}");
+        let forbidden = GenerateError::Unauthorized(UpstreamStatus {
+            status: 403,
+            detail: "no".into(),
+            token: Some(PresentedToken::of(Some(&jwt(
+                r#"{"iss":"i","sub":"s","aud":"a"}"#,
+            )))),
+        });
+        assert_eq!(
+            forbidden.to_string(),
+            "Cloudsmith rejected the credentials (403): no; the token's iss=i, sub=s, aud=a: \
+             the Cloudsmith OIDC service must trust this issuer and subject, and have permission on the repositories"
+        );
         // Without what the host saw (a status built elsewhere), the line is Cloudsmith's.
         let bare = GenerateError::Unauthorized(UpstreamStatus {
             status: 403,
