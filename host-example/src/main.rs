@@ -21,6 +21,7 @@
 //!
 //! On failure stderr holds exactly one line, `error: <cause>` (more with `-v`).
 
+mod check;
 mod commands;
 // The stand-in and its test key stay out of release images (`--no-default-features`).
 #[cfg(feature = "demo")]
