@@ -486,6 +486,9 @@ fn cloudsmith_gen_answer(out: &Output) -> Result<Value, String> {
         }
         Some(5) => {
             if let Some(rest) = cause.strip_prefix("Cloudsmith rejected the credentials (") {
+                // cloudsmith-gen adds the claims of the token it handed out, which the
+                // WIT error does not carry: compare Cloudsmith's part.
+                let rest = rest.split_once("; the token's ").map_or(rest, |(rest, _)| rest);
                 status_case("unauthorized", rest)
             } else if let Some(rest) = cause.strip_prefix("Cloudsmith rejected the request (") {
                 status_case("rejected", rest)

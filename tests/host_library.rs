@@ -14,8 +14,8 @@ use host_example::token_source::{FileTokenSource, KubernetesTokenSource};
 use host_example::wasmtime::component::Component;
 use host_example::wasmtime::Engine;
 use host_example::{
-    cache, sandbox, EngineOptions, Error, GenerateError, Generator, GeneratorOptions, TimeoutCaps,
-    TokenSource, UpstreamStatus, COMPONENT,
+    cache, sandbox, EngineOptions, Error, GenerateError, Generator, GeneratorOptions, PresentedToken,
+    TimeoutCaps, TokenSource, UpstreamStatus, COMPONENT,
 };
 use serde_json::{json, Value};
 use testkit::cloudsmith::{access_token_for, auth_for, Scenario, StandIn, StandInConfig};
@@ -173,6 +173,17 @@ async fn failures_are_typed() {
     let status = |s: Scenario| UpstreamStatus {
         status: s.status().unwrap(),
         detail: s.detail().unwrap().to_string(),
+        token: None,
+    };
+    // A refusal of the credentials names the claims of the token the host handed out.
+    let presented = Some(PresentedToken::Claims {
+        iss: Some(testkit::oidc::ISSUER.to_string()),
+        sub: Some(SUBJECT.to_string()),
+        aud: vec![stand_in.origin()],
+    });
+    let refused = |s: Scenario| UpstreamStatus {
+        token: presented.clone(),
+        ..status(s)
     };
     let manifest = |org: &str, api: &str| {
         json!({"spec": {"apiHost": api, "orgSlug": org, "serviceSlug": SERVICE,
@@ -185,12 +196,12 @@ async fn failures_are_typed() {
         (
             "fail-401".into(),
             manifest("fail-401", &url),
-            Want::Exactly(GenerateError::Unauthorized(status(Scenario::Fail401))),
+            Want::Exactly(GenerateError::Unauthorized(refused(Scenario::Fail401))),
         ),
         (
             "fail-403".into(),
             manifest("fail-403", &url),
-            Want::Exactly(GenerateError::Unauthorized(status(Scenario::Fail403))),
+            Want::Exactly(GenerateError::Unauthorized(refused(Scenario::Fail403))),
         ),
         (
             "fail-404".into(),
@@ -216,6 +227,7 @@ async fn failures_are_typed() {
             Want::Exactly(GenerateError::Unauthorized(UpstreamStatus {
                 status: 401,
                 detail: format!(r#"{{"oidc_token":"[redacted]","service_slug":"{SERVICE}"}}"#),
+                token: presented.clone(),
             })),
         ),
         (

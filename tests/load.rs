@@ -23,7 +23,7 @@ use std::time::Instant;
 use base64::Engine as _;
 use host_example::{
     cache, sandbox, Authority, EngineOptions, Error, GenerateError, Generator, GeneratorOptions,
-    OutboundPolicy, Secret, TokenRequest, TokenSource, TokenSourceError, UpstreamStatus,
+    OutboundPolicy, PresentedToken, Secret, TokenRequest, TokenSource, TokenSourceError, UpstreamStatus,
 };
 use testkit::cloudsmith::{access_token_for, auth_for, jwt_payload, StandIn, StandInConfig};
 
@@ -137,6 +137,7 @@ fn check(i: usize, result: &Result<host_example::Credentials, Error>) -> Result<
     let status = |status: u16, detail: &str| UpstreamStatus {
         status,
         detail: detail.to_string(),
+        token: None,
     };
     match (kind, result) {
         (Kind::Ok | Kind::Burst503, Ok(credentials)) => {
@@ -162,7 +163,8 @@ fn check(i: usize, result: &Result<host_example::Credentials, Error>) -> Result<
             Ok(())
         }
         (Kind::Fail401, Err(Error::Generate(GenerateError::Unauthorized(s))))
-            if *s == status(401, "OIDC token cannot be authenticated") =>
+            if (s.status, s.detail.as_str()) == (401, "OIDC token cannot be authenticated")
+                && matches!(&s.token, Some(PresentedToken::Claims { sub: Some(sub), .. }) if *sub == subject(i)) =>
         {
             Ok(())
         }

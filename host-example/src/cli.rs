@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use host_example::policy::TimeoutCaps;
 use host_example::{Authority, Limits, NamespacePolicy, OutboundPolicy, WasiGrants};
 
+use crate::doors::check::{CheckConfig, ReportFormat};
 use crate::doors::generate::{Format, GenerateConfig, OutputConfig};
 use crate::doors::install::{HelperInstall, KubeletInstall};
 use crate::doors::kubelet::KubeletConfig;
@@ -39,6 +40,10 @@ pub enum Command {
     // large_enum_variant); the box costs one allocation per process.
     #[command(after_help = EXIT_CODES)]
     Generate(Box<GenerateArgs>),
+    /// Walk generate's path step by step and report each (manifest, token source and
+    /// its claims, outbound policy, exchange, registry), with the fix for a failed one.
+    #[command(after_help = CHECK_HELP)]
+    Check(Box<CheckArgs>),
     /// Print the generator's description (JSON).
     #[command(after_help = EXIT_CODES)]
     Info(InfoArgs),
@@ -74,6 +79,60 @@ by policy, 429 caller rate limit, 502 Cloudsmith or TokenRequest refused, 503 ra
 or upstream failing (with Retry-After), 500 sandbox failure.
 Also: GET /healthz, /readyz, /metrics (Prometheus). JSON logs on stderr. SIGTERM stops
 accepting, lets calls in flight finish (up to --shutdown-timeout), then exits 0.";
+
+const CHECK_HELP: &str = "\
+Each step prints one line (ok, WARN, FAIL or skip) with what it found; a step that did not
+pass prints its problem and the fix, naming the documentation's troubleshooting item.
+The token step shows the token's iss and sub: the values to enter in the Cloudsmith OIDC
+service. Exit 0 only when every step that ran passed; 1 otherwise; 2 for bad arguments.";
+
+/// `check`'s arguments: `generate`'s, and what to check the registry against.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The CloudsmithAccessToken manifest (YAML or JSON).
+    #[arg(long, value_name = "FILE")]
+    pub manifest: PathBuf,
+
+    /// Use the generator document whose metadata.name is NAME.
+    #[arg(long, value_name = "NAME")]
+    pub generator: Option<String>,
+
+    /// The target namespace (the ExternalSecret's).
+    #[arg(long, value_name = "NS", default_value = "default")]
+    pub namespace: String,
+
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+
+    /// A registry your images are pulled from (a custom domain); repeatable. Checked
+    /// against the registry the credentials are for.
+    #[arg(long = "registry", value_name = "HOST")]
+    pub registries: Vec<String>,
+
+    /// Docker's config.json, whose auths and credHelpers must name that registry.
+    #[arg(long, value_name = "FILE")]
+    pub docker_config: Option<PathBuf>,
+
+    /// Stop before the exchange with Cloudsmith.
+    #[arg(long)]
+    pub no_exchange: bool,
+
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = ReportArg::Text)]
+    pub output: ReportArg,
+}
+
+/// `check --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportArg {
+    /// One line per step.
+    Text,
+    /// The same report as JSON, for scripts.
+    Json,
+}
 
 /// `serve`'s arguments.
 #[derive(Debug, Args)]
@@ -589,6 +648,28 @@ impl TryFrom<&ServeArgs> for ServeConfig {
             rate_burst: args.rate_burst,
             shutdown_timeout: args.shutdown_timeout,
             runtime: (&args.runtime).try_into()?,
+        })
+    }
+}
+
+impl TryFrom<&CheckArgs> for CheckConfig {
+    type Error = Failure;
+
+    fn try_from(args: &CheckArgs) -> Result<Self, Failure> {
+        Ok(CheckConfig {
+            manifest: args.manifest.clone(),
+            generator: args.generator.clone(),
+            namespace: args.namespace.clone(),
+            tokens: args.tokens.choice(),
+            namespaces: args.tokens.namespaces(),
+            runtime: (&args.runtime).try_into()?,
+            registries: args.registries.clone(),
+            docker_config: args.docker_config.clone(),
+            no_exchange: args.no_exchange,
+            format: match args.output {
+                ReportArg::Text => ReportFormat::Text,
+                ReportArg::Json => ReportFormat::Json,
+            },
         })
     }
 }

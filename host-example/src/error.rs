@@ -12,6 +12,83 @@ pub struct UpstreamStatus {
     pub status: u16,
     /// Cloudsmith's `detail`, or a short sanitized prefix of a non-JSON body.
     pub detail: String,
+    /// For a refusal of the credentials ([`GenerateError::Unauthorized`]): what the host
+    /// knows of the service account token the exchange carried, so that the error names
+    /// the issuer and subject Cloudsmith's OIDC service must trust. `None` elsewhere.
+    pub token: Option<PresentedToken>,
+}
+
+/// The service account token behind a refused exchange, as the host saw it: its claims,
+/// never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresentedToken {
+    /// The claims of the token the host handed to the guest (the last one, when it
+    /// handed out more than one). Each is one line and bounded.
+    Claims {
+        /// `iss`, when the token has a string one.
+        iss: Option<String>,
+        /// `sub`, when the token has a string one.
+        sub: Option<String>,
+        /// `aud`.
+        aud: Vec<String>,
+    },
+    /// The host handed out a token that is not a JWT, so it has no claims to read.
+    NotJwt,
+    /// The host handed out no token: a composed component reads its own.
+    NotHandedOut,
+}
+
+/// Longest claim value an error repeats; claims come from the token, whose issuer
+/// could make them arbitrarily long.
+const MAX_CLAIM_CHARS: usize = 200;
+
+impl PresentedToken {
+    /// What the host knows of `token`, the one it handed to the guest (`None`: none).
+    pub fn of(token: Option<&str>) -> PresentedToken {
+        let Some(token) = token else {
+            return PresentedToken::NotHandedOut;
+        };
+        match crate::jwt::Claims::read(token) {
+            None => PresentedToken::NotJwt,
+            Some(claims) => {
+                let clean = |s: &str| crate::secret::one_line(s, MAX_CLAIM_CHARS);
+                PresentedToken::Claims {
+                    iss: claims.iss.as_deref().map(clean),
+                    sub: claims.sub.as_deref().map(clean),
+                    aud: claims.aud.iter().map(|a| clean(a)).collect(),
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for PresentedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PresentedToken::Claims { iss, sub, aud } => {
+                let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+                let aud = if aud.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    aud.join(",")
+                };
+                write!(
+                    f,
+                    "the token's iss={}, sub={}, aud={aud}",
+                    or_none(iss),
+                    or_none(sub)
+                )
+            }
+            PresentedToken::NotJwt => write!(
+                f,
+                "the token the host handed out is not a JWT, so it names no issuer or subject"
+            ),
+            PresentedToken::NotHandedOut => write!(
+                f,
+                "the token's claims are unknown: the component read the token itself"
+            ),
+        }
+    }
 }
 
 /// The guest's `generate-error`, mirrored from the WIT variant.
@@ -80,11 +157,27 @@ impl fmt::Display for GenerateError {
                 }
                 Ok(())
             }
-            GenerateError::Unauthorized(s) => write!(
-                f,
-                "Cloudsmith rejected the credentials ({}): {}",
-                s.status, s.detail
-            ),
+            GenerateError::Unauthorized(s) => {
+                write!(
+                    f,
+                    "Cloudsmith rejected the credentials ({}): {}",
+                    s.status, s.detail
+                )?;
+                match &s.token {
+                    Some(token @ PresentedToken::Claims { .. }) => {
+                        write!(
+                            f,
+                            "; {token}: the Cloudsmith OIDC service must trust this issuer and subject"
+                        )?;
+                        if s.status == 403 {
+                            write!(f, ", and have permission on the repositories")?;
+                        }
+                    }
+                    Some(token) => write!(f, "; {token}")?,
+                    None => {}
+                }
+                Ok(())
+            }
             GenerateError::Rejected(s) => {
                 write!(f, "Cloudsmith rejected the request ({}): {}", s.status, s.detail)
             }
@@ -216,5 +309,78 @@ impl From<GenerateError> for Error {
 impl From<HostError> for Error {
     fn from(e: HostError) -> Self {
         Error::Host(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn jwt(payload: &str) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!(
+            "{}.{}.{}",
+            b64(r#"{"alg":"RS256"}"#),
+            b64(payload),
+            b64("signature")
+        )
+    }
+
+    fn refused(token: Option<&str>) -> String {
+        GenerateError::Unauthorized(UpstreamStatus {
+            status: 401,
+            detail: "OIDC token cannot be authenticated".into(),
+            token: Some(PresentedToken::of(token)),
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn a_refusal_names_the_claims_of_the_token_and_never_the_token() {
+        let token = jwt(
+            r#"{"iss":"https://k8s.example","sub":"system:serviceaccount:apps:puller","aud":["https://api.cloudsmith.io","x"],"exp":1}"#,
+        );
+        let line = refused(Some(&token));
+        assert_eq!(
+            line,
+            "Cloudsmith rejected the credentials (401): OIDC token cannot be authenticated; \
+             the token's iss=https://k8s.example, sub=system:serviceaccount:apps:puller, \
+             aud=https://api.cloudsmith.io,x: the Cloudsmith OIDC service must trust this issuer and subject"
+        );
+        for part in token.split('.') {
+            assert!(!line.contains(part), "{part} in {line}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_says_what_the_host_could_not_know() {
+        assert!(refused(None).ends_with(
+            "OIDC token cannot be authenticated; the token's claims are unknown: the component read the token itself"
+        ));
+        assert!(refused(Some("opaque-token")).contains("is not a JWT"));
+        assert!(!refused(Some("opaque-token")).contains("opaque-token"));
+        // Missing claims, and a claim that would break the line.
+        let odd = refused(Some(&jwt(r#"{"sub":"a\nb"}"#)));
+        assert!(odd.contains("iss=(none), sub=a b, aud=(none)"), "{odd}");
+        let forbidden = GenerateError::Unauthorized(UpstreamStatus {
+            status: 403,
+            detail: "no".into(),
+            token: Some(PresentedToken::of(Some(&jwt(
+                r#"{"iss":"i","sub":"s","aud":"a"}"#,
+            )))),
+        });
+        assert_eq!(
+            forbidden.to_string(),
+            "Cloudsmith rejected the credentials (403): no; the token's iss=i, sub=s, aud=a: \
+             the Cloudsmith OIDC service must trust this issuer and subject, and have permission on the repositories"
+        );
+        // Without what the host saw (a status built elsewhere), the line is Cloudsmith's.
+        let bare = GenerateError::Unauthorized(UpstreamStatus {
+            status: 403,
+            detail: "no".into(),
+            token: None,
+        });
+        assert_eq!(bare.to_string(), "Cloudsmith rejected the credentials (403): no");
     }
 }

@@ -69,7 +69,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi_http::WasiHttpCtx;
 
-pub use error::{Error, GenerateError, HostError, UpstreamStatus};
+pub use error::{Error, GenerateError, HostError, PresentedToken, UpstreamStatus};
 pub use policy::{Authority, Journal, OutboundPolicy, RequestRecord, TimeoutCaps};
 pub use sandbox::{EngineOptions, Limits, WasiGrants};
 pub use secret::{Credentials, Secret};
@@ -499,6 +499,7 @@ impl Call<'_> {
         let status = |s: wit::UpstreamStatus| UpstreamStatus {
             status: s.status,
             detail: self.clean(&s.detail),
+            token: None,
         };
         match e {
             wit::GenerateError::InvalidSpec(m) => GenerateError::InvalidSpec(self.clean(&m)),
@@ -507,7 +508,13 @@ impl Call<'_> {
                 message: self.clean(&m),
                 host_reason: journal.denials.last().map(ToString::to_string),
             },
-            wit::GenerateError::Unauthorized(s) => GenerateError::Unauthorized(status(s)),
+            wit::GenerateError::Unauthorized(s) => {
+                let handed_out = self.store.data().tokens.handed_out.last();
+                GenerateError::Unauthorized(UpstreamStatus {
+                    token: Some(PresentedToken::of(handed_out.map(Secret::expose))),
+                    ..status(s)
+                })
+            }
             wit::GenerateError::Rejected(s) => GenerateError::Rejected(status(s)),
             wit::GenerateError::RateLimited(r) => GenerateError::RateLimited {
                 retry_after_seconds: r.retry_after_seconds,

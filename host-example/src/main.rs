@@ -49,7 +49,7 @@ use clap::Parser as _;
 
 use crate::cli::{Cli, Command, InstallCommand};
 use crate::doors::docker::{self, DockerConfig};
-use crate::doors::{generate, install, kubelet, serve, Reply};
+use crate::doors::{check, generate, install, kubelet, serve, Reply};
 use crate::failure::Failure;
 use crate::mint::{token_cache, Minter};
 use crate::setup::MAX_MANIFEST_BYTES;
@@ -111,6 +111,12 @@ fn command(cli: Cli, started: Instant) -> Result<Reply, Failure> {
             let minter = Minter::new(runtime, cache, verbose);
             let config = (&*args).into();
             block_on(generate::handle(manifest, &minter, &config))
+        }
+        Command::Check(args) => {
+            let config = check::CheckConfig::try_from(&*args)?;
+            // No token cache: check asks Cloudsmith itself.
+            let minter = Minter::new(config.runtime.clone(), None, verbose);
+            block_on(check::handle(&minter, &config))
         }
         Command::Info(args) => {
             let runtime = RuntimeConfig::try_from(&args.runtime)?;

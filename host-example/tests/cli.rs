@@ -598,3 +598,97 @@ async fn multi_document_manifests() {
         "orgs the stand-in saw, in order"
     );
 }
+
+/// A token whose subject the stand-in's OIDC service does not trust: the one `error:`
+/// line names the issuer, subject and audiences Cloudsmith saw, and none of the
+/// token's three parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_exchange_names_the_tokens_issuer_subject_and_audience() {
+    use testkit::cloudsmith::{StandIn, StandInConfig, Trusted};
+    const SUBJECT: &str = "system:serviceaccount:default:default";
+
+    let stand_in = StandIn::start(StandInConfig {
+        trusted: vec![Trusted::new(
+            testkit::oidc::ISSUER,
+            "system:serviceaccount:apps:*",
+        )],
+        ..StandInConfig::default()
+    })
+    .await
+    .expect("stand-in");
+    let token = testkit::oidc::token(SUBJECT, &[&stand_in.origin()]);
+    let manifest = local_manifest("refused.yaml", &stand_in.url());
+    let (authority, env_token) = (stand_in.authority(), token.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["generate", "--manifest"])
+            .arg(&manifest)
+            .args([
+                "--oidc-token-env",
+                "REFUSED_TOKEN",
+                "--allow-http",
+                "--allow-host",
+                &authority,
+            ])
+            .env("REFUSED_TOKEN", &env_token)
+            .env("XDG_CACHE_HOME", cache_dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("cloudsmith-gen runs")
+    })
+    .await
+    .expect("run the CLI");
+    assert_fails(
+        &out,
+        5,
+        &format!(
+            "Cloudsmith rejected the credentials (401): OIDC token cannot be authenticated; \
+             the token's iss={}, sub={SUBJECT}, aud={}: the Cloudsmith OIDC service must trust \
+             this issuer and subject",
+            testkit::oidc::ISSUER,
+            stand_in.origin()
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in token.split('.') {
+        assert!(!stderr.contains(part), "a part of the token in: {stderr}");
+    }
+    eprintln!("{stderr}");
+}
+
+/// No kubeconfig anywhere and not in a cluster: one `error:` line that says first what
+/// to give, then kube's causes, whole words only.
+#[test]
+fn no_kubernetes_configuration_says_what_to_give_first() {
+    let home = tempfile::tempdir().expect("empty home");
+    let manifest = local_manifest("no-kube.yaml", "https://api.cloudsmith.io");
+    let out = Command::new(BIN)
+        .args(["generate", "--manifest"])
+        .arg(&manifest)
+        .env("HOME", home.path())
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("XDG_CACHE_HOME", cache_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("cloudsmith-gen runs");
+    assert_fails(
+        &out,
+        3,
+        "error: token source failed: no Kubernetes configuration found: \
+         give --kubeconfig, --oidc-token-file or --oidc-token-env; ",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.trim_end();
+    // Both places kube looked, each cause whole (the line fits, so nothing is cut).
+    assert!(
+        line.ends_with(
+            "; in-cluster: KUBERNETES_SERVICE_HOST or KUBERNETES_SERVICE_PORT is not set; \
+             kubeconfig: failed to read kubeconfig from '/nonexistent/kubeconfig': \
+             No such file or directory (os error 2)"
+        ),
+        "{line}"
+    );
+    eprintln!("{line}");
+}

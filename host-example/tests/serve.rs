@@ -724,6 +724,15 @@ async fn every_failure_has_its_status_and_case() {
         if status != 200 {
             assert_eq!(reply.case(), case, "{ns}/{generator}");
         }
+        if generator == "refused" {
+            // The claims of the token the host minted for the call: what to trust.
+            let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+            let claims = format!(
+                "the token's iss={}, sub=system:serviceaccount:apps:cloudsmith-oidc, aud=",
+                oidc::ISSUER
+            );
+            assert!(message.contains(&claims), "{message}");
+        }
         assert_eq!(
             reply.headers.get("retry-after").map(|v| v.to_str().unwrap()),
             retry,

@@ -14,7 +14,8 @@
 //! | body at most 64 KiB                                     | 413                                      |
 //! | body is JSON                                            | 400 `JSON parse error - …`               |
 //! | `oidc_token`, `service_slug`: non-empty strings         | 400 `Missing or invalid parameters (see detail): <field>: …` |
-//! | OIDC token verifies ([`crate::oidc::verify`]) and its `aud` holds the stand-in's origin or one of [`StandInConfig::audiences`] | 401 `OIDC token cannot be authenticated` |
+//! | OIDC token verifies ([`crate::oidc::verify_any_issuer`]) and its `aud` holds the stand-in's origin or one of [`StandInConfig::audiences`] | 401 `OIDC token cannot be authenticated` |
+//! | its (`iss`, `sub`) matches one of [`StandInConfig::trusted`], as an OIDC service trusts an issuer and subjects | 401 `OIDC token cannot be authenticated` |
 //!
 //! A request that passes gets `201 {"token": "<JWT>"}`, the JWT being
 //! [`access_token_for`]`(subject, owner, service_slug, config.token_exp)`, so
@@ -75,6 +76,10 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// by default so the documentation's example manifest works unchanged.
 pub const PRODUCTION_AUDIENCE: &str = "https://api.cloudsmith.io";
 
+/// Cloudsmith's `detail` for an OIDC token it does not accept (bad signature,
+/// audience, issuer or subject): it does not say which.
+pub const UNAUTHENTICATED: &str = "OIDC token cannot be authenticated";
+
 /// The registry host Cloudsmith's Docker credentials are for.
 pub const REGISTRY: &str = "docker.cloudsmith.io";
 
@@ -109,6 +114,42 @@ pub struct StandInConfig {
     /// test's own process, which is what a soak measures: requests are then
     /// only counted, and a burst starts over for a caller once it has passed.
     pub keep_history: bool,
+    /// The (issuer, subject) pairs the stand-in's OIDC service trusts, as a
+    /// Cloudsmith OIDC service is configured with a cluster's issuer and the
+    /// subjects it accepts. A token matching none gets a 401. Default: the
+    /// testkit's [`crate::oidc::ISSUER`] with any subject, so every token
+    /// [`crate::oidc::token`] mints is trusted.
+    pub trusted: Vec<Trusted>,
+}
+
+/// One (issuer, subject) an OIDC service trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trusted {
+    /// The issuer, compared exactly (`iss`).
+    pub issuer: String,
+    /// The subject: exact, or a prefix when it ends in `*`
+    /// (`system:serviceaccount:apps:*` trusts every account of namespace
+    /// `apps`; `*` alone trusts any subject of the issuer).
+    pub subject: String,
+}
+
+impl Trusted {
+    /// Trusts `subject` (exact, or a prefix ending in `*`) from `issuer`.
+    pub fn new(issuer: &str, subject: &str) -> Trusted {
+        Trusted {
+            issuer: issuer.to_string(),
+            subject: subject.to_string(),
+        }
+    }
+
+    /// Whether a token from `issuer` for `subject` is trusted by this entry.
+    pub fn matches(&self, issuer: &str, subject: &str) -> bool {
+        issuer == self.issuer
+            && match self.subject.strip_suffix('*') {
+                Some(prefix) => subject.starts_with(prefix),
+                None => subject == self.subject,
+            }
+    }
 }
 
 /// The access token of ESO's own unit test: `exp` 1700000000, `sub`
@@ -126,6 +167,7 @@ impl Default for StandInConfig {
             issued_token: None,
             issued_body: None,
             keep_history: true,
+            trusted: vec![Trusted::new(crate::oidc::ISSUER, "*")],
         }
     }
 }
@@ -630,11 +672,19 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
         }
     }
     let (oidc_token, service) = (&strings[0], &strings[1]);
-    let Some(claims) = crate::oidc::verify(oidc_token) else {
-        return Ok(detail(401, "OIDC token cannot be authenticated"));
+    let Some(claims) = crate::oidc::verify_any_issuer(oidc_token) else {
+        return Ok(detail(401, UNAUTHENTICATED));
     };
     if !claims.aud.iter().any(|a| state.accepted_audiences.contains(a)) {
-        return Ok(detail(401, "OIDC token cannot be authenticated"));
+        return Ok(detail(401, UNAUTHENTICATED));
+    }
+    if !state
+        .config
+        .trusted
+        .iter()
+        .any(|t| t.matches(&claims.iss, &claims.sub))
+    {
+        return Ok(detail(401, UNAUTHENTICATED));
     }
 
     let subject = claims.sub;
@@ -796,6 +846,18 @@ mod tests {
             auth_for("abc"),
             base64::engine::general_purpose::STANDARD.encode("token:abc")
         );
+    }
+
+    #[test]
+    fn trusted_subjects_are_exact_or_a_prefix() {
+        let apps = Trusted::new("https://k8s", "system:serviceaccount:apps:*");
+        assert!(apps.matches("https://k8s", "system:serviceaccount:apps:puller"));
+        assert!(!apps.matches("https://k8s", "system:serviceaccount:other:puller"));
+        assert!(!apps.matches("https://other", "system:serviceaccount:apps:puller"));
+        let one = Trusted::new("https://k8s", "system:serviceaccount:apps:puller");
+        assert!(one.matches("https://k8s", "system:serviceaccount:apps:puller"));
+        assert!(!one.matches("https://k8s", "system:serviceaccount:apps:puller2"));
+        assert!(Trusted::new("https://k8s", "*").matches("https://k8s", "anyone"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ const KEY: &[u8] = b"testkit service account issuer key: not a secret, never use
 /// The claims of a verified token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
-    /// Issuer: always [`ISSUER`].
+    /// Issuer: [`ISSUER`], unless minted by [`token_from_issuer`].
     pub iss: String,
     /// Subject, e.g. `system:serviceaccount:default:default`.
     pub sub: String,
@@ -48,9 +48,21 @@ pub fn token(subject: &str, audiences: &[&str]) -> String {
 /// [`token`] with a chosen lifetime in seconds (a TokenRequest's
 /// `expirationSeconds`).
 pub fn token_with_lifetime(subject: &str, audiences: &[&str], lifetime_seconds: u64) -> String {
+    token_from(ISSUER, subject, audiences, lifetime_seconds)
+}
+
+/// [`token`] as another cluster's issuer would mint it: signed with the same
+/// test key, so only an issuer check tells it apart. [`verify`] refuses it;
+/// [`verify_any_issuer`] accepts it, for a service that decides trust by
+/// issuer itself (the Cloudsmith stand-in).
+pub fn token_from_issuer(issuer: &str, subject: &str, audiences: &[&str]) -> String {
+    token_from(issuer, subject, audiences, LIFETIME_SECONDS)
+}
+
+fn token_from(issuer: &str, subject: &str, audiences: &[&str], lifetime_seconds: u64) -> String {
     let now = now_unix();
     let claims = Claims {
-        iss: ISSUER.to_string(),
+        iss: issuer.to_string(),
         sub: subject.to_string(),
         aud: audiences.iter().map(|a| a.to_string()).collect(),
         iat: now,
@@ -72,9 +84,15 @@ pub fn token_with_lifetime(subject: &str, audiences: &[&str], lifetime_seconds: 
     )
 }
 
-/// Checks a token's signature, issuer and validity period; returns its claims
-/// when all hold, else `None`.
+/// Checks a token's signature, issuer ([`ISSUER`]) and validity period;
+/// returns its claims when all hold, else `None`.
 pub fn verify(token: &str) -> Option<Claims> {
+    verify_any_issuer(token).filter(|claims| claims.iss == ISSUER)
+}
+
+/// [`verify`] without the issuer check: the signature and validity period
+/// only, for a verifier that decides which issuers it trusts.
+pub fn verify_any_issuer(token: &str) -> Option<Claims> {
     let mut parts = token.split('.');
     let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -92,7 +110,7 @@ pub fn verify(token: &str) -> Option<Claims> {
     }
     let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
     let now = now_unix();
-    (claims.iss == ISSUER && claims.nbf <= now + 60 && now < claims.exp).then_some(claims)
+    (claims.nbf <= now + 60 && now < claims.exp).then_some(claims)
 }
 
 /// Splits `system:serviceaccount:<ns>:<name>` into namespace and name.
@@ -230,6 +248,10 @@ mod tests {
             &serde_json::json!({"iss": ISSUER, "sub": "s", "aud": ["a"], "iat": 1, "nbf": 1, "exp": 2}),
         );
         assert!(verify(&expired).is_none());
+        // Another issuer: verified only by a verifier that checks issuers itself.
+        let foreign = token_from_issuer("https://other.example", "system:serviceaccount:a:b", &["aud"]);
+        assert!(verify(&foreign).is_none());
+        assert_eq!(verify_any_issuer(&foreign).unwrap().iss, "https://other.example");
     }
 
     #[test]

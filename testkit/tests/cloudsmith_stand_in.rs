@@ -10,7 +10,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, SizeHint};
 use serde_json::{json, Value};
-use testkit::cloudsmith::{access_token_for, jwt_payload, Scenario, StandIn, StandInConfig};
+use testkit::cloudsmith::{
+    access_token_for, jwt_payload, Scenario, StandIn, StandInConfig, Trusted, UNAUTHENTICATED,
+};
 use testkit::oidc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -624,4 +626,48 @@ async fn no_server_outlives_its_stand_in() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("{authority} still accepts connections after the stand-in was dropped");
+}
+
+#[tokio::test]
+async fn only_trusted_issuers_and_subjects_are_authenticated() {
+    let s = StandIn::start(StandInConfig {
+        trusted: vec![Trusted::new(oidc::ISSUER, "system:serviceaccount:apps:*")],
+        ..StandInConfig::default()
+    })
+    .await
+    .expect("stand-in starts");
+    let ask = |token: String| {
+        let s = &s;
+        async move {
+            let body = json!({"oidc_token": token, "service_slug": "svc"});
+            send(s, exchange("/openid/org/", &body)).await.unwrap()
+        }
+    };
+    let trusted = ask(oidc::token("system:serviceaccount:apps:puller", &[&s.origin()])).await;
+    assert_eq!(trusted.status, 201, "{:?}", trusted.body);
+    for (case, token) in [
+        (
+            "subject outside the trusted prefix",
+            oidc::token("system:serviceaccount:other:puller", &[&s.origin()]),
+        ),
+        (
+            "untrusted issuer, same key",
+            oidc::token_from_issuer(
+                "https://other-cluster.example",
+                "system:serviceaccount:apps:puller",
+                &[&s.origin()],
+            ),
+        ),
+    ] {
+        let reply = ask(token).await;
+        assert_eq!(
+            (reply.status, reply.detail().as_str()),
+            (401, UNAUTHENTICATED),
+            "{case}"
+        );
+    }
+    // The default trusts the testkit issuer with any subject.
+    let default = start().await;
+    let reply = post(&default, "org", "alice@example.com").await.unwrap();
+    assert_eq!(reply.status, 201);
 }

@@ -14,6 +14,7 @@
 //! - [`install`]: putting the kubelet provider and the Docker helper in place;
 //! - `demo`: `generate` against a stand-in Cloudsmith.
 
+pub mod check;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod docker;

@@ -1,5 +1,6 @@
 //! The Kubernetes TokenRequest API, through kube-rs.
 
+use std::error::Error;
 use std::path::PathBuf;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest as K8sTokenRequest, TokenRequestSpec};
@@ -15,6 +16,90 @@ use crate::secret::Secret;
 /// The shortest lifetime the API server accepts: the token is used once, at once.
 const EXPIRATION_SECONDS: i64 = 600;
 
+/// Longest token-source error line. The generator cuts what it passes on at 300
+/// characters, mid-word; staying under it keeps the cut here, at a word.
+const MAX_LINE_CHARS: usize = 290;
+
+/// The advice [`kube_config_error`] gives first when the token source finds no
+/// Kubernetes configuration: the CLI's token source flags.
+pub const TOKEN_SOURCE_FIX: &str = "give --kubeconfig, --oidc-token-file or --oidc-token-env";
+
+/// The one-line error for a failed search for a Kubernetes configuration
+/// ([`Config::infer`]: `KUBECONFIG`, `~/.kube/config`, then the in-cluster variables):
+/// `no Kubernetes configuration found: {fix}; {causes}`.
+///
+/// What to do comes first; kube's chain of causes follows in one line (each cause once:
+/// kube's messages repeat their sources), at most 290 characters in all, cut at a word
+/// with `…`. `fix` is the caller's advice, e.g. [`TOKEN_SOURCE_FIX`], or for a server
+/// `give --kubeconfig, or run in a cluster`.
+pub fn kube_config_error(fix: &str, err: &(dyn Error + 'static)) -> String {
+    let causes = causes(err);
+    // kube says so before its causes; the line has said it already.
+    let causes = causes.trim_start_matches("failed to infer config: ");
+    // kube's `in-cluster: (A), kubeconfig: (B)`, as two causes; and its words for
+    // "not in a pod", which name no variable. Text kube words otherwise stays as it is.
+    let causes = match causes
+        .strip_prefix("in-cluster: (")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .and_then(|rest| rest.split_once("), kubeconfig: ("))
+    {
+        Some((in_cluster, kubeconfig)) => format!(
+            "in-cluster: {}; kubeconfig: {kubeconfig}",
+            in_cluster.replace(
+                "failed to read an incluster environment variable: environment variable not found",
+                "KUBERNETES_SERVICE_HOST or KUBERNETES_SERVICE_PORT is not set"
+            )
+        ),
+        None => causes.to_string(),
+    };
+    bounded_at_word(
+        &format!("no Kubernetes configuration found: {fix}; {causes}"),
+        MAX_LINE_CHARS,
+    )
+}
+
+/// `{what}: {causes}` in one line of at most `max` characters, cut at a word with `…`:
+/// an error and its chain of sources, each cause once.
+pub fn error_line(what: &str, err: &(dyn Error + 'static), max: usize) -> String {
+    bounded_at_word(&format!("{what}: {}", causes(err)), max)
+}
+
+/// `err` and its sources, joined with `: `, leaving out a source whose text its parent
+/// already quotes (thiserror's `#[error("...: {0}")]` with `#[source]`).
+fn causes(err: &(dyn Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    // kube quotes a path with Debug inside its own quotes: '"/x"'.
+    line.replace("'\"", "'").replace("\"'", "'")
+}
+
+/// `text` as one line (control characters as spaces, runs of spaces as one) of at most
+/// `max` characters: when longer, cut at the last space that fits, so no word is cut
+/// in the middle, and `…` appended.
+fn bounded_at_word(text: &str, max: usize) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= max {
+        return line;
+    }
+    // Room for the ellipsis.
+    let fits: String = line.chars().take(max.saturating_sub(1)).collect();
+    let next_is_space = line.chars().nth(fits.chars().count()) == Some(' ');
+    let kept = if next_is_space {
+        fits.as_str()
+    } else {
+        // A single word longer than the line has no space to cut at: cut it.
+        fits.rfind(' ').map_or(fits.as_str(), |space| &fits[..space])
+    };
+    format!("{}…", kept.trim_end_matches([' ', ',', ';', ':', '(']))
+}
 /// Mints a short-lived token with `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token`
 /// (`authentication.k8s.io/v1` TokenRequest) carrying the requested audiences and
 /// `expirationSeconds: 600`.
@@ -53,22 +138,22 @@ impl KubernetesTokenSource {
     async fn connect(&self) -> Result<Client, TokenSourceError> {
         let config = match &self.kubeconfig {
             Some(path) => {
-                let fail = |e: &dyn std::fmt::Display| {
-                    TokenSourceError::new(format!("kubeconfig {}: {e}", path.display()))
+                let fail = |e: &(dyn Error + 'static)| {
+                    let what = format!("kubeconfig {}", path.display());
+                    TokenSourceError::new(error_line(&what, e, MAX_LINE_CHARS))
                 };
                 let kubeconfig = Kubeconfig::read_from(path).map_err(|e| fail(&e))?;
                 Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                     .await
                     .map_err(|e| fail(&e))?
             }
-            None => Config::infer().await.map_err(|e| {
-                TokenSourceError::new(format!(
-                    "no Kubernetes configuration found ({e}); give a kubeconfig, or a token file or variable"
-                ))
-            })?,
+            None => Config::infer()
+                .await
+                .map_err(|e| TokenSourceError::new(kube_config_error(TOKEN_SOURCE_FIX, &e)))?,
         };
-        Client::try_from(config)
-            .map_err(|e| TokenSourceError::new(format!("building the Kubernetes client: {e}")))
+        Client::try_from(config).map_err(|e| {
+            TokenSourceError::new(error_line("building the Kubernetes client", &e, MAX_LINE_CHARS))
+        })
     }
 }
 
@@ -122,6 +207,77 @@ impl TokenSource for KubernetesTokenSource {
 fn describe(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(status) => format!("{} {}: {}", status.code, status.reason, status.message),
-        other => other.to_string(),
+        other => causes(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error like kube's: its message quotes its source's.
+    #[derive(Debug)]
+    struct Quoting(String, Option<Box<Quoting>>);
+
+    impl std::fmt::Display for Quoting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl Error for Quoting {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            self.1.as_deref().map(|e| e as &(dyn Error + 'static))
+        }
+    }
+
+    fn chain(texts: &[&str]) -> Quoting {
+        texts
+            .iter()
+            .rev()
+            .fold(None, |source, text| {
+                Some(Quoting(text.to_string(), source.map(Box::new)))
+            })
+            .expect("one error at least")
+    }
+
+    #[test]
+    fn causes_are_joined_once_each() {
+        let e = chain(&["reading the config: no such file", "no such file", "os error 2"]);
+        assert_eq!(causes(&e), "reading the config: no such file: os error 2");
+    }
+
+    #[test]
+    fn a_long_chain_is_cut_at_a_word() {
+        let e = chain(&[
+            "failed to infer config: first cause",
+            &"several words ".repeat(40),
+        ]);
+        let line = kube_config_error(TOKEN_SOURCE_FIX, &e);
+        assert!(line.chars().count() <= MAX_LINE_CHARS, "{line}");
+        assert!(
+            line.starts_with(
+                "no Kubernetes configuration found: give --kubeconfig, --oidc-token-file or --oidc-token-env; first cause: several words"
+            ),
+            "{line}"
+        );
+        let kept = line.strip_suffix('…').expect("an ellipsis");
+        let last = kept.rsplit(' ').next().unwrap();
+        assert!(["several", "words"].contains(&last), "cut mid-word: {line}");
+        // Short enough: unchanged, no ellipsis; newlines become spaces.
+        assert_eq!(bounded_at_word("a\nb  c", 10), "a b c");
+        assert_eq!(bounded_at_word("abc defgh", 8), "abc…");
+        assert_eq!(bounded_at_word("abcdefghij", 5), "abcd…");
+    }
+
+    /// kube-rs's own error for a missing `--kubeconfig`, as the token source words it.
+    #[test]
+    fn a_kubeconfig_error_names_the_file_and_its_cause() {
+        let e = Kubeconfig::read_from("/nonexistent/kubeconfig").expect_err("no such file");
+        let line = error_line("kubeconfig /nonexistent/kubeconfig", &e, MAX_LINE_CHARS);
+        assert_eq!(
+            line,
+            "kubeconfig /nonexistent/kubeconfig: failed to read kubeconfig from '/nonexistent/kubeconfig': No such file or directory (os error 2)"
+        );
     }
 }

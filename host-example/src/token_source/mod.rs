@@ -23,7 +23,7 @@ use std::fmt;
 
 pub use env::EnvTokenSource;
 pub use file::FileTokenSource;
-pub use kubernetes::KubernetesTokenSource;
+pub use kubernetes::{error_line, kube_config_error, KubernetesTokenSource, TOKEN_SOURCE_FIX};
 
 use crate::secret::Secret;
 

@@ -778,6 +778,7 @@ mod tests {
         let upstream = host_example::UpstreamStatus {
             status: 401,
             detail: String::new(),
+            token: None,
         };
         assert_eq!(status(GenerateError::InvalidSpec(String::new())), 422);
         assert_eq!(status(GenerateError::Unauthorized(upstream.clone())), 502);

@@ -1,0 +1,350 @@
+//! `cloudsmith-gen check` as a process against the stand-in Cloudsmith: every step's
+//! pass and each failure case, with the fix and the documentation's troubleshooting
+//! item it names, in text and JSON; no token in any output.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use testkit::cloudsmith::{StandIn, StandInConfig, Trusted, PRODUCTION_AUDIENCE};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cloudsmith-gen");
+const SUBJECT: &str = "system:serviceaccount:apps:puller";
+
+struct World {
+    stand_in: StandIn,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn new() -> World {
+        let stand_in = StandIn::start(StandInConfig {
+            trusted: vec![Trusted::new(
+                testkit::oidc::ISSUER,
+                "system:serviceaccount:apps:*",
+            )],
+            ..StandInConfig::default()
+        })
+        .await
+        .expect("stand-in");
+        World {
+            stand_in,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// The documentation's manifest at the stand-in, for `org`.
+    fn manifest(&self, org: &str) -> PathBuf {
+        let text =
+            testkit::cloudsmith::documented_manifest(&self.stand_in.url()).replace("my-organization", org);
+        let path = self.dir.path().join(format!("{org}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `check` with a token (in a variable) for `subject` and `audiences`.
+    fn check(&self, manifest: &Path, subject: &str, audiences: &[&str], extra: &[&str]) -> (Output, String) {
+        let token = testkit::oidc::token(subject, audiences);
+        let authority = self.stand_in.authority();
+        let mut args = vec![
+            "check",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--oidc-token-env",
+            "CHECK_TOKEN",
+        ];
+        args.extend(extra);
+        if !extra.contains(&"--no-policy") {
+            args.extend(["--allow-http", "--allow-host", &authority]);
+        }
+        let args: Vec<&str> = args.into_iter().filter(|a| *a != "--no-policy").collect();
+        let out = Command::new(BIN)
+            .args(&args)
+            .env("CHECK_TOKEN", &token)
+            .env("XDG_CACHE_HOME", self.dir.path().join("cache"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("cloudsmith-gen runs");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for part in token.split('.') {
+            assert!(!all.contains(part), "a part of the token in: {all}");
+        }
+        (out, all)
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The line of step `label` (`ok`, `WARN`, `FAIL`, `skip` then the label).
+fn line<'a>(text: &'a str, label: &str) -> &'a str {
+    text.lines()
+        .find(|l| {
+            let rest = l.split_once(' ').map_or("", |(_, rest)| rest.trim_start());
+            rest.strip_prefix(label)
+                .is_some_and(|r| r.is_empty() || r.starts_with(':'))
+        })
+        .unwrap_or_else(|| panic!("no {label} step in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_step_passes_and_the_token_step_names_what_to_trust() {
+    let w = World::new().await;
+    let docker = w.dir.path().join("config.json");
+    std::fs::write(
+        &docker,
+        r#"{"credHelpers": {"docker.cloudsmith.io": "cloudsmith"}}"#,
+    )
+    .unwrap();
+    let manifest = w.manifest("my-organization");
+    let (out, _) = w.check(
+        &manifest,
+        SUBJECT,
+        &[PRODUCTION_AUDIENCE],
+        &[
+            "--registry",
+            "docker.cloudsmith.io",
+            "--docker-config",
+            docker.to_str().unwrap(),
+        ],
+    );
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for label in [
+        "manifest",
+        "token source",
+        "outbound policy",
+        "exchange",
+        "registry",
+    ] {
+        assert!(line(&text, label).starts_with("ok "), "{label}: {text}");
+    }
+    let token = line(&text, "token source");
+    assert!(
+        token.contains(&format!("iss={}", testkit::oidc::ISSUER)),
+        "{token}"
+    );
+    assert!(token.contains(&format!("sub={SUBJECT}")), "{token}");
+    assert!(
+        line(&text, "manifest").contains("CloudsmithAccessToken/my-cloudsmith-token"),
+        "{text}"
+    );
+
+    let (out, _) = w.check(&manifest, SUBJECT, &[PRODUCTION_AUDIENCE], &["--output", "json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["ok"], Value::Bool(true), "{report}");
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "manifest",
+            "token-source",
+            "outbound-policy",
+            "exchange",
+            "registry"
+        ]
+    );
+}
+
+/// A failure case: name, manifest, token subject and audiences, extra flags, the step
+/// that must fail (or warn), and what its lines must say.
+type Case<'a> = (
+    &'a str,
+    PathBuf,
+    &'a str,
+    Vec<&'a str>,
+    Vec<&'a str>,
+    &'a str,
+    &'a [&'a str],
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failure_names_its_fix_and_item() {
+    let w = World::new().await;
+    let ok = w.manifest("my-organization");
+    let cases: Vec<Case> = vec![
+        (
+            "untrusted subject",
+            ok.clone(),
+            "system:serviceaccount:default:default",
+            vec![PRODUCTION_AUDIENCE],
+            vec![],
+            "exchange",
+            &[
+                "Token Exchange Fails",
+                "sub=system:serviceaccount:default:default",
+            ],
+        ),
+        (
+            "missing audience",
+            ok.clone(),
+            SUBJECT,
+            vec!["https://elsewhere.example"],
+            vec!["--no-exchange"],
+            "token source",
+            &["Invalid Audience", PRODUCTION_AUDIENCE],
+        ),
+        (
+            "403",
+            w.manifest("fail-403"),
+            SUBJECT,
+            vec![PRODUCTION_AUDIENCE],
+            vec![],
+            "exchange",
+            &["Permissions"],
+        ),
+        (
+            "404 org",
+            w.manifest("fail-404"),
+            SUBJECT,
+            vec![PRODUCTION_AUDIENCE],
+            vec![],
+            "exchange",
+            &["fail-404"],
+        ),
+        (
+            "422",
+            w.manifest("fail-422"),
+            SUBJECT,
+            vec![PRODUCTION_AUDIENCE],
+            vec![],
+            "exchange",
+            &["spec.orgSlug (fail-422)"],
+        ),
+        (
+            "policy",
+            ok.clone(),
+            SUBJECT,
+            vec![PRODUCTION_AUDIENCE],
+            vec!["--no-policy"],
+            "outbound policy",
+            &["--allow-host"],
+        ),
+        (
+            "registry",
+            ok.clone(),
+            SUBJECT,
+            vec![PRODUCTION_AUDIENCE],
+            vec!["--no-exchange", "--registry", "registry.acme.example"],
+            "registry",
+            &["Registry Domain Issues"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, manifest, subject, audiences, extra, step, needles) in cases {
+        let (out, all) = w.check(&manifest, subject, &audiences, &extra);
+        let text = stdout(&out);
+        let found = line(&text, step);
+        let after: String = text
+            .lines()
+            .skip_while(|l| *l != found)
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let bad = out.status.code() != Some(1)
+            || !(found.starts_with("FAIL") || found.starts_with("WARN"))
+            || needles.iter().any(|n| !after.contains(n));
+        if bad {
+            failures.push(format!("{name}: exit {:?}\n{all}", out.status.code()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_api_and_unreadable_inputs() {
+    let w = World::new().await;
+    // A port nothing listens on: the network item.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let text = testkit::cloudsmith::documented_manifest(&format!("http://127.0.0.1:{port}"));
+    let manifest = w.dir.path().join("closed.yaml");
+    std::fs::write(&manifest, text).unwrap();
+    let token = testkit::oidc::token(SUBJECT, &[PRODUCTION_AUDIENCE]);
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--oidc-token-env",
+            "T",
+            "--allow-http",
+        ])
+        .args([
+            "--allow-host",
+            &format!("127.0.0.1:{port}"),
+            "--connect-timeout",
+            "2",
+            "--timeout",
+            "10",
+        ])
+        .env("T", &token)
+        .env("XDG_CACHE_HOME", w.dir.path().join("cache"))
+        .output()
+        .unwrap();
+    let report = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(line(&report, "exchange").starts_with("FAIL"), "{report}");
+    assert!(report.contains("Network Issues"), "{report}");
+
+    // No manifest: the manifest step fails, nothing else runs.
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--manifest",
+            "/nonexistent.yaml",
+            "--oidc-token-env",
+            "T",
+        ])
+        .output()
+        .unwrap();
+    let report = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(line(&report, "manifest").starts_with("FAIL"), "{report}");
+    assert!(report.contains("/nonexistent.yaml"), "{report}");
+
+    // A token that is not a JWT, and a token variable that is not set.
+    let ok = w.manifest("my-organization");
+    for (value, needle) in [(Some("not-a-jwt"), "not a JWT"), (None, "T")] {
+        let mut command = Command::new(BIN);
+        command.args([
+            "check",
+            "--manifest",
+            ok.to_str().unwrap(),
+            "--oidc-token-env",
+            "T",
+            "--no-exchange",
+        ]);
+        command.env_remove("T");
+        if let Some(value) = value {
+            command.env("T", value);
+        }
+        let out = command.output().unwrap();
+        let report = stdout(&out);
+        assert_eq!(out.status.code(), Some(1), "{report}");
+        assert!(line(&report, "token source").starts_with("FAIL"), "{report}");
+        assert!(report.contains(needle), "{needle}: {report}");
+    }
+
+    // --no-exchange with everything else right passes.
+    let (out, _) = w.check(&ok, SUBJECT, &[PRODUCTION_AUDIENCE], &["--no-exchange"]);
+    let report = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(line(&report, "exchange").starts_with("skip"), "{report}");
+}
