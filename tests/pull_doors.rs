@@ -189,18 +189,22 @@ async fn generate_token_cache() {
     assert_eq!(second.stdout_json(), expected, "{}", second.stderr);
     assert_eq!(w.requests(), 1, "a hit makes no request");
 
-    // One entry, private, holding neither the OIDC token nor a trace of it in its name.
-    let entries: Vec<PathBuf> = std::fs::read_dir(&tokens)
+    // One entry, private, holding neither the OIDC token nor a trace of it in its name;
+    // beside it only its single-flight lock file, empty.
+    let (locks, entries): (Vec<PathBuf>, Vec<PathBuf>) = std::fs::read_dir(&tokens)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .collect();
+        .partition(|p| p.extension().is_some_and(|e| e == "lock"));
     assert_eq!(entries.len(), 1);
+    assert_eq!(locks.len(), 1);
+    assert_eq!(std::fs::metadata(&locks[0]).unwrap().len(), 0);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&tokens), 0o700);
         assert_eq!(mode(&entries[0]), 0o600);
+        assert_eq!(mode(&locks[0]), 0o600);
     }
     let entry = std::fs::read_to_string(&entries[0]).unwrap();
     assert_eq!(

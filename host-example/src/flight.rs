@@ -46,12 +46,12 @@ pub fn lock_path(entry: &Path) -> PathBuf {
 /// The directory must exist (the caller creates it as it creates its entries).
 pub fn lock(entry: &Path, until: Instant) -> Flight {
     let path = lock_path(entry);
-    let file = match OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-    {
+    let mut options = OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    // The file holds nothing, but lives among private entries: keep it private too.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = match options.open(&path) {
         Ok(file) => file,
         Err(e) => return Flight::Alone(format!("lock file {}: {e}", path.display())),
     };
