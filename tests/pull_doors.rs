@@ -13,13 +13,14 @@
 //! | [`install_docker_credential_helper`]  | the link and `credHelpers` entries under `DOCKER_CONFIG`, other entries kept |
 //! | [`a_burst_of_helpers_exchanges_once`] | 16 concurrent `get`s with an empty token cache and a Cloudsmith taking 0.4 s: one exchange, 16 right answers |
 //! | [`a_burst_of_kubelet_runs_exchanges_once`] | 16 concurrent provider runs (16 images, one pod token): one exchange; a cold compile cache compiles once |
+//! | [`refused_credentials_name_the_claims`] | a Cloudsmith that does not trust the subject: the kubelet provider's and the helper's one `error:` line names iss, sub and aud, never a part of the token |
 //! | [`a_broken_token_cache_never_fails_a_pull`] | cache dir under a regular file, read-only bind mount, full tmpfs: credentials all the same, at most one warning line |
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use testkit::cloudsmith::{access_token_for, auth_for, StandIn, StandInConfig, PRODUCTION_AUDIENCE};
+use testkit::cloudsmith::{access_token_for, auth_for, StandIn, StandInConfig, Trusted, PRODUCTION_AUDIENCE};
 use testkit::process::{find_secret, Output};
 
 const ORG: &str = "my-organization";
@@ -997,4 +998,54 @@ async fn a_broken_token_cache_never_fails_a_pull() {
     .await;
     check("full tmpfs", &out);
     assert!(!full.join("fill").exists(), "the tmpfs was private to the run");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_credentials_name_the_claims() {
+    let w = World::with(StandInConfig {
+        trusted: vec![Trusted::new(
+            testkit::oidc::ISSUER,
+            "system:serviceaccount:other:*",
+        )],
+        ..Default::default()
+    })
+    .await;
+    let home = w.dir.path().to_path_buf();
+    let claims = format!(
+        "the token's iss={}, sub={SUBJECT}, aud={PRODUCTION_AUDIENCE}: the Cloudsmith OIDC service must trust this issuer and subject",
+        testkit::oidc::ISSUER
+    );
+    let parts: Vec<String> = w.oidc_token.split('.').map(str::to_string).collect();
+
+    let manifest = w.bare_manifest(ORG);
+    let request = kubelet_request(
+        "docker.cloudsmith.io/my-organization/prod/app:1.0",
+        Some(&w.oidc_token),
+    );
+    let out = run(
+        &testkit::tools::cloudsmith_gen(),
+        &kubelet_args(&w, &manifest, &[]),
+        &[],
+        &request,
+        &home,
+    )
+    .await;
+    assert_fails(&out, 5, &claims, &parts, "kubelet provider");
+
+    let token_file = w.token_file.display().to_string();
+    let env: Vec<(&str, &str)> = vec![
+        ("CLOUDSMITH_ORG", ORG),
+        ("CLOUDSMITH_SERVICE_SLUG", SERVICE),
+        ("CLOUDSMITH_API_HOST", &w.url),
+        ("CLOUDSMITH_OIDC_TOKEN_FILE", &token_file),
+    ];
+    let out = run(
+        &helper_link(&w),
+        &strings(&["get"]),
+        &env,
+        "docker.cloudsmith.io",
+        &home,
+    )
+    .await;
+    assert_fails(&out, 5, &claims, &parts, "docker helper");
 }

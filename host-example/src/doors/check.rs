@@ -516,9 +516,11 @@ pub fn exchange_failed(error: &Error, spec: &GeneratorSpec) -> Step {
 /// A registry name as Docker compares it: no scheme, no path, lower case
 /// (`https://Docker.Cloudsmith.io/v1/` is `docker.cloudsmith.io`).
 pub fn registry_host(name: &str) -> String {
-    let name = name.trim();
-    let name = name.split_once("://").map_or(name, |(_, rest)| rest);
-    name.split('/').next().unwrap_or(name).to_ascii_lowercase()
+    match super::host_port(name) {
+        Some((host, Some(port))) => format!("{host}:{port}"),
+        Some((host, None)) => host,
+        None => name.trim().to_ascii_lowercase(),
+    }
 }
 
 /// The registries a Docker `config.json` names: the keys of `auths` and `credHelpers`.
@@ -530,39 +532,56 @@ pub fn docker_config_registries(config: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// The registry step: the host the credentials are for (`registry`), and whether each
-/// `--registry` value (`flags`) and the Docker config's registries (`docker_config`,
-/// from [`docker_config_registries`], when a config was given) name it.
+/// The registry step: the host the credentials are for (`registry`), the registries the
+/// pulls use (`flags`, `--registry`; else `registry`), and whether the Docker config's
+/// registries (`docker_config`, from [`docker_config_registries`], when a config was
+/// given) name each of those. A `--registry` other than `registry` is a warning, not a
+/// failure: it is right only for a custom domain of the Cloudsmith organization, which
+/// this host cannot tell.
 pub fn registry_step(registry: &str, flags: &[String], docker_config: Option<&[String]>) -> Step {
     let want = registry_host(registry);
     let mut facts = vec![fact("credentials for", want.clone())];
-    let wrong: Vec<&String> = flags.iter().filter(|f| registry_host(f) != want).collect();
     if !flags.is_empty() {
         facts.push(fact("--registry", flags.join(",")));
     }
-    if !wrong.is_empty() {
-        return Step::failed(
-            StepName::Registry,
-            facts,
-            format!(
-                "--registry {} is not {want}, the registry the credentials are for",
-                wrong.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
-            ),
-            format!("pull images as {want}/ORG/REPO/IMAGE:TAG and give --registry {want}"),
-        )
-        .item(item::REGISTRY_DOMAIN_ISSUES);
-    }
+    let pulls: Vec<String> = if flags.is_empty() {
+        vec![want.clone()]
+    } else {
+        flags.iter().map(|f| registry_host(f)).collect()
+    };
     if let Some(names) = docker_config {
         facts.push(fact("docker config", names.join(",")));
-        if !names.iter().any(|n| registry_host(n) == want) {
+        let named: Vec<String> = names.iter().map(|n| registry_host(n)).collect();
+        let missing: Vec<&String> = pulls.iter().filter(|p| !named.contains(p)).collect();
+        if !missing.is_empty() {
+            let missing = missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
             return Step::failed(
                 StepName::Registry,
                 facts,
-                format!("the Docker config's auths and credHelpers do not name {want}"),
-                format!("name {want} in .dockerconfigjson's auths (the ExternalSecret's template)"),
+                format!("the Docker config's auths and credHelpers do not name {missing}"),
+                format!(
+                    "name {missing} in .dockerconfigjson's auths (the ExternalSecret's template), \
+                     or in credHelpers (install docker-credential-helper --registry)"
+                ),
             )
             .item(item::REGISTRY_DOMAIN_ISSUES);
         }
+    }
+    let others: Vec<&String> = pulls.iter().filter(|p| **p != want).collect();
+    if !others.is_empty() {
+        let others = others.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+        return Step {
+            problem: Some(format!(
+                "{others} is not {want}, the registry the credentials are for: it works only if it is a \
+                 custom domain of your Cloudsmith organization"
+            )),
+            fix: Some(format!(
+                "pull images as {want}/ORG/REPO/IMAGE:TAG (or HOST/... for a custom domain), and give \
+                 --registry for each custom domain"
+            )),
+            item: Some(item::REGISTRY_DOMAIN_ISSUES),
+            ..Step::new(StepName::Registry, Status::Warn, facts)
+        };
     }
     Step::new(StepName::Registry, Status::Pass, facts)
 }
@@ -1000,11 +1019,24 @@ mod tests {
             registry_step(registry, &[registry.into()], None).status,
             Status::Pass
         );
+        // Another host may be a custom domain: a warning that says so.
         let step = registry_step(registry, &["docker.io".into()], None);
         assert_eq!(
             (step.status, step.item),
-            (Status::Fail, Some(item::REGISTRY_DOMAIN_ISSUES))
+            (Status::Warn, Some(item::REGISTRY_DOMAIN_ISSUES))
         );
+        assert!(step.problem.unwrap().contains("custom domain"));
+        assert_eq!(registry_host("docker.cloudsmith.io:443"), registry);
+        assert_eq!(
+            registry_host("registry.acme.com:5000/x"),
+            "registry.acme.com:5000"
+        );
+        // A custom domain the Docker config does not name fails.
+        let names =
+            docker_config_registries(&serde_json::json!({"credHelpers": {"docker.cloudsmith.io": "c"}}));
+        let step = registry_step(registry, &["registry.acme.com".into()], Some(&names));
+        assert_eq!(step.status, Status::Fail);
+        assert!(step.problem.unwrap().contains("registry.acme.com"));
 
         let config = serde_json::json!({"auths": {"https://index.docker.io/v1/": {}},
             "credHelpers": {"docker.cloudsmith.io": "cloudsmith-gen"}});
