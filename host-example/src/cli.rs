@@ -182,6 +182,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value = "65536")]
     pub max_body_bytes: usize,
 
+    /// Bound on each Kubernetes call (TokenReview, SubjectAccessReview, TokenRequest), in
+    /// seconds; past it the call is answered 503 `unavailable` with Retry-After.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
+    pub kube_timeout: Duration,
+
+    /// TokenReviews and SubjectAccessReviews that may be in flight at once; beyond this,
+    /// 503 `busy`. Apart from the sandbox's slots and queue, so callers whose tokens
+    /// need a review cannot take the places of callers already reviewed.
+    #[arg(long, value_name = "N", default_value = "64", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_pending_reviews: u32,
+
     /// Requests per second each caller (service account) may make, on average; 0 turns
     /// the limit off.
     #[arg(long, value_name = "N", default_value = "5")]
@@ -644,6 +655,8 @@ impl TryFrom<&ServeArgs> for ServeConfig {
             max_concurrent_calls: args.max_concurrent_calls,
             max_queued_calls: args.max_queued_calls,
             max_body_bytes: args.max_body_bytes,
+            kube_timeout: args.kube_timeout,
+            max_pending_reviews: args.max_pending_reviews as usize,
             rate_limit: args.rate_limit,
             rate_burst: args.rate_burst,
             shutdown_timeout: args.shutdown_timeout,

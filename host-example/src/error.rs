@@ -238,6 +238,9 @@ pub enum HostError {
     Instantiate(String),
     /// The generator succeeded but its outputs are not ESO's `auth` and `expiry`.
     InvalidOutput(String),
+    /// The host's token source did not answer in time (a hung Kubernetes API server);
+    /// the guest reported it as a token-source failure. Worth a retry.
+    TokenSourceUnavailable(String),
 }
 
 impl fmt::Display for HostError {
@@ -256,6 +259,7 @@ impl fmt::Display for HostError {
             HostError::Trap(m) => write!(f, "the generator crashed (wasm trap): {m}"),
             HostError::Instantiate(m) => write!(f, "could not instantiate the component: {m}"),
             HostError::InvalidOutput(m) => write!(f, "the generator returned unusable outputs: {m}"),
+            HostError::TokenSourceUnavailable(m) => write!(f, "token source unavailable: {m}"),
         }
     }
 }

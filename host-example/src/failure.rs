@@ -65,6 +65,7 @@ impl Failure {
                 GenerateError::InvalidToken(_) => 8,
             },
             Failure::Call(Error::Host(e)) => match e {
+                HostError::TokenSourceUnavailable(_) => 3,
                 HostError::DeadlineExceeded { .. }
                 | HostError::MemoryLimitExceeded { .. }
                 | HostError::Trap(_)

@@ -86,6 +86,8 @@ pub(crate) struct TokenBroker {
     pub(crate) target: Option<CallTarget>,
     /// Tokens handed to the guest, to scrub from anything it says.
     pub(crate) handed_out: Vec<Secret>,
+    /// The last token request's failure, when the source did not answer in time.
+    pub(crate) unavailable: Option<String>,
     /// One line per request, for diagnostics (no secrets).
     pub(crate) log: Vec<String>,
     requests: u32,
@@ -102,6 +104,7 @@ impl TokenBroker {
             namespaces,
             target,
             handed_out: Vec::new(),
+            unavailable: None,
             log: Vec::new(),
             requests: 0,
         }
@@ -181,6 +184,9 @@ impl token_source::Host for HostState {
             }
             Err(e) => {
                 broker.log.push(format!("token for {request} failed: {e}"));
+                if e.is_unavailable() {
+                    broker.unavailable = Some(e.to_string());
+                }
                 Err(e.to_string())
             }
         }

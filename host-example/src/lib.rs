@@ -312,6 +312,11 @@ impl Generator {
             Ok(Ok(outputs)) => {
                 Credentials::from_outputs(outputs).map_err(|m| HostError::InvalidOutput(m).into())
             }
+            // The guest can only say "token source"; the host knows it was a timeout.
+            Ok(Err(wit::GenerateError::TokenSource(_))) if call.store.data().tokens.unavailable.is_some() => {
+                let why = call.store.data().tokens.unavailable.clone().unwrap_or_default();
+                Err(HostError::TokenSourceUnavailable(why).into())
+            }
             Ok(Err(e)) => Err(call.guest_error(e).into()),
             Err(e) => Err(e),
         };

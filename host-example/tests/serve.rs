@@ -96,13 +96,21 @@ fn extra_generators(api: &str) -> String {
 
 impl World {
     async fn new(slow_delay: Duration) -> World {
+        World::with(slow_delay, Duration::ZERO).await
+    }
+
+    /// A world whose Kubernetes API holds each TokenRequest for `token_request_delay`.
+    async fn with(slow_delay: Duration, token_request_delay: Duration) -> World {
         let cloudsmith = cloudsmith::StandIn::start(cloudsmith::StandInConfig {
             slow_delay,
             ..Default::default()
         })
         .await
         .expect("Cloudsmith stand-in");
-        let mut config = kubernetes::StandInConfig::default();
+        let mut config = kubernetes::StandInConfig {
+            token_request_delay,
+            ..Default::default()
+        };
         for ns in ["apps", "team-b", "team-c", "team-d", "default"] {
             config = config.with_service_account(ns, "cloudsmith-oidc");
         }
@@ -186,7 +194,9 @@ struct Server {
 
 impl Server {
     fn start(args: &[String]) -> Server {
-        let mut child = Command::new(BIN)
+        // CLOUDSMITH_GEN runs another build (a figure for an older server, say).
+        let bin = std::env::var("CLOUDSMITH_GEN").unwrap_or_else(|_| BIN.to_string());
+        let mut child = Command::new(bin)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1126,4 +1136,172 @@ fn startup_errors_are_one_line() {
             "{needle:?} not in {stderr}"
         );
     }
+}
+
+/// The value of gauge `name` in /metrics.
+async fn gauge(addr: SocketAddr, name: &str) -> Option<i64> {
+    let body = request(addr, "GET", "/metrics", &[], b"").await.body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Callers that hang up while Cloudsmith is slow, more of them than slots and queue:
+/// each gives back its place when hyper drops its call, so the gauge returns to 0 and
+/// the next caller is answered, not told the server is busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_hang_up_give_back_their_places() {
+    use tokio::io::AsyncWriteExt as _;
+    let world = World::new(Duration::from_secs(30)).await;
+    let server = world.serve(&["--max-concurrent-calls", "1", "--max-queued-calls", "2"]);
+    let addr = server.addr;
+    let token = caller("apps", "eso");
+    let mut hung_up = Vec::new();
+    for _ in 0..6 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v1/namespaces/apps/generators/slow HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+             content-length: 0\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        hung_up.push(stream);
+    }
+    // Three hold a slot or a queue place; the others were told "busy" (and answered).
+    wait_until(|| async { gauge(addr, "cloudsmith_gen_calls_in_flight").await == Some(3) }).await;
+    drop(hung_up);
+    wait_until(|| async { gauge(addr, "cloudsmith_gen_calls_in_flight").await == Some(0) }).await;
+    let reply = ask(addr, "apps", "cloudsmith-access-token", &token).await;
+    assert_eq!(reply.status, 200, "the places came back: {}", reply.body);
+    assert_eq!(reply.json()["auth"], Value::String(expected_auth("apps")));
+}
+
+/// An API server that accepts connections and never answers: every review is bounded
+/// by --kube-timeout (503 `unavailable`), the reviews in flight by
+/// --max-pending-reviews (503 `busy` at once), and /healthz stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_api_server_is_503_and_bounded() {
+    let world = World::new(Duration::from_secs(10)).await;
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = hung.accept().await {
+            held.push(stream);
+        }
+    });
+    let text = std::fs::read_to_string(&world.kubeconfig)
+        .unwrap()
+        .replace(&world.kube.url(), &format!("http://{hung_addr}"));
+    std::fs::write(&world.kubeconfig, text).unwrap();
+    let server = world.serve(&["--kube-timeout", "2", "--max-pending-reviews", "2"]);
+    let addr = server.addr;
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            tokio::spawn(async move {
+                ask(
+                    addr,
+                    "apps",
+                    "cloudsmith-access-token",
+                    &caller("apps", &format!("eso-{i}")),
+                )
+                .await
+            })
+        })
+        .collect();
+    wait_until(|| async { gauge(addr, "cloudsmith_gen_reviews_in_flight").await == Some(2) }).await;
+    let health = request(addr, "GET", "/healthz", &[], b"").await;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    let mut cases = Vec::new();
+    for call in calls {
+        let reply = call.await.unwrap();
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        assert!(reply.headers.contains_key("retry-after"), "{}", reply.body);
+        cases.push(reply.case());
+    }
+    cases.sort();
+    assert_eq!(
+        cases,
+        ["busy", "busy", "busy", "busy", "unavailable", "unavailable"],
+        "two reviewed, four turned away"
+    );
+    assert_eq!(gauge(addr, "cloudsmith_gen_calls_in_flight").await, Some(0));
+    assert_eq!(gauge(addr, "cloudsmith_gen_reviews_in_flight").await, Some(0));
+    assert!(world.cloudsmith.requests().is_empty());
+    holder.abort();
+}
+
+/// A TokenRequest the API server holds: bounded by --kube-timeout, 503 `unavailable`
+/// with Retry-After (worth a retry), not 502 `token-source`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_token_request_is_503_unavailable() {
+    let world = World::with(Duration::from_secs(10), Duration::from_secs(60)).await;
+    let server = world.serve(&["--kube-timeout", "1"]);
+    let reply = ask(
+        server.addr,
+        "apps",
+        "cloudsmith-access-token",
+        &caller("apps", "eso"),
+    )
+    .await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.case(), "unavailable", "{}", reply.body);
+    assert!(reply.headers.contains_key("retry-after"));
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 1s"),
+        "{}",
+        reply.body
+    );
+    assert!(world.cloudsmith.requests().is_empty());
+}
+
+/// A reconcile wave: N ExternalSecrets of one namespace refresh at once with the
+/// namespace's one token. The wave costs one TokenReview (and, for a caller from another
+/// namespace, one SubjectAccessReview), not one per call; a refusal is reused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_wave_costs_one_review() {
+    const N: usize = 20;
+    let world = World::new(Duration::from_secs(10)).await;
+    let server = world.serve(&[]);
+    let addr = server.addr;
+    let wave = |namespace: &'static str, token: String| {
+        (0..N)
+            .map(|_| {
+                let token = token.clone();
+                tokio::spawn(async move { ask(addr, namespace, "cloudsmith-access-token", &token).await })
+            })
+            .collect::<Vec<_>>()
+    };
+    for call in wave("apps", caller("apps", "eso")) {
+        let reply = call.await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let reviews = world.kube.token_reviews().len();
+    eprintln!("reconcile wave of {N} calls, one namespace: {reviews} TokenReview(s)");
+    assert_eq!(reviews, 1);
+    assert_eq!(
+        world.kube.requests().len(),
+        N,
+        "each call still mints its own token"
+    );
+
+    for call in wave("team-b", caller("platform", "eso-all")) {
+        let reply = call.await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let access = world.kube.access_reviews().len();
+    eprintln!("reconcile wave of {N} calls for another namespace: {access} SubjectAccessReview(s)");
+    assert_eq!((world.kube.token_reviews().len(), access), (2, 1));
+
+    let bad = oidc::token("system:serviceaccount:apps:eso", &["https://wrong.example"]);
+    let before = world.kube.token_reviews().len();
+    for call in wave("apps", bad) {
+        assert_eq!(call.await.unwrap().status, 401);
+    }
+    assert_eq!(
+        world.kube.token_reviews().len(),
+        before + 1,
+        "a refusal is reused for a few seconds"
+    );
 }

@@ -67,6 +67,9 @@ pub struct StandInConfig {
     pub tls: bool,
     /// What SubjectAccessReviews allow (nothing by default).
     pub grants: Vec<Grant>,
+    /// Hold every TokenRequest this long before answering (a hung API server for the
+    /// TokenRequest API alone; the reviews still answer at once).
+    pub token_request_delay: std::time::Duration,
 }
 
 /// One permission the SubjectAccessReview stand-in grants: like an RBAC rule bound to
@@ -119,6 +122,7 @@ impl Default for StandInConfig {
             forbidden_namespaces: vec!["forbidden".to_string()],
             tls: false,
             grants: Vec::new(),
+            token_request_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -373,6 +377,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
         _ => {}
     }
     let route = route(parts.uri.path());
+    if !state.config.token_request_delay.is_zero() {
+        tokio::time::sleep(state.config.token_request_delay).await;
+    }
     let parsed: Option<TokenRequest> = serde_json::from_slice(&body).ok();
     let (response, token) = answer(
         state,

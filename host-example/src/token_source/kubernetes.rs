@@ -2,6 +2,7 @@
 
 use std::error::Error;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest as K8sTokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -111,6 +112,8 @@ fn bounded_at_word(text: &str, max: usize) -> String {
 pub struct KubernetesTokenSource {
     kubeconfig: Option<PathBuf>,
     client: OnceCell<Client>,
+    /// Bound on one TokenRequest; `None`: the call's own deadline only.
+    timeout: Option<Duration>,
 }
 
 impl KubernetesTokenSource {
@@ -120,7 +123,16 @@ impl KubernetesTokenSource {
         KubernetesTokenSource {
             kubeconfig,
             client: OnceCell::new(),
+            timeout: None,
         }
+    }
+
+    /// Bounds each TokenRequest by `timeout`: past it, the error is
+    /// [`TokenSourceError::unavailable`] (kube's client has no read timeout of its own,
+    /// so a hung API server would otherwise hold the call until its deadline).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// A source using an existing client (for embedders that already have one).
@@ -128,6 +140,7 @@ impl KubernetesTokenSource {
         KubernetesTokenSource {
             kubeconfig: None,
             client: OnceCell::new_with(Some(client)),
+            timeout: None,
         }
     }
 
@@ -179,12 +192,20 @@ impl TokenSource for KubernetesTokenSource {
             },
             ..Default::default()
         };
-        let answer = api
-            .create_token_request(&request.service_account, &PostParams::default(), &body)
-            .await
-            .map_err(|e| {
-                TokenSourceError::new(format!("TokenRequest for {request} failed: {}", describe(&e)))
-            })?;
+        let params = PostParams::default();
+        let creating = api.create_token_request(&request.service_account, &params, &body);
+        let answered = match self.timeout {
+            Some(timeout) => tokio::time::timeout(timeout, creating).await.map_err(|_| {
+                TokenSourceError::unavailable(format!(
+                    "TokenRequest for {request}: the Kubernetes API did not answer within {}s",
+                    timeout.as_secs_f64()
+                ))
+            })?,
+            None => creating.await,
+        };
+        let answer = answered.map_err(|e| {
+            TokenSourceError::new(format!("TokenRequest for {request} failed: {}", describe(&e)))
+        })?;
         let token = answer.status.map(|s| s.token).unwrap_or_default();
         if token.trim().is_empty() {
             return Err(TokenSourceError::new(format!(

@@ -48,18 +48,38 @@ impl fmt::Display for TokenRequest {
 /// Why a token source could not supply a token: one line that names the file, variable
 /// or service account, and never contains a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenSourceError(String);
+pub struct TokenSourceError {
+    message: String,
+    unavailable: bool,
+}
 
 impl TokenSourceError {
     /// A failure described by `message` (made one line).
     pub fn new(message: impl AsRef<str>) -> Self {
-        TokenSourceError(crate::secret::one_line(message.as_ref(), 400))
+        TokenSourceError {
+            message: crate::secret::one_line(message.as_ref(), 400),
+            unavailable: false,
+        }
+    }
+
+    /// A source that did not answer in time (a hung API server): worth a retry, unlike
+    /// a refusal. The host reports it as [`crate::HostError::TokenSourceUnavailable`].
+    pub fn unavailable(message: impl AsRef<str>) -> Self {
+        TokenSourceError {
+            unavailable: true,
+            ..TokenSourceError::new(message)
+        }
+    }
+
+    /// Whether the source did not answer in time.
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
     }
 }
 
 impl fmt::Display for TokenSourceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 

@@ -18,11 +18,39 @@
 //! A subresource, as `serviceaccounts/token` is for tokens: granting `create` on
 //! `cloudsmithaccesstokens/generate` lets a subject mint credentials without letting it
 //! create or edit ESO's `CloudsmithAccessToken` objects, and the reverse.
+//!
+//! # Bounds
+//!
+//! Each review call has a deadline (`--kube-timeout`): kube's client has no read timeout,
+//! and a hung API server must cost a caller a 503, not a connection held forever. The
+//! reviews in flight have a bound of their own (`--max-pending-reviews`), apart from the
+//! sandbox's slots and queue, so a flood of callers with unknown tokens (each needs a
+//! review) cannot take the places of callers already authenticated.
+//!
+//! # Cache
+//!
+//! A TokenReview that authenticates is reused for up to 60 s, never past the token's
+//! `exp`; a SubjectAccessReview decision likewise, for the same caller and request. A
+//! refusal is reused for 5 s. An API server that did not answer is never cached. Keys
+//! are digests ([`reviews::key`]): the cache holds no token.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use kube::api::{Api, PostParams};
 use kube::Client;
+use tokio::sync::Semaphore;
+
+use super::reviews::{self, Reviews};
+
+/// How long a review that lets a caller in is reused, at most.
+pub const ALLOWED_FOR: Duration = Duration::from_secs(60);
+/// How long a refusal is reused.
+pub const REFUSED_FOR: Duration = Duration::from_secs(5);
+/// Answers kept, of each kind; a caller is a few hundred bytes.
+const CACHED_REVIEWS: usize = 10_000;
 
 /// The permission's API group.
 pub const GROUP: &str = "generators.external-secrets.io";
@@ -41,6 +69,9 @@ pub struct Caller {
     uid: Option<String>,
     groups: Vec<String>,
     extra: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// How long what was decided about this caller may be reused: to the token's `exp`,
+    /// at most [`ALLOWED_FOR`].
+    reuse_for: Duration,
 }
 
 impl Caller {
@@ -53,31 +84,117 @@ impl Caller {
 }
 
 /// Why a caller is turned away.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Refusal {
     /// The token is not valid (401).
     Unauthenticated(String),
     /// The caller may not ask for this (403).
     Forbidden(String),
-    /// The Kubernetes API could not answer (503).
+    /// The Kubernetes API could not answer, or not in time (503).
     Unavailable(String),
+    /// Too many reviews in flight (503).
+    Busy(String),
+}
+
+impl Refusal {
+    /// How long this refusal may be reused: a decision of the API server's for a few
+    /// seconds; its failure to answer, not at all.
+    fn reuse_for(&self) -> Duration {
+        match self {
+            Refusal::Unauthenticated(_) | Refusal::Forbidden(_) => REFUSED_FOR,
+            Refusal::Unavailable(_) | Refusal::Busy(_) => Duration::ZERO,
+        }
+    }
 }
 
 /// The TokenReview and SubjectAccessReview client.
 pub struct Access {
     client: Client,
     audiences: Vec<String>,
+    timeout: Duration,
+    /// Places for reviews in flight.
+    pending: Arc<Semaphore>,
+    max_pending: usize,
+    tokens: Reviews<Result<Caller, Refusal>>,
+    decisions: Reviews<Result<(), Refusal>>,
 }
 
 impl Access {
-    /// Reviews with `client`; tokens must carry one of `audiences` (empty: the API
-    /// server's own).
-    pub fn new(client: Client, audiences: Vec<String>) -> Self {
-        Access { client, audiences }
+    /// Reviews with `client`, each within `timeout`, at most `max_pending` at once;
+    /// tokens must carry one of `audiences` (empty: the API server's own).
+    pub fn new(client: Client, audiences: Vec<String>, timeout: Duration, max_pending: usize) -> Self {
+        Access {
+            client,
+            audiences,
+            timeout,
+            pending: Arc::new(Semaphore::new(max_pending)),
+            max_pending,
+            tokens: Reviews::new(CACHED_REVIEWS),
+            decisions: Reviews::new(CACHED_REVIEWS),
+        }
     }
 
-    /// Who `token` belongs to.
+    /// Reviews in flight now.
+    pub fn pending(&self) -> usize {
+        self.max_pending - self.pending.available_permits()
+    }
+
+    /// The review gauges, in Prometheus' text format.
+    pub fn render_metrics(&self) -> String {
+        format!(
+            "# HELP cloudsmith_gen_reviews_in_flight TokenReviews and SubjectAccessReviews waiting for the API server.\n\
+             # TYPE cloudsmith_gen_reviews_in_flight gauge\n\
+             cloudsmith_gen_reviews_in_flight {}\n\
+             # HELP cloudsmith_gen_reviews_cached Review answers held for reuse.\n\
+             # TYPE cloudsmith_gen_reviews_cached gauge\n\
+             cloudsmith_gen_reviews_cached {}\n",
+            self.pending(),
+            self.tokens.len() + self.decisions.len()
+        )
+    }
+
+    /// Who `token` belongs to: a cached review, else a TokenReview.
     pub async fn authenticate(&self, token: &str) -> Result<Caller, Refusal> {
+        let key = reviews::key(&[b"token", token.as_bytes()]);
+        let (answer, _) = self
+            .tokens
+            .get_or_review(key, || async {
+                let answer = self.token_review(token).await;
+                let ttl = match &answer {
+                    Ok(caller) => caller.reuse_for,
+                    Err(refusal) => refusal.reuse_for(),
+                };
+                (answer, ttl)
+            })
+            .await;
+        answer
+    }
+
+    /// Runs `call` (a review) within a place and the deadline.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, Refusal> {
+        // Held until the review is answered or abandoned (dropped with its caller).
+        let _place = self.pending.clone().try_acquire_owned().map_err(|_| {
+            Refusal::Busy(format!(
+                "{} {what}s in flight, the most this server waits for: retry later",
+                self.max_pending
+            ))
+        })?;
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(answer) => {
+                answer.map_err(|e| Refusal::Unavailable(format!("{what} failed: {}", describe(&e))))
+            }
+            Err(_) => Err(Refusal::Unavailable(format!(
+                "{what}: the Kubernetes API did not answer within {}s",
+                self.timeout.as_secs_f64()
+            ))),
+        }
+    }
+
+    async fn token_review(&self, token: &str) -> Result<Caller, Refusal> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
@@ -86,10 +203,8 @@ impl Access {
             ..Default::default()
         };
         let api: Api<TokenReview> = Api::all(self.client.clone());
-        let answer = api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| Refusal::Unavailable(format!("TokenReview failed: {}", describe(&e))))?;
+        let params = PostParams::default();
+        let answer = self.bounded("TokenReview", api.create(&params, &review)).await?;
         let status = answer.status.unwrap_or_default();
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();
@@ -103,19 +218,53 @@ impl Access {
                 "the bearer token was not authenticated by TokenReview (expected audience: {audiences})"
             )));
         }
+        // Never past the token's own expiry (unknown: a short reuse only).
+        let now = host_example::token_cache::now_unix();
+        let reuse_for = match host_example::jwt::Claims::read(token).and_then(|c| c.exp) {
+            Some(exp) => ALLOWED_FOR.min(Duration::from_secs(exp.saturating_sub(now))),
+            None => REFUSED_FOR,
+        };
         Ok(Caller {
             username,
             uid: user.uid,
             groups: user.groups.unwrap_or_default(),
             extra: user.extra,
+            reuse_for,
         })
     }
 
-    /// Whether `caller` may run generator `name` for `namespace`.
+    /// Whether `caller` may run generator `name` for `namespace`: its own namespace, or
+    /// a (cached) SubjectAccessReview.
     pub async fn authorize(&self, caller: &Caller, namespace: &str, name: &str) -> Result<(), Refusal> {
         if caller.namespace() == Some(namespace) {
             return Ok(());
         }
+        let extra = serde_json::to_vec(&caller.extra).unwrap_or_default();
+        let groups = caller.groups.join("\n");
+        let key = reviews::key(&[
+            b"access",
+            caller.username.as_bytes(),
+            caller.uid.as_deref().unwrap_or("").as_bytes(),
+            groups.as_bytes(),
+            &extra,
+            namespace.as_bytes(),
+            name.as_bytes(),
+        ]);
+        let (answer, _) = self
+            .decisions
+            .get_or_review(key, || async {
+                let answer = self.access_review(caller, namespace, name).await;
+                let ttl = match &answer {
+                    Ok(()) => caller.reuse_for,
+                    Err(refusal) => refusal.reuse_for(),
+                };
+                (answer, ttl)
+            })
+            .await;
+        answer
+    }
+
+    async fn access_review(&self, caller: &Caller, namespace: &str, name: &str) -> Result<(), Refusal> {
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(caller.username.clone()),
@@ -136,10 +285,10 @@ impl Access {
             ..Default::default()
         };
         let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
-        let answer = api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| Refusal::Unavailable(format!("SubjectAccessReview failed: {}", describe(&e))))?;
+        let params = PostParams::default();
+        let answer = self
+            .bounded("SubjectAccessReview", api.create(&params, &review))
+            .await?;
         if answer.status.is_some_and(|s| s.allowed) {
             return Ok(());
         }

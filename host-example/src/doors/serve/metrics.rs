@@ -75,12 +75,15 @@ impl Metrics {
         h.sum += seconds;
     }
 
-    /// A call entered (+1) or left (-1) the sandbox queue or a slot.
-    pub fn in_flight(&self, delta: i64) {
-        self.in_flight.fetch_add(delta, Ordering::Relaxed);
+    /// Counts a generate call from its arrival until the guard is dropped: when it is
+    /// answered, or when its caller hangs up and hyper drops the call. A guard, never a
+    /// pair of calls, so no path can leave the gauge up.
+    pub fn arrived(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
     }
 
-    /// The calls waiting for or holding a slot now.
+    /// The generate calls in flight now (in review, queued or in the sandbox).
     pub fn in_flight_now(&self) -> i64 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -136,7 +139,7 @@ impl Metrics {
         let _ = writeln!(out, "cloudsmith_gen_exchange_duration_seconds_sum {}", h.sum);
         let _ = writeln!(out, "cloudsmith_gen_exchange_duration_seconds_count {}", h.count);
         drop(h);
-        out.push_str("# HELP cloudsmith_gen_calls_in_flight Calls waiting for or holding a sandbox slot.\n");
+        out.push_str("# HELP cloudsmith_gen_calls_in_flight Generate calls in flight: in review, queued or in the sandbox.\n");
         out.push_str("# TYPE cloudsmith_gen_calls_in_flight gauge\n");
         let _ = writeln!(out, "cloudsmith_gen_calls_in_flight {}", self.in_flight_now());
         out.push_str("# HELP cloudsmith_gen_generators Generators served from the manifests.\n");
@@ -168,6 +171,16 @@ fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// A generate call in flight ([`Metrics::arrived`]).
+#[must_use = "the call counts only while the guard lives"]
+pub struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ mod access;
 mod catalog;
 mod metrics;
 mod rate;
+mod reviews;
 mod tls;
 
 use std::convert::Infallible;
@@ -93,6 +94,10 @@ pub struct ServeConfig {
     pub max_queued_calls: usize,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Bound on each TokenReview, SubjectAccessReview and TokenRequest.
+    pub kube_timeout: Duration,
+    /// Reviews that may be in flight at once.
+    pub max_pending_reviews: usize,
     /// Requests per second per caller (0: off).
     pub rate_limit: f64,
     /// Requests a caller may make at once before the rate applies.
@@ -113,8 +118,9 @@ struct Server<M> {
     limiter: RateLimiter,
     metrics: Metrics,
     max_body_bytes: usize,
-    /// Calls waiting for or holding a sandbox slot may be at most this many.
-    max_in_flight: i64,
+    /// Places for calls waiting for or holding a sandbox slot: the slots and the
+    /// queue. A place is a permit, given back when the call ends or is dropped.
+    places: Arc<tokio::sync::Semaphore>,
     /// `--timeout`: one call's bound, the wait for a sandbox slot included.
     call_bound: Duration,
     stopping: AtomicBool,
@@ -130,7 +136,8 @@ pub async fn run(args: ServeConfig, verbose: bool) -> Result<(), Failure> {
     let client = kube_client(args.kubeconfig.as_deref())
         .await
         .map_err(Failure::Usage)?;
-    let tokens: Arc<dyn TokenSource> = Arc::new(KubernetesTokenSource::with_client(client.clone()));
+    let tokens: Arc<dyn TokenSource> =
+        Arc::new(KubernetesTokenSource::with_client(client.clone()).with_timeout(args.kube_timeout));
     let minter = Minter::pooled(args.runtime.clone(), args.max_concurrent_calls, verbose);
     // A bad component fails the start, not the first call.
     minter.prepare(tokens.clone())?;
@@ -150,11 +157,18 @@ pub async fn run(args: ServeConfig, verbose: bool) -> Result<(), Failure> {
         minter,
         tokens,
         catalog,
-        access: Access::new(client, args.audiences.clone()),
+        access: Access::new(
+            client,
+            args.audiences.clone(),
+            args.kube_timeout,
+            args.max_pending_reviews,
+        ),
         limiter: RateLimiter::new(args.rate_limit, args.rate_burst),
         metrics,
         max_body_bytes: args.max_body_bytes,
-        max_in_flight: (args.max_concurrent_calls as usize + args.max_queued_calls) as i64,
+        places: Arc::new(tokio::sync::Semaphore::new(
+            args.max_concurrent_calls as usize + args.max_queued_calls,
+        )),
         call_bound: args.runtime.limits.deadline,
         stopping: AtomicBool::new(false),
         tls,
@@ -395,7 +409,7 @@ async fn handle<M: Mint>(server: &Server<M>, req: Request<Incoming>, peer: Socke
         Route::Metrics => text(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            server.metrics.render(),
+            server.metrics.render() + &server.access.render_metrics(),
         ),
         Route::Generate { namespace, name } => {
             if req.method() != Method::POST {
@@ -406,6 +420,7 @@ async fn handle<M: Mint>(server: &Server<M>, req: Request<Incoming>, peer: Socke
                     "POST",
                 );
             }
+            let _in_flight = server.metrics.arrived();
             let (answer, caller, case) = generate(server, req, &namespace, &name).await;
             let status = answer.status().as_u16();
             log(
@@ -509,7 +524,9 @@ async fn generate<M: Mint>(
             who,
         );
     };
-    if server.metrics.in_flight_now() >= server.max_in_flight {
+    // Held to the end of this function, or dropped with it when the caller hangs up:
+    // either way the place is given back.
+    let Ok(_place) = server.places.clone().try_acquire_owned() else {
         let (answer, who, case) = refused(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",
@@ -521,9 +538,8 @@ async fn generate<M: Mint>(
             who,
             case,
         );
-    }
+    };
 
-    server.metrics.in_flight(1);
     let started = Instant::now();
     // The guest's deadline starts when it has a slot; ESO's spec.timeout counts the wait
     // too, so the whole call is bounded here, and a queued call is answered 503 (with
@@ -545,7 +561,6 @@ async fn generate<M: Mint>(
             deadline: server.call_bound,
         }))));
     server.metrics.exchange(started.elapsed());
-    server.metrics.in_flight(-1);
     let (answer, case) = match result {
         Ok(minted) => {
             let body = host_example::output::eso_json(&minted.credentials);
@@ -578,6 +593,7 @@ fn refusal_parts(refusal: Refusal) -> (StatusCode, &'static str, String) {
         Refusal::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, "unauthenticated", m),
         Refusal::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
         Refusal::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+        Refusal::Busy(m) => (StatusCode::SERVICE_UNAVAILABLE, "busy", m),
     }
 }
 
@@ -628,6 +644,12 @@ fn classify(failure: &Failure) -> (StatusCode, &'static str, Option<u64>) {
             ),
         },
         Error::Host(h) => match h {
+            // The Kubernetes API did not answer the TokenRequest in time (--kube-timeout).
+            HostError::TokenSourceUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                Some(RETRY_UPSTREAM_SECONDS),
+            ),
             HostError::DeadlineExceeded { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "deadline-exceeded",
