@@ -89,23 +89,8 @@ service. Exit 0 only when every step that ran passed; 1 otherwise; 2 for bad arg
 /// `check`'s arguments: `generate`'s, and what to check the registry against.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// The CloudsmithAccessToken manifest (YAML or JSON).
-    #[arg(long, value_name = "FILE")]
-    pub manifest: PathBuf,
-
-    /// Use the generator document whose metadata.name is NAME.
-    #[arg(long, value_name = "NAME")]
-    pub generator: Option<String>,
-
-    /// The target namespace (the ExternalSecret's).
-    #[arg(long, value_name = "NS", default_value = "default")]
-    pub namespace: String,
-
     #[command(flatten)]
-    pub tokens: TokenArgs,
-
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
+    pub call: CallArgs,
 
     /// A registry your images are pulled from (a custom domain); repeatable. Checked
     /// against the registry the credentials are for.
@@ -337,9 +322,10 @@ pub struct GenerateCacheArgs {
     pub token_cache_dir: Option<PathBuf>,
 }
 
-/// `generate`'s arguments.
+/// What a call is made of: the manifest, the target namespace, the token source and the
+/// runtime (`generate`'s and `check`'s).
 #[derive(Debug, Args)]
-pub struct GenerateArgs {
+pub struct CallArgs {
     /// The CloudsmithAccessToken manifest (YAML or JSON; `-` for stdin). A file of
     /// several YAML documents (e.g. the generator and its ExternalSecret) is read for
     /// its one generator document: a CloudsmithAccessToken or a ClusterGenerator of
@@ -361,6 +347,13 @@ pub struct GenerateArgs {
 
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+}
+
+/// `generate`'s arguments.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub call: CallArgs,
 
     #[command(flatten)]
     pub output: OutputArgs,
@@ -615,9 +608,9 @@ impl From<&OutputArgs> for OutputConfig {
 impl From<&GenerateArgs> for GenerateConfig {
     fn from(args: &GenerateArgs) -> Self {
         GenerateConfig {
-            namespace: args.namespace.clone(),
-            tokens: args.tokens.choice(),
-            namespaces: args.tokens.namespaces(),
+            namespace: args.call.namespace.clone(),
+            tokens: args.call.tokens.choice(),
+            namespaces: args.call.tokens.namespaces(),
             output: (&args.output).into(),
         }
     }
@@ -670,12 +663,11 @@ impl TryFrom<&CheckArgs> for CheckConfig {
 
     fn try_from(args: &CheckArgs) -> Result<Self, Failure> {
         Ok(CheckConfig {
-            manifest: args.manifest.clone(),
-            generator: args.generator.clone(),
-            namespace: args.namespace.clone(),
-            tokens: args.tokens.choice(),
-            namespaces: args.tokens.namespaces(),
-            runtime: (&args.runtime).try_into()?,
+            manifest: args.call.manifest.display().to_string(),
+            namespace: args.call.namespace.clone(),
+            tokens: args.call.tokens.choice(),
+            namespaces: args.call.tokens.namespaces(),
+            runtime: (&args.call.runtime).try_into()?,
             registries: args.registries.clone(),
             docker_config: args.docker_config.clone(),
             no_exchange: args.no_exchange,

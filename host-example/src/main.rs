@@ -100,13 +100,8 @@ fn command(cli: Cli, started: Instant) -> Result<Reply, Failure> {
     let verbose = cli.verbose;
     match cli.command {
         Command::Generate(args) => {
-            let runtime = RuntimeConfig::try_from(&args.runtime)?;
-            let manifest = if args.manifest == Path::new("-") {
-                let bytes = read_bounded(std::io::stdin(), MAX_MANIFEST_BYTES, "the manifest on stdin")?;
-                setup::manifest_json("manifest stdin", bytes, args.generator.as_deref())?
-            } else {
-                setup::read_manifest(&args.manifest, args.generator.as_deref())?
-            };
+            let runtime = RuntimeConfig::try_from(&args.call.runtime)?;
+            let manifest = read_manifest(&args.call)?;
             let cache = token_cache(args.cache.token_cache, args.cache.token_cache_dir.as_deref());
             let minter = Minter::new(runtime, cache, verbose);
             let config = (&*args).into();
@@ -114,9 +109,11 @@ fn command(cli: Cli, started: Instant) -> Result<Reply, Failure> {
         }
         Command::Check(args) => {
             let config = check::CheckConfig::try_from(&*args)?;
+            // A manifest that cannot be read is the report's first failed step.
+            let manifest = read_manifest(&args.call);
             // No token cache: check asks Cloudsmith itself.
             let minter = Minter::new(config.runtime.clone(), None, verbose);
-            block_on(check::handle(&minter, &config))
+            block_on(check::handle(manifest, &minter, &config))
         }
         Command::Info(args) => {
             let runtime = RuntimeConfig::try_from(&args.runtime)?;
@@ -150,6 +147,17 @@ fn command(cli: Cli, started: Instant) -> Result<Reply, Failure> {
         Command::Install(InstallCommand::KubeletCredentialProvider(args)) => {
             install::kubelet_credential_provider(&(&args).into())
         }
+    }
+}
+
+/// The manifest of `--manifest` (a file, or `-`: stdin) as the guest's JSON.
+fn read_manifest(args: &cli::CallArgs) -> Result<String, Failure> {
+    let generator = args.generator.as_deref();
+    if args.manifest == Path::new("-") {
+        let bytes = read_bounded(std::io::stdin(), MAX_MANIFEST_BYTES, "the manifest on stdin")?;
+        setup::manifest_json("manifest stdin", bytes, generator)
+    } else {
+        setup::read_manifest(&args.manifest, generator)
     }
 }
 

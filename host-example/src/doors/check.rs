@@ -598,10 +598,8 @@ pub enum ReportFormat {
 /// `check`'s configuration (its flags).
 #[derive(Clone)]
 pub struct CheckConfig {
-    /// The manifest file and the generator document in it.
-    pub manifest: PathBuf,
-    /// `--generator NAME`.
-    pub generator: Option<String>,
+    /// Where the manifest came from (a path, or `-`), for the report.
+    pub manifest: String,
     /// The target namespace.
     pub namespace: String,
     /// The token source, as `generate` would use it.
@@ -624,14 +622,18 @@ pub struct CheckConfig {
 /// Runs every step and renders the report; the exit code is the report's (0 only when
 /// every step passed). Only a manifest that cannot be read at all is an error: every
 /// later failure is a step of the report.
-pub async fn handle(mint: &impl Mint, config: &CheckConfig) -> Result<Reply, Failure> {
+pub async fn handle(
+    manifest: Result<String, Failure>,
+    mint: &impl Mint,
+    config: &CheckConfig,
+) -> Result<Reply, Failure> {
     let mut steps = Vec::new();
-    let manifest = match setup::read_manifest(&config.manifest, config.generator.as_deref()) {
+    let manifest = match manifest {
         Ok(manifest) => manifest,
         Err(failure) => {
             steps.push(Step::failed(
                 StepName::Manifest,
-                vec![fact("file", config.manifest.display().to_string())],
+                vec![fact("file", config.manifest.clone())],
                 failure.message(),
                 "give the CloudsmithAccessToken manifest (YAML or JSON); with several generator documents, --generator NAME",
             ));
