@@ -386,16 +386,7 @@ pub fn token_step(
 
 /// `host:port` of an API URL, the port from the scheme when it has none.
 fn authority_with_port(api: &str) -> String {
-    let origin = origin(api);
-    let (scheme, authority) = origin.split_once("://").unwrap_or(("https", &origin));
-    let has_port = authority.rsplit_once(':').is_some_and(|(_, port)| {
-        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']')
-    });
-    if has_port {
-        authority.to_string()
-    } else {
-        format!("{authority}:{}", if scheme == "http" { 80 } else { 443 })
-    }
+    super::api_authority(api).map_or_else(|_| origin(api), |(authority, _)| authority.to_string())
 }
 
 /// The outbound policy step: whether `policy` lets the guest reach `api`, and the flag

@@ -21,10 +21,10 @@
 
 use host_example::secret::shown;
 use host_example::spec::{self, Field, GeneratorSpec};
-use host_example::{Authority, NamespacePolicy};
+use host_example::NamespacePolicy;
 use serde_json::{json, Value};
 
-use super::{split_server, Registries, Reply};
+use super::{api_authority, Registries, Reply};
 use crate::failure::Failure;
 use crate::mint::{Mint, MintRequest, TokenChoice};
 use crate::setup::{self, RuntimeConfig};
@@ -106,7 +106,8 @@ impl DockerConfig {
     pub fn runtime(&self) -> Result<RuntimeConfig, Failure> {
         let mut config = RuntimeConfig::default();
         if let Some(api) = self.manifest()?.1 {
-            let (authority, plain) = api_authority(&api).map_err(Failure::usage)?;
+            let (authority, plain) =
+                api_authority(&api).map_err(|why| Failure::usage(format!("{}: {why}", env::API_HOST)))?;
             config.policy = config.policy.allow(authority).allow_http(plain);
         }
         if let Some(ca) = self.var(env::SSL_CERT_FILE) {
@@ -252,36 +253,6 @@ async fn get(input: &[u8], mint: &impl Mint, config: &DockerConfig) -> Result<Re
         "Secret": minted.access_token()?.access_token.expose(),
     });
     Ok(Reply::ok(answer.to_string()))
-}
-
-/// The authority the policy must allow for an API host or URL, and whether it is plain
-/// http (allowed only when the user wrote `http://`, as the generator requires).
-fn api_authority(api: &str) -> Result<(Authority, bool), String> {
-    let bad = || {
-        format!(
-            "{}: {:?} is not an http(s) URL or a host",
-            env::API_HOST,
-            shown(api)
-        )
-    };
-    let (scheme, authority) = split_server(api).ok_or_else(bad)?;
-    let plain = match scheme {
-        Some("http") => true,
-        Some("https") | None => false,
-        Some(_) => return Err(bad()),
-    };
-    let parsed: Authority = authority
-        .parse()
-        .map_err(|e: String| format!("API host {:?}: {e}", shown(api)))?;
-    let explicit_port = authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()));
-    let port = match (explicit_port, plain) {
-        (true, _) => parsed.port(),
-        (false, true) => 80,
-        (false, false) => 443,
-    };
-    Ok((Authority::new(parsed.host(), port), plain))
 }
 
 #[cfg(test)]
@@ -437,25 +408,5 @@ mod tests {
         assert_eq!(spec.api_host.as_deref(), Some("http://127.0.0.1:9"));
         assert_eq!(spec.service_account_ref.unwrap().name.as_deref(), Some("default"));
         assert!(matches!(request.tokens, TokenChoice::File(ref p) if p.as_os_str() == "/t"));
-    }
-
-    #[test]
-    fn api_authorities() {
-        let a = |api: &str| api_authority(api).map(|(a, plain)| (a.to_string(), plain));
-        assert_eq!(
-            a("api.cloudsmith.io").unwrap(),
-            ("api.cloudsmith.io:443".into(), false)
-        );
-        assert_eq!(
-            a("https://api.cloudsmith.io/v1/").unwrap(),
-            ("api.cloudsmith.io:443".into(), false)
-        );
-        assert_eq!(
-            a("http://127.0.0.1:8080").unwrap(),
-            ("127.0.0.1:8080".into(), true)
-        );
-        assert_eq!(a("http://localhost").unwrap(), ("localhost:80".into(), true));
-        assert!(a("ftp://x").is_err());
-        assert!(a("bad host").is_err());
     }
 }

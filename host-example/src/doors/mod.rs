@@ -23,6 +23,9 @@ pub mod install;
 pub mod kubelet;
 pub mod serve;
 
+use host_example::secret::shown;
+use host_example::Authority;
+
 /// What a door answers: its stdout and the process's exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -116,6 +119,30 @@ pub fn host_port(server: &str) -> Option<(String, Option<u16>)> {
     Some((parsed.host().to_string(), port))
 }
 
+/// The authority the policy must allow for an API host or URL, and whether it is plain
+/// http (allowed only when the user wrote `http://`, as the generator requires).
+pub fn api_authority(api: &str) -> Result<(Authority, bool), String> {
+    let bad = || format!("{:?} is not an http(s) URL or a host", shown(api));
+    let (scheme, authority) = split_server(api).ok_or_else(bad)?;
+    let plain = match scheme {
+        Some("http") => true,
+        Some("https") | None => false,
+        Some(_) => return Err(bad()),
+    };
+    let parsed: Authority = authority
+        .parse()
+        .map_err(|e: String| format!("API host {:?}: {e}", shown(api)))?;
+    let explicit_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()));
+    let port = match (explicit_port, plain) {
+        (true, _) => parsed.port(),
+        (false, true) => 80,
+        (false, false) => 443,
+    };
+    Ok((Authority::new(parsed.host(), port), plain))
+}
+
 /// A Go `time.Duration` string for whole seconds, as `Duration.String()` prints it
 /// (`0s`, `45s`, `5m0s`, `1h25m0s`): what the kubelet's `metav1.Duration` parses.
 pub fn go_duration(seconds: u64) -> String {
@@ -130,6 +157,26 @@ pub fn go_duration(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_authorities() {
+        let a = |api: &str| api_authority(api).map(|(a, plain)| (a.to_string(), plain));
+        assert_eq!(
+            a("api.cloudsmith.io").unwrap(),
+            ("api.cloudsmith.io:443".into(), false)
+        );
+        assert_eq!(
+            a("https://api.cloudsmith.io/v1/").unwrap(),
+            ("api.cloudsmith.io:443".into(), false)
+        );
+        assert_eq!(
+            a("http://127.0.0.1:8080").unwrap(),
+            ("127.0.0.1:8080".into(), true)
+        );
+        assert_eq!(a("http://localhost").unwrap(), ("localhost:80".into(), true));
+        assert!(a("ftp://x").is_err());
+        assert!(a("bad host").is_err());
+    }
 
     #[test]
     fn server_urls_in_every_form_match_on_host_and_port() {
