@@ -53,7 +53,26 @@
 //! | `redirect`           | 302, `Location:` [`StandInConfig::redirect_location`] (`http://evil.example/openid/x/`) |
 //! | `html-500`           | always 500 with a long HTML page (for sanitized-prefix checks)          |
 //! | `echo-401`           | 401 whose `detail` is the whole request body, OIDC token included: the client must redact it |
+//! | `faults` ([`FAULTS_ORG`]) | per request, by a hash of its number for this org: a share of 5xx, resets and stalls ([`Faults`]), the rest success |
 //! | anything else        | success                                                                 |
+//!
+//! `faults` is not in [`Scenario::ALL`]: its answer changes from one request to
+//! the next and one of its stalls never ends, which the table-driven tests over
+//! `ALL` do not expect. With the default [`Faults`], of every 100 requests:
+//!
+//! | share | answer                                                                          |
+//! |-------|---------------------------------------------------------------------------------|
+//! | 4     | 500 `{"detail":"A server error occurred."}`                                     |
+//! | 3     | 502, a gateway's HTML page                                                      |
+//! | 3     | 503 `{"detail":"Service temporarily unavailable, try again later."}`            |
+//! | 5     | the connection closed without an answer (as `reset`)                            |
+//! | 2     | a success after [`Faults::stall`] (5 s: longer than the bound a soak gives `serve`) |
+//! | 1     | no answer ever (until the client or the stand-in goes away)                     |
+//! | 82    | success                                                                         |
+//!
+//! The n-th request (counted from 0, per stand-in) gets the answer chosen by
+//! `splitmix64(n) % 100`, so a run's sequence of faults is the same every time;
+//! which caller gets which depends only on the order requests arrive in.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -120,6 +139,90 @@ pub struct StandInConfig {
     /// testkit's [`crate::oidc::ISSUER`] with any subject, so every token
     /// [`crate::oidc::token`] mints is trusted.
     pub trusted: Vec<Trusted>,
+    /// The shares of the `faults` scenario ([`FAULTS_ORG`]).
+    pub faults: Faults,
+}
+
+/// The organisation slug of the `faults` scenario.
+pub const FAULTS_ORG: &str = "faults";
+
+/// The shares, in percent of requests, of each fault the `faults` scenario
+/// answers with; what is left of 100 succeeds. Their sum must be at most 100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Faults {
+    /// 500 with Cloudsmith's JSON `detail`.
+    pub error_500: u8,
+    /// 502 with a gateway's HTML page.
+    pub error_502: u8,
+    /// 503 with Cloudsmith's JSON `detail`.
+    pub error_503: u8,
+    /// The connection closed without an answer.
+    pub reset: u8,
+    /// A success, after [`Faults::stall`].
+    pub stall: u8,
+    /// No answer at all: the request is held until the client hangs up.
+    pub stall_forever: u8,
+    /// How long a `stall` waits before its success.
+    pub stall_delay: Duration,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            error_500: 4,
+            error_502: 3,
+            error_503: 3,
+            reset: 5,
+            stall: 2,
+            stall_forever: 1,
+            stall_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the `faults` scenario answers one request with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// 500, JSON `detail`.
+    Error500,
+    /// 502, HTML.
+    Error502,
+    /// 503, JSON `detail`.
+    Error503,
+    /// The connection closed, no answer.
+    Reset,
+    /// A success after [`Faults::stall_delay`].
+    Stall,
+    /// No answer, ever.
+    StallForever,
+    /// A success, at once.
+    None,
+}
+
+impl Faults {
+    /// The answer to the `n`-th request (from 0): deterministic in `n`.
+    pub fn for_request(&self, n: u64) -> Fault {
+        // splitmix64: consecutive request numbers spread evenly over 0..100, so
+        // faults do not come in runs a retrying client would always lose to.
+        let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let mut roll = ((z ^ (z >> 31)) % 100) as u8;
+        for (share, fault) in [
+            (self.error_500, Fault::Error500),
+            (self.error_502, Fault::Error502),
+            (self.error_503, Fault::Error503),
+            (self.reset, Fault::Reset),
+            (self.stall, Fault::Stall),
+            (self.stall_forever, Fault::StallForever),
+        ] {
+            if roll < share {
+                return fault;
+            }
+            roll -= share;
+        }
+        Fault::None
+    }
 }
 
 /// One (issuer, subject) an OIDC service trusts.
@@ -168,6 +271,7 @@ impl Default for StandInConfig {
             issued_body: None,
             keep_history: true,
             trusted: vec![Trusted::new(crate::oidc::ISSUER, "*")],
+            faults: Faults::default(),
         }
     }
 }
@@ -403,6 +507,9 @@ struct State {
     counts: Mutex<HashMap<String, usize>>,
     /// Requests seen per (org, OIDC subject), for the burst scenarios.
     seen: Mutex<HashMap<(String, String), u32>>,
+    /// Requests of the `faults` scenario that passed every check, and how many
+    /// got each fault.
+    faults: Mutex<(u64, HashMap<Fault, u64>)>,
 }
 
 impl StandIn {
@@ -448,6 +555,7 @@ impl StandIn {
             requests: Mutex::default(),
             counts: Mutex::default(),
             seen: Mutex::default(),
+            faults: Mutex::default(),
         });
         slot.set(state.clone()).expect("set once");
         Ok(StandIn {
@@ -522,6 +630,12 @@ impl StandIn {
             .into_iter()
             .filter(|r| r.org() == Some(org))
             .collect()
+    }
+
+    /// How many requests of the `faults` scenario ([`FAULTS_ORG`]) got each
+    /// fault ([`Fault::None`]: a success at once).
+    pub fn fault_counts(&self) -> HashMap<Fault, u64> {
+        self.state.faults.lock().expect("faults lock").1.clone()
     }
 
     /// The configuration the stand-in runs with.
@@ -699,6 +813,29 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
             &[],
         )
     };
+    if org == FAULTS_ORG {
+        let fault = {
+            let mut faults = state.faults.lock().expect("faults lock");
+            let fault = state.config.faults.for_request(faults.0);
+            faults.0 += 1;
+            *faults.1.entry(fault).or_default() += 1;
+            fault
+        };
+        return Ok(match fault {
+            Fault::Error500 => detail(500, Scenario::Fail500.detail().unwrap_or_default()),
+            Fault::Error502 => gateway_502(),
+            Fault::Error503 => detail(503, Scenario::Fail503.detail().unwrap_or_default()),
+            Fault::Reset => return Err(Hangup),
+            Fault::Stall => {
+                tokio::time::sleep(state.config.faults.stall_delay).await;
+                success()
+            }
+            // Held until the client closes the connection (hyper then drops this
+            // future) or the stand-in is dropped.
+            Fault::StallForever => std::future::pending().await,
+            Fault::None => success(),
+        });
+    }
     let Some(scenario) = Scenario::from_org(org) else {
         return Ok(success());
     };
@@ -730,13 +867,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
         Scenario::Burst429 if earlier(1) < 1 => throttled(scenario, "1"),
         Scenario::Burst503 if earlier(2) < 2 => fixed(503),
         Scenario::Burst429 | Scenario::Burst503 => success(),
-        Scenario::Fail502 => server::raw(
-            502,
-            "text/html",
-            "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n\
-             <center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n",
-            &[],
-        ),
+        Scenario::Fail502 => gateway_502(),
         Scenario::MalformedJson => server::raw(201, "application/json", "{\"token\": \"eyJhbGciOi", &[]),
         Scenario::EmptyToken => server::json(201, &json!({"token": ""}), &[]),
         Scenario::NotJwt => server::json(201, &json!({"token": "not-a-jwt"}), &[]),
@@ -764,6 +895,16 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
         Scenario::Html500 => server::raw(500, "text/html; charset=utf-8", html_500(), &[]),
         Scenario::Echo401 => detail(401, &String::from_utf8_lossy(&recorded.body)),
     })
+}
+
+fn gateway_502() -> Response<Body> {
+    server::raw(
+        502,
+        "text/html",
+        "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n\
+         <center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n",
+        &[],
+    )
 }
 
 fn throttled(scenario: Scenario, retry_after: &str) -> Response<Body> {
@@ -858,6 +999,43 @@ mod tests {
         assert!(one.matches("https://k8s", "system:serviceaccount:apps:puller"));
         assert!(!one.matches("https://k8s", "system:serviceaccount:apps:puller2"));
         assert!(Trusted::new("https://k8s", "*").matches("https://k8s", "anyone"));
+    }
+
+    #[test]
+    fn faults_are_deterministic_and_in_their_shares() {
+        let faults = Faults::default();
+        let mut counts: HashMap<Fault, u64> = HashMap::new();
+        for n in 0..100_000 {
+            assert_eq!(faults.for_request(n), faults.for_request(n));
+            *counts.entry(faults.for_request(n)).or_default() += 1;
+        }
+        // Within 10 % of each share over 100,000 requests.
+        for (fault, share) in [
+            (Fault::Error500, faults.error_500),
+            (Fault::Error502, faults.error_502),
+            (Fault::Error503, faults.error_503),
+            (Fault::Reset, faults.reset),
+            (Fault::Stall, faults.stall),
+            (Fault::StallForever, faults.stall_forever),
+            (Fault::None, 82),
+        ] {
+            let want = f64::from(share) * 1000.0;
+            let got = counts.get(&fault).copied().unwrap_or(0) as f64;
+            assert!(
+                (got - want).abs() < want / 10.0,
+                "{fault:?}: {got} of 100000, want about {want}"
+            );
+        }
+        let none = Faults {
+            error_500: 0,
+            error_502: 0,
+            error_503: 0,
+            reset: 0,
+            stall: 0,
+            stall_forever: 0,
+            ..faults
+        };
+        assert!((0..1000).all(|n| none.for_request(n) == Fault::None));
     }
 
     #[test]
