@@ -1172,6 +1172,14 @@ async fn callers_that_hang_up_give_back_their_places() {
     let reply = ask(addr, "apps", "cloudsmith-access-token", &token).await;
     assert_eq!(reply.status, 200, "the places came back: {}", reply.body);
     assert_eq!(reply.json()["auth"], Value::String(expected_auth("apps")));
+    // Each abandoned call is visible: a count, and a `call` line with its case.
+    assert_eq!(gauge(addr, "cloudsmith_gen_calls_abandoned_total").await, Some(3));
+    let gone = server
+        .log_json()
+        .iter()
+        .filter(|l| l["case"] == "caller-gone")
+        .count();
+    assert_eq!(gone, 3, "{}", server.logs());
 }
 
 /// An API server that accepts connections and never answers: every review is bounded

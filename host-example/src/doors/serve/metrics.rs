@@ -27,6 +27,7 @@ pub struct Metrics {
     refused: Mutex<BTreeMap<&'static str, u64>>,
     latency: Mutex<Histogram>,
     in_flight: AtomicI64,
+    abandoned: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     generators: AtomicI64,
@@ -81,6 +82,11 @@ impl Metrics {
     pub fn arrived(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self)
+    }
+
+    /// A generate call was dropped before its answer: its caller hung up.
+    pub fn abandoned(&self) {
+        self.abandoned.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The generate calls in flight now (in review, queued or in the sandbox).
@@ -142,6 +148,13 @@ impl Metrics {
         out.push_str("# HELP cloudsmith_gen_calls_in_flight Generate calls in flight: in review, queued or in the sandbox.\n");
         out.push_str("# TYPE cloudsmith_gen_calls_in_flight gauge\n");
         let _ = writeln!(out, "cloudsmith_gen_calls_in_flight {}", self.in_flight_now());
+        out.push_str("# HELP cloudsmith_gen_calls_abandoned_total Generate calls whose caller hung up before the answer.\n");
+        out.push_str("# TYPE cloudsmith_gen_calls_abandoned_total counter\n");
+        let _ = writeln!(
+            out,
+            "cloudsmith_gen_calls_abandoned_total {}",
+            self.abandoned.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP cloudsmith_gen_generators Generators served from the manifests.\n");
         out.push_str("# TYPE cloudsmith_gen_generators gauge\n");
         let _ = writeln!(

@@ -421,7 +421,16 @@ async fn handle<M: Mint>(server: &Server<M>, req: Request<Incoming>, peer: Socke
                 );
             }
             let _in_flight = server.metrics.arrived();
+            let mut pending = Pending {
+                metrics: &server.metrics,
+                namespace: &namespace,
+                name: &name,
+                peer,
+                started,
+                answered: false,
+            };
             let (answer, caller, case) = generate(server, req, &namespace, &name).await;
+            pending.answered = true;
             let status = answer.status().as_u16();
             log(
                 if status < 400 { "info" } else { "warn" },
@@ -431,6 +440,33 @@ async fn handle<M: Mint>(server: &Server<M>, req: Request<Incoming>, peer: Socke
             );
             answer
         }
+    }
+}
+
+/// A generate call not yet answered. Dropped unanswered (hyper drops the call when its
+/// caller hangs up), it leaves a `call` log line with the case `caller-gone` and a count
+/// in `cloudsmith_gen_calls_abandoned_total`, so an ESO that gives up is visible.
+struct Pending<'a> {
+    metrics: &'a Metrics,
+    namespace: &'a str,
+    name: &'a str,
+    peer: SocketAddr,
+    started: Instant,
+    answered: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        self.metrics.abandoned();
+        log(
+            "warn",
+            "call",
+            json!({"namespace": self.namespace, "generator": self.name, "peer": self.peer.to_string(),
+                   "case": "caller-gone", "ms": self.started.elapsed().as_millis() as u64}),
+        );
     }
 }
 
