@@ -201,9 +201,11 @@ fn redact_jwts(text: &str) -> String {
 }
 
 /// Text made safe for a one-line message or log field: anything shaped like a JWT
-/// redacted, control characters and runs of whitespace folded into one space, and cut to
-/// `max` characters (with `…`). Every message built from text the host did not write
-/// (guest output, a server's answer, a parser's error, user input) goes through it.
+/// redacted, control characters and runs of whitespace folded into one space, and at
+/// most `max` characters: a longer text is cut at the last word that fits, with `…`
+/// (a single word longer than the line is cut inside). Every message built from text
+/// the host did not write (guest output, a server's answer, a parser's error, user
+/// input) goes through it.
 pub fn one_line(text: &str, max: usize) -> String {
     let folded = text
         .split(|c: char| c.is_whitespace() || c.is_control())
@@ -214,9 +216,14 @@ pub fn one_line(text: &str, max: usize) -> String {
     if clean.chars().count() <= max {
         return clean;
     }
-    let mut cut: String = clean.chars().take(max).collect();
-    cut.push('…');
-    cut
+    // Room for the ellipsis.
+    let fits: String = clean.chars().take(max.saturating_sub(1)).collect();
+    let next_is_space = clean.chars().nth(fits.chars().count()) == Some(' ');
+    let kept = match fits.rfind(' ') {
+        Some(space) if !next_is_space => &fits[..space],
+        _ => fits.as_str(),
+    };
+    format!("{}…", kept.trim_end_matches([' ', ',', ';', ':', '(']))
 }
 
 /// A value from untrusted input (a server URL, an image name, an action), as an error
@@ -308,13 +315,20 @@ mod tests {
     fn one_line_strips_controls_and_cuts() {
         assert_eq!(one_line("a\nb\x1b[31m", 100), "a b [31m");
         assert_eq!(one_line("  a \t\r\n  b  ", 100), "a b");
-        assert_eq!(one_line("abcdef", 3), "abc…");
-        assert_eq!(one_line("ééé", 2), "éé…");
+        assert_eq!(one_line("abcdef", 3), "ab…");
+        assert_eq!(one_line("ééé", 2), "é…");
+        assert_eq!(one_line("abc defgh", 8), "abc…");
+        assert_eq!(one_line("abc: defgh", 8), "abc…");
+        assert_eq!(
+            one_line("abc defgh", 5),
+            "abc…",
+            "the next character is a space: the word fits"
+        );
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
         assert_eq!(
             one_line(&format!("bad token {jwt}\n"), 100),
             "bad token [redacted]"
         );
-        assert_eq!(shown(&"x".repeat(100)).chars().count(), 81);
+        assert_eq!(shown(&"x".repeat(100)).chars().count(), 80);
     }
 }

@@ -53,7 +53,7 @@ pub fn kube_config_error(fix: &str, err: &(dyn Error + 'static)) -> String {
         ),
         None => causes.to_string(),
     };
-    bounded_at_word(
+    crate::secret::one_line(
         &format!("no Kubernetes configuration found: {fix}; {causes}"),
         MAX_LINE_CHARS,
     )
@@ -62,7 +62,7 @@ pub fn kube_config_error(fix: &str, err: &(dyn Error + 'static)) -> String {
 /// `{what}: {causes}` in one line of at most `max` characters, cut at a word with `…`:
 /// an error and its chain of sources, each cause once.
 pub fn error_line(what: &str, err: &(dyn Error + 'static), max: usize) -> String {
-    bounded_at_word(&format!("{what}: {}", causes(err)), max)
+    crate::secret::one_line(&format!("{what}: {}", causes(err)), max)
 }
 
 /// `err` and its sources, joined with `: `, leaving out a source whose text its parent
@@ -82,25 +82,6 @@ fn causes(err: &(dyn Error + 'static)) -> String {
     line.replace("'\"", "'").replace("\"'", "'")
 }
 
-/// `text` as one line (control characters as spaces, runs of spaces as one) of at most
-/// `max` characters: when longer, cut at the last space that fits, so no word is cut
-/// in the middle, and `…` appended.
-fn bounded_at_word(text: &str, max: usize) -> String {
-    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if line.chars().count() <= max {
-        return line;
-    }
-    // Room for the ellipsis.
-    let fits: String = line.chars().take(max.saturating_sub(1)).collect();
-    let next_is_space = line.chars().nth(fits.chars().count()) == Some(' ');
-    let kept = if next_is_space {
-        fits.as_str()
-    } else {
-        // A single word longer than the line has no space to cut at: cut it.
-        fits.rfind(' ').map_or(fits.as_str(), |space| &fits[..space])
-    };
-    format!("{}…", kept.trim_end_matches([' ', ',', ';', ':', '(']))
-}
 /// Mints a short-lived token with `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token`
 /// (`authentication.k8s.io/v1` TokenRequest) carrying the requested audiences and
 /// `expirationSeconds: 600`.
@@ -285,10 +266,6 @@ mod tests {
         let kept = line.strip_suffix('…').expect("an ellipsis");
         let last = kept.rsplit(' ').next().unwrap();
         assert!(["several", "words"].contains(&last), "cut mid-word: {line}");
-        // Short enough: unchanged, no ellipsis; newlines become spaces.
-        assert_eq!(bounded_at_word("a\nb  c", 10), "a b c");
-        assert_eq!(bounded_at_word("abc defgh", 8), "abc…");
-        assert_eq!(bounded_at_word("abcdefghij", 5), "abcd…");
     }
 
     /// kube-rs's own error for a missing `--kubeconfig`, as the token source words it.
