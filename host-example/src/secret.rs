@@ -219,8 +219,10 @@ pub fn one_line(text: &str, max: usize) -> String {
     // Room for the ellipsis.
     let fits: String = clean.chars().take(max.saturating_sub(1)).collect();
     let next_is_space = clean.chars().nth(fits.chars().count()) == Some(' ');
+    // At a word, unless the word cut is a blob (longer than any word a reader needs
+    // whole): then inside it, so the line keeps showing what it was.
     let kept = match fits.rfind(' ') {
-        Some(space) if !next_is_space => &fits[..space],
+        Some(space) if !next_is_space && fits.len() - space <= 40 => &fits[..space],
         _ => fits.as_str(),
     };
     format!("{}…", kept.trim_end_matches([' ', ',', ';', ':', '(']))
