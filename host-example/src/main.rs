@@ -180,6 +180,14 @@ fn docker_action(action: &str, verbose: bool) -> Result<Reply, Failure> {
         "get" | "store" | "erase" => read_bounded(std::io::stdin(), docker::MAX_INPUT_BYTES, "stdin")?,
         _ => Vec::new(),
     };
+    // The warm path: no runtime, no component, no CA file parsed, for a cache hit or
+    // another registry. The cache key does not depend on the runtime's policy.
+    if action == "get" {
+        let lookup = Minter::new(RuntimeConfig::default(), token_cache(true, None), verbose);
+        if let Some(reply) = docker::get_cached(&input, &lookup, &config) {
+            return Ok(reply);
+        }
+    }
     // A misconfigured runtime is reported by `get` itself (DockerConfig::request).
     let runtime = config.runtime().unwrap_or_default();
     let minter = Minter::new(runtime, token_cache(true, None), verbose);

@@ -105,6 +105,12 @@ impl Minted {
 pub trait Mint: Sync {
     /// Credentials for `request`.
     fn mint(&self, request: MintRequest) -> impl Future<Output = Result<Minted, Failure>> + Send;
+
+    /// Credentials for `request` from a cache alone, synchronously and without an async
+    /// runtime (a door's fast path); `None`: ask [`Mint::mint`].
+    fn cached(&self, _request: &MintRequest) -> Option<Minted> {
+        None
+    }
 }
 
 /// What a process does after a cache miss ([`Minter::lead`]).
@@ -247,31 +253,58 @@ impl Minter {
     }
 }
 
-impl Mint for Minter {
-    async fn mint(&self, request: MintRequest) -> Result<Minted, Failure> {
+impl Minter {
+    /// The request's token source, its cache key (when it may be cached) and the cache's
+    /// answer (on a hit).
+    fn lookup(&self, request: &MintRequest) -> (Arc<dyn TokenSource>, Option<CacheKey>, Option<Minted>) {
         let (source, identity) = token_source(&request.tokens, &request.manifest, &request.namespace);
-        let key = self.cache_key(&request, identity.as_deref());
-        if let (Some(cache), Some(key)) = (&self.cache, &key) {
-            match cache.get(key) {
-                Lookup::Hit(token) => {
-                    if self.verbose {
-                        note(&format!(
-                            "token cache: hit {} (expiry {})",
-                            cache.entry_path(key).display(),
-                            token.expiry
-                        ));
-                    }
-                    return Ok(self.minted(token.credentials(), Some(token)));
-                }
-                Lookup::Miss if self.verbose => note("token cache: miss"),
-                Lookup::Unusable(why) if self.verbose => note(&format!("token cache: entry ignored ({why})")),
-                _ => {}
+        let key = self.cache_key(request, identity.as_deref());
+        let (Some(cache), Some(found)) = (&self.cache, &key) else {
+            if self.verbose {
+                note(match &self.cache {
+                    None => "token cache: off",
+                    Some(_) => "token cache: not used (no identity for this token source)",
+                });
             }
-        } else if self.verbose {
-            note(match &self.cache {
-                None => "token cache: off",
-                Some(_) => "token cache: not used (no identity for this token source)",
-            });
+            return (source, key, None);
+        };
+        let hit = match cache.get(found) {
+            Lookup::Hit(token) => {
+                if self.verbose {
+                    note(&format!(
+                        "token cache: hit {} (expiry {})",
+                        cache.entry_path(found).display(),
+                        token.expiry
+                    ));
+                }
+                Some(self.minted(token.credentials(), Some(token)))
+            }
+            Lookup::Miss => {
+                if self.verbose {
+                    note("token cache: miss");
+                }
+                None
+            }
+            Lookup::Unusable(why) => {
+                if self.verbose {
+                    note(&format!("token cache: entry ignored ({why})"));
+                }
+                None
+            }
+        };
+        (source, key, hit)
+    }
+}
+
+impl Mint for Minter {
+    fn cached(&self, request: &MintRequest) -> Option<Minted> {
+        self.lookup(request).2
+    }
+
+    async fn mint(&self, request: MintRequest) -> Result<Minted, Failure> {
+        let (source, key, hit) = self.lookup(&request);
+        if let Some(minted) = hit {
+            return Ok(minted);
         }
         let _flight = match (&self.cache, &key) {
             (Some(cache), Some(key)) => {
@@ -412,6 +445,8 @@ pub mod fake {
         pub usable_for: Duration,
         /// The requests seen: manifest, namespace, the token source's description.
         pub seen: Mutex<Vec<(String, String, String)>>,
+        /// Whether [`Mint::cached`] answers (a warm cache), or says ask `mint`.
+        pub warm: bool,
     }
 
     impl FakeMint {
@@ -421,6 +456,20 @@ pub mod fake {
                 token,
                 usable_for: Duration::from_secs(seconds),
                 seen: Mutex::new(Vec::new()),
+                warm: false,
+            }
+        }
+
+        fn answer(&self) -> Minted {
+            let token = CachedToken {
+                access_token: Secret::new(self.token),
+                expiry: "1700000000".into(),
+                exp: 1_700_000_000,
+            };
+            Minted {
+                credentials: token.credentials(),
+                token: Some(token),
+                usable_for: self.usable_for,
             }
         }
     }
@@ -432,16 +481,11 @@ pub mod fake {
                 .lock()
                 .unwrap()
                 .push((request.manifest, request.namespace, source.describe()));
-            let token = CachedToken {
-                access_token: Secret::new(self.token),
-                expiry: "1700000000".into(),
-                exp: 1_700_000_000,
-            };
-            Ok(Minted {
-                credentials: token.credentials(),
-                token: Some(token),
-                usable_for: self.usable_for,
-            })
+            Ok(self.answer())
+        }
+
+        fn cached(&self, _request: &MintRequest) -> Option<Minted> {
+            self.warm.then(|| self.answer())
         }
     }
 }

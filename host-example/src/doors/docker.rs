@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 use super::{api_authority, Registries, Reply};
 use crate::failure::Failure;
-use crate::mint::{Mint, MintRequest, TokenChoice};
+use crate::mint::{Mint, MintRequest, Minted, TokenChoice};
 use crate::setup::{self, RuntimeConfig};
 
 /// The name the binary answers to as a helper (`credHelpers` value `cloudsmith`).
@@ -157,6 +157,12 @@ impl DockerConfig {
     /// otherwise only show as a policy refusal).
     pub fn request(&self) -> Result<MintRequest, Failure> {
         self.runtime()?;
+        self.mint_request()
+    }
+
+    /// [`DockerConfig::request`] without checking the runtime (its CA file): all a cache
+    /// lookup needs.
+    fn mint_request(&self) -> Result<MintRequest, Failure> {
         let (mut manifest, _) = self.manifest()?;
         let view = GeneratorSpec::of(&manifest).unwrap_or_default();
         for (field, variable, value) in [
@@ -234,19 +240,47 @@ pub async fn handle(
 }
 
 async fn get(input: &[u8], mint: &impl Mint, config: &DockerConfig) -> Result<Reply, Failure> {
+    let server = server(input)?;
+    if config.registries()?.matching(server).is_none() {
+        return Ok(not_found());
+    }
+    let minted = mint.mint(config.request()?).await?;
+    answer(server, &minted)
+}
+
+/// `get` answered without an async runtime, the component or the network: for a server
+/// that is not ours, or from the token cache ([`Mint::cached`]). `None` when the full
+/// `get` must run: a miss, or any error, which that path reports. This is the warm
+/// path of every pull, so it does only what the answer needs.
+pub fn get_cached(input: &[u8], mint: &impl Mint, config: &DockerConfig) -> Option<Reply> {
+    let server = server(input).ok()?;
+    if config.registries().ok()?.matching(server).is_none() {
+        return Some(not_found());
+    }
+    let minted = mint.cached(&config.mint_request().ok()?)?;
+    answer(server, &minted).ok()
+}
+
+/// The server URL on stdin.
+fn server(input: &[u8]) -> Result<&str, Failure> {
     let server =
         std::str::from_utf8(input).map_err(|_| Failure::usage("the server URL on stdin is not UTF-8"))?;
     let server = server.trim();
     if server.is_empty() {
         return Err(Failure::usage("no server URL on stdin"));
     }
-    if config.registries()?.matching(server).is_none() {
-        return Ok(Reply {
-            stdout: NOT_FOUND.into(),
-            exit: 1,
-        });
+    Ok(server)
+}
+
+/// The protocol's "none here", which makes the client fall back to anonymous pulls.
+fn not_found() -> Reply {
+    Reply {
+        stdout: NOT_FOUND.into(),
+        exit: 1,
     }
-    let minted = mint.mint(config.request()?).await?;
+}
+
+fn answer(server: &str, minted: &Minted) -> Result<Reply, Failure> {
     let answer = json!({
         "ServerURL": server,
         "Username": "token",
@@ -388,6 +422,28 @@ mod tests {
             "{}",
             err.message()
         );
+    }
+
+    #[tokio::test]
+    async fn the_warm_path_answers_as_get_does_or_defers() {
+        let config = config(CONFIGURED);
+        let mut warm = FakeMint::new(TOKEN, 600);
+        warm.warm = true;
+        let full = handle("get", b"registry.acme.com", &warm, &config).await.unwrap();
+        assert_eq!(get_cached(b"registry.acme.com", &warm, &config), Some(full));
+        let cold = FakeMint::new(TOKEN, 600);
+        assert_eq!(
+            get_cached(b"registry.acme.com", &cold, &config),
+            None,
+            "a miss defers"
+        );
+        assert_eq!(
+            get_cached(b"", &warm, &config),
+            None,
+            "an error defers, for get to report"
+        );
+        assert_eq!(get_cached(b"ghcr.io", &cold, &config), Some(not_found()));
+        assert!(cold.seen.lock().unwrap().is_empty(), "the warm path never mints");
     }
 
     #[test]
