@@ -8,7 +8,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::bindings::secretgen::generator::token_source;
+use crate::generator::bindings::secretgen::generator::token_source;
 use crate::policy::{Journal, PolicyHooks};
 use crate::sandbox::Limiter;
 use crate::secret::Secret;
