@@ -742,6 +742,14 @@ async fn every_failure_has_its_status_and_case() {
                 oidc::ISSUER
             );
             assert!(message.contains(&claims), "{message}");
+            // ESO shows only the status: the service's log says why, with the claims
+            // (the line is written before the answer; its reader thread may lag).
+            wait_until(|| async {
+                server.log_json().into_iter().any(|l| {
+                    l["generator"] == "refused" && l["message"].as_str().is_some_and(|m| m.contains(&claims))
+                })
+            })
+            .await;
         }
         assert_eq!(
             reply.headers.get("retry-after").map(|v| v.to_str().unwrap()),

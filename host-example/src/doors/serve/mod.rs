@@ -432,11 +432,15 @@ async fn handle<M: Mint>(server: &Server<M>, req: Request<Incoming>, peer: Socke
             let (answer, caller, case) = generate(server, req, &namespace, &name).await;
             pending.answered = true;
             let status = answer.status().as_u16();
+            // The message the caller was sent: ESO shows only the status, so the log
+            // says why (for a refused exchange, the token's claims; never a token).
+            let message = answer.extensions().get::<ErrorMessage>().map(|m| m.0.clone());
             log(
                 if status < 400 { "info" } else { "warn" },
                 "call",
                 json!({"namespace": namespace, "generator": name, "caller": caller, "peer": peer.to_string(),
-                       "status": status, "case": case, "ms": started.elapsed().as_millis() as u64}),
+                       "status": status, "case": case, "message": message,
+                       "ms": started.elapsed().as_millis() as u64}),
             );
             answer
         }
@@ -736,10 +740,18 @@ async fn reload_loop<M>(server: Arc<Server<M>>, interval: Duration) {
     }
 }
 
+/// An error answer's message, kept beside it for the `call` log line (extensions are
+/// not sent).
+#[derive(Clone)]
+struct ErrorMessage(String);
+
 /// `{"error": {"case", "message"}}` with `status`.
 fn error(status: StatusCode, case: &str, message: &str) -> HttpResponse {
-    let body = json!({"error": {"case": case, "message": one_log_line(message)}});
-    text(status, "application/json", body.to_string())
+    let message = one_log_line(message);
+    let body = json!({"error": {"case": case, "message": message}});
+    let mut answer = text(status, "application/json", body.to_string());
+    answer.extensions_mut().insert(ErrorMessage(message));
+    answer
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> HttpResponse {
