@@ -64,6 +64,12 @@ pub mod env {
 #[derive(Debug, Clone, Default)]
 pub struct DockerConfig {
     vars: std::collections::BTreeMap<&'static str, String>,
+    /// [`DockerConfig::manifest`] and [`DockerConfig::runtime`], each worked out once:
+    /// a `get` that misses asks for both from several places (the warm path, `main`,
+    /// the door), and each reads the manifest file (and the CA file). Their errors are
+    /// all usage errors, kept as their one-line message.
+    manifest: std::sync::OnceLock<Result<(Value, Option<String>), String>>,
+    runtime: std::sync::OnceLock<Result<RuntimeConfig, String>>,
 }
 
 impl DockerConfig {
@@ -87,7 +93,10 @@ impl DockerConfig {
             ))
         })
         .collect();
-        DockerConfig { vars }
+        DockerConfig {
+            vars,
+            ..DockerConfig::default()
+        }
     }
 
     fn var(&self, name: &str) -> Option<&str> {
@@ -104,6 +113,13 @@ impl DockerConfig {
     /// The runtime: the default, allowing the configured API host only (plain http only
     /// when written `http://`), with `SSL_CERT_FILE`'s roots besides the public ones.
     pub fn runtime(&self) -> Result<RuntimeConfig, Failure> {
+        self.runtime
+            .get_or_init(|| self.read_runtime().map_err(|f| f.message()))
+            .clone()
+            .map_err(Failure::usage)
+    }
+
+    fn read_runtime(&self) -> Result<RuntimeConfig, Failure> {
         let mut config = RuntimeConfig::default();
         if let Some(api) = self.manifest()?.1 {
             let (authority, plain) =
@@ -122,6 +138,13 @@ impl DockerConfig {
     /// The manifest (`CLOUDSMITH_GENERATOR_MANIFEST` with the variables' overrides, or
     /// the variables alone) and the API it names.
     fn manifest(&self) -> Result<(Value, Option<String>), Failure> {
+        self.manifest
+            .get_or_init(|| self.read_manifest().map_err(|f| f.message()))
+            .clone()
+            .map_err(Failure::usage)
+    }
+
+    fn read_manifest(&self) -> Result<(Value, Option<String>), Failure> {
         let mut manifest: Value = match self.var(env::MANIFEST) {
             Some(path) => {
                 let text = setup::read_manifest(std::path::Path::new(path), None).map_err(|f| match f {
