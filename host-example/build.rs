@@ -7,6 +7,12 @@
 //!
 //! Set `CLOUDSMITH_GEN_COMPONENT=/path/to/component.wasm` to embed a prebuilt component
 //! instead (offline or cross builds).
+//!
+//! It also records the commit the binary is built from, for `component push`'s
+//! annotations and reproducible `created` time: `CLOUDSMITH_GEN_REVISION` (the commit
+//! hash), `CLOUDSMITH_GEN_COMMIT_TIME` (its committer time, UNIX seconds) and
+//! `CLOUDSMITH_GEN_SOURCE` (the `origin` remote, when it is an https URL). Outside a git
+//! checkout all three are empty.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -48,6 +54,49 @@ fn main() {
     };
     if let Err(e) = std::fs::copy(&built, &out) {
         fail(&format!("copying {} to {}: {e}", built.display(), out.display()));
+    }
+    record_commit(&workspace);
+}
+
+/// Sets the `CLOUDSMITH_GEN_*` commit variables (see the module docs), and asks to be run
+/// again when HEAD moves.
+fn record_commit(workspace: &Path) {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(workspace)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let revision = git(&["rev-parse", "HEAD"]);
+    let time = git(&["log", "-1", "--format=%ct"]);
+    let source = git(&["config", "--get", "remote.origin.url"]);
+    // A local path or an ssh address says nothing to a reader of the annotation.
+    let source = if source.starts_with("https://") {
+        source
+    } else {
+        String::new()
+    };
+    println!("cargo:rustc-env=CLOUDSMITH_GEN_REVISION={revision}");
+    println!("cargo:rustc-env=CLOUDSMITH_GEN_COMMIT_TIME={time}");
+    println!("cargo:rustc-env=CLOUDSMITH_GEN_SOURCE={source}");
+    let git_dir = git(&["rev-parse", "--absolute-git-dir"]);
+    if !git_dir.is_empty() {
+        let git_dir = Path::new(&git_dir);
+        let head_ref = git(&["symbolic-ref", "-q", "HEAD"]);
+        // Only files that exist: cargo runs the script on every build for a missing one.
+        for file in [
+            git_dir.join("HEAD"),
+            git_dir.join(head_ref),
+            git_dir.join("packed-refs"),
+        ] {
+            if file.is_file() {
+                println!("cargo:rerun-if-changed={}", file.display());
+            }
+        }
     }
 }
 

@@ -9,7 +9,8 @@
 //! | [`kubelet_bad_input`]                 | bad stdin and a missing token source: one `error:` line, non-zero exit, nothing on stdout, no token anywhere |
 //! | [`kubelet_stalled_cloudsmith`]        | a Cloudsmith that accepts and never answers: the provider ends by itself within `--deadline` (from process start), one `error:` line naming the bound, exit 9 |
 //! | [`install_kubelet_credential_provider`] | the binary (0755), config and manifest under temporary host dirs; the installed binary answers a CredentialProviderRequest with the installed config's args; a second run changes nothing; an existing manifest is kept |
-//! | [`docker_helper_protocol`]            | `docker-credential-cloudsmith` (a symlink) and `cloudsmith-gen docker-credential-helper`: get in every server URL form, the not-found sentinel, store/erase/list/version, each error |
+//! | [`docker_helper_protocol`]            | `docker-credential-cloudsmith` (a symlink to the lean helper, which hands misses to `cloudsmith-gen`) and `cloudsmith-gen docker-credential-helper`: get in every server URL form, the not-found sentinel, store/erase/list/version, each error |
+//! | [`the_lean_helper_answers_hits_itself_and_hands_off_the_rest`] | the lean helper alone answers a hit (byte for byte cloudsmith-gen's answer) and another registry, names what it lacks on a miss, and links no wasmtime |
 //! | [`install_docker_credential_helper`]  | the link and `credHelpers` entries under `DOCKER_CONFIG`, other entries kept |
 //! | [`a_burst_of_helpers_exchanges_once`] | 16 concurrent `get`s with an empty token cache and a Cloudsmith taking 0.4 s: one exchange, 16 right answers |
 //! | [`a_burst_of_kubelet_runs_exchanges_once`] | 16 concurrent provider runs (16 images, one pod token): one exchange; a cold compile cache compiles once |
@@ -461,14 +462,88 @@ async fn kubelet_bad_input() {
 /// Arguments, environment, stdin, exit code, and a needle of the error line.
 type ErrorCase<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str, i32, &'a str);
 
-/// A directory with `docker-credential-cloudsmith` linked to the binary.
+/// A directory with `docker-credential-cloudsmith` linked to the lean helper, as
+/// `install docker-credential-helper` links it: it answers cache hits itself and hands
+/// every other call to the `cloudsmith-gen` beside it.
 fn helper_link(w: &World) -> PathBuf {
     let bin_dir = w.path("bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
     let link = bin_dir.join("docker-credential-cloudsmith");
     #[cfg(unix)]
-    std::os::unix::fs::symlink(testkit::tools::cloudsmith_gen(), &link).unwrap();
+    std::os::unix::fs::symlink(testkit::tools::docker_credential_cloudsmith(), &link).unwrap();
     link
+}
+
+/// The lean helper on its own, with no `cloudsmith-gen` beside it: whatever it answers,
+/// it answered itself. A hard link, not a copy: an executable written while other tests
+/// fork cannot be run until their children exec (ETXTBSY).
+fn lone_helper() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let lone = dir.path().join("docker-credential-cloudsmith");
+    std::fs::hard_link(testkit::tools::docker_credential_cloudsmith(), &lone).unwrap();
+    (dir, lone)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lean_helper_answers_hits_itself_and_hands_off_the_rest() {
+    let mut w = World::new(now() + 6 * 3600).await;
+    let home = w.dir.path().to_path_buf();
+    let (url, token_file) = (w.url.clone(), w.token_file.display().to_string());
+    let env: Vec<(&str, &str)> = vec![
+        ("CLOUDSMITH_ORG", ORG),
+        ("CLOUDSMITH_SERVICE_SLUG", SERVICE),
+        ("CLOUDSMITH_API_HOST", &url),
+        ("CLOUDSMITH_OIDC_TOKEN_FILE", &token_file),
+        ("CLOUDSMITH_REGISTRIES", "registry.acme.test:5000"),
+    ];
+    let (_lone_dir, lone) = lone_helper();
+    let get = |program: PathBuf, server: &'static str| {
+        let (env, home) = (env.clone(), home.clone());
+        async move { run(&program, &strings(&["get"]), &env, server, &home).await }
+    };
+
+    // A miss: the lean helper alone cannot mint, and says what it needs.
+    let out = get(lone.clone(), "registry.acme.test:5000").await;
+    assert_fails(
+        &out,
+        1,
+        "cloudsmith-gen not found beside",
+        &w.secrets(),
+        "lone miss",
+    );
+    assert_eq!(w.requests(), 0);
+    // Another registry needs nothing: the protocol's not-found, from the lean helper.
+    let out = get(lone.clone(), "ghcr.io").await;
+    assert_eq!(
+        (out.code, out.stdout.trim_end()),
+        (Some(1), "credentials not found in native keychain")
+    );
+
+    // The installed pair: the miss is handed to cloudsmith-gen, which mints and caches.
+    let out = get(helper_link(&w), "registry.acme.test:5000").await;
+    assert!(out.success(), "{}", out.stderr);
+    assert_eq!(w.requests(), 1);
+    let full = out.stdout;
+
+    // Now a hit: the lone helper answers it, byte for byte what cloudsmith-gen answered,
+    // with Cloudsmith gone.
+    w.stop_cloudsmith();
+    let out = get(lone.clone(), "registry.acme.test:5000").await;
+    assert!(out.success() && out.stderr.is_empty(), "{}", out.stderr);
+    assert_eq!(out.stdout, full);
+
+    // It links no wasmtime: a fraction of cloudsmith-gen's size, and none of its code.
+    let lean = std::fs::read(&lone).unwrap();
+    let gen_size = std::fs::metadata(testkit::tools::cloudsmith_gen()).unwrap().len();
+    assert!(
+        (lean.len() as u64) * 4 < gen_size,
+        "lean helper {} bytes, cloudsmith-gen {gen_size}",
+        lean.len()
+    );
+    assert!(
+        !lean.windows(b"wasmtime".len()).any(|w| w == b"wasmtime"),
+        "the lean helper links wasmtime"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -635,7 +710,8 @@ async fn install_docker_credential_helper() {
     let link = bin_dir.join("docker-credential-cloudsmith");
     assert_eq!(
         std::fs::canonicalize(&link).unwrap(),
-        std::fs::canonicalize(testkit::tools::cloudsmith_gen()).unwrap()
+        std::fs::canonicalize(testkit::tools::docker_credential_cloudsmith()).unwrap(),
+        "the link is to the lean helper beside cloudsmith-gen"
     );
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(docker.join("config.json")).unwrap()).unwrap();

@@ -4,7 +4,8 @@
 //! with htpasswd auth: user `token`, password the access token the stand-in Cloudsmith
 //! issues. The test pushes an image it builds itself (an OCI layout), then `skopeo
 //! inspect` and `skopeo copy` succeed with an `--authfile` whose `credHelpers` points at
-//! `cloudsmith` (a `docker-credential-cloudsmith` symlink on `PATH`), and fail without
+//! `cloudsmith` (a `docker-credential-cloudsmith` symlink on `PATH` to the lean helper,
+//! with `cloudsmith-gen` beside it), and fail without
 //! it. skopeo runs the helper with `host:port` on stdin, as docker does.
 //!
 //! htpasswd's bcrypt compares only a password's first 72 bytes, so the registry proves
@@ -12,100 +13,20 @@
 //! helper minted it. The tools are installed by `scripts/test.sh`; a missing one fails
 //! the test, never skips it.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use testkit::cloudsmith::{access_token_for, StandIn, StandInConfig, PRODUCTION_AUDIENCE};
 use testkit::process::Output;
+use testkit::registry::{Auth, Distribution, DistributionConfig};
 
 // Short names keep the access token under htpasswd's 256-byte password limit.
 const ORG: &str = "acme";
 const SERVICE: &str = "puller";
 const SUBJECT: &str = "system:serviceaccount:ci:builder";
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A registry process, killed when dropped.
-struct Registry {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Registry {
-    /// Starts `docker-registry serve` on a free loopback port with htpasswd auth, and
-    /// waits until it answers `/v2/` (with 401: auth is on).
-    async fn start(dir: &Path, user: &str, password: &str) -> Registry {
-        let htpasswd = std::process::Command::new(testkit::tools::htpasswd())
-            .args(["-Bbn", user, password])
-            .output()
-            .expect("run htpasswd");
-        assert!(
-            htpasswd.status.success(),
-            "htpasswd: {}",
-            String::from_utf8_lossy(&htpasswd.stderr)
-        );
-        std::fs::write(dir.join("htpasswd"), &htpasswd.stdout).unwrap();
-        // A port the OS picked, released just before the registry binds it.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = format!(
-            "version: 0.1\n\
-             log:\n  level: warn\n\
-             storage:\n  filesystem:\n    rootdirectory: {data}\n\
-             http:\n  addr: 127.0.0.1:{port}\n\
-             auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n",
-            data = dir.join("data").display(),
-            htpasswd = dir.join("htpasswd").display(),
-        );
-        std::fs::write(dir.join("config.yml"), config).unwrap();
-        let child = std::process::Command::new(testkit::tools::docker_registry())
-            .args(["serve", &dir.join("config.yml").display().to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
-            .spawn()
-            .expect("start docker-registry");
-        let registry = Registry { child, port };
-        // Bounded wait for readiness (not a timing assertion: a registry that never
-        // answers fails with its log).
-        for _ in 0..300 {
-            if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let request =
-                    format!("GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-                if stream.write_all(request.as_bytes()).await.is_ok() {
-                    let mut answer = String::new();
-                    let _ = stream.read_to_string(&mut answer).await;
-                    if answer.starts_with("HTTP/1.1 401") {
-                        return registry;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "docker-registry did not start: {}",
-            std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
-        );
-    }
-
-    fn authority(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
 
 /// Writes a one-layer OCI image layout at `dir` (tag `1`) and returns the layer's digest.
 fn oci_layout(dir: &Path, scratch: &Path) -> String {
@@ -212,9 +133,11 @@ async fn skopeo_pulls_with_the_credential_helper() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir_all(home.join("run")).unwrap();
-    let registry_dir = dir.path().join("registry");
-    std::fs::create_dir_all(&registry_dir).unwrap();
-    let registry = Registry::start(&registry_dir, "token", &access_token).await;
+    let registry = Distribution::start(DistributionConfig {
+        auth: Auth::htpasswd("token", &access_token),
+        ..Default::default()
+    })
+    .await;
     let authority = registry.authority();
 
     // Push an image of our own, with the credentials given directly.
@@ -240,7 +163,7 @@ async fn skopeo_pulls_with_the_credential_helper() {
     let bin = dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::os::unix::fs::symlink(
-        testkit::tools::cloudsmith_gen(),
+        testkit::tools::docker_credential_cloudsmith(),
         bin.join("docker-credential-cloudsmith"),
     )
     .unwrap();

@@ -162,8 +162,15 @@ fn main() -> anyhow::Result<()> {
         );
     }
     if runs("doors") {
+        let lean_helper = cloudsmith_gen.with_file_name("docker-credential-cloudsmith");
+        ensure!(
+            lean_helper.is_file(),
+            "the lean helper is not beside cloudsmith-gen at {} (it is built with it)",
+            lean_helper.display()
+        );
         let binaries = doors::Binaries {
             cloudsmith_gen: cloudsmith_gen.clone(),
+            lean_helper,
             official: std::env::var_os("CLOUDSMITH_CLI").map(PathBuf::from),
         };
         doors::measure(&binaries, counts.processes, &mut report)?;

@@ -23,6 +23,7 @@ use wasmtime::Engine;
 
 use crate::flight::{self, Flight};
 use crate::sandbox::wasm_err;
+use host_core::dirs::create_private_dir;
 
 /// How long a process waits for another's compile of the same component before
 /// compiling itself: a cold compile takes seconds (release) to tens of seconds (debug).
@@ -64,15 +65,7 @@ impl ArtifactCache {
     /// The conventional location: `$XDG_CACHE_HOME/cloudsmith-gen`, else
     /// `~/.cache/cloudsmith-gen`; `None` when neither variable is set.
     pub fn default_dir() -> Option<PathBuf> {
-        let non_empty = |v: std::ffi::OsString| (!v.is_empty()).then(|| PathBuf::from(v));
-        std::env::var_os("XDG_CACHE_HOME")
-            .and_then(non_empty)
-            .or_else(|| {
-                std::env::var_os("HOME")
-                    .and_then(non_empty)
-                    .map(|h| h.join(".cache"))
-            })
-            .map(|base| base.join("cloudsmith-gen"))
+        host_core::dirs::cache_dir()
     }
 
     /// The cache directory.
@@ -176,17 +169,6 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
     Component::new(engine, bytes)
         .map_err(wasm_err)
         .context("compiling the component")
-}
-
-/// Creates `dir` (and its parents) with mode 0700; `what` names it in errors.
-pub(crate) fn create_private_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .with_context(|| format!("creating {what} {}", dir.display()))
 }
 
 /// Feeds `Hash` output into SHA-256, so the engine's compatibility hash is stable across

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use host_example::oci::ComponentRef;
 use host_example::policy::TimeoutCaps;
 use host_example::{Authority, Limits, NamespacePolicy, OutboundPolicy, WasiGrants};
 
@@ -14,11 +15,12 @@ use crate::doors::check::{CheckConfig, ReportFormat};
 use crate::doors::generate::{Format, GenerateConfig, OutputConfig};
 use crate::doors::install::{HelperInstall, KubeletInstall};
 use crate::doors::kubelet::KubeletConfig;
+use crate::doors::publish::PushConfig;
 use crate::doors::serve::ServeConfig;
 use crate::doors::Registries;
 use crate::failure::{Failure, EXIT_CODES};
 use crate::mint::TokenChoice;
-use crate::setup::{CompileCache, RuntimeConfig};
+use crate::setup::{registry_options, CompileCache, ComponentSource, RuntimeConfig};
 
 /// Mint short-lived Cloudsmith registry credentials (ESO's CloudsmithAccessToken
 /// generator, run as a sandboxed WebAssembly component).
@@ -66,6 +68,91 @@ pub enum Command {
     /// Install a door.
     #[command(subcommand)]
     Install(InstallCommand),
+    /// The component as an OCI artifact (the Wasm OCI Artifact layout wkg reads).
+    #[command(subcommand)]
+    Component(ComponentCommand),
+}
+
+/// `component`'s subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ComponentCommand {
+    /// Push the embedded generator (or --component FILE) to REGISTRY/REPOSITORY[:TAG]
+    /// and print the manifest digest (sha256:...) on stdout.
+    #[command(after_help = PUSH_HELP)]
+    Push(PushArgs),
+}
+
+const PUSH_HELP: &str = "\
+The artifact: an OCI image manifest whose config is application/vnd.wasm.config.v0+json
+(architecture wasm, os wasip2, layerDigests, the component's imports and exports) and whose
+one layer is the component (application/wasm), annotated with title, version, revision,
+source, licenses and created. Pushing one build twice gives one digest: `created` is
+SOURCE_DATE_EPOCH, else the build's commit time, else 1970-01-01.
+Credentials as Docker reads them: credHelpers, credsStore and auths in $DOCKER_CONFIG/config.json
+(or ~/.docker/config.json); Basic and token (Bearer) auth. TLS trusts the public roots,
+SSL_CERT_FILE and --ca-file.
+Run a pushed component with --component oci://REGISTRY/REPOSITORY@sha256:DIGEST
+(CLOUDSMITH_GENERATOR_COMPONENT for the Docker helper).";
+
+/// `component push`'s arguments.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Where to push: REGISTRY/REPOSITORY[:TAG] (no scheme; the tag defaults to this
+    /// binary's version).
+    #[arg(value_name = "REF", value_parser = ComponentRef::parse)]
+    pub reference: ComponentRef,
+
+    /// Push this component file instead of the embedded generator (a composed component,
+    /// a plug).
+    #[arg(long, value_name = "FILE")]
+    pub component: Option<PathBuf>,
+
+    /// Also trust the CA certificates in this PEM file (besides the public roots and
+    /// SSL_CERT_FILE).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Speak plain HTTP to the registry (a registry on loopback): never the default.
+    #[arg(long)]
+    pub plain_http: bool,
+
+    /// Set a manifest annotation (replacing a default one); repeatable.
+    #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = parse_annotation)]
+    pub annotations: Vec<(String, String)>,
+
+    /// Bound on connecting and on each wait for the registry, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    pub timeout: Duration,
+}
+
+impl TryFrom<&PushArgs> for PushConfig {
+    type Error = Failure;
+
+    fn try_from(args: &PushArgs) -> Result<Self, Failure> {
+        if let Some(digest) = args.reference.digest() {
+            return Err(Failure::usage(format!(
+                "{}: push to a tag, not a digest ({digest} is what the push prints)",
+                args.reference
+            )));
+        }
+        let target = match args.reference.tag() {
+            Some(_) => args.reference.clone(),
+            None => args.reference.with_tag(env!("CARGO_PKG_VERSION")),
+        };
+        Ok(PushConfig {
+            target,
+            component: args.component.clone(),
+            registry: registry_options(args.ca_file.as_deref(), args.plain_http, args.timeout)?,
+            annotations: args.annotations.clone(),
+        })
+    }
+}
+
+fn parse_annotation(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_string(), value.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 const SERVE_HELP: &str = "\
@@ -387,9 +474,12 @@ pub struct TokenArgs {
 /// The component, the cache, the sandbox and the outbound policy.
 #[derive(Debug, Args)]
 pub struct RuntimeArgs {
-    /// Run this component instead of the embedded one (e.g. a composed component).
-    #[arg(long, value_name = "FILE")]
-    pub component: Option<PathBuf>,
+    /// Run this component instead of the embedded one: a file (e.g. a composed
+    /// component), or one in an OCI registry pinned by digest,
+    /// oci://REGISTRY/REPOSITORY@sha256:DIGEST (verified, and kept in the cache
+    /// directory by digest; registry credentials as in Docker's config.json).
+    #[arg(long, value_name = "FILE|oci://REF@DIGEST", value_parser = ComponentSource::parse)]
+    pub component: Option<ComponentSource>,
 
     /// Also allow HOST[:PORT] (port 443 by default); repeatable. Adds to the default
     /// allowlist, which is api.cloudsmith.io:443 only.
@@ -429,7 +519,7 @@ pub struct RuntimeArgs {
     #[arg(long = "wasi-env", value_name = "NAME=VALUE", value_parser = parse_wasi_env)]
     pub wasi_env: Vec<(String, String)>,
 
-    /// Do not use the compiled-component cache.
+    /// Do not use the compiled-component cache (nor keep fetched components).
     #[arg(long, conflicts_with = "cache_dir")]
     pub no_cache: bool,
 

@@ -4,6 +4,7 @@
 //! [`Failure`], and only `main` turns one into the process's exit (one `error:` line
 //! and [`Failure::exit_code`]). `serve` maps the same classification to HTTP statuses.
 
+use host_example::oci::OciError;
 use host_example::{Error, GenerateError, HostError};
 
 /// The exit codes, for `--help`.
@@ -19,6 +20,8 @@ Exit codes:
   7  upstream or transport failure after retries (5xx, connect, TLS, timeout)
   8  Cloudsmith answered success without a usable token
   9  sandbox limit or crash (deadline, memory limit, trap, bad outputs)
+ 10  the component's registry failed: refused, not found, unreachable, or an artifact
+     that is not the pinned Wasm component (digest, media type, size, core module)
 On failure stderr holds one line: `error: <cause>`.";
 
 /// Longest `error:` line kept: enough for a path and a cause, short of a flood.
@@ -35,6 +38,8 @@ pub enum Failure {
     Other(anyhow::Error),
     /// The whole call ran past a door's bound (the kubelet provider's `--deadline`).
     OutOfTime(String),
+    /// Fetching the component from its registry (or pushing it) failed.
+    Registry(OciError),
 }
 
 impl Failure {
@@ -55,6 +60,7 @@ impl Failure {
             Failure::Usage(_) => 2,
             Failure::Other(_) => 1,
             Failure::OutOfTime(_) => 9,
+            Failure::Registry(_) => 10,
             Failure::Call(Error::Generate(e)) => match e {
                 GenerateError::InvalidSpec(_) => 2,
                 GenerateError::TokenSource(_) => 3,
@@ -82,6 +88,7 @@ impl Failure {
             Failure::Usage(e) | Failure::Other(e) => format!("{e:#}"),
             Failure::Call(e) => e.to_string(),
             Failure::OutOfTime(m) => m.clone(),
+            Failure::Registry(e) => e.message().to_string(),
         };
         host_example::secret::one_line(&text, MAX_MESSAGE_CHARS)
     }

@@ -60,23 +60,24 @@
 //! | [`error`] | [`Error`]: the generator's failures (the WIT `generate-error`) and the host's |
 //! | [`secret`] | [`Secret`], [`Credentials`]: values that redact themselves; one-line messages |
 //! | [`output`] | ESO's JSON, a Docker config, a dockerconfigjson Secret |
+//! | [`oci`] | the component as an OCI artifact: push, fetch by digest (verified), the component store |
 
 #![deny(missing_docs)]
 
 pub mod cache;
 pub mod error;
-pub mod flight;
 mod generator;
 mod host;
-pub mod jwt;
-mod lenient;
+pub mod oci;
 pub mod output;
 pub mod policy;
 pub mod sandbox;
-pub mod secret;
-pub mod spec;
-pub mod token_cache;
 pub mod token_source;
+
+// The Wasm-free modules, kept in host-core so that the lean Docker helper links no wasmtime.
+pub use host_core::{
+    authority, dirs, flight, identity, jwt, manifest, registries, secret, spec, token_cache,
+};
 
 pub use error::{Error, GenerateError, HostError, PresentedToken, UpstreamStatus};
 pub use generator::{CallReport, CallTokens, Generator, GeneratorInfo, GeneratorOptions, Traced};

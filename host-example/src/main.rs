@@ -29,13 +29,13 @@
 //! | 7    | upstream or transport failure after retries (5xx, connect, TLS, timeout) |
 //! | 8    | Cloudsmith answered success without a usable token                       |
 //! | 9    | sandbox limit or crash: deadline, memory limit, trap, bad outputs        |
+//! | 10   | the component's registry: refused, not found, unreachable, not the pinned Wasm component |
 //!
 //! On failure stderr holds exactly one line, `error: <cause>` (more with `-v`).
 
 mod cli;
 mod doors;
 mod failure;
-mod manifest;
 mod mint;
 mod setup;
 
@@ -46,12 +46,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
+use host_example::token_cache::TokenCache;
 
-use crate::cli::{Cli, Command, InstallCommand};
+use crate::cli::{Cli, Command, ComponentCommand, InstallCommand};
 use crate::doors::docker::{self, DockerConfig};
+use crate::doors::publish::{self, PushConfig};
 use crate::doors::{check, generate, install, kubelet, serve, Reply};
 use crate::failure::Failure;
-use crate::mint::{token_cache, Minter};
+use crate::mint::Minter;
 use crate::setup::MAX_MANIFEST_BYTES;
 use crate::setup::{read_bounded, RuntimeConfig};
 
@@ -102,7 +104,7 @@ fn command(cli: Cli, started: Instant) -> Result<Reply, Failure> {
         Command::Generate(args) => {
             let runtime = RuntimeConfig::try_from(&args.call.runtime)?;
             let manifest = read_manifest(&args.call)?;
-            let cache = token_cache(args.cache.token_cache, args.cache.token_cache_dir.as_deref());
+            let cache = TokenCache::configured(args.cache.token_cache, args.cache.token_cache_dir.as_deref());
             let minter = Minter::new(runtime, cache, verbose);
             let config = (&*args).into();
             block_on(generate::handle(manifest, &minter, &config))
@@ -124,7 +126,8 @@ fn command(cli: Cli, started: Instant) -> Result<Reply, Failure> {
         Command::KubeletCredentialProvider(args) => {
             let config = args.config(started, verbose)?;
             let runtime = RuntimeConfig::try_from(&args.runtime)?;
-            let cache = token_cache(!args.cache.no_token_cache, args.cache.token_cache_dir.as_deref());
+            let cache =
+                TokenCache::configured(!args.cache.no_token_cache, args.cache.token_cache_dir.as_deref());
             let minter = Minter::new(runtime, cache, verbose);
             let request = read_bounded(
                 std::io::stdin(),
@@ -146,6 +149,11 @@ fn command(cli: Cli, started: Instant) -> Result<Reply, Failure> {
         }
         Command::Install(InstallCommand::KubeletCredentialProvider(args)) => {
             install::kubelet_credential_provider(&(&args).into())
+        }
+        Command::Component(ComponentCommand::Push(args)) => {
+            let config = PushConfig::try_from(&args)?;
+            let epoch = std::env::var(publish::SOURCE_DATE_EPOCH).ok();
+            block_on(publish::push(&config, epoch.as_deref(), setup::registry_login))
         }
     }
 }
@@ -183,14 +191,18 @@ fn docker_action(action: &str, verbose: bool) -> Result<Reply, Failure> {
     // The warm path: no runtime, no component, no CA file parsed, for a cache hit or
     // another registry. The cache key does not depend on the runtime's policy.
     if action == "get" {
-        let lookup = Minter::new(RuntimeConfig::default(), token_cache(true, None), verbose);
+        let lookup = Minter::new(
+            RuntimeConfig::default(),
+            TokenCache::configured(true, None),
+            verbose,
+        );
         if let Some(reply) = docker::get_cached(&input, &lookup, &config) {
             return Ok(reply);
         }
     }
     // A misconfigured runtime is reported by `get` itself (DockerConfig::request).
     let runtime = config.runtime().unwrap_or_default();
-    let minter = Minter::new(runtime, token_cache(true, None), verbose);
+    let minter = Minter::new(runtime, TokenCache::configured(true, None), verbose);
     block_on(docker::handle(action, &input, &minter, &config))
 }
 

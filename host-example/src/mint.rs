@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use host_example::flight::{Flight, FlightLock};
-use host_example::jwt::Claims;
+use host_example::identity;
 use host_example::spec::GeneratorSpec;
 use host_example::token_cache::{now_unix, CacheKey, CachedToken, Lookup, TokenCache, DEFAULT_MARGIN};
 use host_example::token_source::{EnvTokenSource, FileTokenSource, KubernetesTokenSource};
@@ -49,9 +49,7 @@ impl TokenChoice {
     /// The pod's service account token the kubelet passed: the token itself is the
     /// source, and its claims are its identity.
     pub fn kubelet_token(token: Secret) -> TokenChoice {
-        let identity = Claims::read(token.expose())
-            .and_then(|c| c.identity())
-            .map(|id| format!("kubelet service account token|{id}"));
+        let identity = identity::kubelet_token(token.expose());
         TokenChoice::Given {
             source: Arc::new(host_example::token_source::StaticTokenSource::new(token)),
             identity,
@@ -161,19 +159,21 @@ impl Minter {
     /// Loads the component and links the generator now, so the first call does not pay
     /// for it and a bad component fails at start; `tokens` is the source of calls that
     /// bring none.
-    pub fn prepare(&self, tokens: Arc<dyn TokenSource>) -> Result<Generator, Failure> {
-        let mut slot = self.generator.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(generator) = &*slot {
+    pub async fn prepare(&self, tokens: Arc<dyn TokenSource>) -> Result<Generator, Failure> {
+        if let Some(generator) = &*self.generator.lock().unwrap_or_else(|p| p.into_inner()) {
             return Ok(generator.clone());
         }
+        // Not held across the load: the one caller that races another (none today: serve
+        // prepares once at start, one-shot doors call once) would only build twice.
         let generator = setup::load(
             &self.config,
             tokens,
             NamespacePolicy::TargetOnly,
             self.slots,
             self.verbose,
-        )?;
-        *slot = Some(generator.clone());
+        )
+        .await?;
+        *self.generator.lock().unwrap_or_else(|p| p.into_inner()) = Some(generator.clone());
         Ok(generator)
     }
 
@@ -183,15 +183,8 @@ impl Minter {
         if !self.config.host_sees_tokens() {
             return None;
         }
-        let spec = GeneratorSpec::of_json(&request.manifest)?;
-        let identity = format!("{}|namespaces={:?}", identity?, request.namespaces);
-        Some(CacheKey::new(
-            spec.api_url.as_deref().unwrap_or(""),
-            spec.api_host.as_deref().unwrap_or(""),
-            spec.org_slug.as_deref()?,
-            spec.service_slug.as_deref()?,
-            &identity,
-        ))
+        let cross = request.namespaces == NamespacePolicy::AllowCrossNamespace;
+        CacheKey::for_call(&request.manifest, identity?, cross)
     }
 
     /// A cache that cannot be used costs an exchange, never the call: one line says so.
@@ -321,7 +314,7 @@ impl Mint for Minter {
         if self.verbose {
             note(&format!("token source: {}", source.describe()));
         }
-        let generator = self.prepare(source.clone())?;
+        let generator = self.prepare(source.clone()).await?;
         let tokens = CallTokens {
             source,
             namespaces: request.namespaces,
@@ -343,17 +336,6 @@ impl Mint for Minter {
     }
 }
 
-/// The token cache a door uses: `None` when turned off (by flag, `enabled`, or by
-/// CLOUDSMITH_NO_TOKEN_CACHE), or when there is no cache directory.
-pub fn token_cache(enabled: bool, dir: Option<&Path>) -> Option<TokenCache> {
-    if !enabled || TokenCache::disabled_by_env() {
-        return None;
-    }
-    dir.map(Path::to_path_buf)
-        .or_else(TokenCache::default_dir)
-        .map(TokenCache::new)
-}
-
 /// The token source a choice names, and its identity for the token cache: the claims of
 /// the token it holds now (read locally, never sent anywhere), or for Kubernetes the
 /// cluster, user and service account. `None` when it cannot be told without a secret
@@ -364,8 +346,8 @@ pub fn token_source(
     namespace: &str,
 ) -> (Arc<dyn TokenSource>, Option<String>) {
     match choice {
-        TokenChoice::File(path) => (Arc::new(FileTokenSource::new(path)), file_identity(path)),
-        TokenChoice::Env(var) => (Arc::new(EnvTokenSource::new(var)), env_identity(var)),
+        TokenChoice::File(path) => (Arc::new(FileTokenSource::new(path)), identity::file(path)),
+        TokenChoice::Env(var) => (Arc::new(EnvTokenSource::new(var)), identity::env(var)),
         // Built lazily: a composed component that never asks needs no kubeconfig.
         TokenChoice::Kubernetes(kubeconfig) => (
             Arc::new(KubernetesTokenSource::new(kubeconfig.clone())),
@@ -373,23 +355,6 @@ pub fn token_source(
         ),
         TokenChoice::Given { source, identity } => (source.clone(), identity.clone()),
     }
-}
-
-/// A token file's identity: its path and the claims of the token it holds now, so a
-/// rotated token for the same account keys the same entry, and another account's another.
-fn file_identity(path: &Path) -> Option<String> {
-    let meta = std::fs::metadata(path).ok()?;
-    if !meta.is_file() || meta.len() > 64 * 1024 {
-        return None;
-    }
-    let text = std::fs::read_to_string(path).ok()?;
-    let claims = Claims::read(&text)?.identity()?;
-    Some(format!("file {}|{claims}", path.display()))
-}
-
-fn env_identity(var: &str) -> Option<String> {
-    let claims = Claims::read(&std::env::var(var).ok()?)?.identity()?;
-    Some(format!("env {var}|{claims}"))
 }
 
 /// The identity of the TokenRequest source: the cluster and user of the kubeconfig's

@@ -12,8 +12,7 @@ use serde_json::json;
 
 use crate::secret::Credentials;
 
-/// Cloudsmith's container registry.
-pub const DEFAULT_REGISTRY: &str = "docker.cloudsmith.io";
+pub use host_core::registries::DEFAULT_REGISTRY;
 /// The Secret name the seed documentation's ExternalSecret uses.
 pub const DEFAULT_SECRET_NAME: &str = "cloudsmith-credentials";
 /// The Secret type kubelet reads image pull credentials from.

@@ -10,12 +10,12 @@
 use std::fmt;
 use std::future::Future;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
+pub use host_core::authority::Authority;
 use http::uri::Scheme;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
@@ -30,108 +30,26 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 /// The only authority allowed by default: Cloudsmith's API.
 pub const DEFAULT_AUTHORITY: &str = "api.cloudsmith.io:443";
 
-/// A `host:port` the guest may reach. Parsed from `HOST[:PORT]` (port 443 when omitted;
-/// IPv6 in brackets); the host is compared case-insensitively.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Authority {
-    host: String,
-    port: u16,
+/// A request's authority, its port defaulted from the scheme.
+fn request_authority(authority: &http::uri::Authority, default_port: u16) -> Authority {
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    Authority::new(host, authority.port_u16().unwrap_or(default_port))
 }
 
-impl Authority {
-    /// An authority from parts; the host is lowercased.
-    pub fn new(host: &str, port: u16) -> Self {
-        Authority {
-            host: host.to_ascii_lowercase(),
-            port,
-        }
+/// The certificates of the PEM file `path` (a CA bundle); none is an error.
+pub fn read_ca_file(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("CA file {}", path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("CA file {}: invalid PEM", path.display()))?;
+    if certs.is_empty() {
+        bail!("CA file {}: no certificate found", path.display());
     }
-
-    /// The host (without brackets for IPv6).
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// The port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Parses a request's authority, defaulting the port from the scheme.
-    fn from_request(authority: &http::uri::Authority, default_port: u16) -> Self {
-        let host = authority.host();
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        Authority::new(host, authority.port_u16().unwrap_or(default_port))
-    }
-}
-
-impl fmt::Display for Authority {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl FromStr for Authority {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err("empty host".into());
-        }
-        if s.contains("://") {
-            return Err(format!(
-                "{s:?} is a URL; give HOST[:PORT], e.g. api.cloudsmith.io:443"
-            ));
-        }
-        if s.contains(['/', '@', '?', '#']) || s.contains(char::is_whitespace) {
-            return Err(format!("{s:?} is not HOST[:PORT]"));
-        }
-        let (host, port) = split_host_port(s)?;
-        let port = match port {
-            None => 443,
-            Some(p) => match p.parse::<u16>() {
-                Ok(0) | Err(_) => return Err(format!("port {p:?} in {s:?} is not a port number (1-65535)")),
-                Ok(p) => p,
-            },
-        };
-        let valid_name = host
-            .split('.')
-            .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-        if !(valid_name || host.parse::<std::net::IpAddr>().is_ok()) {
-            return Err(format!("{host:?} is not a host name or IP address"));
-        }
-        Ok(Authority::new(host, port))
-    }
-}
-
-/// Splits `host[:port]` or `[v6][:port]`.
-fn split_host_port(s: &str) -> Result<(&str, Option<&str>), String> {
-    if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("{s:?}: missing ']'"))?;
-        return match after {
-            "" => Ok((host, None)),
-            _ => after
-                .strip_prefix(':')
-                .map(|p| (host, Some(p)))
-                .ok_or_else(|| format!("{s:?} is not [IPV6]:PORT")),
-        };
-    }
-    match s.split_once(':') {
-        // A bare IPv6 address (several colons) without a port.
-        Some(_) if s.matches(':').count() > 1 => Ok((s, None)),
-        Some((host, port)) => Ok((host, Some(port))),
-        None => Ok((s, None)),
-    }
+    Ok(certs)
 }
 
 /// Upper bounds on the guest's request timeouts. The host uses the smaller of the
@@ -213,14 +131,7 @@ impl OutboundPolicy {
 
     /// Trusts the CA certificates in the PEM file `path` in addition to the public roots.
     pub fn extra_ca_file(mut self, path: &Path) -> anyhow::Result<Self> {
-        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-            .with_context(|| format!("CA file {}", path.display()))?
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("CA file {}: invalid PEM", path.display()))?;
-        if certs.is_empty() {
-            bail!("CA file {}: no certificate found", path.display());
-        }
-        self.extra_roots.extend(certs);
+        self.extra_roots.extend(read_ca_file(path)?);
         Ok(self)
     }
 
@@ -279,7 +190,7 @@ impl OutboundPolicy {
         let Some(authority) = authority else {
             return deny(Rule::NoAuthority);
         };
-        let target = Authority::from_request(authority, if tls { 443 } else { 80 });
+        let target = request_authority(authority, if tls { 443 } else { 80 });
         if !self.allowed.contains(&target) {
             return Err(Denial {
                 authority: target.to_string(),
@@ -704,31 +615,6 @@ mod tests {
     fn decide(policy: &OutboundPolicy, url: &str) -> Result<Target, Denial> {
         let u = uri(url);
         policy.decide(u.scheme(), u.authority())
-    }
-
-    #[test]
-    fn parses_authorities() {
-        let a: Authority = "API.Cloudsmith.io".parse().unwrap();
-        assert_eq!(a.to_string(), "api.cloudsmith.io:443");
-        assert_eq!("127.0.0.1:8080".parse::<Authority>().unwrap().port(), 8080);
-        assert_eq!(
-            "[::1]:8443".parse::<Authority>().unwrap().to_string(),
-            "[::1]:8443"
-        );
-        assert_eq!("::1".parse::<Authority>().unwrap().to_string(), "[::1]:443");
-        for bad in [
-            "",
-            "https://x.io",
-            "x.io:0",
-            "x.io:99999",
-            "x.io:abc",
-            "a/b",
-            "user@x.io",
-            "bad_host",
-            "a..b",
-        ] {
-            assert!(bad.parse::<Authority>().is_err(), "{bad:?} parsed");
-        }
     }
 
     #[test]

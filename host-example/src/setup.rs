@@ -11,7 +11,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use host_core::docker::{env::COMPONENT as COMPONENT_VAR, CRED_HELPER};
+use host_core::registry_auth::{DockerConfigFile, ExecHelpers, Login};
 use host_example::cache::{self, ArtifactCache, CacheOutcome};
+use host_example::oci::{self, ComponentRef, ComponentStore, OciError, Registry, RegistryOptions};
+use host_example::policy::read_ca_file;
 use host_example::sandbox::{self, EngineOptions};
 use host_example::{
     CallReport, Credentials, Generator, GeneratorOptions, Limits, NamespacePolicy, OutboundPolicy,
@@ -19,10 +23,8 @@ use host_example::{
 };
 
 use crate::failure::Failure;
-use crate::manifest;
 
-/// A manifest is a few hundred bytes; refuse to buffer a runaway file or stdin.
-pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+pub use host_core::manifest::{self, read_file as read_manifest_file, MAX_MANIFEST_BYTES};
 
 /// Where compiled components are kept between processes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,12 +38,42 @@ pub enum CompileCache {
     Off,
 }
 
+/// A component in place of the embedded generator: `--component`, or the Docker
+/// helper's `CLOUDSMITH_GENERATOR_COMPONENT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentSource {
+    /// A file (a composed component, a plug).
+    File(PathBuf),
+    /// A registry's, pinned by digest (`oci://REGISTRY/REPOSITORY@sha256:DIGEST`).
+    Oci(ComponentRef),
+}
+
+impl ComponentSource {
+    /// `oci://…` is a registry reference; anything else a file.
+    pub fn parse(text: &str) -> Result<ComponentSource, String> {
+        match ComponentRef::parse_uri(text) {
+            Some(reference) => reference.map(ComponentSource::Oci),
+            None if text.is_empty() => Err("an empty component path".into()),
+            None => Ok(ComponentSource::File(text.into())),
+        }
+    }
+}
+
+impl std::fmt::Display for ComponentSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ComponentSource::File(path) => write!(f, "{}", path.display()),
+            ComponentSource::Oci(reference) => write!(f, "{}{reference}", oci::SCHEME),
+        }
+    }
+}
+
 /// What runs a call: the component, its compile cache, the outbound policy, the
 /// sandbox's limits and grants. [`Default`] is what `generate` runs with no flags.
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeConfig {
-    /// A component file in place of the embedded generator (a composed component).
-    pub component: Option<PathBuf>,
+    /// A component in place of the embedded generator (a composed component).
+    pub component: Option<ComponentSource>,
     /// The compiled-component cache.
     pub compile_cache: CompileCache,
     /// Which outbound requests the guest may make.
@@ -64,7 +96,7 @@ impl RuntimeConfig {
 /// Builds the engine (pooled with `slots` call slots for a long-lived server, else one
 /// call per process), loads the component through the compile cache, and links the
 /// generator.
-pub fn load(
+pub async fn load(
     config: &RuntimeConfig,
     tokens: Arc<dyn TokenSource>,
     namespaces: NamespacePolicy,
@@ -86,15 +118,7 @@ pub fn load(
     })
     .map_err(Failure::Other)?;
 
-    let (bytes, origin) = match &config.component {
-        Some(path) => (
-            std::fs::read(path)
-                .with_context(|| format!("component {}", path.display()))
-                .map_err(Failure::Usage)?,
-            path.display().to_string(),
-        ),
-        None => (COMPONENT.to_vec(), "embedded".to_string()),
-    };
+    let (bytes, origin) = component_bytes(config, verbose).await?;
     let started = Instant::now();
     let cache = match &config.compile_cache {
         CompileCache::Off => None,
@@ -132,6 +156,124 @@ pub fn load(
     Ok(generator)
 }
 
+/// The component's bytes and where they came from: embedded, a file, or a registry
+/// (through the component store).
+async fn component_bytes(config: &RuntimeConfig, verbose: bool) -> Result<(Vec<u8>, String), Failure> {
+    match &config.component {
+        None => Ok((COMPONENT.to_vec(), "embedded".to_string())),
+        Some(ComponentSource::File(path)) => Ok((
+            std::fs::read(path)
+                .with_context(|| format!("component {}", path.display()))
+                .map_err(Failure::Usage)?,
+            path.display().to_string(),
+        )),
+        Some(ComponentSource::Oci(reference)) => {
+            let started = Instant::now();
+            let fetched = fetch(config, reference).await?;
+            if verbose {
+                note(&format!(
+                    "component: {}{reference}: {} in {:?}",
+                    oci::SCHEME,
+                    if fetched.from_store {
+                        "from the component store"
+                    } else {
+                        "fetched and verified"
+                    },
+                    started.elapsed()
+                ));
+            }
+            Ok((fetched.bytes, format!("{}{reference}", oci::SCHEME)))
+        }
+    }
+}
+
+/// Fetches a pinned component, within the call's deadline. A tag is refused, naming the
+/// digest it resolves to now: a sandboxed plugin that mints credentials must be the
+/// bytes its operator reviewed, and a tag can be moved under every node at once.
+async fn fetch(config: &RuntimeConfig, reference: &ComponentRef) -> Result<oci::Fetched, Failure> {
+    let bound = config.limits.deadline;
+    let registry = Registry::new(&registry_options(None, false, bound)?);
+    let within = |what: String| {
+        move |_| {
+            Failure::Registry(OciError::Unreachable(format!(
+                "{what}: no answer within {bound:?}"
+            )))
+        }
+    };
+    if reference.digest().is_none() {
+        let login =
+            registry_login(reference.registry()).map_err(|m| Failure::Registry(OciError::Refused(m)))?;
+        let resolved = tokio::time::timeout(bound, oci::resolve(&registry, reference, &login))
+            .await
+            .map_err(within(format!("resolving {}{reference}", oci::SCHEME)))?
+            .map_err(Failure::Registry)?;
+        return Err(Failure::usage(format!(
+            "--component {}{reference} names a tag, which can be moved: pin the component by digest, \
+             --component {}{} (what the tag names now)",
+            oci::SCHEME,
+            oci::SCHEME,
+            reference.pinned(&resolved)
+        )));
+    }
+    let store = component_store(&config.compile_cache);
+    let fetch = oci::fetch(
+        &registry,
+        reference,
+        async || registry_login(reference.registry()),
+        store.as_ref(),
+        Instant::now() + bound / 2,
+    );
+    tokio::time::timeout(bound, fetch)
+        .await
+        .map_err(within(format!("fetching {}{reference}", oci::SCHEME)))?
+        .map_err(Failure::Registry)
+}
+
+/// Where fetched components are kept: `oci/` in the compile cache's directory; none
+/// with the compile cache off.
+pub fn component_store(cache: &CompileCache) -> Option<ComponentStore> {
+    let dir = match cache {
+        CompileCache::Off => return None,
+        CompileCache::Dir(dir) => dir.clone(),
+        CompileCache::Default => host_core::dirs::cache_dir()?,
+    };
+    Some(ComponentStore::new(dir.join("oci")))
+}
+
+/// How the host reaches registries: the public roots, `SSL_CERT_FILE`'s and `ca_file`'s,
+/// HTTPS unless `plain_http`, each wait bounded by `timeout` (at most 30 s).
+pub fn registry_options(
+    ca_file: Option<&Path>,
+    plain_http: bool,
+    timeout: std::time::Duration,
+) -> Result<RegistryOptions, Failure> {
+    let mut extra_roots = Vec::new();
+    let ssl_cert_file = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty());
+    for (path, what) in [
+        (ssl_cert_file.as_deref().map(Path::new), "SSL_CERT_FILE"),
+        (ca_file, "--ca-file"),
+    ] {
+        if let Some(path) = path {
+            extra_roots.extend(read_ca_file(path).map_err(|e| Failure::Usage(e.context(what)))?);
+        }
+    }
+    Ok(RegistryOptions {
+        extra_roots,
+        plain_http,
+        timeout: timeout.min(std::time::Duration::from_secs(30)),
+    })
+}
+
+/// The login Docker would use for `registry` (Docker's config.json: `credHelpers`,
+/// `credsStore`, `auths`); anonymous without a config. Our own helper is run without
+/// `CLOUDSMITH_GENERATOR_COMPONENT`, so it mints with the embedded generator: the
+/// credentials to fetch a component never come from that component.
+pub fn registry_login(registry: &str) -> Result<Login, String> {
+    let helpers = ExecHelpers::from_process().without_env_for(CRED_HELPER, COMPONENT_VAR);
+    let (_, config) = DockerConfigFile::from_environment(&helpers)?;
+    config.login_for(registry, &helpers)
+}
+
 fn describe_cache(outcome: &CacheOutcome) -> String {
     match outcome {
         CacheOutcome::Disabled => "compiled (cache off)".into(),
@@ -142,44 +284,19 @@ fn describe_cache(outcome: &CacheOutcome) -> String {
     }
 }
 
-/// Reads at most `max` bytes of `input`; more is a usage failure naming `what`. The one
-/// bounded reader: stdin of every door, and manifest files.
+/// [`host_core::read_bounded`], failing as a usage error: stdin of every door.
 pub fn read_bounded(input: impl Read, max: u64, what: &str) -> Result<Vec<u8>, Failure> {
-    let mut bytes = Vec::new();
-    input
-        .take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Failure::usage(format!("reading {what}: {e}")))?;
-    if bytes.len() as u64 > max {
-        return Err(Failure::usage(format!("{what} is larger than {max} bytes")));
-    }
-    Ok(bytes)
+    host_core::read_bounded(input, max, what).map_err(Failure::usage)
 }
 
-/// Reads a manifest file (YAML or JSON, one document or several) and converts its
-/// generator document (`generator`: `--generator NAME`) to the JSON the guest takes.
+/// [`manifest::read_to_json`], failing as a usage error.
 pub fn read_manifest(path: &Path, generator: Option<&str>) -> Result<String, Failure> {
-    let bytes = read_manifest_file(path).map_err(Failure::Usage)?;
-    manifest_json(&format!("manifest {}", path.display()), bytes, generator)
+    manifest::read_to_json(path, generator).map_err(Failure::Usage)
 }
 
-/// The bytes of a manifest file: a regular file of at most [`MAX_MANIFEST_BYTES`].
-pub fn read_manifest_file(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let name = format!("manifest {}", path.display());
-    let meta = std::fs::metadata(path).with_context(|| name.clone())?;
-    if !meta.is_file() {
-        anyhow::bail!("{name}: not a regular file");
-    }
-    let file = std::fs::File::open(path).with_context(|| name.clone())?;
-    read_bounded(file, MAX_MANIFEST_BYTES, &name).map_err(|f| anyhow::anyhow!(f.message()))
-}
-
-/// [`read_manifest`] of bytes already read (`name` says where from, for errors).
+/// [`manifest::bytes_to_json`], failing as a usage error.
 pub fn manifest_json(name: &str, bytes: Vec<u8>, generator: Option<&str>) -> Result<String, Failure> {
-    let text = String::from_utf8(bytes).map_err(|_| Failure::usage(format!("{name}: not UTF-8")))?;
-    manifest::to_json(&text, generator)
-        .with_context(|| name.to_string())
-        .map_err(Failure::Usage)
+    manifest::bytes_to_json(name, bytes, generator).map_err(Failure::Usage)
 }
 
 /// Prints the call's report when verbose, then turns its result into a command's.

@@ -14,6 +14,9 @@
 //!   with `k8s-openapi`'s own types.
 //! - [`eso`] (feature `tls`): a model of ESO's Webhook generator, from ESO's
 //!   source, that reads rendered manifests and calls a real server over HTTPS.
+//! - [`registry`] (feature `tls`): OCI registries for the `oci://` component source:
+//!   Debian's real `docker-registry`, a stand-in token service it trusts, and an
+//!   in-process pull API that fails on demand.
 //! - [`tls`] (feature `tls`): a throw-away CA and a server certificate for
 //!   `localhost` and `127.0.0.1`.
 //! - [`tools`], [`artifacts`], [`process`]: finding external tools, building
@@ -33,6 +36,8 @@ pub mod eso;
 pub mod kubernetes;
 pub mod oidc;
 pub mod process;
+#[cfg(feature = "tls")]
+pub mod registry;
 mod server;
 #[cfg(feature = "tls")]
 pub mod tls;

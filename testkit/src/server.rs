@@ -126,6 +126,23 @@ pub(crate) enum Body {
         /// or the body is chunked.
         declared: bool,
     },
+    /// The first bytes of a body whose declared length is larger, then
+    /// either the end (hyper, short of the declared `Content-Length`, closes
+    /// the connection) or nothing ever (the connection is held open until the
+    /// client or the server goes away). Only the registry stand-in (feature
+    /// `tls`) sends one.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    Partial {
+        /// The bytes sent before the cut.
+        bytes: Option<Bytes>,
+        /// The length the response declares.
+        declared: u64,
+        /// Stall after `bytes` instead of ending.
+        stall: bool,
+        /// Before ending, a pause: hyper flushes what it holds while the body
+        /// is pending, and would drop it unsent if the body ended at once.
+        pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
 }
 
 impl Body {
@@ -141,7 +158,7 @@ impl hyper::body::Body for Body {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -153,6 +170,24 @@ impl hyper::body::Body for Body {
                 *remaining -= n as u64;
                 Poll::Ready(Some(Ok(Frame::data(chunk.slice(..n)))))
             }
+            Body::Partial {
+                bytes, stall, pause, ..
+            } => {
+                if let Some(b) = bytes.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                if *stall {
+                    // Never woken: the connection task waits until it is dropped.
+                    return Poll::Pending;
+                }
+                if let Some(sleep) = pause {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    *pause = None;
+                }
+                Poll::Ready(None)
+            }
         }
     }
 
@@ -160,6 +195,7 @@ impl hyper::body::Body for Body {
         match self {
             Body::Full(bytes) => bytes.is_none(),
             Body::Repeat { remaining, .. } => *remaining == 0,
+            Body::Partial { .. } => false,
         }
     }
 
@@ -171,6 +207,7 @@ impl hyper::body::Body for Body {
             } if *declared => SizeHint::with_exact(*remaining),
             // Unknown length: hyper sends it chunked.
             Body::Repeat { .. } => SizeHint::default(),
+            Body::Partial { declared, .. } => SizeHint::with_exact(*declared),
         }
     }
 }

@@ -59,19 +59,31 @@ pub fn htpasswd() -> PathBuf {
 /// The `cloudsmith-gen` CLI (env `CLOUDSMITH_GEN`), else the one cargo built
 /// beside the running test executable (`target/<profile>/cloudsmith-gen`).
 pub fn cloudsmith_gen() -> PathBuf {
-    if let Some(path) = from_env("CLOUDSMITH_GEN") {
+    built("CLOUDSMITH_GEN", "cloudsmith-gen")
+}
+
+/// The lean Docker credential helper (env `DOCKER_CREDENTIAL_CLOUDSMITH`), else the one
+/// cargo built beside the running test executable. It needs `cloudsmith-gen` in its own
+/// directory for everything but a cache hit.
+pub fn docker_credential_cloudsmith() -> PathBuf {
+    built("DOCKER_CREDENTIAL_CLOUDSMITH", "docker-credential-cloudsmith")
+}
+
+/// A binary of host-example: `var`, else `name` beside the running test executable.
+fn built(var: &str, name: &str) -> PathBuf {
+    if let Some(path) = from_env(var) {
         return path;
     }
     let beside = std::env::current_exe()
         .ok()
         .and_then(|exe| profile_dir(&exe))
-        .map(|dir| dir.join(format!("cloudsmith-gen{}", std::env::consts::EXE_SUFFIX)));
+        .map(|dir| dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX)));
     match beside {
         Some(path) if path.is_file() => path,
         other => panic!(
-            "cloudsmith-gen not found (looked at {}); build it with `cargo build -p host-example` \
-             or set CLOUDSMITH_GEN",
-            other.map_or_else(|| "CLOUDSMITH_GEN".to_string(), |p| p.display().to_string())
+            "{name} not found (looked at {}); build it with `cargo build -p host-example` \
+             or set {var}",
+            other.map_or_else(|| var.to_string(), |p| p.display().to_string())
         ),
     }
 }

@@ -20,16 +20,13 @@ use host_example::{Error, GenerateError, HostError, OutboundPolicy, PresentedTok
 use host_example::{NamespacePolicy, TokenRequest};
 use serde::Serialize;
 
-use super::Reply;
+use super::{Reply, DEFAULT_REGISTRY};
 use crate::failure::Failure;
 use crate::mint::{self as mint_port, Mint, MintRequest, TokenChoice};
 use crate::setup::{self, RuntimeConfig};
 
 /// The API when the spec names none.
 pub const DEFAULT_API: &str = "https://api.cloudsmith.io";
-
-/// The registry host Cloudsmith's Docker credentials are for.
-pub const DEFAULT_REGISTRY: &str = "docker.cloudsmith.io";
 
 /// The documentation's troubleshooting items, by their titles.
 pub mod item {

@@ -13,9 +13,9 @@ use testkit::cloudsmith::{documented_manifest, StandIn, StandInConfig};
 use super::generate::{self, GenerateConfig, OutputConfig};
 use super::Reply;
 use crate::failure::Failure;
-use crate::manifest;
 use crate::mint::{Minter, TokenChoice};
 use crate::setup::{note, RuntimeConfig};
+use host_example::manifest;
 
 /// Mints demo service account tokens the way a TokenRequest would (subject
 /// `system:serviceaccount:<ns>:<name>`, the requested audiences), signed with the

@@ -91,7 +91,7 @@ pub async fn info(config: &RuntimeConfig, verbose: bool) -> Result<Reply, Failur
     // `info` never asks for a token (the host refuses outside `generate`), and this
     // source connects only when asked, so no kubeconfig is needed.
     let tokens = Arc::new(KubernetesTokenSource::new(None));
-    let generator = setup::load(config, tokens, NamespacePolicy::TargetOnly, None, verbose)?;
+    let generator = setup::load(config, tokens, NamespacePolicy::TargetOnly, None, verbose).await?;
     let info = generator.info().await.map_err(Failure::Call)?;
     let json = serde_json::to_string_pretty(&info).map_err(|e| Failure::Other(e.into()))?;
     Ok(Reply::ok(json))

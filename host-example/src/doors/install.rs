@@ -70,14 +70,23 @@ pub fn docker_credential_helper(args: &HelperInstall, docker: &DockerConfig) -> 
             .collect();
         Registries::with_default(extra).map_err(Failure::usage)?
     };
-    let link = link_helper(&exe, &dir).map_err(Failure::Other)?;
+    // The lean helper answers cache hits without starting this binary; it needs this
+    // binary beside it for the rest. Without it, this binary speaks the protocol itself.
+    let name = format!("{HELPER_NAME}{}", std::env::consts::EXE_SUFFIX);
+    let lean = exe.with_file_name(&name);
+    let target = if lean.is_file() { lean } else { exe };
+    // Installed side by side in `dir` already (cargo install, a package): nothing to link.
+    let placed = if dir.join(&name).canonicalize().is_ok_and(|p| p == target) {
+        format!("{} is in place", target.display())
+    } else {
+        let link = link_helper(&target, &dir).map_err(Failure::Other)?;
+        format!("linked {} -> {}", link.display(), target.display())
+    };
     let config = docker_config_path().map_err(Failure::Usage)?;
     let names: Vec<&str> = all.names().collect();
     add_cred_helpers(&config, &names).map_err(Failure::Other)?;
     Ok(Reply::ok(format!(
-        "linked {} -> {}\nset credHelpers in {} for {}",
-        link.display(),
-        exe.display(),
+        "{placed}\nset credHelpers in {} for {}",
         config.display(),
         names.join(", ")
     )))

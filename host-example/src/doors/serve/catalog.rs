@@ -15,8 +15,8 @@ use anyhow::{bail, Context as _};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::manifest;
 use crate::setup::read_manifest_file;
+use host_example::manifest;
 
 /// Generator name → the JSON manifest handed to the guest.
 pub type Generators = HashMap<String, Arc<str>>;

@@ -140,7 +140,7 @@ pub async fn run(args: ServeConfig, verbose: bool) -> Result<(), Failure> {
         Arc::new(KubernetesTokenSource::with_client(client.clone()).with_timeout(args.kube_timeout));
     let minter = Minter::pooled(args.runtime.clone(), args.max_concurrent_calls, verbose);
     // A bad component fails the start, not the first call.
-    minter.prepare(tokens.clone())?;
+    minter.prepare(tokens.clone()).await?;
     let tls = match &args.tls {
         Some((cert, key)) => Some(Tls::load(cert, key).map_err(Failure::Usage)?),
         None => None,
@@ -651,7 +651,8 @@ fn classify(failure: &Failure) -> (StatusCode, &'static str, Option<u64>) {
             )
         }
         // The component or the configuration: the operator's to fix, not the caller's.
-        Failure::Usage(_) | Failure::Other(_) => {
+        // (serve fetches a registry's component at start, so a call never meets Registry.)
+        Failure::Usage(_) | Failure::Other(_) | Failure::Registry(_) => {
             return (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
         }
     };

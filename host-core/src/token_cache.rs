@@ -37,6 +37,7 @@ use sha2::{Digest, Sha256};
 
 use crate::flight::{self, Flight};
 use crate::secret::{Credentials, Secret};
+use crate::spec::GeneratorSpec;
 
 /// The smallest margin before `exp` at which a cached token is dropped (the official
 /// Cloudsmith CLI's).
@@ -71,6 +72,26 @@ impl CacheKey {
         CacheKey {
             digest: hex(&hasher.finalize()),
         }
+    }
+
+    /// The key of a call: the API, organisation and service of `manifest` (JSON), the
+    /// token source's `identity`, and whether the call may mint in another namespace
+    /// than its target. `None` when the manifest names no organisation or service.
+    pub fn for_call(manifest: &str, identity: &str, cross_namespace: bool) -> Option<Self> {
+        let spec = GeneratorSpec::of_json(manifest)?;
+        // The names NamespacePolicy's Debug prints, which earlier keys were made with.
+        let namespaces = if cross_namespace {
+            "AllowCrossNamespace"
+        } else {
+            "TargetOnly"
+        };
+        Some(CacheKey::new(
+            spec.api_url.as_deref().unwrap_or(""),
+            spec.api_host.as_deref().unwrap_or(""),
+            spec.org_slug.as_deref()?,
+            spec.service_slug.as_deref()?,
+            &format!("{identity}|namespaces={namespaces}"),
+        ))
     }
 
     /// The key's hex digest (the entry's file name without `.json`).
@@ -175,7 +196,18 @@ impl TokenCache {
     /// The conventional location: `$XDG_CACHE_HOME/cloudsmith-gen/tokens`, else
     /// `~/.cache/cloudsmith-gen/tokens`; `None` when neither variable is set.
     pub fn default_dir() -> Option<PathBuf> {
-        crate::cache::ArtifactCache::default_dir().map(|d| d.join("tokens"))
+        crate::dirs::cache_dir().map(|d| d.join("tokens"))
+    }
+
+    /// The cache a door uses: in `dir`, else [`TokenCache::default_dir`]; `None` when
+    /// turned off (`enabled` false, or [`DISABLE_ENV`]) or when there is no directory.
+    pub fn configured(enabled: bool, dir: Option<&Path>) -> Option<TokenCache> {
+        if !enabled || TokenCache::disabled_by_env() {
+            return None;
+        }
+        dir.map(Path::to_path_buf)
+            .or_else(TokenCache::default_dir)
+            .map(TokenCache::new)
     }
 
     /// Whether [`DISABLE_ENV`] turns the cache off.
@@ -337,21 +369,14 @@ fn read_private(path: &Path) -> Result<Option<String>, String> {
 
 #[cfg(unix)]
 fn current_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt as _;
-    // The owner of a file we just made is our effective uid, without libc.
-    static UID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *UID.get_or_init(|| {
-        tempfile::tempfile()
-            .and_then(|f| f.metadata())
-            .map(|m| m.uid())
-            .unwrap_or(u32::MAX)
-    })
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Creates `dir` 0700 (and its parents); an existing directory that others can enter
 /// is made private, because it holds bearer tokens.
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    crate::cache::create_private_dir(dir, "token cache directory")?;
+    crate::dirs::create_private_dir(dir, "token cache directory")?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;

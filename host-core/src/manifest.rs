@@ -16,8 +16,10 @@
 //!   `spec.generator.cloudsmithAccessTokenSpec`);
 //! - with more than one generator document, `--generator NAME` picks by `metadata.name`.
 
-use anyhow::{anyhow, bail};
-use host_example::secret::one_line;
+use std::path::Path;
+
+use crate::secret::one_line;
+use anyhow::{anyhow, bail, Context as _};
 use serde_json::{Map, Value};
 
 /// The generator kind the component implements.
@@ -36,6 +38,33 @@ const MAX_LISTED: usize = 10;
 
 /// A name or kind from the file is shown up to this many characters.
 const MAX_SHOWN_CHARS: usize = 64;
+
+/// A manifest is a few hundred bytes; refuse to buffer a runaway file or stdin.
+pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+/// Reads a manifest file (YAML or JSON, one document or several) and converts its
+/// generator document (`generator`: `--generator NAME`) to the JSON the guest takes.
+pub fn read_to_json(path: &Path, generator: Option<&str>) -> anyhow::Result<String> {
+    let name = format!("manifest {}", path.display());
+    bytes_to_json(&name, read_file(path)?, generator)
+}
+
+/// The bytes of a manifest file: a regular file of at most [`MAX_MANIFEST_BYTES`].
+pub fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let name = format!("manifest {}", path.display());
+    let meta = std::fs::metadata(path).with_context(|| name.clone())?;
+    if !meta.is_file() {
+        bail!("{name}: not a regular file");
+    }
+    let file = std::fs::File::open(path).with_context(|| name.clone())?;
+    crate::read_bounded(file, MAX_MANIFEST_BYTES, &name).map_err(|e| anyhow!(e))
+}
+
+/// [`read_to_json`] of bytes already read (`name` says where from, for errors).
+pub fn bytes_to_json(name: &str, bytes: Vec<u8>, generator: Option<&str>) -> anyhow::Result<String> {
+    let text = String::from_utf8(bytes).map_err(|_| anyhow!("{name}: not UTF-8"))?;
+    to_json(&text, generator).with_context(|| name.to_string())
+}
 
 /// Parses `text` (YAML, or JSON, which YAML includes) and returns the compact JSON of
 /// the generator document to hand to the guest; `generator` is `--generator NAME`.

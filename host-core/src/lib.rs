@@ -1,0 +1,76 @@
+//! The host's parts that need no Wasm: values that redact themselves, the typed spec,
+//! manifests, JWT claims, the token cache and its single flight, and the Docker
+//! credential helper's configuration.
+//!
+//! `host-example` (the wasmtime host) builds on this crate and re-exports its modules.
+//! They live apart so that a program can answer from the token cache without linking
+//! wasmtime: the lean `docker-credential-cloudsmith` helper starts about as fast as
+//! `cat`, which a 25 MB binary with a JIT cannot (BENCHMARKS.md, issue 17).
+//!
+//! # Index
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`secret`] | [`secret::Secret`], [`secret::Credentials`]: values that redact themselves; one-line messages |
+//! | [`spec`] | the typed view of the generator spec, where the component finds it |
+//! | [`manifest`] | reading a manifest file (YAML, several documents) to the generator's JSON |
+//! | [`jwt`] | the claims of a JWT, read unverified, to describe a token |
+//! | [`identity`] | who a token source speaks for, for the token cache's key |
+//! | [`token_cache`] | access tokens on disk, for the pull-time doors |
+//! | [`flight`] | single flight across processes (`flock`) |
+//! | [`dirs`] | the cache directory, created private |
+//! | [`authority`] | `host:port`, as the outbound policy reads it |
+//! | [`registries`] | which registries a door answers for; reading a server URL |
+//! | [`registry_auth`] | registry credentials as Docker clients read them (`config.json`, credential helpers), for OCI components |
+//! | [`docker`] | the Docker credential helper's environment and warm path |
+
+#![deny(missing_docs)]
+
+pub mod authority;
+pub mod dirs;
+pub mod docker;
+pub mod flight;
+pub mod identity;
+pub mod jwt;
+mod lenient;
+pub mod manifest;
+pub mod registries;
+pub mod registry_auth;
+pub mod secret;
+pub mod spec;
+pub mod token_cache;
+
+use std::io::Read;
+
+/// Reads at most `max` bytes of `input`; more is an error naming `what`. The one bounded
+/// reader: stdin of every door, and manifest files.
+pub fn read_bounded(input: impl Read, max: u64, what: &str) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    input
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("reading {what}: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("{what} is larger than {max} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// What a door answers: its stdout and the process's exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Written to stdout, with a newline.
+    pub stdout: String,
+    /// The exit code: 0, or 1 for the Docker helper's "not found".
+    pub exit: u8,
+}
+
+impl Reply {
+    /// `stdout`, exit 0.
+    pub fn ok(stdout: impl Into<String>) -> Reply {
+        Reply {
+            stdout: stdout.into(),
+            exit: 0,
+        }
+    }
+}
