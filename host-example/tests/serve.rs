@@ -150,24 +150,7 @@ impl World {
 
     /// Starts `serve` with the stand-ins' settings and `extra` flags.
     fn serve(&self, extra: &[&str]) -> Server {
-        let mut args: Vec<String> = vec![
-            "serve".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--kubeconfig".into(),
-            self.kubeconfig.display().to_string(),
-            "--allow-host".into(),
-            self.cloudsmith.authority(),
-            "--allow-http".into(),
-            "--cache-dir".into(),
-            cache_dir().display().to_string(),
-        ];
-        for m in &self.manifests {
-            args.push("--manifest".into());
-            args.push(m.display().to_string());
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Server::start(&args)
+        Server::start(&serve_args(self, extra))
     }
 
     /// `serve` over HTTPS with a certificate of `ca`, written into the world's dir
@@ -194,10 +177,16 @@ struct Server {
 
 impl Server {
     fn start(args: &[String]) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    /// [`Server::start`] with these variables set for the server.
+    fn start_with_env(args: &[String], env: &[(&str, &Path)]) -> Server {
         // CLOUDSMITH_GEN runs another build (a figure for an older server, say).
         let bin = std::env::var("CLOUDSMITH_GEN").unwrap_or_else(|_| BIN.to_string());
         let mut child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -1320,4 +1309,84 @@ async fn a_reconcile_wave_costs_one_review() {
         before + 1,
         "a refusal is reused for a few seconds"
     );
+}
+
+/// `--component oci://…@sha256:…`: serve fetches the pinned component at start (from a
+/// real registry over TLS, trusted through SSL_CERT_FILE) and answers ESO with it, as
+/// with the embedded generator; a component that cannot be fetched fails the start in
+/// one line.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_runs_a_component_pinned_in_a_registry() {
+    use testkit::registry::{Distribution, DistributionConfig};
+    let world = World::new(Duration::from_secs(10)).await;
+    let registry = Distribution::start(DistributionConfig {
+        tls: true,
+        ..Default::default()
+    })
+    .await;
+    let ca = world.dir.path().join("registry-ca.pem");
+    std::fs::write(&ca, registry.ca().unwrap().ca_pem()).unwrap();
+    let home = world.dir.path().join("home");
+    let env = [
+        ("SSL_CERT_FILE", ca.as_path()),
+        ("HOME", home.as_path()),
+        ("DOCKER_CONFIG", home.as_path()),
+    ];
+    let reference = format!("{}/plugins/cloudsmith-gen:1.0", registry.authority());
+    let push = Command::new(BIN)
+        .args(["component", "push", &reference])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(push.status.success(), "{}", String::from_utf8_lossy(&push.stderr));
+    let digest = String::from_utf8(push.stdout).unwrap().trim().to_string();
+    let pinned = format!("oci://{}/plugins/cloudsmith-gen@{digest}", registry.authority());
+
+    let server = Server::start_with_env(&serve_args(&world, &["--component", &pinned]), &env);
+    let token = caller("apps", "eso");
+    let reply = ask(server.addr, "apps", "cloudsmith-access-token", &token).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["auth"], Value::String(expected_auth("apps")));
+    assert_logs_clean(&server, &world, &[]);
+
+    // A digest the registry does not hold: the start fails, in one line, exit 10.
+    let missing = format!(
+        "oci://{}/plugins/cloudsmith-gen@sha256:{}",
+        registry.authority(),
+        "0".repeat(64)
+    );
+    let out = Command::new(BIN)
+        .args(serve_args(&world, &["--component", &missing]))
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(10), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("not found"),
+        "{stderr}"
+    );
+}
+
+/// `serve`'s arguments for `world`, as [`World::serve`] gives them, and `extra`.
+fn serve_args(world: &World, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--kubeconfig".into(),
+        world.kubeconfig.display().to_string(),
+        "--allow-host".into(),
+        world.cloudsmith.authority(),
+        "--allow-http".into(),
+        "--cache-dir".into(),
+        cache_dir().display().to_string(),
+    ];
+    for m in &world.manifests {
+        args.push("--manifest".into());
+        args.push(m.display().to_string());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }

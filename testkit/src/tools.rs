@@ -41,6 +41,12 @@ pub fn skopeo() -> PathBuf {
     find("SKOPEO", "skopeo", INSTALL_HINT)
 }
 
+/// `wkg` (env `WKG`): wasm-pkg-tools' CLI, a Wasm OCI client no one here wrote
+/// (`cargo install --locked wkg`, which scripts/tools.sh runs).
+pub fn wkg() -> PathBuf {
+    find("WKG", "wkg", INSTALL_HINT)
+}
+
 /// `docker-registry` (env `DOCKER_REGISTRY`): Debian's CNCF distribution registry.
 pub fn docker_registry() -> PathBuf {
     find("DOCKER_REGISTRY", "docker-registry", INSTALL_HINT)

@@ -192,15 +192,9 @@ fn link_helper(exe: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(link)
 }
 
-/// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+/// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`: where Docker reads it.
 pub fn docker_config_path() -> anyhow::Result<PathBuf> {
-    let non_empty = |v: std::ffi::OsString| (!v.is_empty()).then(|| PathBuf::from(v));
-    if let Some(dir) = std::env::var_os("DOCKER_CONFIG").and_then(non_empty) {
-        return Ok(dir.join("config.json"));
-    }
-    std::env::var_os("HOME")
-        .and_then(non_empty)
-        .map(|home| home.join(".docker").join("config.json"))
+    host_core::registry_auth::DockerConfigFile::default_path()
         .ok_or_else(|| anyhow!("neither DOCKER_CONFIG nor HOME is set: cannot find Docker's config.json"))
 }
 

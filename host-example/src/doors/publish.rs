@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use host_core::registry_auth::Login;
-use host_example::oci::{self, annotation, ComponentRef, Publication, Registry, RegistryOptions};
+use host_example::oci::{self, annotation, Artifact, ComponentRef, Publication, Registry, RegistryOptions};
 use host_example::COMPONENT;
 
 use super::Reply;
@@ -53,18 +53,15 @@ pub async fn push(
         None => (COMPONENT.to_vec(), "cloudsmith-access-token".to_string()),
     };
     let publication = publication(config, &title, source_date_epoch)?;
+    let artifact = Artifact::of(&bytes, &publication).map_err(|why| match &config.component {
+        Some(path) => Failure::usage(format!("component {}: {why}", path.display())),
+        None => Failure::Other(anyhow::anyhow!("the embedded component: {why}")),
+    })?;
     let login = login(config.target.registry()).map_err(|m| Failure::Registry(oci::OciError::Refused(m)))?;
     let registry = Registry::new(&config.registry);
-    let digest = oci::push(&registry, &config.target, &bytes, &publication, &login)
+    let digest = oci::push(&registry, &config.target, &artifact, &login)
         .await
-        .map_err(|e| match e {
-            // The component itself is wrong: the user's input, not the registry.
-            oci::OciError::Invalid(m) if config.component.is_some() => Failure::usage(format!(
-                "component {}: {m}",
-                config.component.as_ref().expect("checked").display()
-            )),
-            other => Failure::Registry(other),
-        })?;
+        .map_err(Failure::Registry)?;
     Ok(Reply::ok(digest))
 }
 
@@ -87,19 +84,13 @@ fn publication(
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut annotations = BTreeMap::from([
         (annotation::TITLE.to_string(), title.to_string()),
-        (
-            annotation::VERSION.to_string(),
-            config
-                .target
-                .tag()
-                .unwrap_or(env!("CARGO_PKG_VERSION"))
-                .to_string(),
-        ),
         (annotation::CREATED.to_string(), rfc3339),
     ]);
-    // What this build knows of itself describes the embedded generator, not a file.
+    // What this build knows of itself describes the embedded generator, not a file. Not
+    // the tag: one build pushed under two tags is one artifact, with one digest.
     if config.component.is_none() {
         for (key, value) in [
+            (annotation::VERSION, env!("CARGO_PKG_VERSION")),
             (annotation::REVISION, REVISION),
             (annotation::SOURCE, SOURCE),
             (annotation::LICENSES, env!("CARGO_PKG_LICENSE")),
@@ -136,7 +127,7 @@ mod tests {
         let p = publication(&config(None, &[]), "cloudsmith-access-token", Some("1700000000")).unwrap();
         assert_eq!(p.created, 1_700_000_000);
         assert_eq!(p.annotations[annotation::CREATED], "2023-11-14T22:13:20Z");
-        assert_eq!(p.annotations[annotation::VERSION], "2.1");
+        assert_eq!(p.annotations[annotation::VERSION], env!("CARGO_PKG_VERSION"));
         assert_eq!(p.annotations[annotation::LICENSES], "Apache-2.0");
         assert_eq!(
             p.annotations.get(annotation::REVISION).map(String::as_str),
@@ -153,8 +144,9 @@ mod tests {
         .unwrap();
         assert_eq!(p.annotations[annotation::TITLE], "plug");
         assert_eq!(p.annotations[annotation::SOURCE], "https://example.com/plug");
-        assert!(!p.annotations.contains_key(annotation::REVISION));
-        assert!(!p.annotations.contains_key(annotation::LICENSES));
+        for key in [annotation::VERSION, annotation::REVISION, annotation::LICENSES] {
+            assert!(!p.annotations.contains_key(key), "{key}");
+        }
     }
 
     #[test]

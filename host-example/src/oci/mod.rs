@@ -179,66 +179,82 @@ pub struct Publication {
     pub created: i64,
 }
 
-/// The manifest, config and layer of `component`, as [`push`] sends them; the manifest's
-/// bytes are what its digest is taken over.
-pub fn artifact(
-    component: &[u8],
-    publication: &Publication,
-) -> Result<(Vec<u8>, Config, ImageLayer), OciError> {
-    if !wasmparser::Parser::is_component(component) {
-        return Err(OciError::Invalid(not_a_component(component)));
-    }
-    let (mut config, layer) = WasmConfig::from_raw_component(component.to_vec(), None).map_err(|e| {
-        OciError::Invalid(format!(
-            "reading the component's WIT: {}",
-            one_line(&format!("{e:#}"), 200)
-        ))
-    })?;
-    config.created = chrono::DateTime::from_timestamp(publication.created, 0)
-        .ok_or_else(|| OciError::Invalid(format!("created time {} is out of range", publication.created)))?;
-    let config = config
-        .to_config()
-        .map_err(|e| OciError::Invalid(format!("writing the config: {e}")))?;
-    let mut manifest = OciImageManifest::build(
-        std::slice::from_ref(&layer),
-        &config,
-        Some(publication.annotations.clone()),
-    );
-    manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
-    let bytes =
-        serde_json::to_vec(&manifest).map_err(|e| OciError::Invalid(format!("writing the manifest: {e}")))?;
-    Ok((bytes, config, layer))
+/// What [`push`] sends: the manifest (its bytes are what the digest is taken over), the
+/// config and the layer.
+#[derive(Clone)]
+pub struct Artifact {
+    manifest: Vec<u8>,
+    config: Config,
+    layer: ImageLayer,
 }
 
-/// Pushes `component` to `target` (which has a tag) and returns the manifest's digest.
+impl Artifact {
+    /// The artifact of `component`; refused when it is not a component (a core module,
+    /// not Wasm) or its WIT cannot be read.
+    pub fn of(component: &[u8], publication: &Publication) -> Result<Artifact, String> {
+        if !wasmparser::Parser::is_component(component) {
+            return Err(not_a_component(component));
+        }
+        let (mut config, layer) = WasmConfig::from_raw_component(component.to_vec(), None).map_err(|e| {
+            format!(
+                "reading the component's WIT: {}",
+                one_line(&format!("{e:#}"), 200)
+            )
+        })?;
+        config.created = chrono::DateTime::from_timestamp(publication.created, 0)
+            .ok_or_else(|| format!("created time {} is out of range", publication.created))?;
+        let config = config
+            .to_config()
+            .map_err(|e| format!("writing the config: {e}"))?;
+        let mut manifest = OciImageManifest::build(
+            std::slice::from_ref(&layer),
+            &config,
+            Some(publication.annotations.clone()),
+        );
+        manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
+        let manifest = serde_json::to_vec(&manifest).map_err(|e| format!("writing the manifest: {e}"))?;
+        Ok(Artifact {
+            manifest,
+            config,
+            layer,
+        })
+    }
+
+    /// The manifest's digest, `sha256:<hex>`: what a pull pins.
+    pub fn digest(&self) -> String {
+        sha256(&self.manifest)
+    }
+}
+
+impl std::fmt::Debug for Artifact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Artifact")
+            .field("digest", &self.digest())
+            .field("layer_bytes", &self.layer.data.len())
+            .finish()
+    }
+}
+
+/// Pushes `artifact` to `target` (which has a tag) and returns the manifest's digest.
 pub async fn push(
     registry: &Registry,
     target: &ComponentRef,
-    component: &[u8],
-    publication: &Publication,
+    artifact: &Artifact,
     login: &Login,
 ) -> Result<String, OciError> {
-    let (manifest, config, layer) = artifact(component, publication)?;
     let image = target.to_oci();
     let auth = auth(login, target.registry())?;
     let what = format!("pushing to {target}");
-    registry
-        .client
-        .store_auth_if_needed(image.resolve_registry(), &auth)
-        .await;
-    // oci-client authenticates for push on the first request; the rest reuse its token.
+    // oci-client authenticates for push once; the blob and manifest uploads reuse it.
     registry
         .client
         .auth(&image, &auth, oci_client::RegistryOperation::Push)
         .await
         .map_err(|e| classify(&what, e))?;
-    for (data, digest) in [
-        (&config.data, sha256(&config.data)),
-        (&layer.data, sha256(&layer.data)),
-    ] {
+    for data in [&artifact.config.data, &artifact.layer.data] {
         registry
             .client
-            .push_blob(&image, data, &digest)
+            .push_blob(&image, data, &sha256(data))
             .await
             .map_err(|e| classify(&what, e))?;
     }
@@ -246,12 +262,12 @@ pub async fn push(
         .client
         .push_manifest_raw(
             &image,
-            manifest.clone(),
+            artifact.manifest.clone(),
             OCI_IMAGE_MEDIA_TYPE.parse().expect("a valid header value"),
         )
         .await
         .map_err(|e| classify(&what, e))?;
-    Ok(sha256(&manifest))
+    Ok(artifact.digest())
 }
 
 /// The digest a tag names now (one manifest request).
