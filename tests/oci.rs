@@ -165,6 +165,32 @@ impl World {
         ]
     }
 
+    /// A directory on PATH with `docker-credential-cloudsmith` (the lean helper, with
+    /// `cloudsmith-gen` beside its target), and the helper's configuration for the
+    /// stand-in, as the official CLI's variables give it.
+    fn helper(&self) -> (PathBuf, Vec<(&'static str, String)>) {
+        let bin = self.path("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let link = bin.join("docker-credential-cloudsmith");
+        if !link.exists() {
+            std::os::unix::fs::symlink(testkit::tools::docker_credential_cloudsmith(), &link).unwrap();
+        }
+        let env = vec![
+            (
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()),
+            ),
+            ("CLOUDSMITH_ORG", ORG.to_string()),
+            ("CLOUDSMITH_SERVICE_SLUG", SERVICE.to_string()),
+            ("CLOUDSMITH_API_HOST", self.cloudsmith.url()),
+            (
+                "CLOUDSMITH_OIDC_TOKEN_FILE",
+                self.path("oidc-token").display().to_string(),
+            ),
+        ];
+        (link, env)
+    }
+
     /// Pushes with `component push` and returns the digest it printed.
     async fn push(&self, reference: &str, extra: &[&str], env: &[(&str, &str)]) -> String {
         let mut args = strings(&["component", "push", reference]);
@@ -184,12 +210,12 @@ impl World {
         digest
     }
 
-    async fn generate(&self, component: &str, extra_env: &[(&str, &str)]) -> Output {
+    async fn generate(&self, component: &str) -> Output {
         let out = run(
             &testkit::tools::cloudsmith_gen(),
             &self.generate_args(component),
             &self.env(),
-            extra_env,
+            &[],
             "",
         )
         .await;
@@ -198,6 +224,11 @@ impl World {
         assert_no_secret(&[&out.stderr], &secrets);
         out
     }
+}
+
+/// Borrowed pairs of owned variables, as [`run`] takes them.
+fn pairs<'a>(env: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -399,7 +430,7 @@ async fn every_door_runs_a_component_pinned_by_digest() {
     assert_eq!(sha256(&std::fs::read(&entry).unwrap()), digest);
 
     // A tag alone is refused, naming the digest to pin.
-    let out = w.generate(&format!("oci://{repo}:1.0"), &[]).await;
+    let out = w.generate(&format!("oci://{repo}:1.0")).await;
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert_eq!(out.stderr_lines().len(), 1, "{}", out.stderr);
     assert!(out.stderr.contains(&format!("{repo}@{digest}")), "{}", out.stderr);
@@ -437,27 +468,13 @@ async fn every_door_runs_a_component_pinned_by_digest() {
     );
 
     // The Docker helper takes no flags: CLOUDSMITH_GENERATOR_COMPONENT.
-    let bin = w.path("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(
-        testkit::tools::docker_credential_cloudsmith(),
-        bin.join("docker-credential-cloudsmith"),
-    )
-    .unwrap();
-    let token_file = w.path("oidc-token").display().to_string();
-    let api = w.cloudsmith.url();
-    let helper_env = [
-        ("CLOUDSMITH_ORG", ORG),
-        ("CLOUDSMITH_SERVICE_SLUG", SERVICE),
-        ("CLOUDSMITH_API_HOST", api.as_str()),
-        ("CLOUDSMITH_OIDC_TOKEN_FILE", token_file.as_str()),
-        ("CLOUDSMITH_GENERATOR_COMPONENT", pinned.as_str()),
-    ];
+    let (helper, mut helper_env) = w.helper();
+    helper_env.push(("CLOUDSMITH_GENERATOR_COMPONENT", pinned.clone()));
     let out = run(
-        &bin.join("docker-credential-cloudsmith"),
+        &helper,
         &strings(&["get"]),
         &w.env(),
-        &helper_env,
+        &pairs(&helper_env),
         "docker.cloudsmith.io",
     )
     .await;
@@ -469,7 +486,7 @@ async fn every_door_runs_a_component_pinned_by_digest() {
 
     // The registry gone: the store serves the component, no registry needed.
     w.registry = None;
-    let out = w.generate(&pinned, &[]).await;
+    let out = w.generate(&pinned).await;
     assert!(out.success(), "{}", out.stderr);
     assert_eq!(out.stdout_json(), w.expected());
 }
@@ -493,7 +510,7 @@ async fn what_wkg_pushes_our_host_runs() {
     assert!(raw.success(), "{}", raw.stderr);
     let digest = sha256(raw.stdout.as_bytes());
     let out = w
-        .generate(&format!("oci://{}/plugins/by-wkg@{digest}", w.authority()), &[])
+        .generate(&format!("oci://{}/plugins/by-wkg@{digest}", w.authority()))
         .await;
     assert!(out.success(), "{}", out.stderr);
     assert_eq!(out.stdout_json(), w.expected());
@@ -566,7 +583,7 @@ async fn the_token_flow_and_our_own_helper_serve_the_registry() {
     let w = World::new(tokens.auth("testkit-registry"), Some((USER, PASSWORD))).await;
     let repo = format!("{}/plugins/cloudsmith-gen", w.authority());
     let digest = w.push(&format!("{repo}:1.0"), &[], &[]).await;
-    let out = w.generate(&format!("oci://{repo}@{digest}"), &[]).await;
+    let out = w.generate(&format!("oci://{repo}@{digest}")).await;
     assert!(out.success(), "{}", out.stderr);
     assert_eq!(out.stdout_json(), w.expected());
     assert!(
@@ -581,36 +598,20 @@ async fn the_token_flow_and_our_own_helper_serve_the_registry() {
     let w = World::with_exp(exp, Auth::htpasswd("token", &access), None).await;
     let authority = w.authority();
     w.docker_config(&json!({"credHelpers": {&authority: "cloudsmith"}}));
-    let bin = w.path("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(
-        testkit::tools::docker_credential_cloudsmith(),
-        bin.join("docker-credential-cloudsmith"),
-    )
-    .unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let token_file = w.path("oidc-token").display().to_string();
-    let api = w.cloudsmith.url();
     let repo = format!("{}/plugins/cloudsmith-gen", w.authority());
-    let mut helper_env = vec![
-        ("PATH", path.as_str()),
-        ("CLOUDSMITH_ORG", ORG),
-        ("CLOUDSMITH_SERVICE_SLUG", SERVICE),
-        ("CLOUDSMITH_API_HOST", api.as_str()),
-        ("CLOUDSMITH_OIDC_TOKEN_FILE", token_file.as_str()),
-        ("CLOUDSMITH_REGISTRIES", authority.as_str()),
-    ];
-    let digest = w.push(&format!("{repo}:1.0"), &[], &helper_env).await;
+    let (helper, mut helper_env) = w.helper();
+    helper_env.push(("CLOUDSMITH_REGISTRIES", authority.clone()));
+    let digest = w.push(&format!("{repo}:1.0"), &[], &pairs(&helper_env)).await;
     let pinned = format!("oci://{repo}@{digest}");
     // The helper runs the component from that very registry: to fetch it, it asks
     // itself for the registry's credentials, and that inner helper mints with the
     // embedded generator. A recursion would never end (RUN_TIMEOUT would fail it).
-    helper_env.push(("CLOUDSMITH_GENERATOR_COMPONENT", &pinned));
+    helper_env.push(("CLOUDSMITH_GENERATOR_COMPONENT", pinned));
     let out = run(
-        &bin.join("docker-credential-cloudsmith"),
+        &helper,
         &strings(&["get"]),
         &w.env(),
-        &helper_env,
+        &pairs(&helper_env),
         "docker.cloudsmith.io",
     )
     .await;
