@@ -244,19 +244,20 @@ pub async fn push(
 ) -> Result<String, OciError> {
     let image = target.to_oci();
     let auth = auth(login, target.registry())?;
+    let sent = auth != RegistryAuth::Anonymous;
     let what = format!("pushing to {target}");
     // oci-client authenticates for push once; the blob and manifest uploads reuse it.
     registry
         .client
         .auth(&image, &auth, oci_client::RegistryOperation::Push)
         .await
-        .map_err(|e| classify(&what, e))?;
+        .map_err(|e| classify(&what, e, sent))?;
     for data in [&artifact.config.data, &artifact.layer.data] {
         registry
             .client
             .push_blob(&image, data, &sha256(data))
             .await
-            .map_err(|e| classify(&what, e))?;
+            .map_err(|e| classify(&what, e, sent))?;
     }
     registry
         .client
@@ -266,7 +267,7 @@ pub async fn push(
             OCI_IMAGE_MEDIA_TYPE.parse().expect("a valid header value"),
         )
         .await
-        .map_err(|e| classify(&what, e))?;
+        .map_err(|e| classify(&what, e, sent))?;
     Ok(artifact.digest())
 }
 
@@ -277,15 +278,13 @@ pub async fn resolve(
     login: &Login,
 ) -> Result<String, OciError> {
     let what = format!("resolving {SCHEME}{reference}");
+    let auth = auth(login, reference.registry())?;
+    let sent = auth != RegistryAuth::Anonymous;
     let (_, digest) = registry
         .client
-        .pull_manifest_raw(
-            &reference.to_oci(),
-            &auth(login, reference.registry())?,
-            &[OCI_IMAGE_MEDIA_TYPE],
-        )
+        .pull_manifest_raw(&reference.to_oci(), &auth, &[OCI_IMAGE_MEDIA_TYPE])
         .await
-        .map_err(|e| classify(&what, e))?;
+        .map_err(|e| classify(&what, e, sent))?;
     Ok(digest)
 }
 
@@ -359,25 +358,37 @@ async fn download(
     auth: &RegistryAuth,
 ) -> Result<(Vec<u8>, Vec<u8>), OciError> {
     let what = format!("fetching {SCHEME}{reference}");
+    let sent = *auth != RegistryAuth::Anonymous;
     let image = reference.pinned(digest).to_oci();
-    let (manifest, _) = registry
+    let not_pinned = |served: &str| {
+        OciError::Invalid(format!(
+            "{what}: the registry served a manifest whose digest is {served}, not the pinned {digest} \
+             (another manifest, or not a manifest at all)"
+        ))
+    };
+    let manifest = match registry
         .client
         .pull_manifest_raw(&image, auth, &[OCI_IMAGE_MEDIA_TYPE])
         .await
-        .map_err(|e| classify(&what, e))?;
+    {
+        Ok((manifest, _)) => manifest,
+        // oci-client hashes the body against the pin before it returns it.
+        Err(OciDistributionError::DigestError(DigestError::VerificationError { actual, .. })) => {
+            return Err(not_pinned(&actual))
+        }
+        Err(e) => return Err(classify(&what, e, sent)),
+    };
     // oci-client checks this too; the host does not lean on a dependency for it.
     let served = sha256(&manifest);
     if served != digest {
-        return Err(OciError::Invalid(format!(
-            "{what}: the registry served a manifest whose digest is {served}, not {digest}"
-        )));
+        return Err(not_pinned(&served));
     }
     let layer = wasm_layer(&manifest).map_err(|why| OciError::Invalid(format!("{what}: {why}")))?;
     let mut stream = registry
         .client
         .pull_blob_stream(&image, &layer)
         .await
-        .map_err(|e| classify(&what, e))?;
+        .map_err(|e| classify(&what, e, sent))?;
     let declared = layer.size as u64;
     let mut bytes = Vec::with_capacity(declared as usize);
     let mut hasher = Sha256::new();
@@ -489,16 +500,21 @@ fn hex_digest(hash: &[u8]) -> String {
     out
 }
 
-/// oci-client's error, as one of ours, for `what` the host was doing.
-fn classify(what: &str, e: OciDistributionError) -> OciError {
+/// oci-client's error, as one of ours, for `what` the host was doing; `sent` says
+/// whether credentials went with the request (a 401 then means they were refused).
+fn classify(what: &str, e: OciDistributionError, sent: bool) -> OciError {
     use OciDistributionError as E;
     match e {
         E::AuthenticationFailure(m) => OciError::Refused(format!(
             "{what}: the registry refused the credentials ({}); give them in Docker's config.json (auths or credHelpers)",
             one_line(&m, 200)
         )),
+        E::UnauthorizedError { .. } if sent => OciError::Refused(format!(
+            "{what}: the registry refused the credentials Docker's config.json gives for it (401 Unauthorized)"
+        )),
         E::UnauthorizedError { .. } => OciError::Refused(format!(
-            "{what}: the registry answered 401 Unauthorized; give credentials in Docker's config.json (auths or credHelpers)"
+            "{what}: the registry asks for credentials (401 Unauthorized) and Docker's config.json gives none \
+             for it: add them (auths or credHelpers)"
         )),
         E::RegistryError { envelope, .. } => {
             let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
@@ -556,6 +572,10 @@ fn cause(e: &(dyn std::error::Error + 'static)) -> String {
             text.push_str(&next);
         }
         source = s.source();
+    }
+    // rustls appends a link to its documentation to some errors: not for a one-line error.
+    if let Some(at) = text.find(": https://") {
+        text.truncate(at);
     }
     one_line(&text, 300)
 }
