@@ -692,3 +692,63 @@ fn no_kubernetes_configuration_says_what_to_give_first() {
     );
     eprintln!("{line}");
 }
+
+/// `component push` refuses what it cannot publish before any registry call (the
+/// registry named is a closed port: a request would end in exit 10, not 2).
+#[test]
+fn component_push_refuses_bad_input_before_the_registry() {
+    let core = scratch().join("core.wasm");
+    // The preamble of a core module (version 1, layer 0), as `wasm-tools parse "(module)"` writes it.
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let text = write("not-wasm.wasm", "hello");
+    let core = core.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["component", "push", "127.0.0.1:9/x:1", "--component", core],
+            "is a core Wasm module, not a component",
+        ),
+        (
+            &[
+                "component",
+                "push",
+                "127.0.0.1:9/x:1",
+                "--component",
+                text.to_str().unwrap(),
+            ],
+            "is not a Wasm component",
+        ),
+        (
+            &[
+                "component",
+                "push",
+                "127.0.0.1:9/x:1",
+                "--component",
+                "/nonexistent.wasm",
+            ],
+            "/nonexistent.wasm",
+        ),
+        (&["component", "push", "plugins/x:1"], "is not a registry host"),
+        (
+            &[
+                "component",
+                "push",
+                &format!("127.0.0.1:9/x@sha256:{}", "a".repeat(64)),
+            ],
+            "push to a tag, not a digest",
+        ),
+        (
+            &[
+                "generate",
+                "--manifest",
+                "-",
+                "--component",
+                "oci://127.0.0.1:9/x@sha256:12",
+            ],
+            "64 hex digits",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = run(args, Some(""));
+        assert_fails(&out, 2, needle);
+    }
+}
