@@ -200,10 +200,20 @@ async fn fetch(config: &RuntimeConfig, reference: &ComponentRef) -> Result<oci::
             )))
         }
     };
+    // A credential helper is a process the host waits for: off the async threads, so
+    // the deadline below still holds while it runs.
+    let login = async || {
+        let registry = reference.registry().to_string();
+        tokio::task::spawn_blocking(move || registry_login(&registry))
+            .await
+            .unwrap_or_else(|e| Err(format!("asking for the registry's credentials: {e}")))
+    };
     if reference.digest().is_none() {
-        let login =
-            registry_login(reference.registry()).map_err(|m| Failure::Registry(OciError::Refused(m)))?;
-        let resolved = tokio::time::timeout(bound, oci::resolve(&registry, reference, &login))
+        let resolve = async {
+            let login = login().await.map_err(OciError::Refused)?;
+            oci::resolve(&registry, reference, &login).await
+        };
+        let resolved = tokio::time::timeout(bound, resolve)
             .await
             .map_err(within(format!("resolving {}{reference}", oci::SCHEME)))?
             .map_err(Failure::Registry)?;
@@ -219,7 +229,7 @@ async fn fetch(config: &RuntimeConfig, reference: &ComponentRef) -> Result<oci::
     let fetch = oci::fetch(
         &registry,
         reference,
-        async || registry_login(reference.registry()),
+        login,
         store.as_ref(),
         Instant::now() + bound / 2,
     );
