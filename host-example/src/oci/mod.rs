@@ -329,11 +329,10 @@ pub async fn fetch(
         None => None,
     };
     let login = login().await.map_err(OciError::Refused)?;
-    let (manifest, bytes) =
+    let (manifest, layer, bytes) =
         download(registry, reference, digest, &auth(&login, reference.registry())?).await?;
     if let Some(store) = store {
         // A store that cannot be written costs the next run a fetch, not this one.
-        let layer = wasm_layer(&manifest).expect("checked by download");
         let _ = store.put(digest, &manifest, &layer.digest, &bytes);
     }
     Ok(Fetched {
@@ -356,7 +355,7 @@ async fn download(
     reference: &ComponentRef,
     digest: &str,
     auth: &RegistryAuth,
-) -> Result<(Vec<u8>, Vec<u8>), OciError> {
+) -> Result<(Vec<u8>, OciDescriptor, Vec<u8>), OciError> {
     let what = format!("fetching {SCHEME}{reference}");
     let sent = *auth != RegistryAuth::Anonymous;
     let image = reference.pinned(digest).to_oci();
@@ -399,7 +398,7 @@ async fn download(
             Err(e) if e.get_ref().is_some_and(|inner| inner.is::<DigestError>()) => {
                 return Err(OciError::Invalid(format!(
                     "{what}: the registry served a component whose digest is {}, not {}",
-                    hex_digest(hasher.finalize().as_slice()),
+                    store::digest_of_hash(hasher.finalize().as_slice()),
                     layer.digest
                 )));
             }
@@ -425,7 +424,7 @@ async fn download(
             bytes.len()
         )));
     }
-    let got = hex_digest(hasher.finalize().as_slice());
+    let got = store::digest_of_hash(hasher.finalize().as_slice());
     if got != layer.digest {
         return Err(OciError::Invalid(format!(
             "{what}: the registry served a component whose digest is {got}, not {}",
@@ -435,7 +434,7 @@ async fn download(
     if !wasmparser::Parser::is_component(&bytes) {
         return Err(OciError::Invalid(format!("{what}: {}", not_a_component(&bytes))));
     }
-    Ok((manifest, bytes))
+    Ok((manifest, layer, bytes))
 }
 
 /// The one `application/wasm` layer of a Wasm component manifest, checked: media types,
@@ -490,14 +489,6 @@ fn not_a_component(bytes: &[u8]) -> String {
     } else {
         "it is not a Wasm component".into()
     }
-}
-
-fn hex_digest(hash: &[u8]) -> String {
-    let mut out = String::from("sha256:");
-    for b in hash {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
 }
 
 /// oci-client's error, as one of ours, for `what` the host was doing; `sent` says

@@ -92,8 +92,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256(bytes: &[u8]) -> String {
-    let hash = Sha256::digest(bytes);
-    let mut out = String::with_capacity(7 + 64);
+    digest_of_hash(&Sha256::digest(bytes))
+}
+
+/// `sha256:<hex>` of a finished SHA-256 hash.
+pub(crate) fn digest_of_hash(hash: &[u8]) -> String {
+    let mut out = String::with_capacity(7 + 2 * hash.len());
     out.push_str("sha256:");
     for b in hash {
         out.push_str(&format!("{b:02x}"));
