@@ -393,6 +393,16 @@ impl DockerConfigFile {
         Ok(())
     }
 
+    /// The registries the file names, as written: the keys of `auths`, then of
+    /// `credHelpers`, each in byte order. `DOCKER_AUTH_CONFIG` is not the file's, so its
+    /// entries are not among them.
+    pub fn registries(&self) -> impl Iterator<Item = &str> {
+        self.auths
+            .keys()
+            .chain(self.cred_helpers.keys())
+            .map(String::as_str)
+    }
+
     /// Whether the file configures credentials at all: a `credsStore`, a `credHelpers`
     /// entry or an `auths` entry (configfile/file.go `ContainsAuth`).
     pub fn contains_auth(&self) -> bool {

@@ -342,6 +342,37 @@ async fn unreachable_api_and_unreadable_inputs() {
         assert!(report.contains(needle), "{needle}: {report}");
     }
 
+    // A Docker config that Docker itself would refuse: the registry step names the file
+    // and the entry, never the entry's value.
+    let secret = "c2VjcmV0LXZhbHVl-not-base64!";
+    for (text, needle) in [
+        (
+            format!(r#"{{"auths": {{"ghcr.io": {{"auth": "{secret}"}}}}}}"#),
+            "auths[\"ghcr.io\"]",
+        ),
+        (
+            r#"{"credHelpers": {"docker.cloudsmith.io": 7}}"#.to_string(),
+            "credHelpers",
+        ),
+        ("[1, 2]".to_string(), "not a JSON object"),
+    ] {
+        let docker = w.dir.path().join("bad-config.json");
+        std::fs::write(&docker, &text).unwrap();
+        let (out, all) = w.check(
+            &ok,
+            SUBJECT,
+            &[PRODUCTION_AUDIENCE],
+            &["--no-exchange", "--docker-config", docker.to_str().unwrap()],
+        );
+        let report = stdout(&out);
+        assert_eq!(out.status.code(), Some(1), "{text}: {report}");
+        let registry = line(&report, "registry");
+        assert!(registry.starts_with("FAIL"), "{text}: {report}");
+        assert!(report.contains("bad-config.json"), "{text}: {report}");
+        assert!(report.contains(needle), "{needle}: {report}");
+        assert!(!all.contains(secret), "the entry's value in: {all}");
+    }
+
     // --no-exchange with everything else right passes.
     let (out, _) = w.check(&ok, SUBJECT, &[PRODUCTION_AUDIENCE], &["--no-exchange"]);
     let report = stdout(&out);

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use host_core::registry_auth::DockerConfigFile;
 use host_example::jwt::Claims;
 use host_example::spec::GeneratorSpec;
 use host_example::token_source::StaticTokenSource;
@@ -23,7 +24,7 @@ use serde::Serialize;
 use super::{Reply, DEFAULT_REGISTRY};
 use crate::failure::Failure;
 use crate::mint::{self as mint_port, Mint, MintRequest, TokenChoice};
-use crate::setup::{self, RuntimeConfig};
+use crate::setup::RuntimeConfig;
 
 /// The API when the spec names none.
 pub const DEFAULT_API: &str = "https://api.cloudsmith.io";
@@ -511,19 +512,10 @@ pub fn registry_host(name: &str) -> String {
     }
 }
 
-/// The registries a Docker `config.json` names: the keys of `auths` and `credHelpers`.
-pub fn docker_config_registries(config: &serde_json::Value) -> Vec<String> {
-    ["auths", "credHelpers"]
-        .iter()
-        .filter_map(|key| config.get(key)?.as_object())
-        .flat_map(|map| map.keys().cloned())
-        .collect()
-}
-
 /// The registry step: the host the credentials are for (`registry`), the registries the
 /// pulls use (`flags`, `--registry`; else `registry`), and whether the Docker config's
-/// registries (`docker_config`, from [`docker_config_registries`], when a config was
-/// given) name each of those. A `--registry` other than `registry` is a warning, not a
+/// registries (`docker_config`, from [`DockerConfigFile::registries`], when a config
+/// was given) name each of those. A `--registry` other than `registry` is a warning, not a
 /// failure: it is right only for a custom domain of the Cloudsmith organization, which
 /// this host cannot tell.
 pub fn registry_step(registry: &str, flags: &[String], docker_config: Option<&[String]>) -> Step {
@@ -755,13 +747,11 @@ fn token_request(
     })
 }
 
+/// The registries Docker's `config.json` at `path` names, read by the same reader that
+/// finds registry credentials, so `check` and a pull agree on what the file says.
 fn read_docker_config(path: &std::path::Path) -> Result<Vec<String>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let bytes = setup::read_bounded(file, setup::MAX_MANIFEST_BYTES, &path.display().to_string())
-        .map_err(|f| f.message())?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
-    Ok(docker_config_registries(&value))
+    let config = DockerConfigFile::load(path)?;
+    Ok(config.registries().map(str::to_string).collect())
 }
 
 #[cfg(test)]
@@ -769,6 +759,11 @@ mod tests {
     use super::*;
     use host_example::policy::DEFAULT_AUTHORITY;
     use host_example::{Authority, UpstreamStatus};
+
+    fn names_in(config_json: &str) -> Vec<String> {
+        let config = DockerConfigFile::from_json(config_json).unwrap();
+        config.registries().map(str::to_string).collect()
+    }
 
     const NOW: u64 = 1_700_000_000;
     const BOUND: Duration = Duration::from_secs(90);
@@ -1022,18 +1017,18 @@ mod tests {
             "registry.acme.com:5000"
         );
         // A custom domain the Docker config does not name fails.
-        let names =
-            docker_config_registries(&serde_json::json!({"credHelpers": {"docker.cloudsmith.io": "c"}}));
+        let names = names_in(r#"{"credHelpers": {"docker.cloudsmith.io": "c"}}"#);
         let step = registry_step(registry, &["registry.acme.com".into()], Some(&names));
         assert_eq!(step.status, Status::Fail);
         assert!(step.problem.unwrap().contains("registry.acme.com"));
 
-        let config = serde_json::json!({"auths": {"https://index.docker.io/v1/": {}},
-            "credHelpers": {"docker.cloudsmith.io": "cloudsmith-gen"}});
-        let names = docker_config_registries(&config);
+        let names = names_in(
+            r#"{"credHelpers": {"docker.cloudsmith.io": "cloudsmith-gen"},
+                "auths": {"https://index.docker.io/v1/": {}}}"#,
+        );
         assert_eq!(names, ["https://index.docker.io/v1/", "docker.cloudsmith.io"]);
         assert_eq!(registry_step(registry, &[], Some(&names)).status, Status::Pass);
-        let other = docker_config_registries(&serde_json::json!({"auths": {"ghcr.io": {}}}));
+        let other = names_in(r#"{"auths": {"ghcr.io": {}}}"#);
         let step = registry_step(registry, &[], Some(&other));
         assert_eq!(
             (step.status, step.item),
