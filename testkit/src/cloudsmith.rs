@@ -86,6 +86,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{json, Value};
 
+pub use crate::server::RecordedRequest;
 use crate::server::{self, Body, Hangup};
 
 /// The largest request body the stand-in reads.
@@ -276,34 +277,8 @@ impl Default for StandInConfig {
     }
 }
 
-/// One request as the stand-in received it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordedRequest {
-    /// The HTTP method.
-    pub method: String,
-    /// The path (and query, if any).
-    pub path: String,
-    /// Header names (lower case) and values, in arrival order.
-    pub headers: Vec<(String, String)>,
-    /// The body (at most [`MAX_REQUEST_BYTES`]).
-    pub body: Vec<u8>,
-}
-
 impl RecordedRequest {
-    /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body as JSON, if it is JSON.
-    pub fn json(&self) -> Option<Value> {
-        serde_json::from_slice(&self.body).ok()
-    }
-
-    /// The organisation slug, for an `/openid/{owner}/` path.
+    /// The organisation slug, for a Cloudsmith `/openid/{owner}/` path.
     pub fn org(&self) -> Option<&str> {
         owner_of(&self.path)
     }
@@ -687,31 +662,11 @@ fn invalid(field: &str, why: &str) -> Response<Body> {
 
 async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Hangup> {
     let (parts, body) = req.into_parts();
-    let method = parts.method.as_str().to_string();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path().to_string(), |pq| pq.as_str().to_string());
-    let headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
     let (body, too_large) = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
         Ok(collected) => (collected.to_bytes(), false),
         Err(_) => (Bytes::new(), true),
     };
-    let recorded = RecordedRequest {
-        method,
-        path,
-        headers,
-        body: body.to_vec(),
-    };
+    let recorded = RecordedRequest::new(&parts, body.to_vec());
     *state
         .counts
         .lock()

@@ -23,6 +23,57 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, JoinSet};
 
+/// One request as a stand-in received it (the Cloudsmith stand-in, the faulty registry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// The HTTP method.
+    pub method: String,
+    /// The path (and query, if any).
+    pub path: String,
+    /// Header names (lower case) and values, in arrival order; a value that is not UTF-8
+    /// is read lossily.
+    pub headers: Vec<(String, String)>,
+    /// The body as far as the stand-in read it: the Cloudsmith stand-in keeps up to its
+    /// bound, the registry none (it serves reads only).
+    pub body: Vec<u8>,
+}
+
+impl RecordedRequest {
+    pub(crate) fn new(parts: &hyper::http::request::Parts, body: Vec<u8>) -> Self {
+        let uri = &parts.uri;
+        RecordedRequest {
+            method: parts.method.as_str().to_string(),
+            path: uri
+                .path_and_query()
+                .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string()),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body,
+        }
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON, if it is JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
 /// What a handler returns: an answer, or [`Hangup`] to close the connection
 /// without one.
 pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Hangup>> + Send>>;

@@ -41,6 +41,7 @@ use super::{
     digest_shaped, errors_body, json_string, valid_digest, valid_name, valid_tag, ApiError, Artifact,
     HTPASSWD_REALM, OCI_INDEX, OCI_MANIFEST,
 };
+pub use crate::server::RecordedRequest;
 use crate::server::{self, Body, Hangup};
 
 /// What the stand-in does wrong, chosen when it starts.
@@ -162,27 +163,6 @@ pub struct FaultyRegistryConfig {
     /// The realm of [`Fault::Unauthorized`]'s challenge; `None`: [`HTPASSWD_REALM`],
     /// what an htpasswd [`super::Distribution`] names.
     pub realm: Option<String>,
-}
-
-/// One request as the stand-in received it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordedRequest {
-    /// The HTTP method.
-    pub method: String,
-    /// The path (and query, if any).
-    pub path: String,
-    /// Header names (lower case) and values, in arrival order.
-    pub headers: Vec<(String, String)>,
-}
-
-impl RecordedRequest {
-    /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
 }
 
 /// A running stand-in registry. Dropping it stops the server and every connection
@@ -337,29 +317,14 @@ fn route(path: &str) -> Option<Route<'_>> {
 const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
 
 fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Hangup> {
-    let recorded = RecordedRequest {
-        method: req.method().as_str().to_string(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string()),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-    };
+    let (parts, _body) = req.into_parts();
+    let recorded = RecordedRequest::new(&parts, Vec::new());
     state
         .requests
         .lock()
         .expect("requests lock")
         .push(recorded.clone());
-    Ok(answer(state, &recorded, req.uri().path()))
+    Ok(answer(state, &recorded, parts.uri.path()))
 }
 
 fn header_values<'a>(req: &'a RecordedRequest, name: &'a str) -> impl Iterator<Item = &'a str> {
