@@ -86,19 +86,13 @@ fn oci_layout(dir: &Path, scratch: &Path) -> String {
 }
 
 async fn skopeo(args: &[String], env: &[(&str, String)], home: &Path) -> Output {
-    let mut command = tokio::process::Command::new(testkit::tools::skopeo());
+    let mut command = testkit::tools::skopeo_in(home);
     command.args(args);
     for (name, _) in std::env::vars() {
-        if name.starts_with("CLOUDSMITH_") || name == "REGISTRY_AUTH_FILE" || name == "DOCKER_CONFIG" {
+        if name.starts_with("CLOUDSMITH_") {
             command.env_remove(name);
         }
     }
-    // No auth file of the user's can answer for the registry.
-    command
-        .env("HOME", home)
-        .env("XDG_RUNTIME_DIR", home.join("run"))
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("XDG_CACHE_HOME", home.join("cache"));
     for (name, value) in env {
         command.env(name, value);
     }

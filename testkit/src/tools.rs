@@ -41,6 +41,21 @@ pub fn skopeo() -> PathBuf {
     find("SKOPEO", "skopeo", INSTALL_HINT)
 }
 
+/// [`skopeo`] as a command that no auth file of the user's can answer for: Docker's and
+/// containers' auth-file variables removed, and `HOME` and the XDG directories under
+/// `home`, where containers-auth.json(5) and `~/.docker/config.json` are looked for.
+pub fn skopeo_in(home: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(skopeo());
+    command
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("DOCKER_CONFIG")
+        .env("HOME", home)
+        .env("XDG_RUNTIME_DIR", home.join("run"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_CACHE_HOME", home.join("cache"));
+    command
+}
+
 /// `wkg` (env `WKG`): wasm-pkg-tools' CLI, a Wasm OCI client no one here wrote
 /// (`cargo install --locked wkg`, which scripts/tools.sh runs).
 pub fn wkg() -> PathBuf {

@@ -438,19 +438,8 @@ async fn the_token_server_answers_as_the_spec_says() {
 }
 
 async fn skopeo(args: &[String], home: &Path) -> testkit::process::Output {
-    let mut command = tokio::process::Command::new(testkit::tools::skopeo());
+    let mut command = testkit::tools::skopeo_in(home);
     command.args(args);
-    for (name, _) in std::env::vars() {
-        if name == "REGISTRY_AUTH_FILE" || name == "DOCKER_CONFIG" {
-            command.env_remove(name);
-        }
-    }
-    // No auth file of the user's can answer for the registry.
-    command
-        .env("HOME", home)
-        .env("XDG_RUNTIME_DIR", home.join("run"))
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("XDG_CACHE_HOME", home.join("cache"));
     testkit::process::run(command, None, Duration::from_secs(120))
         .await
         .unwrap_or_else(|e| panic!("skopeo {args:?}: {e}"))
