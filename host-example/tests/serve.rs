@@ -1163,7 +1163,13 @@ async fn callers_that_hang_up_give_back_their_places() {
         hung_up.push(stream);
     }
     // Three hold a slot or a queue place; the others were told "busy" (and answered).
-    wait_until(|| async { gauge(addr, "cloudsmith_gen_calls_in_flight").await == Some(3) }).await;
+    // Both are awaited: a call still unread when the callers hang up would take a place
+    // given back and count as a fourth abandoned call.
+    wait_until(|| async {
+        gauge(addr, "cloudsmith_gen_calls_in_flight").await == Some(3)
+            && gauge(addr, "cloudsmith_gen_refused_total{case=\"busy\"}").await == Some(3)
+    })
+    .await;
     drop(hung_up);
     wait_until(|| async { gauge(addr, "cloudsmith_gen_calls_in_flight").await == Some(0) }).await;
     let reply = ask(addr, "apps", "cloudsmith-access-token", &token).await;

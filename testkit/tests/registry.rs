@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
 use serde_json::{json, Value};
+use testkit::client::{send_to, Reply};
 use testkit::registry::{
     digest_of, Artifact, Auth, Content, Distribution, DistributionConfig, Fault, FaultyRegistry,
     FaultyRegistryConfig, ResourceActions, Signing, TokenServer, TokenServerConfig, WasmArtifact,
@@ -32,78 +31,8 @@ fn component() -> Vec<u8> {
     bytes
 }
 
-/// What came back.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: hyper::HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-/// One request on a fresh connection to `authority` (over TLS when `ca` is given, trusting
-/// only it).
-async fn send(
-    authority: &str,
-    ca: Option<&TestCa>,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> anyhow::Result<Reply> {
-    let mut builder = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", authority);
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let request = builder.body(Full::new(Bytes::new()))?;
-    let stream = TcpStream::connect(authority).await?;
-    let reply = match ca {
-        None => exchange(stream, request).await?,
-        Some(ca) => {
-            let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
-            let stream = tokio_rustls::TlsConnector::from(ca.client_config()?)
-                .connect(name, stream)
-                .await?;
-            exchange(stream, request).await?
-        }
-    };
-    Ok(reply)
-}
-
-async fn exchange<S>(stream: S, request: hyper::Request<Full<Bytes>>) -> anyhow::Result<Reply>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let response = sender.send_request(request).await?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
-}
-
 async fn get(authority: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-    send(authority, None, "GET", path, headers)
+    send_to(authority, None, "GET", path, headers)
         .await
         .unwrap_or_else(|e| panic!("GET {path}: {e:#}"))
 }
@@ -293,7 +222,7 @@ async fn a_tls_registry_serves_clients_that_trust_its_ca() {
         .push(REPO, artifact.digest(), &artifact, None)
         .await
         .unwrap();
-    let reply = send(
+    let reply = send_to(
         &registry.authority(),
         Some(ca),
         "GET",
@@ -306,11 +235,11 @@ async fn a_tls_registry_serves_clients_that_trust_its_ca() {
     assert_eq!(&reply.body[..], artifact.manifest());
     // A client trusting another CA is refused in the handshake.
     let other = TestCa::new();
-    assert!(send(&registry.authority(), Some(&other), "GET", "/v2/", &[])
+    assert!(send_to(&registry.authority(), Some(&other), "GET", "/v2/", &[])
         .await
         .is_err());
     // Plain HTTP gets no registry answer.
-    let plain = send(&registry.authority(), None, "GET", "/v2/", &[]).await;
+    let plain = send_to(&registry.authority(), None, "GET", "/v2/", &[]).await;
     assert!(
         plain.map_or(true, |r| r.status == 400),
         "a TLS port answers plain HTTP with 400 at most"
@@ -612,7 +541,7 @@ async fn key_id_tokens_over_https_are_accepted_too() {
     );
     let (header, _) = claims_of(&token);
     assert!(header.get("x5c").is_none(), "{header}");
-    let reply = send(
+    let reply = send_to(
         &registry.authority(),
         registry.ca(),
         "GET",
@@ -1067,7 +996,7 @@ async fn a_cut_blob_sends_half_then_closes() {
     assert_eq!(body.len(), size / 2);
     assert_eq!(body, artifact.blob(&layer).unwrap()[..size / 2]);
     // Through a client: the body fails.
-    let failed = send(
+    let failed = send_to(
         &registry.authority(),
         None,
         "GET",
@@ -1077,7 +1006,7 @@ async fn a_cut_blob_sends_half_then_closes() {
     .await;
     assert!(failed.is_err(), "{failed:?}");
     // HEAD is untouched.
-    let head = send(
+    let head = send_to(
         &registry.authority(),
         None,
         "HEAD",
@@ -1212,7 +1141,7 @@ async fn an_https_stand_in_serves_clients_that_trust_its_ca() {
         .await
         .unwrap();
     assert!(registry.url().starts_with("https://127.0.0.1:"));
-    let reply = send(
+    let reply = send_to(
         &registry.authority(),
         registry.ca(),
         "GET",
@@ -1224,7 +1153,7 @@ async fn an_https_stand_in_serves_clients_that_trust_its_ca() {
     assert_eq!(reply.status, 200);
     assert_eq!(&reply.body[..], artifact.manifest());
     assert!(
-        send(&registry.authority(), Some(&TestCa::new()), "GET", "/v2/", &[])
+        send_to(&registry.authority(), Some(&TestCa::new()), "GET", "/v2/", &[])
             .await
             .is_err()
     );
