@@ -40,7 +40,8 @@ fn request_authority(authority: &http::uri::Authority, default_port: u16) -> Aut
     Authority::new(host, authority.port_u16().unwrap_or(default_port))
 }
 
-/// The certificates of the PEM file `path` (a CA bundle); none is an error.
+/// The certificates of the PEM file `path` (a CA bundle); none is an error, and so is
+/// one that TLS could not use as a root (checked here, so the error names the file).
 pub fn read_ca_file(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .with_context(|| format!("CA file {}", path.display()))?
@@ -48,6 +49,17 @@ pub fn read_ca_file(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>>
         .with_context(|| format!("CA file {}: invalid PEM", path.display()))?;
     if certs.is_empty() {
         bail!("CA file {}: no certificate found", path.display());
+    }
+    for (n, cert) in certs.iter().enumerate() {
+        rustls::RootCertStore::empty()
+            .add(cert.clone())
+            .with_context(|| {
+                format!(
+                    "CA file {}: certificate {} is not a CA certificate TLS can use",
+                    path.display(),
+                    n + 1
+                )
+            })?;
     }
     Ok(certs)
 }

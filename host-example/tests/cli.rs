@@ -752,3 +752,36 @@ fn component_push_refuses_bad_input_before_the_registry() {
         assert_fails(&out, 2, needle);
     }
 }
+
+#[test]
+fn ca_files_that_tls_cannot_use_are_named() {
+    // PEM that parses, around DER that is no certificate: rustls refuses it as a root.
+    let bad = write(
+        "bad-ca.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAAAAAAAAAAAAAAAAAAAAAA\n-----END CERTIFICATE-----\n",
+    );
+    let empty = write("empty-ca.pem", "");
+    let m = local_manifest("m-ca.yaml", "https://127.0.0.1:9");
+    let t = token_file();
+    for (ca, needle) in [
+        (&bad, "certificate 1 is not a CA certificate TLS can use"),
+        (&empty, "no certificate found"),
+    ] {
+        let ca = ca.to_str().unwrap();
+        let generate = [
+            "generate",
+            "--manifest",
+            m.to_str().unwrap(),
+            "--oidc-token-file",
+            t.to_str().unwrap(),
+            "--ca-file",
+            ca,
+        ];
+        let push = ["component", "push", "127.0.0.1:9/x:1", "--ca-file", ca];
+        for args in [&generate[..], &push[..]] {
+            let out = run(args, None);
+            assert_fails(&out, 2, needle);
+            assert_fails(&out, 2, ca);
+        }
+    }
+}
