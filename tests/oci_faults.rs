@@ -23,7 +23,8 @@
 //! | [`a_core_module_pushed_by_wkg_is_not_a_component`] | a core module pushed by the real `wkg` (a Wasm artifact in every media type): refused as a core module |
 //! | [`a_registry_that_answers_401`]                   | a real htpasswd registry, with no credentials and with wrong ones (which the registry saw): refused as 401, and wrong ones are not answered with "give credentials"; the right ones fetch it and the store keeps it (the control) |
 //! | [`a_digest_the_registry_does_not_have`]           | a real registry, an unknown digest and an unknown repository: not found |
-//! | [`garbage_instead_of_a_manifest`]                 | an HTML page answered for the manifest (`Fault::Garbage`): refused, the line saying the registry served another manifest or none (oci-client hashes the body before the host sees it, so the host cannot say which) |
+//! | [`garbage_instead_of_a_manifest`]                 | an HTML page answered for the manifest (`Fault::Garbage`): refused, the line saying the registry served no manifest but `text/html`, and not that it served another manifest |
+//! | [`a_manifest_without_end`]                        | a manifest answered chunked and without end (`Fault::HugeManifest`, 1 GiB): refused at `MAX_MANIFEST_BYTES`, the line naming the bound, with no GET of the layer |
 //! | [`a_registry_that_cuts_the_blob`]                 | the layer's connection closed half-way (`Fault::CutBlob`): refused, naming how far it got |
 //! | [`a_registry_that_stalls_mid_blob`]               | the layer stalls half-way (`Fault::StallBlob`) under `--timeout 3`: ends well within 15 s, saying it gave up waiting |
 //! | [`a_tag_is_refused_naming_its_digest`]            | `oci://REG/REPO:1.0` on a real registry: exit 2, naming `oci://REG/REPO@<the tag's digest>` |
@@ -663,21 +664,45 @@ async fn garbage_instead_of_a_manifest() {
             &[],
         )
         .await;
-    w.assert_refused(&out, 10, &[&reference], &cache, "garbage");
+    w.assert_refused(
+        &out,
+        10,
+        &[&reference, "no manifest", "text/html"],
+        &cache,
+        "garbage",
+    );
     // A page from a captive portal or a misrouted proxy is no manifest: the line must
-    // say so (in some words), not only that its digest differs.
+    // not call it another manifest.
     let line = out.stderr_lines()[0].to_ascii_lowercase();
-    assert!(
-        [
-            "no oci",
-            "not an oci",
-            "not a manifest",
-            "no manifest",
-            "text/html"
-        ]
-        .iter()
-        .any(|phrase| line.contains(phrase)),
-        "garbage: the line does not say the answer is no manifest: {line}"
+    assert!(!line.contains("digest is"), "garbage called a manifest: {line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_without_end() {
+    let w = World::new().await;
+    let artifact = Artifact::wasm(generator());
+    let registry = faulty(Fault::HugeManifest, &artifact).await;
+    let cache = w.cache("huge");
+    let reference = artifact.oci_reference(&registry.authority(), REPO);
+    let out = w
+        .generate(&reference, &cache, &w.access("huge", ca_of(&registry), &[]), &[])
+        .await;
+    assert_eq!(
+        registry.count("GET", &FaultyRegistry::blob_path(REPO, &layer_of(&artifact))),
+        0,
+        "no layer fetched after a manifest over the bound"
+    );
+    // Read whole, the 1 GiB would end in a digest mismatch; the line must name the bound.
+    w.assert_refused(
+        &out,
+        10,
+        &[
+            &reference,
+            "manifest over the bound",
+            &host_example::oci::MAX_MANIFEST_BYTES.to_string(),
+        ],
+        &cache,
+        "a manifest without end",
     );
 }
 

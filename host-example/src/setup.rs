@@ -192,7 +192,7 @@ async fn component_bytes(config: &RuntimeConfig, verbose: bool) -> Result<(Vec<u
 /// bytes its operator reviewed, and a tag can be moved under every node at once.
 async fn fetch(config: &RuntimeConfig, reference: &ComponentRef) -> Result<oci::Fetched, Failure> {
     let bound = config.limits.deadline;
-    let registry = Registry::new(&registry_options(None, false, bound)?);
+    let registry = Registry::new(&registry_options(None, false, bound)?).map_err(Failure::usage)?;
     let within = |what: String| {
         move |_| {
             Failure::Registry(OciError::Unreachable(format!(

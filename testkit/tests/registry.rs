@@ -947,12 +947,14 @@ async fn wrong_blob_bytes_keep_the_length_and_miss_the_digest() {
 
 /// Sends `GET path` on a raw socket and reads the head of the answer: the status line
 /// and headers, and whatever body bytes came with them.
-async fn raw_get(authority: &str, path: &str) -> (TcpStream, String, Vec<u8>) {
+async fn raw_get(authority: &str, path: &str, headers: &[(&str, &str)]) -> (TcpStream, String, Vec<u8>) {
     let mut stream = TcpStream::connect(authority).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -984,8 +986,12 @@ async fn a_cut_blob_sends_half_then_closes() {
     let (registry, artifact) = stand_in(Fault::CutBlob).await;
     let layer = artifact.layer_digests()[0].clone();
     let size = artifact.blob(&layer).unwrap().len();
-    let (mut stream, head, mut body) =
-        raw_get(&registry.authority(), &FaultyRegistry::blob_path(REPO, &layer)).await;
+    let (mut stream, head, mut body) = raw_get(
+        &registry.authority(),
+        &FaultyRegistry::blob_path(REPO, &layer),
+        &[],
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert_eq!(content_length(&head), size);
     // Read to the end: the connection closes after half the bytes.
@@ -1023,8 +1029,12 @@ async fn a_stalled_blob_sends_half_then_nothing_until_dropped() {
     let (registry, artifact) = stand_in(Fault::StallBlob).await;
     let layer = artifact.layer_digests()[0].clone();
     let size = artifact.blob(&layer).unwrap().len();
-    let (mut stream, head, mut body) =
-        raw_get(&registry.authority(), &FaultyRegistry::blob_path(REPO, &layer)).await;
+    let (mut stream, head, mut body) = raw_get(
+        &registry.authority(),
+        &FaultyRegistry::blob_path(REPO, &layer),
+        &[],
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert_eq!(content_length(&head), size);
     let mut chunk = [0u8; 8192];
@@ -1132,6 +1142,48 @@ async fn garbage_is_html_with_a_200() {
         assert!(serde_json::from_slice::<Value>(&reply.body).is_err());
         assert!(String::from_utf8_lossy(&reply.body).contains("<html>"));
     }
+}
+
+#[tokio::test]
+async fn a_huge_manifest_is_chunked_and_does_not_end() {
+    let (registry, artifact) = stand_in(Fault::HugeManifest).await;
+    let (mut stream, head, mut body) = raw_get(
+        &registry.authority(),
+        &FaultyRegistry::manifest_path(REPO, artifact.digest()),
+        &[ACCEPT_OCI],
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    let head = head.to_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(
+        head.contains(&format!("docker-content-digest: {}", artifact.digest())),
+        "{head}"
+    );
+    // Far past any manifest bound (distribution's is 4 MiB), it still sends.
+    let mut chunk = vec![0u8; 64 * 1024];
+    while body.len() < 8 << 20 {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("bytes within 10 s")
+            .unwrap();
+        assert!(n > 0, "ended after {} bytes", body.len());
+        body.extend_from_slice(&chunk[..n]);
+    }
+    // Chunk sizes and JSON whitespace only.
+    assert!(
+        body.iter().all(|b| b" \r\n0123456789abcdef".contains(b)),
+        "not whitespace"
+    );
+    // Unknown manifests are still 404.
+    let unknown = get(
+        &registry.authority(),
+        &FaultyRegistry::manifest_path(REPO, "2.0"),
+        &[ACCEPT_OCI],
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
 }
 
 #[tokio::test]

@@ -58,7 +58,7 @@ pub async fn push(
         None => Failure::Other(anyhow::anyhow!("the embedded component: {why}")),
     })?;
     let login = login(config.target.registry()).map_err(|m| Failure::Registry(oci::OciError::Refused(m)))?;
-    let registry = Registry::new(&config.registry);
+    let registry = Registry::new(&config.registry).map_err(Failure::usage)?;
     let digest = oci::push(&registry, &config.target, &artifact, &login)
         .await
         .map_err(Failure::Registry)?;

@@ -15,6 +15,8 @@
 //!
 //! The registry client is oci-client (with oci-wasm's config types, so the config is the
 //! one wkg writes), on rustls with ring: no OpenSSL, so the static image still builds.
+//! Manifests are the one read the host makes itself, with oci-client's authentication:
+//! oci-client reads a manifest whole, and the host bounds it ([`MAX_MANIFEST_BYTES`]).
 //! These fetches are the host's own: the guest's outbound policy does not see them and
 //! is not widened by them.
 
@@ -30,7 +32,7 @@ use host_core::secret::one_line;
 use oci_client::client::{
     Certificate, CertificateEncoding, ClientConfig, ClientProtocol, Config, ImageLayer,
 };
-use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use oci_client::errors::{DigestError, OciDistributionError, OciEnvelope, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
 use oci_client::secrets::RegistryAuth;
 use oci_wasm::{ToConfig as _, WasmConfig, WASM_LAYER_MEDIA_TYPE, WASM_MANIFEST_CONFIG_MEDIA_TYPE};
@@ -43,6 +45,15 @@ pub use store::{sha256, ComponentStore};
 /// The largest component fetched: far above any generator or composition of plugs
 /// (ours is about 150 KiB), far below what a bad registry could make us buffer.
 pub const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The largest manifest read. It is distribution's own: the registry stores none bigger
+/// (registry/handlers/manifests.go, `maxManifestBodySize = 4 << 20`), and
+/// containers/image, skopeo's library, reads none bigger (internal/iolimits
+/// `MaxManifestBodySize`). A Wasm component's manifest is under 2 KiB.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// How much of an error answer is read, for its message.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
 
 /// The OCI annotations a pushed manifest carries.
 pub mod annotation {
@@ -119,11 +130,31 @@ impl Default for RegistryOptions {
 /// A client for OCI registries.
 pub struct Registry {
     client: oci_client::Client,
+    /// The same TLS, timeouts and user agent as `client`'s, for the manifest reads the
+    /// host bounds itself.
+    http: reqwest::Client,
+    scheme: &'static str,
 }
 
 impl Registry {
-    /// A client with these options.
-    pub fn new(options: &RegistryOptions) -> Registry {
+    /// A client with these options; fails when TLS cannot use a CA certificate given.
+    pub fn new(options: &RegistryOptions) -> Result<Registry, String> {
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(options.timeout)
+            .read_timeout(options.timeout)
+            .user_agent(USER_AGENT);
+        for der in &options.extra_roots {
+            let certificate = reqwest::Certificate::from_der(der).map_err(|e| {
+                format!(
+                    "a CA certificate (SSL_CERT_FILE, --ca-file) that TLS cannot use: {}",
+                    cause(&e)
+                )
+            })?;
+            http = http.add_root_certificate(certificate);
+        }
+        let http = http
+            .build()
+            .map_err(|e| format!("setting up the registry client: {}", cause(&e)))?;
         let config = ClientConfig {
             protocol: if options.plain_http {
                 ClientProtocol::Http
@@ -140,15 +171,135 @@ impl Registry {
                 .collect(),
             connect_timeout: Some(options.timeout),
             read_timeout: Some(options.timeout),
-            user_agent: concat!("cloudsmith-gen/", env!("CARGO_PKG_VERSION")),
+            user_agent: USER_AGENT,
             // The components are small, and a registry that takes one upload at a time
             // is simpler to reason about.
             max_concurrent_upload: 1,
             ..ClientConfig::default()
         };
-        Registry {
-            client: oci_client::Client::new(config),
+        // `try_from`, not `new`: `new` falls back to a client without the CA files.
+        let client = oci_client::Client::try_from(config)
+            .map_err(|e| format!("setting up the registry client: {}", cause(&e)))?;
+        Ok(Registry {
+            client,
+            http,
+            scheme: if options.plain_http { "http" } else { "https" },
+        })
+    }
+
+    /// GETs the manifest `image` names, reading at most [`MAX_MANIFEST_BYTES`] of it.
+    /// Authentication is oci-client's (Basic, or its token flow, whose token it keeps for
+    /// the blob that follows); the request and the bounded read are the host's. Returns
+    /// the bytes and the answer's `Content-Type`.
+    async fn manifest(
+        &self,
+        image: &oci_client::Reference,
+        auth: &RegistryAuth,
+        what: &str,
+    ) -> Result<(Vec<u8>, String), OciError> {
+        use OciDistributionError as E;
+        let sent = *auth != RegistryAuth::Anonymous;
+        let token = self
+            .client
+            .auth(image, auth, oci_client::RegistryOperation::Pull)
+            .await
+            .map_err(|e| classify(what, e, sent))?;
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{}",
+            self.scheme,
+            image.resolve_registry(),
+            image.repository(),
+            image.digest().or(image.tag()).unwrap_or("latest")
+        );
+        let request = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, OCI_IMAGE_MEDIA_TYPE);
+        // As oci-client sends it: its token when the registry runs the token flow, else
+        // the Basic credentials.
+        let request = match (token, auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(username, password)) => request.basic_auth(username, Some(password)),
+            _ => request,
+        };
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| classify(what, E::RequestError(e), sent))?;
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("no content type")
+            .to_string();
+        if status != reqwest::StatusCode::OK {
+            let body = read_at_most(&mut response, MAX_ERROR_BYTES)
+                .await
+                .unwrap_or_else(|(partial, _)| partial);
+            return Err(classify(what, answer_error(status, &body, url), sent));
         }
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_MANIFEST_BYTES as u64)
+        {
+            return Err(manifest_over_bound(what));
+        }
+        match read_at_most(&mut response, MAX_MANIFEST_BYTES).await {
+            Ok(body) => Ok((body, content_type)),
+            Err((_, None)) => Err(manifest_over_bound(what)),
+            Err((_, Some(e))) => Err(classify(what, E::RequestError(e), sent)),
+        }
+    }
+}
+
+const USER_AGENT: &str = concat!("cloudsmith-gen/", env!("CARGO_PKG_VERSION"));
+
+fn manifest_over_bound(what: &str) -> OciError {
+    OciError::Invalid(format!(
+        "{what}: the registry sent a manifest over the bound of {MAX_MANIFEST_BYTES} bytes"
+    ))
+}
+
+/// The body, up to `max` bytes. Beyond them: what was read and no error; on a transport
+/// error: what was read and the error.
+async fn read_at_most(
+    response: &mut reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, (Vec<u8>, Option<reqwest::Error>)> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() > max => {
+                body.extend_from_slice(&chunk[..max - body.len()]);
+                return Err((body, None));
+            }
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => return Ok(body),
+            Err(e) => return Err((body, Some(e))),
+        }
+    }
+}
+
+/// A registry's answer other than 200, as oci-client reads one (client.rs
+/// `validate_registry_response`), so that [`classify`] names it as it names oci-client's.
+fn answer_error(status: reqwest::StatusCode, body: &[u8], url: String) -> OciDistributionError {
+    use OciDistributionError as E;
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return E::UnauthorizedError { url };
+    }
+    if status.is_success() {
+        return E::SpecViolationError(format!("expected HTTP status 200, got {status}"));
+    }
+    if status.is_client_error() {
+        if let Ok(envelope) = serde_json::from_slice::<OciEnvelope>(body) {
+            return E::RegistryError { envelope, url };
+        }
+    }
+    E::ServerError {
+        code: status.as_u16(),
+        url,
+        message: String::from_utf8_lossy(body).into_owned(),
     }
 }
 
@@ -279,13 +430,11 @@ pub async fn resolve(
 ) -> Result<String, OciError> {
     let what = format!("resolving {SCHEME}{reference}");
     let auth = auth(login, reference.registry())?;
-    let sent = auth != RegistryAuth::Anonymous;
-    let (_, digest) = registry
-        .client
-        .pull_manifest_raw(&reference.to_oci(), &auth, &[OCI_IMAGE_MEDIA_TYPE])
-        .await
-        .map_err(|e| classify(&what, e, sent))?;
-    Ok(digest)
+    let (manifest, content_type) = registry.manifest(&reference.to_oci(), &auth, &what).await?;
+    if !is_manifest(&manifest) {
+        return Err(not_a_manifest(&what, &manifest, &content_type));
+    }
+    Ok(sha256(&manifest))
 }
 
 /// The component `reference` pins (it must have a digest), from `store` when it holds
@@ -359,28 +508,15 @@ async fn download(
     let what = format!("fetching {SCHEME}{reference}");
     let sent = *auth != RegistryAuth::Anonymous;
     let image = reference.pinned(digest).to_oci();
-    let not_pinned = |served: &str| {
-        OciError::Invalid(format!(
-            "{what}: the registry served a manifest whose digest is {served}, not the pinned {digest} \
-             (another manifest, or not a manifest at all)"
-        ))
-    };
-    let manifest = match registry
-        .client
-        .pull_manifest_raw(&image, auth, &[OCI_IMAGE_MEDIA_TYPE])
-        .await
-    {
-        Ok((manifest, _)) => manifest,
-        // oci-client hashes the body against the pin before it returns it.
-        Err(OciDistributionError::DigestError(DigestError::VerificationError { actual, .. })) => {
-            return Err(not_pinned(&actual))
-        }
-        Err(e) => return Err(classify(&what, e, sent)),
-    };
-    // oci-client checks this too; the host does not lean on a dependency for it.
+    let (manifest, content_type) = registry.manifest(&image, auth, &what).await?;
     let served = sha256(&manifest);
     if served != digest {
-        return Err(not_pinned(&served));
+        if !is_manifest(&manifest) {
+            return Err(not_a_manifest(&what, &manifest, &content_type));
+        }
+        return Err(OciError::Invalid(format!(
+            "{what}: the registry served a manifest whose digest is {served}, not the pinned {digest}"
+        )));
     }
     let layer = wasm_layer(&manifest).map_err(|why| OciError::Invalid(format!("{what}: {why}")))?;
     let mut stream = registry
@@ -481,6 +617,24 @@ pub fn wasm_layer(manifest: &[u8]) -> Result<OciDescriptor, String> {
     }
     parse_digest(&layer.digest)?;
     Ok(layer.clone())
+}
+
+/// Whether `bytes` are a manifest of some kind: a JSON object with a `schemaVersion`.
+fn is_manifest(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        #[serde(rename = "schemaVersion")]
+        _schema_version: u32,
+    }
+    serde_json::from_slice::<Versioned>(bytes).is_ok()
+}
+
+fn not_a_manifest(what: &str, bytes: &[u8], content_type: &str) -> OciError {
+    OciError::Invalid(format!(
+        "{what}: the registry served no manifest, but {} bytes of {}",
+        bytes.len(),
+        one_line(content_type, 80)
+    ))
 }
 
 fn not_a_component(bytes: &[u8]) -> String {

@@ -73,11 +73,15 @@ pub enum Fault {
     /// Every manifest is 200 `text/html` with a page that is not JSON, and none of the
     /// registry's headers: what a captive portal or a misrouted proxy answers.
     Garbage,
+    /// Every stored manifest is 200 with its media type and the registry's headers, but
+    /// chunked (no `Content-Length`) and without end: 1 GiB of JSON whitespace. What a
+    /// hostile or broken registry can send a client that reads a manifest whole.
+    HugeManifest,
 }
 
 impl Fault {
     /// Every fault, for table-driven tests.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 9] = [
         Fault::None,
         Fault::WrongManifestBytes,
         Fault::WrongBlobBytes,
@@ -86,6 +90,7 @@ impl Fault {
         Fault::Unauthorized,
         Fault::NotFound,
         Fault::Garbage,
+        Fault::HugeManifest,
     ];
 
     fn hits_blobs(self) -> bool {
@@ -514,6 +519,22 @@ fn manifest(state: &State, req: &RecordedRequest, name: &str, reference: &str, h
         if media_type == kind && !accepted.contains(&kind) {
             return with_length(api_error(404, "MANIFEST_UNKNOWN", message, None), head);
         }
+    }
+    if state.fault == Fault::HugeManifest {
+        let mut builder = Response::builder().status(200).header("content-type", media_type);
+        for (name, value) in [API_VERSION, ("docker-content-digest", &digest), ("etag", &quoted)] {
+            builder = builder.header(name, value);
+        }
+        let body = if head {
+            Body::Full(None)
+        } else {
+            Body::Repeat {
+                chunk: Bytes::from(vec![b' '; 64 * 1024]),
+                remaining: 1 << 30,
+                declared: false,
+            }
+        };
+        return builder.body(body).expect("valid response parts");
     }
     let body = if state.fault == Fault::WrongManifestBytes {
         tamper_manifest(bytes)
