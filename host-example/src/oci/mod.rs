@@ -619,14 +619,10 @@ pub fn wasm_layer(manifest: &[u8]) -> Result<OciDescriptor, String> {
     Ok(layer.clone())
 }
 
-/// Whether `bytes` are a manifest of some kind: a JSON object with a `schemaVersion`.
+/// Whether `bytes` are a manifest of some kind: what oci-client's own check reads
+/// (client.rs `validate_image_manifest`), a JSON object with a `schemaVersion`.
 fn is_manifest(bytes: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Versioned {
-        #[serde(rename = "schemaVersion")]
-        _schema_version: u32,
-    }
-    serde_json::from_slice::<Versioned>(bytes).is_ok()
+    serde_json::from_slice::<oci_client::manifest::Versioned>(bytes).is_ok()
 }
 
 fn not_a_manifest(what: &str, bytes: &[u8], content_type: &str) -> OciError {
