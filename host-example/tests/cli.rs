@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+
 const BIN: &str = env!("CARGO_BIN_EXE_cloudsmith-gen");
 
 /// One compiled-component cache for every process this test binary starts, so only
@@ -243,14 +246,60 @@ fn demo_prints_eso_outputs() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
     assert!(
-        stderr.contains("stand-in"),
+        stderr.contains("demo stand-in") && stderr.contains("not the real service"),
         "the demo says it is not Cloudsmith: {stderr}"
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     let obj = json.as_object().expect("an object");
-    assert_eq!(obj.len(), 2);
-    assert_eq!(obj["expiry"], "1700000000");
-    assert!(obj["auth"].as_str().is_some_and(|a| !a.is_empty()));
+    assert_eq!(obj.len(), 2, "exactly ESO's keys: {json}");
+    // ESO's outputs, decoded here: auth is base64 of `token:<access JWT>`, and expiry the
+    // JWT's `exp`, an hour from now.
+    let auth = STANDARD
+        .decode(obj["auth"].as_str().expect("auth"))
+        .expect("base64 auth");
+    let access = String::from_utf8(auth)
+        .unwrap()
+        .strip_prefix("token:")
+        .expect("token:<jwt>")
+        .to_string();
+    let payload = access.split('.').nth(1).expect("a JWT");
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    let exp = claims["exp"].as_u64().expect("exp");
+    assert_eq!(obj["expiry"], exp.to_string());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        (now..=now + 3600).contains(&exp),
+        "exp {exp} is within the hour after {now}"
+    );
+}
+
+/// What `cargo install --path host-example` and `cargo build --release -p host-example` link
+/// is what this build links: the same default features (the profile changes no crate).
+/// Before the demo became product code, both binaries held testkit's stand-ins and its test
+/// signing key. The debug build keeps symbol names, so a linked testkit would show here.
+#[test]
+fn the_shipped_binaries_link_no_test_code() {
+    for bin in [PathBuf::from(BIN), testkit::tools::docker_credential_cloudsmith()] {
+        let bytes = std::fs::read(&bin).expect("read the built binary");
+        let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        for marker in [
+            &b"testkit"[..],
+            // testkit::oidc's signing key, in case a build strips symbols.
+            b"testkit service account issuer key",
+            b"stand-in Cloudsmith",
+        ] {
+            assert!(
+                !contains(marker),
+                "{} holds {:?}",
+                bin.display(),
+                String::from_utf8_lossy(marker)
+            );
+        }
+    }
 }
 
 #[test]

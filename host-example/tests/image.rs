@@ -176,10 +176,10 @@ fn the_image_holds_no_stand_in_and_no_test_key() {
     let bytes = std::fs::read(static_binary()).unwrap();
     let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     for marker in [
-        // testkit::oidc's signing key and doors/demo.rs's strings.
+        // testkit::oidc's signing key, and doors/demo/'s strings: the image has no demo.
         &b"testkit service account issuer key"[..],
-        b"trusted only by the stand-in",
-        b"starting the Cloudsmith stand-in",
+        b"trusted only by the demo Cloudsmith",
+        b"starting the demo Cloudsmith",
     ] {
         assert!(
             !contains(marker),

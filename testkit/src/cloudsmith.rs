@@ -445,22 +445,9 @@ pub fn documented_manifest(api_host: &str) -> String {
     DOCUMENTED_MANIFEST.replace("\"api.cloudsmith.io\"  #", &format!("\"{api_host}\"  #"))
 }
 
-/// The documentation's example, byte for byte.
-pub const DOCUMENTED_MANIFEST: &str = r#"apiVersion: generators.external-secrets.io/v1alpha1
-kind: CloudsmithAccessToken
-metadata:
-  name: my-cloudsmith-token
-  namespace: default
-spec:
-  apiHost: "api.cloudsmith.io"  # Optional, defaults to api.cloudsmith.io
-  orgSlug: "my-organization"
-  serviceSlug: "my-oidc-service"
-  serviceAccountRef:
-    name: "default"
-    namespace: "default"
-    audiences:
-      - "https://api.cloudsmith.io"
-"#;
+/// The documentation's example, byte for byte (`examples/generator.yaml`, which the CLI's
+/// `demo` runs too).
+pub const DOCUMENTED_MANIFEST: &str = include_str!("../../examples/generator.yaml");
 
 /// A running stand-in. Dropping it stops the server and every connection.
 #[derive(Debug)]
