@@ -25,8 +25,14 @@ fn write(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// The binary under test: `CLOUDSMITH_GEN` runs another build (an older one, to see a
+/// test fail before its fix).
+fn bin() -> String {
+    std::env::var("CLOUDSMITH_GEN").unwrap_or_else(|_| BIN.to_string())
+}
+
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(args)
         .env("XDG_CACHE_HOME", cache_dir())
         .stdin(Stdio::piped())
@@ -789,9 +795,14 @@ fn ca_files_that_tls_cannot_use_are_named() {
 /// [`run`] with environment variables set (and nothing else inherited that the helper
 /// reads).
 fn run_env(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(BIN);
+    let mut command = Command::new(bin());
     command.args(args).env("XDG_CACHE_HOME", cache_dir());
-    for name in ["CLOUDSMITH_API_HOST", "CLOUDSMITH_GENERATOR_MANIFEST", "CLOUDSMITH_OIDC_TOKEN"] {
+    for name in [
+        "CLOUDSMITH_API_HOST",
+        "CLOUDSMITH_GENERATOR_MANIFEST",
+        "CLOUDSMITH_OIDC_TOKEN",
+        "CLOUDSMITH_REGISTRIES",
+    ] {
         command.env_remove(name);
     }
     command.envs(env.iter().copied());
@@ -915,4 +926,43 @@ fn an_unsafe_compile_cache_is_not_used_and_the_call_works() {
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing written there");
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("info is JSON");
     assert_eq!(info["kind"], "CloudsmithAccessToken");
+}
+
+/// `install docker-credential-helper` adds its entries to Docker's config.json and keeps
+/// every other byte (order, tabs, a key it does not know), writing through a symlinked
+/// config.json as docker/cli does: the link stays a link. (Before, the file was written
+/// again from its parsed value, keys sorted and indented by two spaces, and the link
+/// replaced by a regular file.)
+#[cfg(unix)]
+#[test]
+fn install_keeps_config_json_and_writes_through_its_symlink() {
+    let home = scratch().join("install-home");
+    let docker = home.join(".docker");
+    let dotfiles = home.join("dotfiles");
+    let bin_dir = home.join("bin");
+    for dir in [&docker, &dotfiles, &bin_dir] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let real = dotfiles.join("docker.json");
+    std::fs::write(
+        &real,
+        "{\n\t\"psFormat\": \"table\",\n\t\"auths\": {},\n\t\"zzUnknown\": {\"kept\": [1, 2]}\n}\n",
+    )
+    .unwrap();
+    let link = docker.join("config.json");
+    std::os::unix::fs::symlink("../dotfiles/docker.json", &link).unwrap();
+    let out = run_env(
+        &["install", "docker-credential-helper", "--dir", bin_dir.to_str().unwrap()],
+        "",
+        &[("DOCKER_CONFIG", docker.to_str().unwrap()), ("HOME", home.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
+        "config.json is still a symlink"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&real).unwrap(),
+        "{\n\t\"psFormat\": \"table\",\n\t\"auths\": {},\n\t\"zzUnknown\": {\"kept\": [1, 2]},\n\t\"credHelpers\": {\n\t\t\"docker.cloudsmith.io\": \"cloudsmith\"\n\t}\n}\n"
+    );
 }

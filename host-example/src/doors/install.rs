@@ -281,6 +281,7 @@ fn copy_file_permissions(src: &Path, dst: &Path) {
 /// Editing a JSON object in place: members added or a value replaced, every other byte
 /// left as it was.
 mod edit {
+    use serde_json::{Map, Value};
     
     /// A new config holding only the `credHelpers`, as docker/cli writes one
     /// (`json.MarshalIndent(c, "", "\t")`).
@@ -350,7 +351,7 @@ mod edit {
                 let body = if style.multiline {
                     let members: Vec<String> = unique
                         .iter()
-                        .map(|r| format!("\n{inner}{}{}{value}", style.unit, quoted(r), style.colon))
+                        .map(|r| format!("\n{inner}{}{}{}{value}", style.unit, quoted(r), style.colon))
                         .collect();
                     format!("{{{}\n{inner}}}", members.join(","))
                 } else {

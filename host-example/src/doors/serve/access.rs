@@ -60,9 +60,6 @@ use tokio::sync::Semaphore;
 
 use super::reviews::{self, Kept, Reuse, Reviews};
 
-/// How long a review that lets a caller in is reused, at most, by default
-/// (`--review-cache-ttl`).
-pub const ALLOWED_FOR: Duration = Duration::from_secs(60);
 /// How long a refusal is reused.
 pub const REFUSED_FOR: Duration = Duration::from_secs(5);
 /// Answers kept, of each kind; a caller is a few hundred bytes.

@@ -343,7 +343,7 @@ fn admit<M: Mint + Send + 'static>(
 /// The answer to a connection past `--max-connections`.
 const TOO_MANY_CONNECTIONS: &str = "HTTP/1.1 503 Service Unavailable\r\n\
     content-type: application/json\r\ncache-control: no-store\r\nretry-after: 1\r\nconnection: close\r\n\
-    content-length: 95\r\n\r\n\
+    content-length: 85\r\n\r\n\
     {\"error\":{\"case\":\"busy\",\"message\":\"too many connections open at once: retry later\"}}\n";
 
 async fn connection<M: Mint + Send + 'static>(
@@ -943,7 +943,7 @@ mod tests {
             seen.push(pause.as_millis());
         }
         assert_eq!(seen, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
-        assert_eq!(TOO_MANY_CONNECTIONS.split("\r\n\r\n").nth(1).unwrap().len(), 95);
+        assert_eq!(TOO_MANY_CONNECTIONS.split("\r\n\r\n").nth(1).unwrap().len(), 85);
     }
 
     #[test]
