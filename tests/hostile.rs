@@ -257,7 +257,8 @@ async fn runaway_plugins_hit_their_limits_and_the_host_serves_the_next_call() {
 
 /// What one call may pass to the host at once (a result, a string, a list):
 /// `sandbox::HOST_CALL_BYTES`.
-const PASSED_AT_ONCE: &str = "the generator exceeded its sandbox limits: it passed more than 16 KiB to the host at once";
+const PASSED_AT_ONCE: &str =
+    "the generator exceeded its sandbox limits: it passed more than 16 KiB to the host at once";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_outputs_and_huge_errors_are_refused_in_one_line() {
@@ -544,7 +545,10 @@ async fn a_token_with_no_audience_is_refused() {
     let r = s.hostile(serde_json::json!({"hostile": "no-audiences"})).await;
     let credentials = r.result.expect("the plugin reports what it saw");
     let seen = seen(&credentials, "token-source");
-    assert!(seen.starts_with("refused: ") && seen.contains("no audience"), "{seen}");
+    assert!(
+        seen.starts_with("refused: ") && seen.contains("no audience"),
+        "{seen}"
+    );
     assert_eq!(r.report.token_requests.len(), 1, "{:?}", r.report.token_requests);
     assert!(
         r.report.token_requests[0].starts_with("token request refused: "),
@@ -574,7 +578,9 @@ async fn a_url_with_userinfo_is_refused_and_never_shown() {
     assert!(journal.contains("[redacted]@"), "{journal}");
     assert_eq!(r.report.journal.denials.len(), 1);
     assert!(
-        r.report.journal.denials[0].to_string().contains("carries userinfo"),
+        r.report.journal.denials[0]
+            .to_string()
+            .contains("carries userinfo"),
         "{}",
         r.report.journal.denials[0]
     );
@@ -744,7 +750,13 @@ fn wat_component(dir: &std::path::Path, name: &str, wat: &str) -> PathBuf {
     tool(
         &format!("wasm-tools component new ({name})"),
         testkit::tools::wasm_tools(),
-        &["component".as_ref(), "new".as_ref(), embedded.as_os_str(), "-o".as_ref(), component.as_os_str()],
+        &[
+            "component".as_ref(),
+            "new".as_ref(),
+            embedded.as_os_str(),
+            "-o".as_ref(),
+            component.as_os_str(),
+        ],
     );
     component
 }
@@ -786,7 +798,8 @@ fn every_way_past_the_budget_traps_and_the_host_stays_within_it() {
     let one_table = wat_component(dir.path(), "one-table", &hostile::wat::tables(1, 1_000));
 
     const MEMORY: &str = "error: the generator exceeded its memory limit of 32 MiB";
-    let cases: Vec<(&str, &PathBuf, serde_json::Value, &str)> = vec![
+    let cases: Vec<(&str, &PathBuf, serde_json::Value, &str)> =
+        vec![
         (
             "two memories (composed), 20 MiB each",
             &composed,
@@ -848,11 +861,19 @@ fn every_way_past_the_budget_traps_and_the_host_stays_within_it() {
     };
     // A call that does nothing: what the host needs whatever the guest does.
     let baseline = run(&hostile, &serde_json::json!({"hostile": "env"}));
-    assert_eq!(baseline.code, Some(0), "the baseline call works: {}", baseline.stderr);
+    assert_eq!(
+        baseline.code,
+        Some(0),
+        "the baseline call works: {}",
+        baseline.stderr
+    );
     let budget = BUDGET_MIB << 20;
     let mut wrong = Vec::new();
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    eprintln!("hostile: baseline peak RSS {:.1} MiB; budget {BUDGET_MIB} MiB", mib(baseline.peak_rss));
+    eprintln!(
+        "hostile: baseline peak RSS {:.1} MiB; budget {BUDGET_MIB} MiB",
+        mib(baseline.peak_rss)
+    );
     for (case, component, manifest, line) in cases {
         let m = run(component, &manifest);
         let growth = m.peak_rss.saturating_sub(baseline.peak_rss);
@@ -865,10 +886,16 @@ fn every_way_past_the_budget_traps_and_the_host_stays_within_it() {
         );
         let lines: Vec<&str> = m.stderr.lines().collect();
         if m.code != Some(9) || lines.len() != 1 || !lines[0].starts_with(line) {
-            wrong.push(format!("{case}: exit {:?}, stderr {:?}; want exit 9 and {line:?}", m.code, m.stderr));
+            wrong.push(format!(
+                "{case}: exit {:?}, stderr {:?}; want exit 9 and {line:?}",
+                m.code, m.stderr
+            ));
         }
         if growth > budget {
-            wrong.push(format!("{case}: the host's peak RSS grew {:.1} MiB, past the {BUDGET_MIB} MiB budget", mib(growth)));
+            wrong.push(format!(
+                "{case}: the host's peak RSS grew {:.1} MiB, past the {BUDGET_MIB} MiB budget",
+                mib(growth)
+            ));
         }
         assert!(!m.stderr.contains(&token), "{case}: the token in stderr");
     }

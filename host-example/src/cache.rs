@@ -209,7 +209,12 @@ impl ArtifactCache {
     }
 
     /// The entry `name` of `dir` for `key`: `Ok(None)` when there is none.
-    fn read(engine: &Engine, dir: &fs::File, name: &str, key: &[u8; DIGEST_LEN]) -> Result<Option<Component>, Refused> {
+    fn read(
+        engine: &Engine,
+        dir: &fs::File,
+        name: &str,
+        key: &[u8; DIGEST_LEN],
+    ) -> Result<Option<Component>, Refused> {
         let mut file = match open_entry(dir, name) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -226,7 +231,9 @@ impl ArtifactCache {
         }
         private(&meta).map_err(|why| Refused::Untrusted(format!("entry {name} {why}")))?;
         if meta.len() > MAX_ENTRY_BYTES {
-            return Err(Refused::Unusable(format!("entry {name} is larger than any compiled component")));
+            return Err(Refused::Unusable(format!(
+                "entry {name} is larger than any compiled component"
+            )));
         }
         let mut entry = Vec::with_capacity(meta.len() as usize);
         file.read_to_end(&mut entry)
@@ -293,7 +300,10 @@ fn private(meta: &fs::Metadata) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
-        return Err(format!("is owned by uid {}, not by this user (uid {me})", meta.uid()));
+        return Err(format!(
+            "is owned by uid {}, not by this user (uid {me})",
+            meta.uid()
+        ));
     }
     if meta.mode() & 0o022 != 0 {
         return Err(format!(
@@ -492,7 +502,12 @@ mod tests {
                 "truncated entry",
                 |_, path| {
                     let len = fs::metadata(path).unwrap().len();
-                    fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len / 2).unwrap();
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .unwrap()
+                        .set_len(len / 2)
+                        .unwrap();
                 },
                 "compiled-component cache entry replaced: entry ",
                 false,
@@ -541,15 +556,22 @@ mod tests {
         for (case, plant, warning, left) in cases {
             let (_root, cache, path) = stored();
             plant(&cache, &path);
-            let planted = fs::symlink_metadata(&path).ok().map(|m| (m.len(), m.modified().ok()));
+            let planted = fs::symlink_metadata(&path)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()));
             let got = outcome(&cache);
             let shown = got.warning().unwrap_or_default();
             if !shown.starts_with(warning) || shown.contains('\n') {
                 wrong.push(format!("{case}: {got:?}"));
             }
-            let after = fs::symlink_metadata(&path).ok().map(|m| (m.len(), m.modified().ok()));
+            let after = fs::symlink_metadata(&path)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()));
             if left != (after == planted) {
-                wrong.push(format!("{case}: entry left as it was: {}, wanted {left}", after == planted));
+                wrong.push(format!(
+                    "{case}: entry left as it was: {}, wanted {left}",
+                    after == planted
+                ));
             }
             if !left && outcome(&cache) != CacheOutcome::Hit(path.clone()) {
                 wrong.push(format!("{case}: the replaced entry is not a hit"));

@@ -621,10 +621,9 @@ fn parse_plain_http(s: &str) -> Result<PlainHttp, String> {
     }
     let authority: Authority = s.parse()?;
     // `Authority` defaults to 443; plain http's port is 80.
-    let explicit_port = s
-        .trim()
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()) && !host.ends_with(':'));
+    let explicit_port = s.trim().rsplit_once(':').is_some_and(|(host, port)| {
+        !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()) && !host.ends_with(':')
+    });
     let authority = if explicit_port {
         authority
     } else {
@@ -942,13 +941,23 @@ mod tests {
             vec![PlainHttp::Loopback]
         );
         assert_eq!(
-            parse(&["--allow-http", "cloudsmith.internal", "--allow-http", "[::1]:8080"]).unwrap(),
+            parse(&[
+                "--allow-http",
+                "cloudsmith.internal",
+                "--allow-http",
+                "[::1]:8080"
+            ])
+            .unwrap(),
             vec![
                 PlainHttp::To(Authority::new("cloudsmith.internal", 80)),
                 PlainHttp::To(Authority::new("::1", 8080)),
             ]
         );
-        for never in ["api.cloudsmith.io", "api.cloudsmith.io:443", "API.CLOUDSMITH.IO:8080"] {
+        for never in [
+            "api.cloudsmith.io",
+            "api.cloudsmith.io:443",
+            "API.CLOUDSMITH.IO:8080",
+        ] {
             let err = parse(&["--allow-http", never]).unwrap_err().to_string();
             assert!(err.contains("is never allowed"), "{never}: {err}");
         }

@@ -122,7 +122,10 @@ impl fmt::Debug for OutboundPolicy {
         f.debug_struct("OutboundPolicy")
             .field("allowed", &self.allowed_list())
             .field("http_loopback", &self.http_loopback)
-            .field("http_to", &self.http_to.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .field(
+                "http_to",
+                &self.http_to.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            )
             .field("extra_roots", &self.extra_roots.len())
             .field("caps", &self.caps)
             .finish()
@@ -136,7 +139,10 @@ pub fn is_loopback(host: &str) -> bool {
     if host == "localhost" || host.ends_with(".localhost") {
         return true;
     }
-    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&host);
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(&host);
     bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
@@ -780,19 +786,29 @@ mod tests {
             .allow(registry.clone())
             .allow("127.0.0.1:8080".parse().unwrap())
             .allow_http(true);
-        let named = OutboundPolicy::default()
-            .allow_http_to(registry.clone())
-            .unwrap();
+        let named = OutboundPolicy::default().allow_http_to(registry.clone()).unwrap();
         let rows: Vec<(&OutboundPolicy, &str, Result<(), Rule>)> = vec![
-            (&global, "http://api.cloudsmith.io:443/openid/acme/", Err(Rule::PlainHttpToCloudsmith)),
-            (&global, "http://API.Cloudsmith.IO./", Err(Rule::PlainHttpToCloudsmith)),
+            (
+                &global,
+                "http://api.cloudsmith.io:443/openid/acme/",
+                Err(Rule::PlainHttpToCloudsmith),
+            ),
+            (
+                &global,
+                "http://API.Cloudsmith.IO./",
+                Err(Rule::PlainHttpToCloudsmith),
+            ),
             (&global, "http://cloudsmith.internal/", Err(Rule::PlainHttp)),
             (&global, "http://127.0.0.1:8080/", Ok(())),
             (&global, "https://api.cloudsmith.io/", Ok(())),
             (&named, "http://cloudsmith.internal/", Ok(())),
             (&named, "http://cloudsmith.internal:8080/", Err(Rule::PlainHttp)),
             (&named, "http://127.0.0.1:8080/", Err(Rule::PlainHttp)),
-            (&named, "http://api.cloudsmith.io/", Err(Rule::PlainHttpToCloudsmith)),
+            (
+                &named,
+                "http://api.cloudsmith.io/",
+                Err(Rule::PlainHttpToCloudsmith),
+            ),
         ];
         let wrong: Vec<String> = rows
             .iter()
@@ -828,9 +844,15 @@ mod tests {
             assert!(!denial.to_string().contains("SECRETTOKEN"), "{denial}");
             assert!(denial.to_string().contains("[redacted]@"), "{denial}");
             let shown = shown_request(&http::Method::POST, &uri(url));
-            assert!(!shown.contains("SECRETTOKEN") && shown.contains("[redacted]@"), "{shown}");
+            assert!(
+                !shown.contains("SECRETTOKEN") && shown.contains("[redacted]@"),
+                "{shown}"
+            );
         }
-        let shown = shown_request(&http::Method::GET, &uri("https://api.cloudsmith.io/x?token=SECRET"));
+        let shown = shown_request(
+            &http::Method::GET,
+            &uri("https://api.cloudsmith.io/x?token=SECRET"),
+        );
         assert_eq!(shown, "GET https://api.cloudsmith.io/x?[redacted]");
     }
 

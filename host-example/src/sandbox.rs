@@ -362,17 +362,31 @@ pub(crate) enum LimitHit {
 /// `validate_component`, `pooling/memory_pool.rs` and `table_pool.rs` `validate`).
 pub(crate) fn limit_hit(e: &wasmtime::Error, text: &str) -> Option<LimitHit> {
     use wasmtime::component::ResourceTableError;
-    if matches!(e.downcast_ref::<ResourceTableError>(), Some(ResourceTableError::Full))
-        || text.contains("resource table has no free keys")
+    if matches!(
+        e.downcast_ref::<ResourceTableError>(),
+        Some(ResourceTableError::Full)
+    ) || text.contains("resource table has no free keys")
         || text.contains("store handle limit exceeded")
     {
         return Some(LimitHit::Budget);
     }
     let counts = [
-        ("instance count too high", "core module instances", CORE_INSTANCES_PER_CALL),
-        ("core module instances, which exceeds", "core module instances", CORE_INSTANCES_PER_CALL),
+        (
+            "instance count too high",
+            "core module instances",
+            CORE_INSTANCES_PER_CALL,
+        ),
+        (
+            "core module instances, which exceeds",
+            "core module instances",
+            CORE_INSTANCES_PER_CALL,
+        ),
         ("memory count too high", "linear memories", MEMORIES_PER_CALL),
-        ("linear memories, which exceeds", "linear memories", MEMORIES_PER_CALL),
+        (
+            "linear memories, which exceeds",
+            "linear memories",
+            MEMORIES_PER_CALL,
+        ),
         ("defined memories count of", "linear memories", MEMORIES_PER_CALL),
         ("table count too high", "tables", TABLES_PER_CALL),
         ("tables, which exceeds", "tables", TABLES_PER_CALL),
@@ -380,7 +394,9 @@ pub(crate) fn limit_hit(e: &wasmtime::Error, text: &str) -> Option<LimitHit> {
     ];
     for (needle, what, most) in counts {
         if text.contains(needle) {
-            return Some(LimitHit::Count(format!("a call may create at most {most} {what}")));
+            return Some(LimitHit::Count(format!(
+                "a call may create at most {most} {what}"
+            )));
         }
     }
     if text.contains("fuel allocated for hostcalls has been exhausted") {
@@ -533,7 +549,9 @@ mod tests {
 
         // Tables are charged a pointer per element, and no table outgrows its bound.
         let mut l = Limiter::new(budget);
-        assert!(l.memory_growing(0, budget.for_memories_and_tables() - 8 * 1000, None).unwrap());
+        assert!(l
+            .memory_growing(0, budget.for_memories_and_tables() - 8 * 1000, None)
+            .unwrap());
         assert!(l.table_growing(0, 1000, None).unwrap());
         assert!(l.table_growing(0, 1, None).is_err());
         let mut l = Limiter::new(budget);

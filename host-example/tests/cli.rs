@@ -837,18 +837,41 @@ fn the_outbound_policy_comes_from_flags_and_environment_never_the_manifest() {
     let token_path = write("policy-token", &token);
     let token_path = token_path.to_str().unwrap();
 
-    let generate = run(&["generate", "--manifest", manifest, "--oidc-token-file", token_path], None);
-    assert_fails(&generate, 4, &format!("host {} is not in the outbound allowlist", stand_in.authority()));
+    let generate = run(
+        &[
+            "generate",
+            "--manifest",
+            manifest,
+            "--oidc-token-file",
+            token_path,
+        ],
+        None,
+    );
+    assert_fails(
+        &generate,
+        4,
+        &format!("host {} is not in the outbound allowlist", stand_in.authority()),
+    );
 
     let request = r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"docker.cloudsmith.io/a/b"}"#;
     let kubelet = run(
-        &["kubelet-credential-provider", "--manifest", manifest, "--oidc-token-file", token_path, "--no-token-cache"],
+        &[
+            "kubelet-credential-provider",
+            "--manifest",
+            manifest,
+            "--oidc-token-file",
+            token_path,
+            "--no-token-cache",
+        ],
         Some(request),
     );
     assert_fails(&kubelet, 4, "is not in the outbound allowlist");
 
     let helper = |env: &[(&str, &str)]| {
-        let mut all = vec![("CLOUDSMITH_GENERATOR_MANIFEST", manifest), ("CLOUDSMITH_OIDC_TOKEN", token.as_str())];
+        let mut all = vec![
+            ("CLOUDSMITH_GENERATOR_MANIFEST", manifest),
+            ("CLOUDSMITH_OIDC_TOKEN", token.as_str()),
+        ];
         all.extend_from_slice(env);
         run_env(
             &["docker-credential-helper", "get"],
@@ -857,12 +880,20 @@ fn the_outbound_policy_comes_from_flags_and_environment_never_the_manifest() {
         )
     };
     assert_fails(&helper(&[]), 4, "is not in the outbound allowlist");
-    assert!(stand_in.requests().is_empty(), "nothing reached the host the manifests name");
+    assert!(
+        stand_in.requests().is_empty(),
+        "nothing reached the host the manifests name"
+    );
 
     // The operator's variable allows it (plain http: written http://, to a loopback host).
     let url = stand_in.url();
     let allowed = helper(&[("CLOUDSMITH_API_HOST", &url)]);
-    assert_eq!(allowed.status.code(), Some(0), "{}", String::from_utf8_lossy(&allowed.stderr));
+    assert_eq!(
+        allowed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
     assert_eq!(stand_in.requests().len(), 1);
     drop(runtime);
 }
@@ -876,8 +907,14 @@ fn the_outbound_policy_comes_from_flags_and_environment_never_the_manifest() {
 fn plain_http_is_per_host_and_never_to_cloudsmith() {
     let t = token_file();
     let t = t.to_str().unwrap();
-    for flag in ["--allow-http=api.cloudsmith.io", "--allow-http=api.cloudsmith.io:443"] {
-        let out = run(&["generate", "--manifest", "-", "--oidc-token-file", t, flag], Some(SEED));
+    for flag in [
+        "--allow-http=api.cloudsmith.io",
+        "--allow-http=api.cloudsmith.io:443",
+    ] {
+        let out = run(
+            &["generate", "--manifest", "-", "--oidc-token-file", t, flag],
+            Some(SEED),
+        );
         assert_fails(&out, 2, "is never allowed");
     }
     let m = local_manifest("m-plain-cloudsmith.yaml", "http://api.cloudsmith.io:443");
@@ -898,7 +935,15 @@ fn plain_http_is_per_host_and_never_to_cloudsmith() {
     // To a named host: allowed by name, and only there.
     let m = local_manifest("m-plain-named.yaml", "http://127.0.0.1:9");
     let named = run(
-        &["generate", "--manifest", m.to_str().unwrap(), "--oidc-token-file", t, "--allow-http", "127.0.0.1:10"],
+        &[
+            "generate",
+            "--manifest",
+            m.to_str().unwrap(),
+            "--oidc-token-file",
+            t,
+            "--allow-http",
+            "127.0.0.1:10",
+        ],
         None,
     );
     assert_fails(&named, 4, "plain http to 127.0.0.1:9 is not allowed");
@@ -923,7 +968,11 @@ fn an_unsafe_compile_cache_is_not_used_and_the_call_works() {
             && lines[0].contains("writable by group or others"),
         "{stderr}"
     );
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing written there");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing written there"
+    );
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("info is JSON");
     assert_eq!(info["kind"], "CloudsmithAccessToken");
 }
@@ -952,11 +1001,24 @@ fn install_keeps_config_json_and_writes_through_its_symlink() {
     let link = docker.join("config.json");
     std::os::unix::fs::symlink("../dotfiles/docker.json", &link).unwrap();
     let out = run_env(
-        &["install", "docker-credential-helper", "--dir", bin_dir.to_str().unwrap()],
+        &[
+            "install",
+            "docker-credential-helper",
+            "--dir",
+            bin_dir.to_str().unwrap(),
+        ],
         "",
-        &[("DOCKER_CONFIG", docker.to_str().unwrap()), ("HOME", home.to_str().unwrap())],
+        &[
+            ("DOCKER_CONFIG", docker.to_str().unwrap()),
+            ("HOME", home.to_str().unwrap()),
+        ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
         "config.json is still a symlink"

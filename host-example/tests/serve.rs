@@ -1450,7 +1450,13 @@ async fn callers_that_hang_up_mid_review_leave_no_review_behind() {
         let mut held = Vec::with_capacity(WAVE);
         for n in 0..WAVE {
             let token = format!("not-a-token-{wave}-{n}");
-            held.push(send_raw(server.addr, &raw_ask("apps", "cloudsmith-access-token", &token, "content-length: 0\r\n")).await);
+            held.push(
+                send_raw(
+                    server.addr,
+                    &raw_ask("apps", "cloudsmith-access-token", &token, "content-length: 0\r\n"),
+                )
+                .await,
+            );
         }
         sent += WAVE;
         // Every review of this wave is under way at the API server, then every caller
@@ -1460,7 +1466,10 @@ async fn callers_that_hang_up_mid_review_leave_no_review_behind() {
     }
     assert_eq!(sent, 10_048);
     wait_until(|| async { gauge(server.addr, "cloudsmith_gen_reviews_in_progress").await == Some(0) }).await;
-    assert_eq!(gauge(server.addr, "cloudsmith_gen_reviews_in_flight").await, Some(0));
+    assert_eq!(
+        gauge(server.addr, "cloudsmith_gen_reviews_in_flight").await,
+        Some(0)
+    );
     assert!(world.kube.token_reviews().is_empty(), "no review was answered");
     assert_logs_clean(&server, &world, &[]);
 }
@@ -1493,7 +1502,11 @@ async fn a_flood_of_bad_tokens_does_not_starve_authenticated_callers() {
         .map(|ns| (ns, caller(ns, "eso")))
         .collect();
     for (ns, token) in &good {
-        assert_eq!(ask(addr, ns, "cloudsmith-access-token", token).await.status, 200, "{ns} before the flood");
+        assert_eq!(
+            ask(addr, ns, "cloudsmith-access-token", token).await.status,
+            200,
+            "{ns} before the flood"
+        );
     }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood: Vec<_> = (0..FLOODERS)
@@ -1517,7 +1530,11 @@ async fn a_flood_of_bad_tokens_does_not_starve_authenticated_callers() {
     let mut answers = Vec::new();
     for round in 0..8 {
         for (ns, token) in &good {
-            let reply = tokio::time::timeout(Duration::from_secs(10), ask(addr, ns, "cloudsmith-access-token", token)).await;
+            let reply = tokio::time::timeout(
+                Duration::from_secs(10),
+                ask(addr, ns, "cloudsmith-access-token", token),
+            )
+            .await;
             answers.push((round, *ns, reply.map(|r| (r.status, r.body))));
         }
         // Past the cached review's second: the next call needs a review again.
@@ -1530,13 +1547,22 @@ async fn a_flood_of_bad_tokens_does_not_starve_authenticated_callers() {
             *flooded.entry(status).or_default() += n;
         }
     }
-    eprintln!("flood: {flooded:?}; TokenReviews received {}", world.kube.token_reviews_received());
+    eprintln!(
+        "flood: {flooded:?}; TokenReviews received {}",
+        world.kube.token_reviews_received()
+    );
     let refused: Vec<_> = answers
         .iter()
         .filter(|(_, _, r)| !matches!(r, Ok((200, _))))
         .collect();
-    assert!(refused.is_empty(), "callers let in before were refused or late: {refused:?}");
-    assert!(flooded.get(&503).is_some_and(|n| *n > 0), "the flood met the bound: {flooded:?}");
+    assert!(
+        refused.is_empty(),
+        "callers let in before were refused or late: {refused:?}"
+    );
+    assert!(
+        flooded.get(&503).is_some_and(|n| *n > 0),
+        "the flood met the bound: {flooded:?}"
+    );
     assert!(!flooded.contains_key(&200), "{flooded:?}");
 }
 
@@ -1556,10 +1582,22 @@ async fn token_review_audiences_are_checked() {
     let reply = ask(server.addr, "apps", "cloudsmith-access-token", &api_server_token).await;
     assert_eq!(reply.status, 401, "{}", reply.body);
     assert_eq!(reply.case(), "unauthenticated");
-    assert!(reply.body.contains("none of them https://cloudsmith-gen.example"), "{}", reply.body);
+    assert!(
+        reply.body.contains("none of them https://cloudsmith-gen.example"),
+        "{}",
+        reply.body
+    );
     assert!(world.kube.requests().is_empty(), "nothing minted");
-    let ours = oidc::token("system:serviceaccount:apps:eso", &["https://cloudsmith-gen.example"]);
-    assert_eq!(ask(server.addr, "apps", "cloudsmith-access-token", &ours).await.status, 200);
+    let ours = oidc::token(
+        "system:serviceaccount:apps:eso",
+        &["https://cloudsmith-gen.example"],
+    );
+    assert_eq!(
+        ask(server.addr, "apps", "cloudsmith-access-token", &ours)
+            .await
+            .status,
+        200
+    );
     assert_logs_clean(&server, &world, &[&api_server_token, &ours]);
 }
 
@@ -1573,10 +1611,17 @@ async fn a_body_that_stops_arriving_is_answered_408() {
     let token = caller("apps", "eso");
     let mut stream = send_raw(
         server.addr,
-        &(raw_ask("apps", "cloudsmith-access-token", &token, "content-length: 100\r\n") + "{\"partial\":"),
+        &(raw_ask(
+            "apps",
+            "cloudsmith-access-token",
+            &token,
+            "content-length: 100\r\n",
+        ) + "{\"partial\":"),
     )
     .await;
-    let answer = read_all(&mut stream, Duration::from_secs(60)).await.expect("an answer before 60 s");
+    let answer = read_all(&mut stream, Duration::from_secs(60))
+        .await
+        .expect("an answer before 60 s");
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
     assert!(answer.contains("\"case\":\"request-timeout\""), "{answer}");
     assert!(world.kube.requests().is_empty(), "nothing minted");
@@ -1594,14 +1639,25 @@ async fn connections_past_the_cap_are_refused_at_once() {
         idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
     }
     let mut extra = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let answer = read_all(&mut extra, Duration::from_secs(30)).await.expect("answered at once");
+    let answer = read_all(&mut extra, Duration::from_secs(30))
+        .await
+        .expect("answered at once");
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
     assert!(answer.contains("too many connections"), "{answer}");
     drop(idle);
-    wait_until(|| async { gauge(server.addr, "cloudsmith_gen_connections_refused_total").await.is_some_and(|n| n >= 1) })
-        .await;
+    wait_until(|| async {
+        gauge(server.addr, "cloudsmith_gen_connections_refused_total")
+            .await
+            .is_some_and(|n| n >= 1)
+    })
+    .await;
     let token = caller("apps", "eso");
-    assert_eq!(ask(server.addr, "apps", "cloudsmith-access-token", &token).await.status, 200);
+    assert_eq!(
+        ask(server.addr, "apps", "cloudsmith-access-token", &token)
+            .await
+            .status,
+        200
+    );
     assert_logs_clean(&server, &world, &[&token]);
 }
 
@@ -1639,7 +1695,11 @@ async fn accept_errors_pause_and_the_server_recovers() {
                 lines.lock().unwrap().push(line);
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(300)).expect("serve starts").parse().unwrap();
+        let addr = rx
+            .recv_timeout(Duration::from_secs(300))
+            .expect("serve starts")
+            .parse()
+            .unwrap();
         Server { child, addr, log }
     };
     let addr = server.addr;
@@ -1654,7 +1714,11 @@ async fn accept_errors_pause_and_the_server_recovers() {
     drop(held);
     let mut errors = None;
     for _ in 0..600 {
-        let read = tokio::time::timeout(Duration::from_secs(5), gauge(addr, "cloudsmith_gen_accept_errors_total")).await;
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            gauge(addr, "cloudsmith_gen_accept_errors_total"),
+        )
+        .await;
         errors = read.ok().flatten();
         if errors.is_some() {
             break;
@@ -1666,7 +1730,10 @@ async fn accept_errors_pause_and_the_server_recovers() {
     // dozen tries, where retrying at once makes hundreds of thousands.
     assert!((1..100).contains(&errors), "{errors} failed accepts");
     let token = caller("apps", "eso");
-    assert_eq!(ask(addr, "apps", "cloudsmith-access-token", &token).await.status, 200);
+    assert_eq!(
+        ask(addr, "apps", "cloudsmith-access-token", &token).await.status,
+        200
+    );
     server.log_json();
     let _ = server.terminate();
 }
@@ -1718,11 +1785,22 @@ async fn health_answers_while_every_slot_spins() {
     wait_for_metric(addr, &in_flight).await;
     // The guests are in their loops within milliseconds of their slot.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let health = tokio::time::timeout(Duration::from_secs(20), request(addr, "GET", "/healthz", &[], b"")).await;
-    assert_eq!(health.map(|r| r.status).ok(), Some(200), "/healthz while {slots} guests spin");
-    let metrics = tokio::time::timeout(Duration::from_secs(20), request(addr, "GET", "/metrics", &[], b""))
-        .await
-        .expect("/metrics while the guests spin");
+    let health = tokio::time::timeout(
+        Duration::from_secs(20),
+        request(addr, "GET", "/healthz", &[], b""),
+    )
+    .await;
+    assert_eq!(
+        health.map(|r| r.status).ok(),
+        Some(200),
+        "/healthz while {slots} guests spin"
+    );
+    let metrics = tokio::time::timeout(
+        Duration::from_secs(20),
+        request(addr, "GET", "/metrics", &[], b""),
+    )
+    .await
+    .expect("/metrics while the guests spin");
     assert!(metrics.body.contains(&in_flight), "every call still spinning");
     drop(calls);
     assert_logs_clean(&server, &world, &[&token]);
@@ -1733,7 +1811,9 @@ async fn health_answers_while_every_slot_spins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_cannot_widen_the_outbound_policy() {
     let world = World::new(Duration::from_secs(10)).await;
-    let elsewhere = testkit::cloudsmith::StandIn::start(Default::default()).await.unwrap();
+    let elsewhere = testkit::cloudsmith::StandIn::start(Default::default())
+        .await
+        .unwrap();
     let manifest = world.dir.path().join("elsewhere.yaml");
     std::fs::write(
         &manifest,
@@ -1750,7 +1830,10 @@ async fn a_manifest_cannot_widen_the_outbound_policy() {
     let reply = ask(server.addr, "apps", "elsewhere", &token).await;
     assert_eq!(reply.status, 422, "{}", reply.body);
     assert_eq!(reply.case(), "policy-denied");
-    assert!(elsewhere.requests().is_empty(), "nothing reached the host the manifest names");
+    assert!(
+        elsewhere.requests().is_empty(),
+        "nothing reached the host the manifest names"
+    );
     assert_logs_clean(&server, &world, &[&token]);
 }
 
@@ -1768,7 +1851,10 @@ fn a_tiny_rate_limit_is_refused_at_start() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{rate}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{rate}: {stderr}");
-        assert!(stderr.starts_with("error: ") && stderr.contains("--rate-limit"), "{rate}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains("--rate-limit"),
+            "{rate}: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }

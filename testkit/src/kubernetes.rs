@@ -389,7 +389,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
                 &parts.method,
                 authorization.as_deref(),
                 &body,
-            ))
+            ));
         }
         ACCESS_REVIEWS => {
             return Ok(access_review(

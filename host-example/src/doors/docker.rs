@@ -321,15 +321,24 @@ mod tests {
             policy.map(|p| p.decide(uri.scheme(), uri.authority()).is_ok())
         };
         // The manifest's apiUrl alone allows nothing (it did, plain http included).
-        assert_eq!(decide(&[(env::MANIFEST, manifest)], "http://127.0.0.1:9/").ok(), Some(false));
+        assert_eq!(
+            decide(&[(env::MANIFEST, manifest)], "http://127.0.0.1:9/").ok(),
+            Some(false)
+        );
         // The variable does, over the manifest.
         let both = [(env::MANIFEST, manifest), (env::API_HOST, "http://127.0.0.1:9")];
         assert_eq!(decide(&both, "http://127.0.0.1:9/").ok(), Some(true));
         assert_eq!(decide(&both, "http://127.0.0.1:10/").ok(), Some(false));
         // An https API host allows https only.
         let https = [(env::API_HOST, "https://cloudsmith.internal:8443")];
-        assert_eq!(decide(&https, "https://cloudsmith.internal:8443/").ok(), Some(true));
-        assert_eq!(decide(&https, "http://cloudsmith.internal:8443/").ok(), Some(false));
+        assert_eq!(
+            decide(&https, "https://cloudsmith.internal:8443/").ok(),
+            Some(true)
+        );
+        assert_eq!(
+            decide(&https, "http://cloudsmith.internal:8443/").ok(),
+            Some(false)
+        );
         // Plain http to Cloudsmith itself is refused when the helper starts.
         let err = config(&[(env::API_HOST, "http://api.cloudsmith.io")])
             .runtime()

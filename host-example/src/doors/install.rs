@@ -216,8 +216,10 @@ pub fn add_cred_helpers(path: &Path, registries: &[&str]) -> anyhow::Result<()> 
     };
     let text = match &old {
         Some(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => {
-            let text = std::str::from_utf8(bytes).map_err(|_| anyhow!("{name} is not UTF-8; not changing it"))?;
-            edit::with_cred_helpers(text, registries, CRED_HELPER).map_err(|why| anyhow!("{name}: {why}; not changing it"))?
+            let text =
+                std::str::from_utf8(bytes).map_err(|_| anyhow!("{name} is not UTF-8; not changing it"))?;
+            edit::with_cred_helpers(text, registries, CRED_HELPER)
+                .map_err(|why| anyhow!("{name}: {why}; not changing it"))?
         }
         _ => edit::new_config(registries, CRED_HELPER),
     };
@@ -282,7 +284,7 @@ fn copy_file_permissions(src: &Path, dst: &Path) {
 /// left as it was.
 mod edit {
     use serde_json::{Map, Value};
-    
+
     /// A new config holding only the `credHelpers`, as docker/cli writes one
     /// (`json.MarshalIndent(c, "", "\t")`).
     pub fn new_config(registries: &[&str], helper: &str) -> String {
@@ -355,8 +357,10 @@ mod edit {
                         .collect();
                     format!("{{{}\n{inner}}}", members.join(","))
                 } else {
-                    let members: Vec<String> =
-                        unique.iter().map(|r| format!("{}{}{value}", quoted(r), style.colon)).collect();
+                    let members: Vec<String> = unique
+                        .iter()
+                        .map(|r| format!("{}{}{value}", quoted(r), style.colon))
+                        .collect();
                     format!("{{{}}}", members.join(","))
                 };
                 edits.push(style.append(text, &top, &[format!("\"credHelpers\"{}{body}", style.colon)]));
@@ -368,7 +372,8 @@ mod edit {
             out.replace_range(start..end, &replacement);
         }
         // The edit must mean exactly what was intended, or the file is left alone.
-        let after: Value = serde_json::from_str(&out).map_err(|e| format!("the edit would not be JSON ({e})"))?;
+        let after: Value =
+            serde_json::from_str(&out).map_err(|e| format!("the edit would not be JSON ({e})"))?;
         if after != Value::Object(expected) {
             return Err("the edit would change more than credHelpers".into());
         }
@@ -404,7 +409,12 @@ mod edit {
             let mut first_colon = None;
             let mut i = skip_ws(text, at + 1);
             if bytes.get(i) == Some(&b'}') {
-                return Ok(Object { open: at, close: i, members, first_colon });
+                return Ok(Object {
+                    open: at,
+                    close: i,
+                    members,
+                    first_colon,
+                });
             }
             loop {
                 let key_end = value_end(text, i)?;
@@ -418,11 +428,21 @@ mod edit {
                     first_colon = Some(text[key_end..start].to_string());
                 }
                 let end = value_end(text, start)?;
-                members.push(Member { key, value: (start, end) });
+                members.push(Member {
+                    key,
+                    value: (start, end),
+                });
                 i = skip_ws(text, end);
                 match bytes.get(i) {
                     Some(b',') => i = skip_ws(text, i + 1),
-                    Some(b'}') => return Ok(Object { open: at, close: i, members, first_colon }),
+                    Some(b'}') => {
+                        return Ok(Object {
+                            open: at,
+                            close: i,
+                            members,
+                            first_colon,
+                        })
+                    }
                     _ => return Err("malformed object".into()),
                 }
             }
@@ -455,8 +475,15 @@ mod edit {
                 Some((_, indent)) if !indent.is_empty() => indent.to_string(),
                 _ => "\t".to_string(),
             };
-            let colon = top.first_colon.clone().unwrap_or_else(|| if multiline { ": ".into() } else { ":".into() });
-            Style { multiline, unit, colon }
+            let colon =
+                top.first_colon
+                    .clone()
+                    .unwrap_or_else(|| if multiline { ": ".into() } else { ":".into() });
+            Style {
+                multiline,
+                unit,
+                colon,
+            }
         }
 
         /// The indentation of the line `object` opens on.
@@ -646,7 +673,15 @@ mod tests {
         let mut wrong = Vec::new();
         for (case, before, after) in cases {
             std::fs::write(&path, before).unwrap();
-            add_cred_helpers(&path, &["docker.cloudsmith.io", "registry.acme.com", "docker.cloudsmith.io"]).unwrap();
+            add_cred_helpers(
+                &path,
+                &[
+                    "docker.cloudsmith.io",
+                    "registry.acme.com",
+                    "docker.cloudsmith.io",
+                ],
+            )
+            .unwrap();
             let got = std::fs::read_to_string(&path).unwrap();
             if got != after {
                 wrong.push(format!("{case}:\n got: {got:?}\nwant: {after:?}"));
@@ -679,7 +714,10 @@ mod tests {
         std::os::unix::fs::symlink("../dotfiles/docker-config.json", &link).unwrap();
 
         add_cred_helpers(&link, &["docker.cloudsmith.io"]).unwrap();
-        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "still a link");
+        assert!(
+            std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
+            "still a link"
+        );
         assert_eq!(
             std::fs::read_link(&link).unwrap(),
             PathBuf::from("../dotfiles/docker-config.json")
@@ -688,7 +726,10 @@ mod tests {
             std::fs::read_to_string(&real).unwrap(),
             "{\n\t\"auths\": {},\n\t\"credHelpers\": {\n\t\t\"docker.cloudsmith.io\": \"cloudsmith\"\n\t}\n}"
         );
-        assert_eq!(std::fs::metadata(&real).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            std::fs::metadata(&real).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
         // No temporary file left beside the link or the target.
         assert_eq!(std::fs::read_dir(&docker).unwrap().count(), 1);
         assert_eq!(std::fs::read_dir(&dotfiles).unwrap().count(), 1);
@@ -701,7 +742,10 @@ mod tests {
             std::fs::read_to_string(&real).unwrap(),
             "{\n\t\"credHelpers\": {\n\t\t\"docker.cloudsmith.io\": \"cloudsmith\"\n\t}\n}"
         );
-        assert_eq!(std::fs::metadata(&real).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&real).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]

@@ -296,8 +296,15 @@ mod tests {
             let err = source.token(&request(audiences)).await.unwrap_err();
             assert!(err.to_string().contains("names no audience"), "{err}");
         }
-        assert!(kube.requests().is_empty(), "no TokenRequest went out: {:?}", kube.requests());
-        source.token(&request(&["https://api.cloudsmith.io"])).await.unwrap();
+        assert!(
+            kube.requests().is_empty(),
+            "no TokenRequest went out: {:?}",
+            kube.requests()
+        );
+        source
+            .token(&request(&["https://api.cloudsmith.io"]))
+            .await
+            .unwrap();
         assert_eq!(kube.requests().len(), 1);
     }
 

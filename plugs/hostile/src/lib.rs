@@ -160,7 +160,9 @@ mod component {
         ) -> Result<String, String> {
             if let Some(bytes) = account.name.strip_prefix("hoard:") {
                 let bytes: usize = bytes.parse().map_err(|_| "hoard: not a number".to_string())?;
-                KEPT.lock().unwrap_or_else(|p| p.into_inner()).push(touched(bytes));
+                KEPT.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(touched(bytes));
                 return Ok(format!("kept {bytes} bytes"));
             }
             let account = token_source::ServiceAccountRef {
@@ -478,7 +480,10 @@ pub mod wat {
             let _ = writeln!(m, "  (memory $m{k}{export} 1)");
         }
         m.push_str(&common());
-        let _ = writeln!(m, "  (func (export \"{GENERATE}\") (param i32 i32 i32 i32) (result i32) (local $p i32)");
+        let _ = writeln!(
+            m,
+            "  (func (export \"{GENERATE}\") (param i32 i32 i32 i32) (result i32) (local $p i32)"
+        );
         for k in 0..memories {
             let _ = write!(
                 m,
@@ -503,7 +508,10 @@ pub mod wat {
             let _ = writeln!(m, "  (table $t{k} 1 funcref)");
         }
         m.push_str(&common());
-        let _ = writeln!(m, "  (func (export \"{GENERATE}\") (param i32 i32 i32 i32) (result i32)");
+        let _ = writeln!(
+            m,
+            "  (func (export \"{GENERATE}\") (param i32 i32 i32 i32) (result i32)"
+        );
         for k in 0..tables {
             let _ = writeln!(
                 m,

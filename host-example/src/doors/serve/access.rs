@@ -208,7 +208,11 @@ impl Access {
     /// Who `token` belongs to: a cached review, else a TokenReview.
     pub async fn authenticate(&self, token: &str) -> Result<Caller, Refusal> {
         let key = reviews::key(&[b"token", token.as_bytes()]);
-        let pool = if self.is_known(&key) { Pool::Known } else { Pool::Unknown };
+        let pool = if self.is_known(&key) {
+            Pool::Known
+        } else {
+            Pool::Unknown
+        };
         let (answer, cached) = self
             .tokens
             .get_or_review(key, || async {
@@ -228,14 +232,18 @@ impl Access {
 
     fn is_known(&self, key: &reviews::Key) -> bool {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        known.get(key).is_some_and(|until| *until > std::time::Instant::now())
+        known
+            .get(key)
+            .is_some_and(|until| *until > std::time::Instant::now())
     }
 
     /// Remembers a token that authenticated, until its `exp`.
     fn remember(&self, key: reviews::Key, token: &str) {
         let now = std::time::Instant::now();
         let for_ = match host_example::jwt::Claims::read(token).and_then(|c| c.exp) {
-            Some(exp) => KNOWN_FOR.min(Duration::from_secs(exp.saturating_sub(host_example::token_cache::now_unix()))),
+            Some(exp) => KNOWN_FOR.min(Duration::from_secs(
+                exp.saturating_sub(host_example::token_cache::now_unix()),
+            )),
             None => KNOWN_FOR,
         };
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
@@ -288,7 +296,9 @@ impl Access {
         };
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let params = PostParams::default();
-        let answer = self.bounded("TokenReview", pool, api.create(&params, &review)).await?;
+        let answer = self
+            .bounded("TokenReview", pool, api.create(&params, &review))
+            .await?;
         let status = answer.status.unwrap_or_default();
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();
@@ -313,7 +323,11 @@ impl Access {
             if !granted.iter().any(|a| self.audiences.contains(a)) {
                 return Err(Refusal::Unauthenticated(format!(
                     "TokenReview authenticated the bearer token for audiences [{}], none of them {}",
-                    granted.iter().map(|a| host_example::secret::one_line(a, 100)).collect::<Vec<_>>().join(", "),
+                    granted
+                        .iter()
+                        .map(|a| host_example::secret::one_line(a, 100))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     expected()
                 )));
             }

@@ -229,7 +229,8 @@ mod tests {
     #[tokio::test]
     async fn entries_expire_are_bounded_and_zero_ttl_is_not_kept() {
         let reviews = Reviews::<u32>::new(2);
-        let review = |v: u32, ttl: u64| move || async move { (v, (Duration::from_millis(ttl), Kept::Allowed)) };
+        let review =
+            |v: u32, ttl: u64| move || async move { (v, (Duration::from_millis(ttl), Kept::Allowed)) };
         assert_eq!(
             reviews.get_or_review(key(&[b"a"]), review(1, 0)).await,
             (1, false)
@@ -260,11 +261,15 @@ mod tests {
     async fn refusals_never_evict_allowed_answers() {
         let reviews = Reviews::<u32>::new(4);
         for k in 0..4u32 {
-            reviews.get_or_review(key(&[&k.to_le_bytes()]), || async { (1, KEEP) }).await;
+            reviews
+                .get_or_review(key(&[&k.to_le_bytes()]), || async { (1, KEEP) })
+                .await;
         }
         for k in 100..10_000u32 {
             let refused = (Duration::from_secs(60), Kept::Refused);
-            reviews.get_or_review(key(&[&k.to_le_bytes()]), || async move { (0, refused) }).await;
+            reviews
+                .get_or_review(key(&[&k.to_le_bytes()]), || async move { (0, refused) })
+                .await;
         }
         for k in 0..4u32 {
             let (answer, cached) = reviews
