@@ -267,18 +267,18 @@ impl OutboundPolicy {
                 rule: Rule::PlainHttpToCloudsmith,
             });
         }
-        if !tls && !self.plain_http_allowed(&target) {
-            return Err(Denial {
-                authority: target.to_string(),
-                rule: Rule::PlainHttp,
-            });
-        }
         if !self.allowed.contains(&target) {
             return Err(Denial {
                 authority: target.to_string(),
                 rule: Rule::NotAllowlisted {
                     allowed: self.allowed_list(),
                 },
+            });
+        }
+        if !tls && !self.plain_http_allowed(&target) {
+            return Err(Denial {
+                authority: target.to_string(),
+                rule: Rule::PlainHttp,
             });
         }
         Ok(Target {
@@ -787,6 +787,9 @@ mod tests {
             .allow("127.0.0.1:8080".parse().unwrap())
             .allow_http(true);
         let named = OutboundPolicy::default().allow_http_to(registry.clone()).unwrap();
+        let not_allowed = Rule::NotAllowlisted {
+            allowed: "api.cloudsmith.io:443, cloudsmith.internal:80".into(),
+        };
         let rows: Vec<(&OutboundPolicy, &str, Result<(), Rule>)> = vec![
             (
                 &global,
@@ -802,8 +805,12 @@ mod tests {
             (&global, "http://127.0.0.1:8080/", Ok(())),
             (&global, "https://api.cloudsmith.io/", Ok(())),
             (&named, "http://cloudsmith.internal/", Ok(())),
-            (&named, "http://cloudsmith.internal:8080/", Err(Rule::PlainHttp)),
-            (&named, "http://127.0.0.1:8080/", Err(Rule::PlainHttp)),
+            (
+                &named,
+                "http://cloudsmith.internal:8080/",
+                Err(not_allowed.clone()),
+            ),
+            (&named, "http://127.0.0.1:8080/", Err(not_allowed.clone())),
             (
                 &named,
                 "http://api.cloudsmith.io/",

@@ -932,7 +932,7 @@ fn plain_http_is_per_host_and_never_to_cloudsmith() {
         None,
     );
     assert_fails(&out, 4, "plain http to api.cloudsmith.io:443 is never allowed");
-    // To a named host: allowed by name, and only there.
+    // To a named host: allowed by name, and only there (no other port).
     let m = local_manifest("m-plain-named.yaml", "http://127.0.0.1:9");
     let named = run(
         &[
@@ -946,7 +946,7 @@ fn plain_http_is_per_host_and_never_to_cloudsmith() {
         ],
         None,
     );
-    assert_fails(&named, 4, "plain http to 127.0.0.1:9 is not allowed");
+    assert_fails(&named, 4, "host 127.0.0.1:9 is not in the outbound allowlist");
 }
 
 /// A compile cache directory others can write is not used: one warning line, and the
