@@ -290,7 +290,7 @@ mod tests {
             let reviews = reviews.clone();
             set.spawn(async move {
                 reviews
-                    .get_or_review(key(&[&n.to_le_bytes()]), || std::future::pending())
+                    .get_or_review(key(&[&n.to_le_bytes()]), std::future::pending)
                     .await
             });
         }
@@ -306,7 +306,7 @@ mod tests {
         let k = key(&[b"shared"]);
         let leader = {
             let reviews = reviews.clone();
-            tokio::spawn(async move { reviews.get_or_review(k, || std::future::pending()).await })
+            tokio::spawn(async move { reviews.get_or_review(k, std::future::pending).await })
         };
         while reviews.in_flight() == 0 {
             tokio::task::yield_now().await;
