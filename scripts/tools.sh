@@ -8,6 +8,8 @@
 #   CARGO_COMPONENT cargo-component 0.21.x (cargo install --locked cargo-component@0.21.1)
 #   WKG         wkg 0.16.x           (cargo install --locked --debug wkg@0.16.1: a debug build
 #                                     is enough for a test client, and builds in half the time)
+#   CARGO_DENY  cargo-deny 0.20.x    (cargo install --locked cargo-deny@0.20.2; .ci/run's
+#                                     dependency check, deny.toml)
 #   NODE        node >= 20           (not installed here: use your OS's package or nvm)
 #   ...and tests/js/node_modules from tests/js/package-lock.json (npm ci).
 #
@@ -139,6 +141,15 @@ _tools_main() {
     fi
     [ -n "$WKG" ] || { _tools_say "could not install wkg 0.16 (needs cargo)"; return 1; }
 
+    # cargo-deny: only cargo ships it. .ci/run checks deny.toml with it.
+    CARGO_DENY="$(_tools_pick 'cargo-deny 0.20.' "${CARGO_DENY:-}" \
+        "$(command -v cargo-deny || true)" "$cargo_bin/cargo-deny" || true)"
+    if [ -z "$CARGO_DENY" ]; then
+        _tools_cargo cargo-deny@0.20.2 || true
+        CARGO_DENY="$(_tools_pick 'cargo-deny 0.20.' "$cargo_bin/cargo-deny" || true)"
+    fi
+    [ -n "$CARGO_DENY" ] || { _tools_say "could not install cargo-deny 0.20 (needs cargo)"; return 1; }
+
     # node: checked, not installed (that is the OS's job).
     NODE="${NODE:-$(command -v node || true)}"
     local node_major
@@ -165,8 +176,8 @@ _tools_main() {
         }
     fi
 
-    export WASM_TOOLS WASMTIME WAC CARGO_COMPONENT WKG NODE
-    _tools_say "wasm-tools: $WASM_TOOLS; wasmtime: $WASMTIME; wac: $WAC; cargo-component: $CARGO_COMPONENT; wkg: $WKG; node: $NODE"
+    export WASM_TOOLS WASMTIME WAC CARGO_COMPONENT WKG CARGO_DENY NODE
+    _tools_say "wasm-tools: $WASM_TOOLS; wasmtime: $WASMTIME; wac: $WAC; cargo-component: $CARGO_COMPONENT; wkg: $WKG; cargo-deny: $CARGO_DENY; node: $NODE"
 }
 
 # Called as a condition so a failure reaches the `return` below instead of

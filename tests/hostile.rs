@@ -21,9 +21,16 @@
 //! | `files`                 | every file operation fails: no preopened directory               |
 //! | `env`                   | no variable, no argument                                          |
 //! | `echo-token`            | the token is scrubbed from the error and from captured output    |
+//! | `resources` (a flood of `wasi:http` fields) | memory-limit error: the resource table's capacity is part of the call's budget |
+//! | `no-audiences`          | refused before the token source is asked                         |
+//! | `evil-host` with `user:secret@` in the URL | refused, and the secret is in no journal line |
+//! | `hoard`, composed with itself (two core instances, two memories) | memory-limit error: one budget for every memory of the call |
+//! | core modules ([`hostile::wat`]): 4 memories of 12 MiB, 16 memories, 64 tables, one table grown without end | memory-limit or sandbox-limit error |
 //!
 //! The CLI, run as a process with `--component hostile.wasm`, turns a few of
-//! these into one error line and a non-zero exit, without a panic.
+//! these into one error line and a non-zero exit, without a panic; run so on
+//! every way past the budget, its peak RSS (the kernel's, from `wait4`) stays
+//! within the budget.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -248,6 +255,11 @@ async fn runaway_plugins_hit_their_limits_and_the_host_serves_the_next_call() {
     assert_eq!(requests.len(), 7, "only the 7 good calls reached the stand-in");
 }
 
+/// What one call may pass to the host at once (a result, a string, a list):
+/// `sandbox::HOST_CALL_BYTES`.
+const PASSED_AT_ONCE: &str =
+    "the generator exceeded its sandbox limits: it passed more than 16 KiB to the host at once";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_outputs_and_huge_errors_are_refused_in_one_line() {
     let s = Setup::new().await;
@@ -256,8 +268,7 @@ async fn many_outputs_and_huge_errors_are_refused_in_one_line() {
         .hostile(serde_json::json!({"hostile": "many-outputs", "count": 100_000}))
         .await;
     match &r.result {
-        Err(Error::Host(HostError::InvalidOutput(m))) => assert!(m.len() < 400, "one short line: {m}"),
-        Err(Error::Host(HostError::MemoryLimitExceeded { .. })) => {}
+        Err(e @ Error::Host(HostError::SandboxLimitExceeded(_))) => assert_eq!(e.to_string(), PASSED_AT_ONCE),
         other => panic!(
             "100,000 outputs must be refused, got {:?}",
             other.as_ref().map(|c| c.outputs().len())
@@ -265,8 +276,9 @@ async fn many_outputs_and_huge_errors_are_refused_in_one_line() {
     }
     s.assert_good_call_works("many-outputs").await;
 
+    // An error the host would take whole: still one short line.
     let r = s
-        .hostile(serde_json::json!({"hostile": "huge-error", "bytes": 4 * 1024 * 1024}))
+        .hostile(serde_json::json!({"hostile": "huge-error", "bytes": 8 * 1024}))
         .await;
     match &r.result {
         Err(Error::Generate(GenerateError::InvalidSpec(m))) => {
@@ -281,6 +293,13 @@ async fn many_outputs_and_huge_errors_are_refused_in_one_line() {
         other => panic!("huge-error: expected invalid-spec, got {other:?}"),
     }
     s.assert_good_call_works("huge-error").await;
+
+    // A 4 MiB error is more than the host takes from a call at once.
+    let r = s
+        .hostile(serde_json::json!({"hostile": "huge-error", "bytes": 4 * 1024 * 1024}))
+        .await;
+    assert_eq!(r.result.unwrap_err().to_string(), PASSED_AT_ONCE);
+    s.assert_good_call_works("huge-error 4 MiB").await;
 }
 
 /// An `auth` of 8 MiB fits the guest's memory, so only an output bound in the
@@ -296,6 +315,8 @@ async fn an_oversized_auth_is_refused_in_one_line() {
         Err(Error::Host(HostError::InvalidOutput(m))) => {
             assert!(m.len() < 400 && !m.contains('\n'), "one short line: {m}")
         }
+        // More than the host takes from a call at once: refused while it is copied.
+        Err(e @ Error::Host(HostError::SandboxLimitExceeded(_))) => assert_eq!(e.to_string(), PASSED_AT_ONCE),
         other => panic!(
             "an 8 MiB auth must be refused as an unusable output, got {}",
             match other {
@@ -503,6 +524,68 @@ async fn hostile_and_good_calls_run_side_by_side() {
     assert_memory_limit("alloc (concurrent)", &hog.result);
 }
 
+/// A flood of `wasi:http` resources fills the call's resource table, whose capacity is
+/// part of its memory budget. (Before, the table took a million entries: 100,000 fields
+/// of 1 KiB, some 150 MiB of host memory, came back as a report.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resource_flood_runs_into_the_memory_budget() {
+    let s = Setup::new().await;
+    let r = s
+        .hostile(serde_json::json!({"hostile": "resources", "count": 100_000, "value-bytes": 1024}))
+        .await;
+    assert_memory_limit("resources", &r.result);
+    s.assert_good_call_works("a resource flood").await;
+}
+
+/// A token with no audience is the API server's own: refused before the token source
+/// is asked. (Before, the host minted it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_with_no_audience_is_refused() {
+    let s = Setup::new().await;
+    let r = s.hostile(serde_json::json!({"hostile": "no-audiences"})).await;
+    let credentials = r.result.expect("the plugin reports what it saw");
+    let seen = seen(&credentials, "token-source");
+    assert!(
+        seen.starts_with("refused: ") && seen.contains("no audience"),
+        "{seen}"
+    );
+    assert_eq!(r.report.token_requests.len(), 1, "{:?}", r.report.token_requests);
+    assert!(
+        r.report.token_requests[0].starts_with("token request refused: "),
+        "{:?}",
+        r.report.token_requests
+    );
+}
+
+/// Userinfo in a URL is refused, even to an allowed host, and shown nowhere. (Before,
+/// the request went to the allowed host with the credentials in it, and the journal,
+/// which `-v` prints, quoted them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_url_with_userinfo_is_refused_and_never_shown() {
+    let s = Setup::new().await;
+    let target = format!(
+        "http://planted-user:PLANTEDSECRET@{}/openid/acme/",
+        s.stand_in.authority()
+    );
+    let r = s
+        .hostile(serde_json::json!({"hostile": "evil-host", "targets": [target]}))
+        .await;
+    let credentials = r.result.expect("the plugin reports what it saw");
+    assert_eq!(seen(&credentials, &target), "error: ErrorCode::HttpRequestDenied");
+    assert!(s.stand_in.requests().is_empty(), "nothing reached the stand-in");
+    let journal = format!("{:?}", r.report.journal);
+    assert!(!journal.contains("PLANTEDSECRET"), "{journal}");
+    assert!(journal.contains("[redacted]@"), "{journal}");
+    assert_eq!(r.report.journal.denials.len(), 1);
+    assert!(
+        r.report.journal.denials[0]
+            .to_string()
+            .contains("carries userinfo"),
+        "{}",
+        r.report.journal.denials[0]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unknown_mode_is_an_ordinary_error() {
     let s = Setup::new().await;
@@ -573,4 +656,248 @@ async fn the_cli_reports_a_hostile_plugin_in_one_line_and_exits_non_zero() {
         assert!(!out.stderr.contains("panicked"), "{mode}: the host did not panic");
         testkit::process::assert_no_secret(&[&out.stdout, &out.stderr], &[&token]);
     }
+}
+
+/// The call's budget in the process runs below.
+const BUDGET_MIB: u64 = 32;
+
+/// A child's exit code, stderr and peak resident memory, as the kernel counted it.
+struct Measured {
+    code: Option<i32>,
+    stderr: String,
+    peak_rss: u64,
+}
+
+/// Runs `cloudsmith-gen` with `args` and waits for it with `wait4`, whose rusage holds
+/// the child's own peak RSS (`ru_maxrss`, in KiB on Linux): a figure no sampling can
+/// miss. Killed after two minutes.
+fn run_measured(args: &[std::ffi::OsString]) -> Measured {
+    use std::io::Read as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(testkit::tools::cloudsmith_gen())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cloudsmith-gen starts");
+    let pid = child.id() as libc::pid_t;
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            for _ in 0..1200 {
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // SAFETY: kill has no memory preconditions; the pid is our unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        })
+    };
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for the kernel to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is this process's child, not yet reaped; the pointers are valid.
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = watchdog.join();
+    assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
+    // Reaped here: the Child must not be waited for again.
+    std::mem::forget(child);
+    Measured {
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        stderr: reader.join().expect("stderr reader"),
+        peak_rss: usage.ru_maxrss as u64 * 1024,
+    }
+}
+
+/// Runs `tool args`, panicking with its output if it fails.
+fn tool(what: &str, program: PathBuf, args: &[&std::ffi::OsStr]) {
+    let mut command = std::process::Command::new(program);
+    command.args(args);
+    testkit::process::expect_success(what, command, Duration::from_secs(300));
+}
+
+/// A generator component made of `wat`, a core module of [`hostile::wat`].
+fn wat_component(dir: &std::path::Path, name: &str, wat: &str) -> PathBuf {
+    let core = dir.join(format!("{name}.wat"));
+    let embedded = dir.join(format!("{name}.embedded.wasm"));
+    let component = dir.join(format!("{name}.wasm"));
+    std::fs::write(&core, wat).expect("write the core module");
+    let wit = testkit::workspace_root().join("wit");
+    tool(
+        &format!("wasm-tools component embed ({name})"),
+        testkit::tools::wasm_tools(),
+        &[
+            "component".as_ref(),
+            "embed".as_ref(),
+            "--world".as_ref(),
+            "cloudsmith-access-token".as_ref(),
+            wit.as_os_str(),
+            core.as_os_str(),
+            "-o".as_ref(),
+            embedded.as_os_str(),
+        ],
+    );
+    tool(
+        &format!("wasm-tools component new ({name})"),
+        testkit::tools::wasm_tools(),
+        &[
+            "component".as_ref(),
+            "new".as_ref(),
+            embedded.as_os_str(),
+            "-o".as_ref(),
+            component.as_os_str(),
+        ],
+    );
+    component
+}
+
+/// Every way past the budget, each in a process of its own: the call traps with one
+/// sandbox-limit line (exit 9), and the host's peak RSS grows by no more than the
+/// budget over a call that does nothing.
+///
+/// Before the budget, each limit was per memory only: the composed plug kept 20 MiB in
+/// each of its two memories and returned; four memories of 12 MiB came to 48 MiB;
+/// sixteen memories and 64 tables were instantiated; a table grew to 100,000 elements
+/// and the guest carried on; 100,000 fields of 1 KiB filled the host's resource table.
+#[test]
+fn every_way_past_the_budget_traps_and_the_host_stays_within_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = testkit::oidc::token(SUBJECT, &["https://api.cloudsmith.io"]);
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &token).expect("token file");
+    let cache = dir.path().join("cache");
+    let hostile = hostile_wasm();
+    // Two instances of the plug, each with its own memory: one serves the other's
+    // token-source import.
+    let composed = dir.path().join("composed.wasm");
+    tool(
+        "wac plug (hostile into itself)",
+        testkit::tools::wac(),
+        &[
+            "plug".as_ref(),
+            "--plug".as_ref(),
+            hostile.as_os_str(),
+            hostile.as_os_str(),
+            "-o".as_ref(),
+            composed.as_os_str(),
+        ],
+    );
+    let four_memories = wat_component(dir.path(), "four-memories", &hostile::wat::memories(4, 12));
+    let many_memories = wat_component(dir.path(), "sixteen-memories", &hostile::wat::memories(16, 12));
+    let many_tables = wat_component(dir.path(), "many-tables", &hostile::wat::tables(64, 10_000));
+    let one_table = wat_component(dir.path(), "one-table", &hostile::wat::tables(1, 1_000));
+
+    const MEMORY: &str = "error: the generator exceeded its memory limit of 32 MiB";
+    let cases: Vec<(&str, &PathBuf, serde_json::Value, &str)> =
+        vec![
+        (
+            "two memories (composed), 20 MiB each",
+            &composed,
+            serde_json::json!({"hostile": "hoard", "bytes": 20 << 20}),
+            MEMORY,
+        ),
+        ("four memories, 12 MiB each", &four_memories, serde_json::json!({}), MEMORY),
+        (
+            "sixteen memories",
+            &many_memories,
+            serde_json::json!({}),
+            "error: the generator exceeded its sandbox limits: a call may create at most 4 linear memories",
+        ),
+        (
+            "64 tables",
+            &many_tables,
+            serde_json::json!({}),
+            "error: the generator exceeded its sandbox limits: a call may create at most 8 tables",
+        ),
+        (
+            "a table grown without end",
+            &one_table,
+            serde_json::json!({}),
+            "error: the generator exceeded its sandbox limits: a table may have at most 20000 elements",
+        ),
+        (
+            "100,000 wasi:http fields of 1 KiB",
+            &hostile,
+            serde_json::json!({"hostile": "resources", "count": 100_000, "value-bytes": 1024}),
+            MEMORY,
+        ),
+    ];
+    let run = |component: &PathBuf, manifest: &serde_json::Value| {
+        let mut manifest = manifest.clone();
+        manifest["serviceAccountRef"] = serde_json::json!({"name": "default"});
+        let path = dir.path().join("manifest.json");
+        std::fs::write(&path, manifest.to_string()).expect("manifest");
+        let args: Vec<std::ffi::OsString> = vec![
+            "generate".into(),
+            "--namespace".into(),
+            NAMESPACE.into(),
+            "--timeout".into(),
+            "20".into(),
+            "--memory-limit".into(),
+            BUDGET_MIB.to_string().into(),
+            "--manifest".into(),
+            path.into(),
+            "--oidc-token-file".into(),
+            token_file.clone().into(),
+            "--component".into(),
+            component.clone().into(),
+            "--cache-dir".into(),
+            cache.clone().into(),
+        ];
+        // Once to fill the compile cache (Cranelift's own peak is not the call's), then
+        // measured.
+        let _ = run_measured(&args);
+        run_measured(&args)
+    };
+    // A call that does nothing: what the host needs whatever the guest does.
+    let baseline = run(&hostile, &serde_json::json!({"hostile": "env"}));
+    assert_eq!(
+        baseline.code,
+        Some(0),
+        "the baseline call works: {}",
+        baseline.stderr
+    );
+    let budget = BUDGET_MIB << 20;
+    let mut wrong = Vec::new();
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    eprintln!(
+        "hostile: baseline peak RSS {:.1} MiB; budget {BUDGET_MIB} MiB",
+        mib(baseline.peak_rss)
+    );
+    for (case, component, manifest, line) in cases {
+        let m = run(component, &manifest);
+        let growth = m.peak_rss.saturating_sub(baseline.peak_rss);
+        eprintln!(
+            "hostile: {case}: exit {:?}, peak RSS {:.1} MiB (+{:.1} MiB), {}",
+            m.code,
+            mib(m.peak_rss),
+            mib(growth),
+            m.stderr.trim()
+        );
+        let lines: Vec<&str> = m.stderr.lines().collect();
+        if m.code != Some(9) || lines.len() != 1 || !lines[0].starts_with(line) {
+            wrong.push(format!(
+                "{case}: exit {:?}, stderr {:?}; want exit 9 and {line:?}",
+                m.code, m.stderr
+            ));
+        }
+        if growth > budget {
+            wrong.push(format!(
+                "{case}: the host's peak RSS grew {:.1} MiB, past the {BUDGET_MIB} MiB budget",
+                mib(growth)
+            ));
+        }
+        assert!(!m.stderr.contains(&token), "{case}: the token in stderr");
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

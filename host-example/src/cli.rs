@@ -254,20 +254,39 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value = "65536")]
     pub max_body_bytes: usize,
 
+    /// Bound on a TLS handshake, on a request's headers and on its body, in seconds;
+    /// also how long an idle keep-alive connection stays open. A body still arriving
+    /// then is answered 408.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    pub read_timeout: Duration,
+
+    /// Connections open at once; further ones are answered 503 `busy` (closed, with
+    /// TLS) as they arrive.
+    #[arg(long, value_name = "N", default_value = "1024", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
     /// Bound on each Kubernetes call (TokenReview, SubjectAccessReview, TokenRequest), in
     /// seconds; past it the call is answered 503 `unavailable` with Retry-After.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
     pub kube_timeout: Duration,
 
-    /// TokenReviews and SubjectAccessReviews that may be in flight at once; beyond this,
-    /// 503 `busy`. Apart from the sandbox's slots and queue, so callers whose tokens
-    /// need a review cannot take the places of callers already reviewed.
+    /// TokenReviews and SubjectAccessReviews that may be in flight at once, in each of
+    /// two pools: tokens never seen to authenticate, and callers already let in (a known
+    /// token's renewed review, SubjectAccessReviews); beyond this, 503 `busy`. Apart from
+    /// the sandbox's slots and queue, so a flood of unknown tokens can take neither the
+    /// places of callers already reviewed nor the sandbox's.
     #[arg(long, value_name = "N", default_value = "64", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_pending_reviews: u32,
 
-    /// Requests per second each caller (service account) may make, on average; 0 turns
-    /// the limit off.
-    #[arg(long, value_name = "N", default_value = "5")]
+    /// How long a TokenReview that authenticates (and a SubjectAccessReview that
+    /// allows) is reused, in seconds; never past the token's exp. As kube-apiserver's
+    /// --authentication-token-webhook-cache-ttl.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
+    pub review_cache_ttl: Duration,
+
+    /// Requests per second each caller (service account) may make, on average: 0 turns
+    /// the limit off, else 0.001 to 1000000.
+    #[arg(long, value_name = "N", default_value = "5", value_parser = parse_rate)]
     pub rate_limit: f64,
 
     /// Requests a caller may make at once before --rate-limit applies.
@@ -490,9 +509,18 @@ pub struct RuntimeArgs {
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
 
-    /// Allow plain http to allowed hosts (refused by default).
-    #[arg(long)]
-    pub allow_http: bool,
+    /// Allow plain http (refused by default). With HOST[:PORT] (port 80 by default):
+    /// to that host only, which it also allows as --allow-host does. Bare: to allowed
+    /// hosts on loopback (localhost, 127.0.0.0/8, ::1). Repeatable. Never to
+    /// api.cloudsmith.io, on any port.
+    #[arg(
+        long = "allow-http",
+        value_name = "HOST[:PORT]",
+        num_args = 0..=1,
+        default_missing_value = "",
+        value_parser = parse_plain_http
+    )]
+    pub allow_http: Vec<PlainHttp>,
 
     /// Overall deadline for one call, in seconds; under `serve` it counts from the
     /// call's arrival, so the wait for a sandbox slot is inside it.
@@ -578,6 +606,37 @@ fn parse_authority(s: &str) -> Result<Authority, String> {
     s.parse()
 }
 
+/// Where `--allow-http` allows plain http.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlainHttp {
+    /// Bare `--allow-http`: allowlisted hosts on loopback.
+    Loopback,
+    /// `--allow-http HOST[:PORT]`: that authority.
+    To(Authority),
+}
+
+fn parse_plain_http(s: &str) -> Result<PlainHttp, String> {
+    if s.trim().is_empty() {
+        return Ok(PlainHttp::Loopback);
+    }
+    let authority: Authority = s.parse()?;
+    // `Authority` defaults to 443; plain http's port is 80.
+    let explicit_port = s.trim().rsplit_once(':').is_some_and(|(host, port)| {
+        !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()) && !host.ends_with(':')
+    });
+    let authority = if explicit_port {
+        authority
+    } else {
+        Authority::new(authority.host(), 80)
+    };
+    if host_example::policy::is_default_host(authority.host()) {
+        return Err(format!(
+            "plain http to {authority} is never allowed: the exchange would carry the OIDC token in clear"
+        ));
+    }
+    Ok(PlainHttp::To(authority))
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .trim()
@@ -589,6 +648,21 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A rate limit: 0 (off), or from one request in 1000 s to a million a second.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of requests per second"))?;
+    if rate == 0.0 || (0.001..=1_000_000.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "{s} is out of range (0 turns the limit off; else 0.001 to 1000000 requests per second)"
+        ))
+    }
 }
 
 fn parse_wasi_dir(s: &str) -> Result<(PathBuf, String), String> {
@@ -610,7 +684,7 @@ impl TryFrom<&RuntimeArgs> for RuntimeConfig {
 
     fn try_from(args: &RuntimeArgs) -> Result<Self, Failure> {
         let mut policy = OutboundPolicy::default()
-            .allow_http(args.allow_http)
+            .allow_http(args.allow_http.contains(&PlainHttp::Loopback))
             .timeouts(TimeoutCaps {
                 connect: args.connect_timeout,
                 first_byte: args.first_byte_timeout,
@@ -618,6 +692,13 @@ impl TryFrom<&RuntimeArgs> for RuntimeConfig {
             });
         for authority in &args.allow_hosts {
             policy = policy.allow(authority.clone());
+        }
+        for plain in &args.allow_http {
+            if let PlainHttp::To(authority) = plain {
+                policy = policy
+                    .allow_http_to(authority.clone())
+                    .map_err(|e| Failure::Usage(e.context("--allow-http")))?;
+            }
         }
         if let Some(ca) = &args.ca_file {
             policy = policy.extra_ca_file(ca).map_err(Failure::Usage)?;
@@ -738,6 +819,9 @@ impl TryFrom<&ServeArgs> for ServeConfig {
             max_concurrent_calls: args.max_concurrent_calls,
             max_queued_calls: args.max_queued_calls,
             max_body_bytes: args.max_body_bytes,
+            read_timeout: args.read_timeout,
+            max_connections: args.max_connections as usize,
+            review_cache_ttl: args.review_cache_ttl,
             kube_timeout: args.kube_timeout,
             max_pending_reviews: args.max_pending_reviews as usize,
             rate_limit: args.rate_limit,
@@ -829,6 +913,67 @@ mod tests {
         let from_flags = RuntimeConfig::try_from(&args).unwrap();
         let default = RuntimeConfig::default();
         assert_eq!(format!("{from_flags:?}"), format!("{default:?}"));
+    }
+
+    #[test]
+    fn rate_limits_are_off_or_in_range() {
+        for ok in ["0", "0.001", "5", "1000000"] {
+            assert!(parse_rate(ok).is_ok(), "{ok}");
+        }
+        for bad in ["1e-300", "0.0009", "-1", "NaN", "inf", "1e7", "x"] {
+            let err = parse_rate(bad).unwrap_err();
+            assert!(!err.contains('\n'), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn allow_http_names_hosts_or_loopback_and_never_cloudsmith() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["x"];
+            argv.extend_from_slice(args);
+            Runtime::try_parse_from(argv).map(|r| r.runtime.allow_http)
+        };
+        assert_eq!(parse(&[]).unwrap(), vec![]);
+        assert_eq!(parse(&["--allow-http"]).unwrap(), vec![PlainHttp::Loopback]);
+        // Bare before another flag, as every existing command line writes it.
+        assert_eq!(
+            parse(&["--allow-http", "--allow-host", "127.0.0.1:9"]).unwrap(),
+            vec![PlainHttp::Loopback]
+        );
+        assert_eq!(
+            parse(&[
+                "--allow-http",
+                "cloudsmith.internal",
+                "--allow-http",
+                "[::1]:8080"
+            ])
+            .unwrap(),
+            vec![
+                PlainHttp::To(Authority::new("cloudsmith.internal", 80)),
+                PlainHttp::To(Authority::new("::1", 8080)),
+            ]
+        );
+        for never in [
+            "api.cloudsmith.io",
+            "api.cloudsmith.io:443",
+            "API.CLOUDSMITH.IO:8080",
+        ] {
+            let err = parse(&["--allow-http", never]).unwrap_err().to_string();
+            assert!(err.contains("is never allowed"), "{never}: {err}");
+        }
+        assert!(parse(&["--allow-http", "http://x"]).is_err());
+        // The named host is allowed (plain http only), loopback stays https-only.
+        let args = Runtime::try_parse_from(["x", "--allow-http", "cloudsmith.internal:8080"])
+            .unwrap()
+            .runtime;
+        let policy = RuntimeConfig::try_from(&args).unwrap().policy;
+        let decide = |url: &str| {
+            let uri: http::Uri = url.parse().unwrap();
+            policy.decide(uri.scheme(), uri.authority()).is_ok()
+        };
+        assert!(decide("http://cloudsmith.internal:8080/"));
+        assert!(!decide("http://127.0.0.1:8080/"));
+        assert!(!decide("http://api.cloudsmith.io:443/"));
     }
 
     #[test]

@@ -226,11 +226,16 @@ pub enum HostError {
         /// The deadline that was exceeded.
         deadline: Duration,
     },
-    /// The guest tried to grow its memory past the limit.
+    /// The guest ran over the call's memory budget: its linear memories and tables
+    /// together, or the host resources it holds (see `sandbox::Budget`).
     MemoryLimitExceeded {
         /// The limit, in bytes.
         limit_bytes: usize,
     },
+    /// The guest went past one of the sandbox's counts or bounds: more core instances,
+    /// linear memories or tables than a call may create, or too much data passed to the
+    /// host at once. The text names which.
+    SandboxLimitExceeded(String),
     /// The guest trapped (a panic, `unreachable`, an out-of-bounds access...).
     Trap(String),
     /// The component could not be linked or instantiated (it imports something this host
@@ -256,6 +261,7 @@ impl fmt::Display for HostError {
                 "the generator exceeded its memory limit of {} MiB",
                 limit_bytes / (1024 * 1024)
             ),
+            HostError::SandboxLimitExceeded(m) => write!(f, "the generator exceeded its sandbox limits: {m}"),
             HostError::Trap(m) => write!(f, "the generator crashed (wasm trap): {m}"),
             HostError::Instantiate(m) => write!(f, "could not instantiate the component: {m}"),
             HostError::InvalidOutput(m) => write!(f, "the generator returned unusable outputs: {m}"),

@@ -74,6 +74,7 @@ impl Failure {
                 HostError::TokenSourceUnavailable(_) => 3,
                 HostError::DeadlineExceeded { .. }
                 | HostError::MemoryLimitExceeded { .. }
+                | HostError::SandboxLimitExceeded(_)
                 | HostError::Trap(_)
                 | HostError::Instantiate(_)
                 | HostError::InvalidOutput(_) => 9,

@@ -16,7 +16,7 @@ use wasmtime_wasi_http::WasiHttpCtx;
 use crate::error::{Error, GenerateError, HostError, PresentedToken, UpstreamStatus};
 use crate::host::{CallTarget, HostState, TokenBroker};
 use crate::policy::{Journal, OutboundPolicy, PolicyHooks};
-use crate::sandbox::{self, wasm_err, Capture, EngineOptions, Limiter, Limits, WasiGrants};
+use crate::sandbox::{self, wasm_err, Budget, Capture, EngineOptions, Limiter, Limits, WasiGrants};
 use crate::secret::{one_line, redact, Credentials, Secret};
 use crate::token_source::{NamespacePolicy, TokenSource};
 
@@ -297,23 +297,45 @@ impl Generator {
         let wasi = sandbox::wasi_ctx(&inner.options.wasi, &capture)
             .map_err(|e| HostError::Instantiate(format!("{e:#}")))?;
         let journal = Arc::new(Mutex::new(Journal::default()));
+        // One budget for everything the call holds (see `sandbox::Budget`): the limiter
+        // counts linear memories and tables, the resource table's capacity is reserved
+        // within it, and what one host call may copy in bounds what one entry holds.
+        let budget = Budget::new(limits.memory_bytes);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(budget.resources);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(sandbox::FIELD_BYTES);
         let state = HostState {
             wasi,
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            http,
+            table,
             hooks: PolicyHooks::new(inner.policy.clone(), inner.tls.clone(), journal.clone()),
-            limiter: Limiter::new(limits.memory_bytes),
+            limiter: Limiter::new(budget),
             tokens: match tokens {
                 Some(t) => TokenBroker::new(t.source.clone(), t.namespaces, target),
                 None => TokenBroker::new(inner.token_source.clone(), inner.options.namespaces, target),
             },
             journal,
+            deadline: None,
         };
         let mut store = Store::new(inner.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
-        let ticks = limits.deadline.as_millis() / sandbox::EPOCH_TICK.as_millis() + 1;
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
+        store.set_hostcall_fuel(sandbox::HOST_CALL_BYTES);
+        store.set_max_component_handles(sandbox::COMPONENT_HANDLES);
+        // Every epoch tick, a guest that computes gives its tokio worker back (so a few
+        // spinning guests cannot starve the server's other tasks, /healthz included),
+        // and past its deadline it traps. The deadline is set when the call starts.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|store| {
+            let deadline = store.data().deadline;
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
+            Ok(wasmtime::UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
         Ok(Call {
             generator: inner,
             store,
@@ -362,6 +384,7 @@ impl Call<'_> {
     /// Instantiates the component; the call's deadline starts now.
     async fn instantiate(&mut self) -> Result<bindings::CloudsmithAccessToken, Error> {
         self.deadline_at = tokio::time::Instant::now() + self.deadline;
+        self.store.data_mut().deadline = Some(self.deadline_at.into_std());
         let started = Instant::now();
         let instantiating = self.generator.pre.instantiate_async(&mut self.store);
         let instantiated = tokio::time::timeout_at(self.deadline_at, instantiating).await;
@@ -394,18 +417,26 @@ impl Call<'_> {
         .into()
     }
 
-    /// Names a wasmtime error: memory limit, deadline, trap or instantiation failure.
+    /// Names a wasmtime error: memory budget, sandbox limit, deadline, trap or
+    /// instantiation failure.
     fn classify(&self, e: wasmtime::Error, instantiating: bool) -> Error {
-        if self.store.data().limiter.memory_exceeded {
-            return HostError::MemoryLimitExceeded {
-                limit_bytes: self.generator.options.limits.memory_bytes,
+        let text = format!("{e:#}");
+        let hit = match &self.store.data().limiter.hit {
+            Some(hit) => Some(hit.clone()),
+            None if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => return self.deadline_exceeded(),
+            None => sandbox::limit_hit(&e, &text),
+        };
+        match hit {
+            Some(sandbox::LimitHit::Budget) => {
+                return HostError::MemoryLimitExceeded {
+                    limit_bytes: self.generator.options.limits.memory_bytes,
+                }
+                .into()
             }
-            .into();
+            Some(sandbox::LimitHit::Count(what)) => return HostError::SandboxLimitExceeded(what).into(),
+            None => {}
         }
-        if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            return self.deadline_exceeded();
-        }
-        let message = self.clean(&format!("{e:#}"));
+        let message = self.clean(&text);
         if instantiating {
             HostError::Instantiate(message).into()
         } else {

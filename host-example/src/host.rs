@@ -57,6 +57,8 @@ pub(crate) struct HostState {
     pub(crate) limiter: Limiter,
     pub(crate) tokens: TokenBroker,
     pub(crate) journal: Arc<Mutex<Journal>>,
+    /// When the call must end (set as it starts): the epoch callback traps past it.
+    pub(crate) deadline: Option<std::time::Instant>,
 }
 
 impl WasiView for HostState {
@@ -143,6 +145,14 @@ impl TokenBroker {
             ))
             }
             None => return Err("the manifest names no spec.serviceAccountRef.name".into()),
+        }
+        // A token with no audience is the API server's own: a credential for the cluster,
+        // not for Cloudsmith. The generator always names one (the spec's, or Cloudsmith's
+        // origin); a guest that names none is refused before any token is minted.
+        if account.audiences.iter().all(|a| a.trim().is_empty()) {
+            return Err(
+                "the generator asked for a token with no audience (an API server token): refused".into(),
+            );
         }
         let namespace = self
             .namespaces

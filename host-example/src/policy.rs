@@ -86,6 +86,10 @@ impl Default for TimeoutCaps {
     }
 }
 
+/// The host of [`DEFAULT_AUTHORITY`]: plain http to it is never allowed, whatever the
+/// operator allows, since the exchange would carry the OIDC token in clear.
+pub const DEFAULT_HOST: &str = "api.cloudsmith.io";
+
 /// Which outbound requests the guest may make.
 ///
 /// Defaults: only `api.cloudsmith.io:443`, HTTPS only, the public webpki roots, the
@@ -93,7 +97,10 @@ impl Default for TimeoutCaps {
 #[derive(Clone)]
 pub struct OutboundPolicy {
     allowed: Vec<Authority>,
-    allow_http: bool,
+    /// Plain http to allowlisted loopback authorities ([`OutboundPolicy::allow_http`]).
+    http_loopback: bool,
+    /// Plain http to exactly these ([`OutboundPolicy::allow_http_to`]).
+    http_to: Vec<Authority>,
     extra_roots: Vec<CertificateDer<'static>>,
     caps: TimeoutCaps,
 }
@@ -102,7 +109,8 @@ impl Default for OutboundPolicy {
     fn default() -> Self {
         OutboundPolicy {
             allowed: vec![DEFAULT_AUTHORITY.parse().expect("the default authority parses")],
-            allow_http: false,
+            http_loopback: false,
+            http_to: Vec::new(),
             extra_roots: Vec::new(),
             caps: TimeoutCaps::default(),
         }
@@ -113,11 +121,34 @@ impl fmt::Debug for OutboundPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OutboundPolicy")
             .field("allowed", &self.allowed_list())
-            .field("allow_http", &self.allow_http)
+            .field("http_loopback", &self.http_loopback)
+            .field(
+                "http_to",
+                &self.http_to.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            )
             .field("extra_roots", &self.extra_roots.len())
             .field("caps", &self.caps)
             .finish()
     }
+}
+
+/// Whether `host` names this machine: `localhost` (and its subdomains, RFC 6761), an
+/// address in 127.0.0.0/8, or `::1`.
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(&host);
+    bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `host` is Cloudsmith's default API host, to which plain http is never allowed.
+pub fn is_default_host(host: &str) -> bool {
+    host.trim_end_matches('.').eq_ignore_ascii_case(DEFAULT_HOST)
 }
 
 impl OutboundPolicy {
@@ -135,10 +166,33 @@ impl OutboundPolicy {
         self
     }
 
-    /// Allows plain `http` to allowlisted authorities (refused by default).
+    /// Allows plain `http` to allowlisted loopback authorities (`localhost`,
+    /// 127.0.0.0/8, `::1`): a stand-in or a proxy on this machine. Refused by default;
+    /// other hosts need [`OutboundPolicy::allow_http_to`].
     pub fn allow_http(mut self, allow: bool) -> Self {
-        self.allow_http = allow;
+        self.http_loopback = allow;
         self
+    }
+
+    /// Allows plain `http` to `authority`, and adds it to the allowlist. Never to the
+    /// default Cloudsmith host, on any port: the exchange carries the OIDC token, and
+    /// Cloudsmith speaks only HTTPS (an error, so the operator learns it at start).
+    pub fn allow_http_to(mut self, authority: Authority) -> anyhow::Result<Self> {
+        if is_default_host(authority.host()) {
+            bail!(
+                "plain http to {authority} is never allowed: the exchange would carry the OIDC token in clear"
+            );
+        }
+        if !self.http_to.contains(&authority) {
+            self.http_to.push(authority.clone());
+        }
+        Ok(self.allow(authority))
+    }
+
+    /// Whether plain http to `target` (an allowlisted authority) is allowed.
+    pub fn plain_http_allowed(&self, target: &Authority) -> bool {
+        !is_default_host(target.host())
+            && (self.http_to.contains(target) || (self.http_loopback && is_loopback(target.host())))
     }
 
     /// Trusts the CA certificates in the PEM file `path` in addition to the public roots.
@@ -186,7 +240,7 @@ impl OutboundPolicy {
         scheme: Option<&Scheme>,
         authority: Option<&http::uri::Authority>,
     ) -> Result<Target, Denial> {
-        let shown = authority.map(|a| a.to_string()).unwrap_or_default();
+        let shown = authority.map(shown_authority).unwrap_or_default();
         let deny = |rule| {
             Err(Denial {
                 authority: shown.clone(),
@@ -195,20 +249,36 @@ impl OutboundPolicy {
         };
         let tls = match scheme.map(Scheme::as_str) {
             Some("https") => true,
-            Some("http") if self.allow_http => false,
-            Some("http") => return deny(Rule::PlainHttp),
+            Some("http") => false,
             other => return deny(Rule::UnsupportedScheme(other.unwrap_or("none").to_string())),
         };
         let Some(authority) = authority else {
             return deny(Rule::NoAuthority);
         };
+        // Credentials belong in no URL: a request naming some would send them (or a
+        // token put there) to whoever the host is, and print them wherever the URL goes.
+        if authority.as_str().contains('@') {
+            return deny(Rule::Userinfo);
+        }
         let target = request_authority(authority, if tls { 443 } else { 80 });
+        if !tls && is_default_host(target.host()) {
+            return Err(Denial {
+                authority: target.to_string(),
+                rule: Rule::PlainHttpToCloudsmith,
+            });
+        }
         if !self.allowed.contains(&target) {
             return Err(Denial {
                 authority: target.to_string(),
                 rule: Rule::NotAllowlisted {
                     allowed: self.allowed_list(),
                 },
+            });
+        }
+        if !tls && !self.plain_http_allowed(&target) {
+            return Err(Denial {
+                authority: target.to_string(),
+                rule: Rule::PlainHttp,
             });
         }
         Ok(Target {
@@ -276,8 +346,12 @@ pub enum Rule {
         /// The allowlist, for the message.
         allowed: String,
     },
-    /// Plain `http` while only `https` is allowed.
+    /// Plain `http` to an authority the operator did not allow it for.
     PlainHttp,
+    /// Plain `http` to the default Cloudsmith host: never allowed.
+    PlainHttpToCloudsmith,
+    /// The authority carries userinfo (`user:password@`).
+    Userinfo,
     /// A scheme other than `http`/`https`.
     UnsupportedScheme(String),
     /// The request named no authority.
@@ -296,7 +370,16 @@ impl fmt::Display for Denial {
             }
             Rule::PlainHttp => write!(
                 f,
-                "plain http to {a} is not allowed (only https; the embedder must allow http)"
+                "plain http to {a} is not allowed: only https, unless the operator allows plain http \
+                 to that host (--allow-http {a}) or to loopback (--allow-http)"
+            ),
+            Rule::PlainHttpToCloudsmith => write!(
+                f,
+                "plain http to {a} is never allowed: the exchange would carry the OIDC token in clear"
+            ),
+            Rule::Userinfo => write!(
+                f,
+                "a request to {a} carries userinfo (user:password@host), which is never sent"
             ),
             Rule::UnsupportedScheme(s) => write!(f, "scheme {s:?} to {a} is not allowed (only https)"),
             Rule::NoAuthority => write!(f, "a request without a host is not allowed"),
@@ -367,7 +450,7 @@ impl WasiHttpHooks for PolicyHooks {
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
-        let shown = format!("{} {}", request.method(), request.uri());
+        let shown = shown_request(request.method(), request.uri());
         let decision = self
             .policy
             .decide(request.uri().scheme(), request.uri().authority());
@@ -405,6 +488,16 @@ impl WasiHttpHooks for PolicyHooks {
         })
     }
 
+    /// One chunk waits in the channel while the next is in hand: an unsent body holds
+    /// at most two, within what the call's budget counts per resource.
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        crate::sandbox::BODY_CHUNK_BYTES
+    }
+
     fn p2_error_from_connect(&mut self, err: &std::io::Error) -> ErrorCode {
         match err.kind() {
             std::io::ErrorKind::TimedOut => ErrorCode::ConnectionTimeout,
@@ -426,6 +519,24 @@ impl WasiHttpHooks for PolicyHooks {
             ErrorCode::TlsProtocolError
         }
     }
+}
+
+/// An authority as a journal or an error shows it: any userinfo replaced by
+/// `[redacted]`, so that credentials a guest put in a URL are never printed.
+fn shown_authority(authority: &http::uri::Authority) -> String {
+    match authority.as_str().rsplit_once('@') {
+        Some((_, host)) => format!("[redacted]@{host}"),
+        None => authority.to_string(),
+    }
+}
+
+/// `METHOD scheme://authority/path` for the journal, userinfo redacted and without the
+/// query (the generator sends none; a query may hold a secret all the same).
+fn shown_request(method: &http::Method, uri: &http::Uri) -> String {
+    let scheme = uri.scheme_str().map(|s| format!("{s}://")).unwrap_or_default();
+    let authority = uri.authority().map(shown_authority).unwrap_or_default();
+    let query = if uri.query().is_some() { "?[redacted]" } else { "" };
+    format!("{method} {scheme}{authority}{}{query}", uri.path())
 }
 
 /// A journal is diagnostics: a panic elsewhere must not make it unusable.
@@ -645,7 +756,7 @@ mod tests {
         let d = decide(&p, "https://api.cloudsmith.io:8443/").unwrap_err();
         assert!(matches!(d.rule, Rule::NotAllowlisted { .. }));
         let d = decide(&p, "http://api.cloudsmith.io/").unwrap_err();
-        assert_eq!(d.rule, Rule::PlainHttp);
+        assert_eq!(d.rule, Rule::PlainHttpToCloudsmith);
     }
 
     #[test]
@@ -662,6 +773,94 @@ mod tests {
             .allow_http(true);
         assert!(decide(&only, "http://localhost/").is_ok());
         assert!(decide(&only, "https://api.cloudsmith.io/").is_err());
+    }
+
+    #[test]
+    fn plain_http_goes_only_where_it_was_allowed_and_never_to_cloudsmith() {
+        // (policy, URL, allowed?) - each row failed before plain http became per host:
+        // `--allow-http` allowed it to every allowlisted authority, Cloudsmith's included.
+        let cloudsmith_443: Authority = "api.cloudsmith.io:443".parse().unwrap();
+        let registry: Authority = Authority::new("cloudsmith.internal", 80);
+        let global = OutboundPolicy::default()
+            .allow(cloudsmith_443.clone())
+            .allow(registry.clone())
+            .allow("127.0.0.1:8080".parse().unwrap())
+            .allow_http(true);
+        let named = OutboundPolicy::default().allow_http_to(registry.clone()).unwrap();
+        let not_allowed = Rule::NotAllowlisted {
+            allowed: "api.cloudsmith.io:443, cloudsmith.internal:80".into(),
+        };
+        let rows: Vec<(&OutboundPolicy, &str, Result<(), Rule>)> = vec![
+            (
+                &global,
+                "http://api.cloudsmith.io:443/openid/acme/",
+                Err(Rule::PlainHttpToCloudsmith),
+            ),
+            (
+                &global,
+                "http://API.Cloudsmith.IO./",
+                Err(Rule::PlainHttpToCloudsmith),
+            ),
+            (&global, "http://cloudsmith.internal/", Err(Rule::PlainHttp)),
+            (&global, "http://127.0.0.1:8080/", Ok(())),
+            (&global, "https://api.cloudsmith.io/", Ok(())),
+            (&named, "http://cloudsmith.internal/", Ok(())),
+            (
+                &named,
+                "http://cloudsmith.internal:8080/",
+                Err(not_allowed.clone()),
+            ),
+            (&named, "http://127.0.0.1:8080/", Err(not_allowed.clone())),
+            (
+                &named,
+                "http://api.cloudsmith.io/",
+                Err(Rule::PlainHttpToCloudsmith),
+            ),
+        ];
+        let wrong: Vec<String> = rows
+            .iter()
+            .filter_map(|(policy, url, want)| {
+                let got = decide(policy, url).map(|_| ()).map_err(|d| d.rule);
+                (got != *want).then(|| format!("{url}: got {got:?}, want {want:?}"))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        // Naming the Cloudsmith host for plain http is refused outright.
+        for port in [80, 443, 8080] {
+            let err = OutboundPolicy::default()
+                .allow_http_to(Authority::new("api.cloudsmith.io", port))
+                .unwrap_err();
+            assert!(err.to_string().contains("never allowed"), "{err}");
+        }
+        assert!(is_loopback("localhost") && is_loopback("127.1.2.3") && is_loopback("[::1]"));
+        assert!(!is_loopback("127.0.0.1.example") && !is_loopback("10.0.0.1"));
+    }
+
+    #[test]
+    fn userinfo_is_refused_and_never_shown() {
+        let p = OutboundPolicy::default()
+            .allow("127.0.0.1:8080".parse().unwrap())
+            .allow_http(true);
+        for url in [
+            "https://SECRETTOKEN@api.cloudsmith.io/openid/acme/",
+            "https://user:SECRETTOKEN@api.cloudsmith.io:443/",
+            "http://SECRETTOKEN@127.0.0.1:8080/",
+        ] {
+            let denial = decide(&p, url).unwrap_err();
+            assert_eq!(denial.rule, Rule::Userinfo, "{url}");
+            assert!(!denial.to_string().contains("SECRETTOKEN"), "{denial}");
+            assert!(denial.to_string().contains("[redacted]@"), "{denial}");
+            let shown = shown_request(&http::Method::POST, &uri(url));
+            assert!(
+                !shown.contains("SECRETTOKEN") && shown.contains("[redacted]@"),
+                "{shown}"
+            );
+        }
+        let shown = shown_request(
+            &http::Method::GET,
+            &uri("https://api.cloudsmith.io/x?token=SECRET"),
+        );
+        assert_eq!(shown, "GET https://api.cloudsmith.io/x?[redacted]");
     }
 
     #[test]

@@ -58,11 +58,84 @@ impl Default for EngineOptions {
 /// shared between calls.
 const KEEP_RESIDENT_BYTES: usize = 1 << 20;
 
-/// Per-component resources reserved in the pool for each concurrent call. A composed
-/// component has several core instances, memories and tables; these are generous.
-const CORE_INSTANCES_PER_CALL: u32 = 16;
-const MEMORIES_PER_CALL: u32 = 4;
-const TABLES_PER_CALL: u32 = 8;
+/// What one call may create: core instances, linear memories and tables. The store's
+/// limiter refuses more at instantiation ([`Limiter`]'s `instances`, `memories`,
+/// `tables`, which replace wasmtime's default of 10,000 each), and the pool reserves
+/// exactly this much per call slot. The generator has 2 core instances, 1 memory and 1
+/// table; a component composed with a plug or two stays well inside.
+pub const CORE_INSTANCES_PER_CALL: u32 = 16;
+/// See [`CORE_INSTANCES_PER_CALL`].
+pub const MEMORIES_PER_CALL: u32 = 4;
+/// See [`CORE_INSTANCES_PER_CALL`].
+pub const TABLES_PER_CALL: u32 = 8;
+
+/// The most elements one table may have (wasmtime's pooling default); a generator needs
+/// a few hundred.
+pub const MAX_TABLE_ELEMENTS: usize = 20_000;
+/// What one table element costs the host: wasmtime keeps a pointer per element.
+const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
+
+/// The most data one guest call into the host may copy into host memory (a string, a
+/// list: wasmtime's "hostcall fuel", 128 MiB by default), and the bound on one lift of
+/// the guest's results. The generator's largest is an HTTP body chunk (4 KiB, the most
+/// `blocking-write-and-flush` takes); its outputs are about 2 KiB.
+pub const HOST_CALL_BYTES: usize = 16 * 1024;
+/// The most bytes of HTTP fields (names and values) one `wasi:http` `fields` may hold
+/// (wasmtime-wasi-http's default is 128 KiB).
+pub const FIELD_BYTES: usize = HOST_CALL_BYTES;
+/// One chunk of an outgoing HTTP body the host buffers; with one chunk in the channel
+/// and one in hand, an unsent body holds at most two (wasmtime-wasi-http's default
+/// chunk is 1 MiB).
+pub const BODY_CHUNK_BYTES: usize = HOST_CALL_BYTES;
+/// What one entry of the `wasi:http` resource table may hold in host memory, at most:
+/// an outgoing request keeps four guest strings (method, scheme, authority, path),
+/// each within [`HOST_CALL_BYTES`]; fields are bounded by [`FIELD_BYTES`], a body by
+/// two [`BODY_CHUNK_BYTES`]; plus the entry's own bookkeeping.
+pub const RESOURCE_ENTRY_BYTES: usize = 4 * HOST_CALL_BYTES + 1024;
+/// The fewest and the most `wasi:http`/WASI resources a call may hold at once. The
+/// generator holds about a dozen at its peak (a request, its fields, body and stream,
+/// the response future, the response, its body and stream, pollables).
+const MIN_RESOURCES: usize = 32;
+const MAX_RESOURCES: usize = 1024;
+/// Component-model handles (the guest's own resources and its handles to the host's)
+/// a call may hold at once, and what the host's handle table spends on each.
+pub const COMPONENT_HANDLES: usize = 4096;
+const HANDLE_BYTES: usize = 64;
+
+/// One call's memory budget: every linear memory and table the call creates, plus the
+/// host memory its resources may hold (the `wasi:http`/WASI resource table, at its
+/// capacity, and the component-model handle table), must fit in `bytes`.
+///
+/// The resources are reserved up front (their capacity times the most one entry may
+/// hold, [`RESOURCE_ENTRY_BYTES`]): a guest fills the table through host calls the
+/// limiter does not see. What is left bounds the linear memories and tables together,
+/// counted as they grow ([`Limiter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// The whole budget (`Limits::memory_bytes`).
+    pub bytes: usize,
+    /// The resource table's capacity: an eighth of the budget, in entries, within
+    /// 32..=1024.
+    pub resources: usize,
+}
+
+impl Budget {
+    /// The budget for `bytes` in all.
+    pub fn new(bytes: usize) -> Budget {
+        let resources = (bytes / 8 / RESOURCE_ENTRY_BYTES).clamp(MIN_RESOURCES, MAX_RESOURCES);
+        Budget { bytes, resources }
+    }
+
+    /// What the resource and handle tables are charged, up front.
+    pub fn reserved(&self) -> usize {
+        self.resources * RESOURCE_ENTRY_BYTES + COMPONENT_HANDLES * HANDLE_BYTES
+    }
+
+    /// What is left for linear memories and tables.
+    pub fn for_memories_and_tables(&self) -> usize {
+        self.bytes.saturating_sub(self.reserved())
+    }
+}
 
 /// Builds an engine for the generator: async support (the host's calls are async),
 /// epoch interruption driven by a background ticker, and the pooling allocator if asked.
@@ -122,13 +195,22 @@ fn base_config(options: &EngineOptions) -> Config {
     config
 }
 
+/// The pool, sized from the per-call counts: each call slot gets exactly what one call
+/// may create, so a call can neither take another slot's memories nor fail for want of
+/// one while its own limits hold.
 fn pool(options: &EngineOptions) -> PoolingAllocationConfig {
     let calls = options.max_concurrent_calls.max(1);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(calls)
         .total_core_instances(calls * CORE_INSTANCES_PER_CALL)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_CALL)
         .total_memories(calls * MEMORIES_PER_CALL)
+        .max_memories_per_component(MEMORIES_PER_CALL)
+        .max_memories_per_module(MEMORIES_PER_CALL)
         .total_tables(calls * TABLES_PER_CALL)
+        .max_tables_per_component(TABLES_PER_CALL)
+        .max_tables_per_module(TABLES_PER_CALL)
+        .table_elements(MAX_TABLE_ELEMENTS)
         .total_stacks(calls)
         .max_memory_size(options.max_memory_bytes)
         .linear_memory_keep_resident(options.keep_resident_bytes)
@@ -161,7 +243,9 @@ pub(crate) fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
 /// Limits applied to every call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// The most linear memory the guest may use, in bytes (default 64 MiB).
+    /// The call's memory budget, in bytes (default 64 MiB): every linear memory and
+    /// table the guest creates, and the host resources it may hold, together (see
+    /// [`Budget`]).
     pub memory_bytes: usize,
     /// The whole call, token source and network included (default 90 s).
     pub deadline: Duration,
@@ -180,48 +264,148 @@ impl Default for Limits {
     }
 }
 
-/// The most table elements an instance may have; a generator needs a few hundred.
-const MAX_TABLE_ELEMENTS: usize = 100_000;
-
-/// The store's resource limiter: memory and tables, remembering whether the guest hit
-/// the memory limit so the failure can be named.
+/// The store's resource limiter: the call's [`Budget`] over every linear memory and
+/// table together, and the counts of instances, memories and tables. It remembers
+/// whether the guest ran over the budget, so the failure can be named.
 pub(crate) struct Limiter {
-    memory_bytes: usize,
-    pub(crate) memory_exceeded: bool,
+    budget: Budget,
+    /// Bytes of linear memory and table elements the call has now.
+    used: usize,
+    /// The limit the guest ran into, if it did.
+    pub(crate) hit: Option<LimitHit>,
 }
 
 impl Limiter {
-    pub(crate) fn new(memory_bytes: usize) -> Self {
+    pub(crate) fn new(budget: Budget) -> Self {
         Limiter {
-            memory_bytes,
-            memory_exceeded: false,
+            budget,
+            used: 0,
+            hit: None,
         }
+    }
+
+    /// Charges `current -> desired` bytes; past the budget, the error traps the guest
+    /// where it asked (a failed grow would let it carry on, and a generator out of
+    /// memory has nothing useful to do).
+    fn grow(&mut self, current: usize, desired: usize, what: &str) -> wasmtime::Result<bool> {
+        let used = self.used.saturating_sub(current).saturating_add(desired);
+        if used > self.budget.for_memories_and_tables() {
+            self.hit = Some(LimitHit::Budget);
+            wasmtime::bail!(
+                "{what} would take the call's memories and tables to {used} bytes, past its budget of {} \
+                 ({} bytes in all, {} reserved for host resources)",
+                self.budget.for_memories_and_tables(),
+                self.budget.bytes,
+                self.budget.reserved()
+            );
+        }
+        self.used = used;
+        Ok(true)
     }
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
-            self.memory_exceeded = true;
-            // An error (rather than a failed grow) traps at once, where the guest asked.
-            wasmtime::bail!("memory limit of {} bytes exceeded", self.memory_bytes);
-        }
-        Ok(true)
+        self.grow(current, desired, "a linear memory")
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if desired > MAX_TABLE_ELEMENTS {
+            let what = format!("a table may have at most {MAX_TABLE_ELEMENTS} elements");
+            self.hit = Some(LimitHit::Count(what.clone()));
+            wasmtime::bail!("{what}");
+        }
+        self.grow(
+            current.saturating_mul(TABLE_ELEMENT_BYTES),
+            desired.saturating_mul(TABLE_ELEMENT_BYTES),
+            "a table",
+        )
     }
+
+    fn instances(&self) -> usize {
+        CORE_INSTANCES_PER_CALL as usize
+    }
+
+    fn memories(&self) -> usize {
+        MEMORIES_PER_CALL as usize
+    }
+
+    fn tables(&self) -> usize {
+        TABLES_PER_CALL as usize
+    }
+}
+
+/// A sandbox limit a wasmtime error shows was hit (see [`limit_hit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LimitHit {
+    /// The call's [`Budget`]: its resource or handle table is full.
+    Budget,
+    /// A count or a per-call bound, described for the error line.
+    Count(String),
+}
+
+/// Which sandbox limit, if any, `e` (whose text is `text`) reports. wasmtime names
+/// these in its messages only (its error types for them are private); the texts are
+/// those of the pinned wasmtime 48.0.8 (`store.rs` `bump_resource_counts`,
+/// `component/func/options.rs` `HostcallFuelExhausted`,
+/// `vm/component/handle_table.rs` `insert`, `vm/instance/allocator/pooling.rs`
+/// `validate_component`, `pooling/memory_pool.rs` and `table_pool.rs` `validate`).
+pub(crate) fn limit_hit(e: &wasmtime::Error, text: &str) -> Option<LimitHit> {
+    use wasmtime::component::ResourceTableError;
+    if matches!(
+        e.downcast_ref::<ResourceTableError>(),
+        Some(ResourceTableError::Full)
+    ) || text.contains("resource table has no free keys")
+        || text.contains("store handle limit exceeded")
+    {
+        return Some(LimitHit::Budget);
+    }
+    let counts = [
+        (
+            "instance count too high",
+            "core module instances",
+            CORE_INSTANCES_PER_CALL,
+        ),
+        (
+            "core module instances, which exceeds",
+            "core module instances",
+            CORE_INSTANCES_PER_CALL,
+        ),
+        ("memory count too high", "linear memories", MEMORIES_PER_CALL),
+        (
+            "linear memories, which exceeds",
+            "linear memories",
+            MEMORIES_PER_CALL,
+        ),
+        ("defined memories count of", "linear memories", MEMORIES_PER_CALL),
+        ("table count too high", "tables", TABLES_PER_CALL),
+        ("tables, which exceeds", "tables", TABLES_PER_CALL),
+        ("defined tables count of", "tables", TABLES_PER_CALL),
+    ];
+    for (needle, what, most) in counts {
+        if text.contains(needle) {
+            return Some(LimitHit::Count(format!(
+                "a call may create at most {most} {what}"
+            )));
+        }
+    }
+    if text.contains("fuel allocated for hostcalls has been exhausted") {
+        return Some(LimitHit::Count(format!(
+            "it passed more than {} KiB to the host at once",
+            HOST_CALL_BYTES / 1024
+        )));
+    }
+    None
 }
 
 /// What the embedder grants the guest beyond the empty default: read-only directories
@@ -343,9 +527,53 @@ mod tests {
 
     #[test]
     fn limiter_names_memory_overrun() {
-        let mut l = Limiter::new(1024);
+        let budget = Budget::new(32 << 20);
+        let room = budget.for_memories_and_tables();
+        let mut l = Limiter::new(budget);
         assert!(l.memory_growing(0, 1024, None).unwrap());
-        assert!(l.memory_growing(1024, 2048, None).is_err());
-        assert!(l.memory_exceeded);
+        assert!(l.memory_growing(1024, room, None).unwrap());
+        assert!(l.memory_growing(room, room + 1, None).is_err());
+        assert_eq!(l.hit, Some(LimitHit::Budget));
+    }
+
+    #[test]
+    fn the_budget_counts_every_memory_and_table_of_the_call() {
+        // Each memory alone is within the budget; together they are not.
+        let budget = Budget::new(32 << 20);
+        let half = budget.for_memories_and_tables() / 2;
+        let mut l = Limiter::new(budget);
+        assert!(l.memory_growing(0, half, None).unwrap());
+        assert!(l.memory_growing(0, half, None).unwrap());
+        assert!(l.memory_growing(0, 64 * 1024, None).is_err());
+        assert_eq!(l.hit, Some(LimitHit::Budget));
+
+        // Tables are charged a pointer per element, and no table outgrows its bound.
+        let mut l = Limiter::new(budget);
+        assert!(l
+            .memory_growing(0, budget.for_memories_and_tables() - 8 * 1000, None)
+            .unwrap());
+        assert!(l.table_growing(0, 1000, None).unwrap());
+        assert!(l.table_growing(0, 1, None).is_err());
+        let mut l = Limiter::new(budget);
+        assert!(l.table_growing(0, MAX_TABLE_ELEMENTS + 1, None).is_err());
+        assert_eq!(
+            l.hit,
+            Some(LimitHit::Count("a table may have at most 20000 elements".into()))
+        );
+    }
+
+    #[test]
+    fn the_budget_reserves_the_resource_tables_within_it() {
+        for mib in [1, 4, 32, 64, 4096] {
+            let budget = Budget::new(mib << 20);
+            assert!((32..=1024).contains(&budget.resources), "{mib} MiB: {budget:?}");
+            assert_eq!(
+                budget.reserved() + budget.for_memories_and_tables(),
+                (mib << 20).max(budget.reserved()),
+                "{mib} MiB"
+            );
+        }
+        // The default budget leaves a generator (about 1.5 MiB of memory) plenty.
+        assert!(Budget::new(64 << 20).for_memories_and_tables() > 48 << 20);
     }
 }

@@ -131,6 +131,9 @@ pub async fn load(
     }
     .with_context(|| format!("component {origin}"))
     .map_err(Failure::Usage)?;
+    if let Some(warning) = outcome.warning() {
+        warn(&warning);
+    }
     if verbose {
         note(&format!(
             "component: {origin} ({} bytes), {} in {:?}",
@@ -291,6 +294,7 @@ fn describe_cache(outcome: &CacheOutcome) -> String {
         CacheOutcome::Stored(p) => format!("compiled and cached at {}", p.display()),
         CacheOutcome::NotStored(why) => format!("compiled (not cached: {why})"),
         CacheOutcome::Recovered(why) => format!("compiled (cache entry replaced: {why})"),
+        CacheOutcome::Untrusted(why) => format!("compiled (cache not used: {why})"),
     }
 }
 
@@ -363,4 +367,27 @@ fn escape_controls(line: &str) -> String {
 /// A `-v` line on stderr.
 pub fn note(line: &str) {
     eprintln!("cloudsmith-gen: {line}");
+}
+
+/// Whether warnings are JSON log lines (`serve` logs JSON) rather than text.
+static JSON_WARNINGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes [`warn`] write JSON log lines, as `serve`'s log does.
+pub fn warn_as_json() {
+    JSON_WARNINGS.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// A warning on stderr, with or without `-v`: something did not work as configured, and
+/// the command carried on without it. One line, nothing shaped like a token.
+pub fn warn(line: &str) {
+    let line = host_example::secret::one_line(line, 1000);
+    if JSON_WARNINGS.load(std::sync::atomic::Ordering::SeqCst) {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let entry = serde_json::json!({"ts": (ts * 1000.0).round() / 1000.0, "level": "warn", "msg": line});
+        eprintln!("{entry}");
+    } else {
+        eprintln!("cloudsmith-gen: warning: {line}");
+    }
 }

@@ -28,8 +28,14 @@ fn write(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// The binary under test: `CLOUDSMITH_GEN` runs another build (an older one, to see a
+/// test fail before its fix).
+fn bin() -> String {
+    std::env::var("CLOUDSMITH_GEN").unwrap_or_else(|_| BIN.to_string())
+}
+
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(args)
         .env("XDG_CACHE_HOME", cache_dir())
         .stdin(Stdio::piped())
@@ -833,4 +839,241 @@ fn ca_files_that_tls_cannot_use_are_named() {
             assert_fails(&out, 2, ca);
         }
     }
+}
+
+/// [`run`] with environment variables set (and nothing else inherited that the helper
+/// reads).
+fn run_env(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(bin());
+    command.args(args).env("XDG_CACHE_HOME", cache_dir());
+    for name in [
+        "CLOUDSMITH_API_HOST",
+        "CLOUDSMITH_GENERATOR_MANIFEST",
+        "CLOUDSMITH_OIDC_TOKEN",
+        "CLOUDSMITH_REGISTRIES",
+    ] {
+        command.env_remove(name);
+    }
+    command.envs(env.iter().copied());
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cloudsmith-gen");
+    {
+        use std::io::Write as _;
+        let mut pipe = child.stdin.take().expect("stdin");
+        let _ = pipe.write_all(stdin.as_bytes());
+    }
+    child.wait_with_output().expect("cloudsmith-gen runs")
+}
+
+/// Every door's outbound policy comes from its flags (generate, kubelet provider) or
+/// its environment (Docker helper), never from the manifest: a manifest naming a host
+/// the operator did not allow is refused (exit 4) before anything reaches that host.
+/// (Before, the Docker helper allowed whatever CLOUDSMITH_GENERATOR_MANIFEST's apiUrl
+/// named, plain http included.)
+#[test]
+fn the_outbound_policy_comes_from_flags_and_environment_never_the_manifest() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stand_in = runtime
+        .block_on(testkit::cloudsmith::StandIn::start(Default::default()))
+        .expect("stand-in");
+    let manifest = local_manifest("m-elsewhere.yaml", &stand_in.url());
+    let manifest = manifest.to_str().unwrap();
+    let token = testkit::oidc::token("system:serviceaccount:default:default", &[&stand_in.origin()]);
+    let token_path = write("policy-token", &token);
+    let token_path = token_path.to_str().unwrap();
+
+    let generate = run(
+        &[
+            "generate",
+            "--manifest",
+            manifest,
+            "--oidc-token-file",
+            token_path,
+        ],
+        None,
+    );
+    assert_fails(
+        &generate,
+        4,
+        &format!("host {} is not in the outbound allowlist", stand_in.authority()),
+    );
+
+    let request = r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"docker.cloudsmith.io/a/b"}"#;
+    let kubelet = run(
+        &[
+            "kubelet-credential-provider",
+            "--manifest",
+            manifest,
+            "--oidc-token-file",
+            token_path,
+            "--no-token-cache",
+        ],
+        Some(request),
+    );
+    assert_fails(&kubelet, 4, "is not in the outbound allowlist");
+
+    let helper = |env: &[(&str, &str)]| {
+        let mut all = vec![
+            ("CLOUDSMITH_GENERATOR_MANIFEST", manifest),
+            ("CLOUDSMITH_OIDC_TOKEN", token.as_str()),
+        ];
+        all.extend_from_slice(env);
+        run_env(
+            &["docker-credential-helper", "get"],
+            "docker.cloudsmith.io",
+            &[all.as_slice(), &[("CLOUDSMITH_NO_TOKEN_CACHE", "1")]].concat(),
+        )
+    };
+    assert_fails(&helper(&[]), 4, "is not in the outbound allowlist");
+    assert!(
+        stand_in.requests().is_empty(),
+        "nothing reached the host the manifests name"
+    );
+
+    // The operator's variable allows it (plain http: written http://, to a loopback host).
+    let url = stand_in.url();
+    let allowed = helper(&[("CLOUDSMITH_API_HOST", &url)]);
+    assert_eq!(
+        allowed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    assert_eq!(stand_in.requests().len(), 1);
+    drop(runtime);
+}
+
+/// Plain http goes only to the hosts named for it, or to loopback, never to Cloudsmith:
+/// `--allow-http api.cloudsmith.io` is a usage error, and a manifest sending the
+/// exchange to `http://api.cloudsmith.io:443` is refused by the policy whatever the
+/// flags. (Before, `--allow-http` allowed plain http to every allowed host, Cloudsmith's
+/// included: the OIDC token would have crossed the network in clear.)
+#[test]
+fn plain_http_is_per_host_and_never_to_cloudsmith() {
+    let t = token_file();
+    let t = t.to_str().unwrap();
+    for flag in [
+        "--allow-http=api.cloudsmith.io",
+        "--allow-http=api.cloudsmith.io:443",
+    ] {
+        let out = run(
+            &["generate", "--manifest", "-", "--oidc-token-file", t, flag],
+            Some(SEED),
+        );
+        assert_fails(&out, 2, "is never allowed");
+    }
+    let m = local_manifest("m-plain-cloudsmith.yaml", "http://api.cloudsmith.io:443");
+    let out = run(
+        &[
+            "generate",
+            "--manifest",
+            m.to_str().unwrap(),
+            "--oidc-token-file",
+            t,
+            "--allow-http",
+            "--allow-host",
+            "api.cloudsmith.io:443",
+        ],
+        None,
+    );
+    assert_fails(&out, 4, "plain http to api.cloudsmith.io:443 is never allowed");
+    // To a named host: allowed by name, and only there (no other port).
+    let m = local_manifest("m-plain-named.yaml", "http://127.0.0.1:9");
+    let named = run(
+        &[
+            "generate",
+            "--manifest",
+            m.to_str().unwrap(),
+            "--oidc-token-file",
+            t,
+            "--allow-http",
+            "127.0.0.1:10",
+        ],
+        None,
+    );
+    assert_fails(&named, 4, "host 127.0.0.1:9 is not in the outbound allowlist");
+}
+
+/// A compile cache directory others can write is not used: one warning line, and the
+/// call works. (Before, any readable directory was used as it was found.)
+#[cfg(unix)]
+#[test]
+fn an_unsafe_compile_cache_is_not_used_and_the_call_works() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = scratch().join("shared-cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run(&["info", "--cache-dir", dir.to_str().unwrap()], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one warning line: {stderr}");
+    assert!(
+        lines[0].starts_with("cloudsmith-gen: warning: compiled-component cache not used: directory ")
+            && lines[0].contains("writable by group or others"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing written there"
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("info is JSON");
+    assert_eq!(info["kind"], "CloudsmithAccessToken");
+}
+
+/// `install docker-credential-helper` adds its entries to Docker's config.json and keeps
+/// every other byte (order, tabs, a key it does not know), writing through a symlinked
+/// config.json as docker/cli does: the link stays a link. (Before, the file was written
+/// again from its parsed value, keys sorted and indented by two spaces, and the link
+/// replaced by a regular file.)
+#[cfg(unix)]
+#[test]
+fn install_keeps_config_json_and_writes_through_its_symlink() {
+    let home = scratch().join("install-home");
+    let docker = home.join(".docker");
+    let dotfiles = home.join("dotfiles");
+    let bin_dir = home.join("bin");
+    for dir in [&docker, &dotfiles, &bin_dir] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let real = dotfiles.join("docker.json");
+    std::fs::write(
+        &real,
+        "{\n\t\"psFormat\": \"table\",\n\t\"auths\": {},\n\t\"zzUnknown\": {\"kept\": [1, 2]}\n}\n",
+    )
+    .unwrap();
+    let link = docker.join("config.json");
+    std::os::unix::fs::symlink("../dotfiles/docker.json", &link).unwrap();
+    let out = run_env(
+        &[
+            "install",
+            "docker-credential-helper",
+            "--dir",
+            bin_dir.to_str().unwrap(),
+        ],
+        "",
+        &[
+            ("DOCKER_CONFIG", docker.to_str().unwrap()),
+            ("HOME", home.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
+        "config.json is still a symlink"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&real).unwrap(),
+        "{\n\t\"psFormat\": \"table\",\n\t\"auths\": {},\n\t\"zzUnknown\": {\"kept\": [1, 2]},\n\t\"credHelpers\": {\n\t\t\"docker.cloudsmith.io\": \"cloudsmith\"\n\t}\n}\n"
+    );
 }

@@ -233,8 +233,8 @@ async fn serve_answers_eso_by_host_name() {
         "serve",
         "--listen=127.0.0.1:0",
         &format!("--kubeconfig=/etc/cloudsmith-gen/{kubeconfig_name}"),
-        &format!("--allow-host={CLOUDSMITH_HOST}:{port}"),
-        "--allow-http",
+        // Plain http to the stand-in's name, which is no loopback name.
+        &format!("--allow-http={CLOUDSMITH_HOST}:{port}"),
         "--manifest=/etc/cloudsmith-gen/generators.yaml",
         "--cache-dir=/tmp/cache",
     ]

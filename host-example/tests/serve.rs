@@ -101,16 +101,25 @@ impl World {
 
     /// A world whose Kubernetes API holds each TokenRequest for `token_request_delay`.
     async fn with(slow_delay: Duration, token_request_delay: Duration) -> World {
+        World::with_kube(slow_delay, |config| kubernetes::StandInConfig {
+            token_request_delay,
+            ..config
+        })
+        .await
+    }
+
+    /// A world whose Kubernetes stand-in is configured by `kube` (from the default).
+    async fn with_kube(
+        slow_delay: Duration,
+        kube: impl FnOnce(kubernetes::StandInConfig) -> kubernetes::StandInConfig,
+    ) -> World {
         let cloudsmith = cloudsmith::StandIn::start(cloudsmith::StandInConfig {
             slow_delay,
             ..Default::default()
         })
         .await
         .expect("Cloudsmith stand-in");
-        let mut config = kubernetes::StandInConfig {
-            token_request_delay,
-            ..Default::default()
-        };
+        let mut config = kube(kubernetes::StandInConfig::default());
         for ns in ["apps", "team-b", "team-c", "team-d", "default"] {
             config = config.with_service_account(ns, "cloudsmith-oidc");
         }
@@ -1395,4 +1404,465 @@ fn serve_args(world: &World, extra: &[&str]) -> Vec<String> {
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     args
+}
+
+/// A raw connection that sends `request` and holds it open, reading nothing.
+async fn send_raw(addr: SocketAddr, request: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    stream
+}
+
+/// Reads what the server sends on `stream` until it closes, within `bound`.
+async fn read_all(stream: &mut tokio::net::TcpStream, bound: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut text = Vec::new();
+    let read = tokio::time::timeout(bound, stream.read_to_end(&mut text)).await;
+    read.ok().map(|_| String::from_utf8_lossy(&text).into_owned())
+}
+
+/// A POST for `generator` in `namespace` with `token`, as raw HTTP/1.1.
+fn raw_ask(namespace: &str, generator: &str, token: &str, extra: &str) -> String {
+    format!(
+        "POST /v1/namespaces/{namespace}/generators/{generator} HTTP/1.1\r\nhost: x\r\n\
+         authorization: Bearer {token}\r\ncontent-type: application/json\r\n{extra}\r\n"
+    )
+}
+
+/// 10,000 callers hang up while their TokenReview is under way (each with a token of its
+/// own, so each is a review of its own): every single-flight entry goes with its caller,
+/// and `cloudsmith_gen_reviews_in_progress` comes back to 0. (Before, an entry was
+/// removed only when its review returned: each hang-up left one for good, and anyone
+/// who could reach the port could grow the map without bound.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_hang_up_mid_review_leave_no_review_behind() {
+    const WAVE: usize = 64;
+    const WAVES: usize = 157;
+    let world = World::with_kube(Duration::from_secs(10), |config| kubernetes::StandInConfig {
+        token_review_delay: Duration::from_secs(600),
+        ..config
+    })
+    .await;
+    let server = world.serve(&["--max-pending-reviews", "100000"]);
+    let mut sent = 0;
+    for wave in 0..WAVES {
+        let mut held = Vec::with_capacity(WAVE);
+        for n in 0..WAVE {
+            let token = format!("not-a-token-{wave}-{n}");
+            held.push(
+                send_raw(
+                    server.addr,
+                    &raw_ask("apps", "cloudsmith-access-token", &token, "content-length: 0\r\n"),
+                )
+                .await,
+            );
+        }
+        sent += WAVE;
+        // Every review of this wave is under way at the API server, then every caller
+        // hangs up.
+        wait_until(|| async { world.kube.token_reviews_received() >= sent }).await;
+        drop(held);
+    }
+    assert_eq!(sent, 10_048);
+    wait_until(|| async { gauge(server.addr, "cloudsmith_gen_reviews_in_progress").await == Some(0) }).await;
+    assert_eq!(
+        gauge(server.addr, "cloudsmith_gen_reviews_in_flight").await,
+        Some(0)
+    );
+    assert!(world.kube.token_reviews().is_empty(), "no review was answered");
+    assert_logs_clean(&server, &world, &[]);
+}
+
+/// A flood of unknown tokens, each a TokenReview of its own, more at once than there
+/// are places for reviews: callers already let in keep getting their credentials, each
+/// within ESO's 10 s, even when their own cached review runs out (every second here,
+/// `--review-cache-ttl 1`). Their renewals take the known callers' pool, which the flood
+/// cannot fill. (Before, one pool: a renewal was refused `503 busy` while the flood held
+/// every place.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_tokens_does_not_starve_authenticated_callers() {
+    const FLOODERS: usize = 48;
+    let world = World::with_kube(Duration::from_secs(10), |config| kubernetes::StandInConfig {
+        token_review_delay: Duration::from_millis(200),
+        ..config
+    })
+    .await;
+    let server = world.serve(&[
+        "--max-pending-reviews",
+        "4",
+        "--review-cache-ttl",
+        "1",
+        "--rate-limit",
+        "0",
+    ]);
+    let addr = server.addr;
+    let good: Vec<(&str, String)> = ["apps", "team-b", "team-c"]
+        .into_iter()
+        .map(|ns| (ns, caller(ns, "eso")))
+        .collect();
+    for (ns, token) in &good {
+        assert_eq!(
+            ask(addr, ns, "cloudsmith-access-token", token).await.status,
+            200,
+            "{ns} before the flood"
+        );
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood: Vec<_> = (0..FLOODERS)
+        .map(|f| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let token = format!("bad-{f}-{n}");
+                    let reply = ask(addr, "apps", "cloudsmith-access-token", &token).await;
+                    *statuses.entry(reply.status).or_default() += 1;
+                    n += 1;
+                }
+                statuses
+            })
+        })
+        .collect();
+    // The flood holds every place of the unknown pool before the callers go on.
+    wait_until(|| async { world.kube.token_reviews_received() >= 64 }).await;
+    let mut answers = Vec::new();
+    for round in 0..8 {
+        for (ns, token) in &good {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(10),
+                ask(addr, ns, "cloudsmith-access-token", token),
+            )
+            .await;
+            answers.push((round, *ns, reply.map(|r| (r.status, r.body))));
+        }
+        // Past the cached review's second: the next call needs a review again.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut flooded = std::collections::BTreeMap::<u16, u64>::new();
+    for f in flood {
+        for (status, n) in f.await.unwrap() {
+            *flooded.entry(status).or_default() += n;
+        }
+    }
+    eprintln!(
+        "flood: {flooded:?}; TokenReviews received {}",
+        world.kube.token_reviews_received()
+    );
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|(_, _, r)| !matches!(r, Ok((200, _))))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "callers let in before were refused or late: {refused:?}"
+    );
+    assert!(
+        flooded.get(&503).is_some_and(|n| *n > 0),
+        "the flood met the bound: {flooded:?}"
+    );
+    assert!(!flooded.contains_key(&200), "{flooded:?}");
+}
+
+/// With `--audience`, the TokenReview must say the token was authenticated for one of
+/// them. An authenticator that ignores `spec.audiences` (here, the stand-in told to)
+/// would otherwise let in a token minted for any audience. (Before, `status.audiences`
+/// was not read: the API server's token was let in.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_review_audiences_are_checked() {
+    let world = World::with_kube(Duration::from_secs(10), |config| kubernetes::StandInConfig {
+        review_ignores_audiences: true,
+        ..config
+    })
+    .await;
+    let server = world.serve(&["--audience", "https://cloudsmith-gen.example"]);
+    let api_server_token = caller("apps", "eso");
+    let reply = ask(server.addr, "apps", "cloudsmith-access-token", &api_server_token).await;
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert_eq!(reply.case(), "unauthenticated");
+    assert!(
+        reply.body.contains("none of them https://cloudsmith-gen.example"),
+        "{}",
+        reply.body
+    );
+    assert!(world.kube.requests().is_empty(), "nothing minted");
+    let ours = oidc::token(
+        "system:serviceaccount:apps:eso",
+        &["https://cloudsmith-gen.example"],
+    );
+    assert_eq!(
+        ask(server.addr, "apps", "cloudsmith-access-token", &ours)
+            .await
+            .status,
+        200
+    );
+    assert_logs_clean(&server, &world, &[&api_server_token, &ours]);
+}
+
+/// A request body that stops arriving is answered 408 at `--read-timeout`. (Before, the
+/// body was read with no deadline: the call held its connection and task for as long as
+/// the client liked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_is_answered_408() {
+    let world = World::new(Duration::from_secs(10)).await;
+    let server = world.serve(&["--read-timeout", "1"]);
+    let token = caller("apps", "eso");
+    let mut stream = send_raw(
+        server.addr,
+        &(raw_ask(
+            "apps",
+            "cloudsmith-access-token",
+            &token,
+            "content-length: 100\r\n",
+        ) + "{\"partial\":"),
+    )
+    .await;
+    let answer = read_all(&mut stream, Duration::from_secs(60))
+        .await
+        .expect("an answer before 60 s");
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("\"case\":\"request-timeout\""), "{answer}");
+    assert!(world.kube.requests().is_empty(), "nothing minted");
+    assert_logs_clean(&server, &world, &[&token]);
+}
+
+/// Past `--max-connections`, a connection is answered 503 at once; the places come back
+/// as connections close. (Before, connections had no bound.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_refused_at_once() {
+    let world = World::new(Duration::from_secs(10)).await;
+    let server = world.serve(&["--max-connections", "4", "--read-timeout", "60"]);
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let mut extra = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let answer = read_all(&mut extra, Duration::from_secs(30))
+        .await
+        .expect("answered at once");
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("too many connections"), "{answer}");
+    drop(idle);
+    wait_until(|| async {
+        gauge(server.addr, "cloudsmith_gen_connections_refused_total")
+            .await
+            .is_some_and(|n| n >= 1)
+    })
+    .await;
+    let token = caller("apps", "eso");
+    assert_eq!(
+        ask(server.addr, "apps", "cloudsmith-access-token", &token)
+            .await
+            .status,
+        200
+    );
+    assert_logs_clean(&server, &world, &[&token]);
+}
+
+/// Out of file descriptors, accepting fails until one is freed: the server pauses
+/// between tries (5 ms doubling to 1 s, as Go's net/http), logs the burst and serves
+/// again once descriptors are back. (Before, it retried at once, a core spinning for as
+/// long as the descriptors stayed out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_errors_pause_and_the_server_recovers() {
+    let world = World::new(Duration::from_secs(10)).await;
+    let args = serve_args(&world, &["--read-timeout", "60"]);
+    // The server with few descriptors: its own shell sets the limit, then execs it.
+    let bin = std::env::var("CLOUDSMITH_GEN").unwrap_or_else(|_| BIN.to_string());
+    let mut shell: Vec<String> = vec!["-c".into(), "ulimit -n 64 && exec \"$0\" \"$@\"".into(), bin];
+    shell.extend(args);
+    let mut server = {
+        let mut child = Command::new("bash")
+            .args(&shell)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bash starts serve");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["msg"] == "listening" {
+                        let _ = tx.send(v["address"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(300))
+            .expect("serve starts")
+            .parse()
+            .unwrap();
+        Server { child, addr, log }
+    };
+    let addr = server.addr;
+    // More connections than the server has descriptors for; the rest wait in the backlog
+    // while every accept fails.
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        held.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    wait_until(|| async { server.logs().contains("accepting a connection failed: pausing") }).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(held);
+    let mut errors = None;
+    for _ in 0..600 {
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            gauge(addr, "cloudsmith_gen_accept_errors_total"),
+        )
+        .await;
+        errors = read.ok().flatten();
+        if errors.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let errors = errors.expect("the server answers /metrics again, with cloudsmith_gen_accept_errors_total");
+    // Three seconds and more of failing accepts, paused 5 ms doubling to 1 s: about a
+    // dozen tries, where retrying at once makes hundreds of thousands.
+    assert!((1..100).contains(&errors), "{errors} failed accepts");
+    let token = caller("apps", "eso");
+    assert_eq!(
+        ask(addr, "apps", "cloudsmith-access-token", &token).await.status,
+        200
+    );
+    server.log_json();
+    let _ = server.terminate();
+}
+
+/// A guest that computes forever gives its worker back at every epoch tick: with every
+/// sandbox slot spinning, more slots than the server has worker threads, `/healthz` and
+/// `/metrics` answer at once. (Before, a spinning guest held its tokio worker until its
+/// deadline, and a few of them starved everything else the server does.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_while_every_slot_spins() {
+    let world = World::new(Duration::from_secs(10)).await;
+    let slots = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
+    let spinning = world.dir.path().join("spin.yaml");
+    std::fs::write(
+        &spinning,
+        "apiVersion: generators.external-secrets.io/v1alpha1\nkind: CloudsmithAccessToken\nmetadata:\n  name: spin\n\
+         hostile: loop\nspec:\n  orgSlug: o\n  serviceSlug: s\n  serviceAccountRef:\n    name: cloudsmith-oidc\n",
+    )
+    .unwrap();
+    let component = testkit::artifacts::wasm("hostile");
+    let server = Server::start(&[
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--kubeconfig".into(),
+        world.kubeconfig.display().to_string(),
+        "--manifest".into(),
+        spinning.display().to_string(),
+        "--component".into(),
+        component.display().to_string(),
+        "--cache-dir".into(),
+        cache_dir().display().to_string(),
+        "--max-concurrent-calls".into(),
+        slots.to_string(),
+        "--rate-limit".into(),
+        "0".into(),
+        "--timeout".into(),
+        "60".into(),
+    ]);
+    let addr = server.addr;
+    let token = caller("apps", "eso");
+    let calls: Vec<_> = (0..slots)
+        .map(|_| {
+            let token = token.clone();
+            tokio::spawn(async move { ask(addr, "apps", "spin", &token).await.status })
+        })
+        .collect();
+    let in_flight = format!("cloudsmith_gen_calls_in_flight {slots}");
+    wait_for_metric(addr, &in_flight).await;
+    // The guests are in their loops within milliseconds of their slot.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let health = tokio::time::timeout(
+        Duration::from_secs(20),
+        request(addr, "GET", "/healthz", &[], b""),
+    )
+    .await;
+    assert_eq!(
+        health.map(|r| r.status).ok(),
+        Some(200),
+        "/healthz while {slots} guests spin"
+    );
+    let metrics = tokio::time::timeout(
+        Duration::from_secs(20),
+        request(addr, "GET", "/metrics", &[], b""),
+    )
+    .await
+    .expect("/metrics while the guests spin");
+    assert!(metrics.body.contains(&in_flight), "every call still spinning");
+    // The callers give up before the server goes (it is killed with the test).
+    for call in calls {
+        call.abort();
+    }
+    assert_logs_clean(&server, &world, &[&token]);
+}
+
+/// The outbound policy comes from the flags, never from the manifest: a generator whose
+/// spec names a host off the allowlist is refused before any request to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_cannot_widen_the_outbound_policy() {
+    let world = World::new(Duration::from_secs(10)).await;
+    let elsewhere = testkit::cloudsmith::StandIn::start(Default::default())
+        .await
+        .unwrap();
+    let manifest = world.dir.path().join("elsewhere.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: generators.external-secrets.io/v1alpha1\nkind: CloudsmithAccessToken\nmetadata:\n  \
+             name: elsewhere\nspec:\n  apiUrl: \"{}\"\n  orgSlug: my-organization\n  serviceSlug: my-oidc-service\n  \
+             serviceAccountRef:\n    name: cloudsmith-oidc\n",
+            elsewhere.url()
+        ),
+    )
+    .unwrap();
+    let server = world.serve(&["--manifest", manifest.to_str().unwrap()]);
+    let token = caller("apps", "eso");
+    let reply = ask(server.addr, "apps", "elsewhere", &token).await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert_eq!(reply.case(), "policy-denied");
+    assert!(
+        elsewhere.requests().is_empty(),
+        "nothing reached the host the manifest names"
+    );
+    assert_logs_clean(&server, &world, &[&token]);
+}
+
+/// A rate limit too small to compute a wait with is refused at start, in one line.
+/// (Before, it was taken, and the first caller over its burst panicked the server's
+/// connection task.)
+#[test]
+fn a_tiny_rate_limit_is_refused_at_start() {
+    let bin = std::env::var("CLOUDSMITH_GEN").unwrap_or_else(|_| BIN.to_string());
+    for rate in ["1e-300", "-1", "NaN"] {
+        let out = Command::new(&bin)
+            .args([
+                "serve",
+                "--manifest",
+                "/nonexistent.yaml",
+                &format!("--rate-limit={rate}"),
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{rate}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{rate}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains("--rate-limit"),
+            "{rate}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }

@@ -70,6 +70,13 @@ pub struct StandInConfig {
     /// Hold every TokenRequest this long before answering (a hung API server for the
     /// TokenRequest API alone; the reviews still answer at once).
     pub token_request_delay: std::time::Duration,
+    /// Hold every TokenReview this long before answering (a slow API server, so that
+    /// callers can hang up mid-review); counted on arrival ([`StandIn::token_reviews_received`]).
+    pub token_review_delay: std::time::Duration,
+    /// Authenticate a valid token whatever audiences the review asks for, and say it
+    /// was for the token's own (`status.audiences`): an authenticator that does not
+    /// support audiences, which a real API server does not have on demand.
+    pub review_ignores_audiences: bool,
 }
 
 /// One permission the SubjectAccessReview stand-in grants: like an RBAC rule bound to
@@ -123,6 +130,8 @@ impl Default for StandInConfig {
             tls: false,
             grants: Vec::new(),
             token_request_delay: std::time::Duration::ZERO,
+            token_review_delay: std::time::Duration::ZERO,
+            review_ignores_audiences: false,
         }
     }
 }
@@ -174,6 +183,7 @@ struct State {
     requests: Mutex<Vec<TokenRequestRecord>>,
     token_reviews: Mutex<Vec<TokenReviewRecord>>,
     access_reviews: Mutex<Vec<AccessReviewRecord>>,
+    token_reviews_received: std::sync::atomic::AtomicUsize,
 }
 
 impl StandIn {
@@ -199,6 +209,7 @@ impl StandIn {
             requests: Mutex::default(),
             token_reviews: Mutex::default(),
             access_reviews: Mutex::default(),
+            token_reviews_received: Default::default(),
         });
         let handler_state = state.clone();
         let handler: server::Handler = Arc::new(move |req| {
@@ -232,6 +243,14 @@ impl StandIn {
     /// Every TokenRequest received so far, in order.
     pub fn requests(&self) -> Vec<TokenRequestRecord> {
         self.state.requests.lock().expect("requests lock").clone()
+    }
+
+    /// TokenReviews that arrived so far, answered or not (see
+    /// [`StandInConfig::token_review_delay`]).
+    pub fn token_reviews_received(&self) -> usize {
+        self.state
+            .token_reviews_received
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The tokens minted so far (every TokenRequest's answer), in order.
@@ -359,12 +378,18 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
     };
     match parts.uri.path() {
         TOKEN_REVIEWS => {
+            state
+                .token_reviews_received
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if !state.config.token_review_delay.is_zero() {
+                tokio::time::sleep(state.config.token_review_delay).await;
+            }
             return Ok(token_review(
                 state,
                 &parts.method,
                 authorization.as_deref(),
                 &body,
-            ))
+            ));
         }
         ACCESS_REVIEWS => {
             return Ok(access_review(
@@ -539,6 +564,7 @@ fn token_review(
         wanted.clone()
     };
     let audiences: Vec<String> = match &claims {
+        Some(c) if state.config.review_ignores_audiences => c.aud.clone(),
         Some(c) => effective.iter().filter(|a| c.aud.contains(a)).cloned().collect(),
         None => Vec::new(),
     };

@@ -409,18 +409,23 @@ pub fn policy_step(api: &str, policy: &OutboundPolicy) -> Step {
             vec![fact("api", api), fact("allowed", target.authority.to_string())],
         ),
         Err(denial) => {
-            let flag = match denial.rule {
-                host_example::policy::Rule::PlainHttp => {
-                    format!("--allow-http (and --allow-host {})", authority_with_port(api))
+            use host_example::policy::Rule;
+            let fix = match denial.rule {
+                // Plain http is allowed per host (and to loopback), never to Cloudsmith.
+                Rule::PlainHttp => format!(
+                    "give --allow-http {}, if this is the Cloudsmith API you mean",
+                    authority_with_port(api)
+                ),
+                Rule::PlainHttpToCloudsmith => {
+                    "write spec.apiUrl with https://: Cloudsmith's API speaks only HTTPS".to_string()
                 }
-                _ => format!("--allow-host {}", authority_with_port(api)),
+                Rule::Userinfo => "remove the user:password@ part of spec.apiUrl".to_string(),
+                _ => format!(
+                    "give --allow-host {}, if this is the Cloudsmith API you mean",
+                    authority_with_port(api)
+                ),
             };
-            Step::failed(
-                StepName::OutboundPolicy,
-                facts,
-                denial.to_string(),
-                format!("give {flag}, if this is the Cloudsmith API you mean"),
-            )
+            Step::failed(StepName::OutboundPolicy, facts, denial.to_string(), fix)
         }
     }
 }
@@ -890,7 +895,12 @@ mod tests {
         );
         let allowed = OutboundPolicy::default().allow(Authority::new("127.0.0.1", 8080));
         let step = policy_step("http://127.0.0.1:8080", &allowed);
-        assert!(step.fix.unwrap().starts_with("give --allow-http"));
+        assert_eq!(
+            step.fix.as_deref(),
+            Some("give --allow-http 127.0.0.1:8080, if this is the Cloudsmith API you mean")
+        );
+        let step = policy_step("http://api.cloudsmith.io", &allowed.clone().allow_http(true));
+        assert!(step.fix.unwrap().starts_with("write spec.apiUrl with https://"));
         let both = allowed.allow_http(true);
         assert_eq!(policy_step("http://127.0.0.1:8080", &both).status, Status::Pass);
         assert_eq!(authority_with_port("https://[::1]"), "[::1]:443");

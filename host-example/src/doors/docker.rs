@@ -16,8 +16,14 @@
 //! manifest `CLOUDSMITH_GENERATOR_MANIFEST` (whose fields the variables override; with
 //! neither token variable its `serviceAccountRef` is minted through the Kubernetes
 //! TokenRequest API). Registries: `docker.cloudsmith.io` plus `CLOUDSMITH_REGISTRIES`
-//! (comma-separated). The outbound policy allows the configured API host only; extra CA
-//! roots come from `SSL_CERT_FILE`.
+//! (comma-separated).
+//!
+//! The outbound policy comes from the environment, never from the manifest (as every
+//! door's comes from its flags or environment): the default allowlist plus the
+//! authority of `CLOUDSMITH_API_HOST`, plain http only when that variable is written
+//! `http://HOST[:PORT]` (and never to api.cloudsmith.io); extra CA roots from
+//! `SSL_CERT_FILE`. A manifest's `apiUrl` or `apiHost` is what the guest calls, and
+//! is refused unless the environment allows it.
 
 use host_core::docker::{self, env, ConfigError, HelperCall, HelperEnv, TokenOrigin};
 use host_example::secret::shown;
@@ -54,7 +60,7 @@ impl DockerConfig {
         self.env.registries().map_err(Failure::usage)
     }
 
-    /// The runtime: the default, allowing the configured API host only (plain http only
+    /// The runtime: the default, also allowing `CLOUDSMITH_API_HOST` (plain http only
     /// when written `http://`), with `SSL_CERT_FILE`'s roots besides the public ones.
     pub fn runtime(&self) -> Result<RuntimeConfig, Failure> {
         self.runtime
@@ -65,10 +71,19 @@ impl DockerConfig {
 
     fn read_runtime(&self) -> Result<RuntimeConfig, Failure> {
         let mut config = RuntimeConfig::default();
-        if let Some(api) = self.env.manifest().map_err(Failure::usage)?.1 {
-            let (authority, plain) =
-                api_authority(&api).map_err(|why| Failure::usage(format!("{}: {why}", env::API_HOST)))?;
-            config.policy = config.policy.allow(authority).allow_http(plain);
+        // The operator's variable, not the manifest's apiUrl: a manifest is input, and
+        // the policy is what stops input from sending the OIDC token elsewhere.
+        if let Some(api) = self.env.var(env::API_HOST) {
+            let usage = |why: String| Failure::usage(format!("{}: {why}", env::API_HOST));
+            let (authority, plain) = api_authority(api).map_err(usage)?;
+            config.policy = if plain {
+                config
+                    .policy
+                    .allow_http_to(authority)
+                    .map_err(|e| usage(e.to_string()))?
+            } else {
+                config.policy.allow(authority)
+            };
         }
         if let Some(component) = self.env.var(env::COMPONENT) {
             config.component = Some(
@@ -287,6 +302,49 @@ mod tests {
             "{}",
             err.message()
         );
+    }
+
+    #[test]
+    fn the_policy_comes_from_the_environment_never_from_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("generator.yaml");
+        std::fs::write(
+            &manifest,
+            "kind: CloudsmithAccessToken\nspec:\n  apiUrl: http://127.0.0.1:9\n  orgSlug: acme\n  \
+             serviceSlug: puller\n  serviceAccountRef:\n    name: default\n",
+        )
+        .unwrap();
+        let manifest = manifest.to_str().unwrap();
+        let decide = |vars: &[(&str, &str)], url: &str| {
+            let policy = config(vars).runtime().map(|r| r.policy);
+            let uri: http::Uri = url.parse().unwrap();
+            policy.map(|p| p.decide(uri.scheme(), uri.authority()).is_ok())
+        };
+        // The manifest's apiUrl alone allows nothing (it did, plain http included).
+        assert_eq!(
+            decide(&[(env::MANIFEST, manifest)], "http://127.0.0.1:9/").ok(),
+            Some(false)
+        );
+        // The variable does, over the manifest.
+        let both = [(env::MANIFEST, manifest), (env::API_HOST, "http://127.0.0.1:9")];
+        assert_eq!(decide(&both, "http://127.0.0.1:9/").ok(), Some(true));
+        assert_eq!(decide(&both, "http://127.0.0.1:10/").ok(), Some(false));
+        // An https API host allows https only.
+        let https = [(env::API_HOST, "https://cloudsmith.internal:8443")];
+        assert_eq!(
+            decide(&https, "https://cloudsmith.internal:8443/").ok(),
+            Some(true)
+        );
+        assert_eq!(
+            decide(&https, "http://cloudsmith.internal:8443/").ok(),
+            Some(false)
+        );
+        // Plain http to Cloudsmith itself is refused when the helper starts.
+        let err = config(&[(env::API_HOST, "http://api.cloudsmith.io")])
+            .runtime()
+            .unwrap_err();
+        assert!(err.message().contains("never allowed"), "{}", err.message());
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[tokio::test]

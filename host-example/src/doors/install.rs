@@ -6,16 +6,21 @@
 //! `docker-credential-cloudsmith` to this binary and points Docker's `config.json` at
 //! it (`credHelpers`) for every configured registry.
 //!
-//! `config.json` is `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`. Every
-//! other entry is kept; the file is replaced atomically (a temporary file, then a
-//! rename), so docker never reads half a file, and keeps mode 0600 since it may hold
-//! `auths` secrets.
+//! `config.json` is `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`. The file
+//! is edited, not rewritten: the `credHelpers` entries are added (or set) in place and
+//! every other byte is kept (the order of the keys, the indentation, keys this program
+//! does not know). It is saved as docker/cli saves it (v29.7.2,
+//! `cli/config/configfile/file.go`, `(*ConfigFile).Save`): a symlinked `config.json` is
+//! followed, dangling or not, and its target replaced (the link stays a link), with the
+//! target's mode and owner (0600 for a new file, since it may hold `auths` secrets),
+//! through a temporary file renamed into place, so docker never reads half a file.
+//! Unlike docker/cli, the temporary file is made beside the target rather than beside
+//! the link, so the rename works when the two are on different file systems.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _};
-use serde_json::{Map, Value};
 
 use super::docker::{DockerConfig, CRED_HELPER, HELPER_NAME};
 use super::{Registries, Reply};
@@ -199,43 +204,377 @@ pub fn docker_config_path() -> anyhow::Result<PathBuf> {
 }
 
 /// Adds `"credHelpers": {"<registry>": "cloudsmith"}` for each registry to the config at
-/// `path` (created if missing), keeping every other entry.
+/// `path` (created if missing), keeping every other byte of it.
 pub fn add_cred_helpers(path: &Path, registries: &[&str]) -> anyhow::Result<()> {
     let name = path.display();
-    let mut config: Map<String, Value> = match std::fs::read(path) {
-        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Map::new(),
-        Ok(bytes) => match serde_json::from_slice(&bytes) {
-            Ok(Value::Object(map)) => map,
-            Ok(_) => bail!("{name} is not a JSON object; not changing it"),
-            Err(e) => bail!("{name} is not valid JSON ({e}); not changing it"),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Map::new(),
+    // Where docker/cli writes: the symlink's target, dangling or not.
+    let target = resolve_symlinks(path).with_context(|| format!("following {name}"))?;
+    let old = match std::fs::read(&target) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(anyhow!(e).context(format!("reading {name}"))),
     };
-    let helpers = config
-        .entry("credHelpers")
-        .or_insert_with(|| Value::Object(Map::new()));
-    let Value::Object(helpers) = helpers else {
-        bail!("{name}: credHelpers is not an object; not changing it");
+    let text = match &old {
+        Some(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => {
+            let text =
+                std::str::from_utf8(bytes).map_err(|_| anyhow!("{name} is not UTF-8; not changing it"))?;
+            edit::with_cred_helpers(text, registries, CRED_HELPER)
+                .map_err(|why| anyhow!("{name}: {why}; not changing it"))?
+        }
+        _ => edit::new_config(registries, CRED_HELPER),
     };
-    for registry in registries {
-        helpers.insert(registry.to_string(), Value::String(CRED_HELPER.into()));
+    if old.as_deref() == Some(text.as_bytes()) {
+        return Ok(());
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = target.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".config.json.")
+        .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    let mut text = serde_json::to_string_pretty(&Value::Object(config))?;
-    text.push('\n');
     tmp.write_all(text.as_bytes())?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).with_context(|| format!("writing {name}"))?;
+    copy_file_permissions(&target, tmp.path());
+    tmp.persist(&target)
+        .with_context(|| format!("writing {}", target.display()))?;
     Ok(())
+}
+
+/// `path` with every symlink followed, as Go's `filepath.EvalSymlinks`; for a dangling
+/// link, the path of the missing target (docker/cli's `Save` takes it from the error).
+fn resolve_symlinks(path: &Path) -> std::io::Result<PathBuf> {
+    if let Ok(real) = path.canonicalize() {
+        return Ok(real);
+    }
+    let mut current = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let next = std::fs::read_link(&current)?;
+                current = match current.parent() {
+                    Some(parent) if next.is_relative() => parent.join(next),
+                    _ => next,
+                };
+            }
+            // Missing (or not a link): written where it is named.
+            _ => return Ok(current),
+        }
+    }
+    Err(std::io::Error::other("too many levels of symbolic links"))
+}
+
+/// The mode and owner of the file at `src`, if any, given to `dst`; 0600 otherwise.
+/// Errors are ignored, as docker/cli's `copyFilePermissions` (`file_unix.go`) does.
+fn copy_file_permissions(src: &Path, dst: &Path) {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let meta = std::fs::metadata(src).ok();
+    let mode = meta
+        .as_ref()
+        .filter(|m| m.is_file())
+        .map_or(0o600, |m| m.mode() & 0o7777);
+    if std::fs::set_permissions(dst, std::fs::Permissions::from_mode(mode)).is_err() {
+        return;
+    }
+    if let Some(meta) = meta.filter(|m| m.uid() > 0 && m.gid() > 0) {
+        let _ = std::os::unix::fs::chown(dst, Some(meta.uid()), Some(meta.gid()));
+    }
+}
+
+/// Editing a JSON object in place: members added or a value replaced, every other byte
+/// left as it was.
+mod edit {
+    use serde_json::{Map, Value};
+
+    /// A new config holding only the `credHelpers`, as docker/cli writes one
+    /// (`json.MarshalIndent(c, "", "\t")`).
+    pub fn new_config(registries: &[&str], helper: &str) -> String {
+        let mut helpers = Map::new();
+        for r in registries {
+            helpers.insert(r.to_string(), Value::String(helper.into()));
+        }
+        let mut config = Map::new();
+        config.insert("credHelpers".into(), Value::Object(helpers));
+        let mut out = Vec::new();
+        let formatter = serde_json::ser::PrettyFormatter::with_indent(b"\t");
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+        serde::Serialize::serialize(&Value::Object(config), &mut ser).expect("a map of strings serializes");
+        String::from_utf8(out).expect("JSON is UTF-8")
+    }
+
+    /// `text` with `credHelpers.<registry>` set to `helper` for each registry.
+    pub fn with_cred_helpers(text: &str, registries: &[&str], helper: &str) -> Result<String, String> {
+        let mut unique: Vec<&str> = Vec::new();
+        for r in registries {
+            if !unique.contains(r) {
+                unique.push(r);
+            }
+        }
+        let registries = unique.as_slice();
+        let before: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
+        let Value::Object(mut expected) = before else {
+            return Err("not a JSON object".into());
+        };
+        let helpers = expected
+            .entry("credHelpers")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(helpers) = helpers else {
+            return Err("credHelpers is not an object".into());
+        };
+        for r in registries {
+            helpers.insert(r.to_string(), Value::String(helper.into()));
+        }
+
+        let top = Object::parse(text, skip_ws(text, 0))?;
+        let style = Style::of(text, &top);
+        let value = serde_json::to_string(helper).expect("a string serializes");
+        let mut edits: Vec<(usize, usize, String)> = Vec::new();
+        match top.member("credHelpers") {
+            Some(member) => {
+                let object = Object::parse(text, member.value.0)?;
+                let mut added = Vec::new();
+                for r in registries {
+                    match object.member(r) {
+                        Some(m) if text[m.value.0..m.value.1] == value => {}
+                        Some(m) => edits.push((m.value.0, m.value.1, value.clone())),
+                        None => added.push(*r),
+                    }
+                }
+                if !added.is_empty() {
+                    let members: Vec<String> = added
+                        .iter()
+                        .map(|r| format!("{}{}{value}", quoted(r), style.colon))
+                        .collect();
+                    edits.push(style.append(text, &object, &members));
+                }
+            }
+            None => {
+                let unique = registries;
+                let inner = style.indent_of(text, &top) + &style.unit;
+                let body = if style.multiline {
+                    let members: Vec<String> = unique
+                        .iter()
+                        .map(|r| format!("\n{inner}{}{}{}{value}", style.unit, quoted(r), style.colon))
+                        .collect();
+                    format!("{{{}\n{inner}}}", members.join(","))
+                } else {
+                    let members: Vec<String> = unique
+                        .iter()
+                        .map(|r| format!("{}{}{value}", quoted(r), style.colon))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                };
+                edits.push(style.append(text, &top, &[format!("\"credHelpers\"{}{body}", style.colon)]));
+            }
+        }
+        edits.sort_by_key(|e| std::cmp::Reverse(e.0));
+        let mut out = text.to_string();
+        for (start, end, replacement) in edits {
+            out.replace_range(start..end, &replacement);
+        }
+        // The edit must mean exactly what was intended, or the file is left alone.
+        let after: Value =
+            serde_json::from_str(&out).map_err(|e| format!("the edit would not be JSON ({e})"))?;
+        if after != Value::Object(expected) {
+            return Err("the edit would change more than credHelpers".into());
+        }
+        Ok(out)
+    }
+
+    fn quoted(s: &str) -> String {
+        serde_json::to_string(s).expect("a string serializes")
+    }
+
+    /// A member of an object: its decoded key and the byte spans of key and value.
+    struct Member {
+        key: String,
+        value: (usize, usize),
+    }
+
+    /// An object: its braces' offsets and its members.
+    struct Object {
+        open: usize,
+        close: usize,
+        members: Vec<Member>,
+        /// The text between the key and the value of the first member (`: ` or `:`).
+        first_colon: Option<String>,
+    }
+
+    impl Object {
+        fn parse(text: &str, at: usize) -> Result<Object, String> {
+            let bytes = text.as_bytes();
+            if bytes.get(at) != Some(&b'{') {
+                return Err("not an object where one was expected".into());
+            }
+            let mut members = Vec::new();
+            let mut first_colon = None;
+            let mut i = skip_ws(text, at + 1);
+            if bytes.get(i) == Some(&b'}') {
+                return Ok(Object {
+                    open: at,
+                    close: i,
+                    members,
+                    first_colon,
+                });
+            }
+            loop {
+                let key_end = value_end(text, i)?;
+                let key: String = serde_json::from_str(&text[i..key_end]).map_err(|e| e.to_string())?;
+                let colon = skip_ws(text, key_end);
+                if bytes.get(colon) != Some(&b':') {
+                    return Err("malformed object".into());
+                }
+                let start = skip_ws(text, colon + 1);
+                if first_colon.is_none() {
+                    first_colon = Some(text[key_end..start].to_string());
+                }
+                let end = value_end(text, start)?;
+                members.push(Member {
+                    key,
+                    value: (start, end),
+                });
+                i = skip_ws(text, end);
+                match bytes.get(i) {
+                    Some(b',') => i = skip_ws(text, i + 1),
+                    Some(b'}') => {
+                        return Ok(Object {
+                            open: at,
+                            close: i,
+                            members,
+                            first_colon,
+                        })
+                    }
+                    _ => return Err("malformed object".into()),
+                }
+            }
+        }
+
+        /// The last member named `key` (JSON decoders keep the last of duplicates).
+        fn member(&self, key: &str) -> Option<&Member> {
+            self.members.iter().rev().find(|m| m.key == key)
+        }
+    }
+
+    /// How the file is laid out, read from its top-level object.
+    struct Style {
+        multiline: bool,
+        /// One level of indentation.
+        unit: String,
+        colon: String,
+    }
+
+    impl Style {
+        fn of(text: &str, top: &Object) -> Style {
+            let first_gap = top
+                .members
+                .first()
+                .map(|_| &text[top.open + 1..skip_ws(text, top.open + 1)])
+                .unwrap_or("");
+            // An empty object says nothing of its layout: docker/cli's, then.
+            let multiline = first_gap.contains('\n') || top.members.is_empty();
+            let unit = match first_gap.rsplit_once('\n') {
+                Some((_, indent)) if !indent.is_empty() => indent.to_string(),
+                _ => "\t".to_string(),
+            };
+            let colon =
+                top.first_colon
+                    .clone()
+                    .unwrap_or_else(|| if multiline { ": ".into() } else { ":".into() });
+            Style {
+                multiline,
+                unit,
+                colon,
+            }
+        }
+
+        /// The indentation of the line `object` opens on.
+        fn indent_of(&self, text: &str, object: &Object) -> String {
+            let line_start = text[..object.open].rfind('\n').map_or(0, |i| i + 1);
+            text[line_start..object.open]
+                .chars()
+                .take_while(|c| *c == ' ' || *c == '\t')
+                .collect()
+        }
+
+        /// The edit appending `members` (each `"key": value`) to `object`, laid out as its
+        /// existing members are.
+        fn append(&self, text: &str, object: &Object, members: &[String]) -> (usize, usize, String) {
+            match object.members.last() {
+                Some(last) => {
+                    // Laid out as the first member: the same break and indentation.
+                    let gap = &text[object.open + 1..skip_ws(text, object.open + 1)];
+                    let added: String = members.iter().map(|m| format!(",{gap}{m}")).collect();
+                    (last.value.1, last.value.1, added)
+                }
+                None => {
+                    // `{}`: the members go inside, one indentation deeper than its line.
+                    let outer = self.indent_of(text, object);
+                    let replacement = if self.multiline {
+                        let inner = format!("{outer}{}", self.unit);
+                        let lines: Vec<String> = members.iter().map(|m| format!("\n{inner}{m}")).collect();
+                        format!("{}\n{outer}", lines.join(","))
+                    } else {
+                        members.join(",")
+                    };
+                    (object.open + 1, object.close, replacement)
+                }
+            }
+        }
+    }
+
+    fn skip_ws(text: &str, mut i: usize) -> usize {
+        let bytes = text.as_bytes();
+        while matches!(bytes.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            i += 1;
+        }
+        i
+    }
+
+    /// The end of the JSON value starting at `at` (the text is valid JSON: checked first).
+    fn value_end(text: &str, at: usize) -> Result<usize, String> {
+        let bytes = text.as_bytes();
+        let mut depth = 0usize;
+        let mut i = at;
+        loop {
+            match bytes.get(i) {
+                None => return Err("unexpected end of the file".into()),
+                Some(b'"') => {
+                    i += 1;
+                    loop {
+                        match bytes.get(i) {
+                            None => return Err("unterminated string".into()),
+                            Some(b'\\') => i += 2,
+                            Some(b'"') => break,
+                            _ => i += 1,
+                        }
+                    }
+                    i += 1;
+                }
+                Some(b'{' | b'[') => {
+                    depth += 1;
+                    i += 1;
+                }
+                Some(b'}' | b']') => {
+                    if depth == 0 {
+                        return Ok(i);
+                    }
+                    depth -= 1;
+                    i += 1;
+                }
+                Some(b',') if depth == 0 => return Ok(i),
+                Some(b' ' | b'\t' | b'\n' | b'\r') if depth == 0 => return Ok(i),
+                Some(_) => i += 1,
+            }
+            if depth == 0 && i > at && matches!(bytes[at], b'"' | b'{' | b'[') {
+                return Ok(i);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[cfg(unix)]
     #[test]
@@ -294,6 +633,119 @@ mod tests {
         add_cred_helpers(&path, &["docker.cloudsmith.io"]).unwrap();
         let again: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(again, config);
+    }
+
+    /// Every byte but the new entries is kept: key order, indentation (tabs, two spaces,
+    /// one line), keys this program does not know. (The writer before serialised the
+    /// parsed value again: keys sorted, two-space indentation.)
+    #[test]
+    fn the_rest_of_config_json_is_kept_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        // (case, the file, what it must become)
+        let cases = [
+            (
+                "docker's own layout, no credHelpers",
+                "{\n\t\"auths\": {\n\t\t\"ghcr.io\": {\n\t\t\t\"auth\": \"eA==\"\n\t\t}\n\t},\n\t\"zUnknown\": [1, 2],\n\t\"psFormat\": \"table\"\n}",
+                "{\n\t\"auths\": {\n\t\t\"ghcr.io\": {\n\t\t\t\"auth\": \"eA==\"\n\t\t}\n\t},\n\t\"zUnknown\": [1, 2],\n\t\"psFormat\": \"table\",\n\t\"credHelpers\": {\n\t\t\"docker.cloudsmith.io\": \"cloudsmith\",\n\t\t\"registry.acme.com\": \"cloudsmith\"\n\t}\n}",
+            ),
+            (
+                "two spaces, credHelpers present",
+                "{\n  \"credHelpers\": {\n    \"gcr.io\": \"gcloud\"\n  },\n  \"aliases\": {\"builder\": \"buildx\"}\n}\n",
+                "{\n  \"credHelpers\": {\n    \"gcr.io\": \"gcloud\",\n    \"docker.cloudsmith.io\": \"cloudsmith\",\n    \"registry.acme.com\": \"cloudsmith\"\n  },\n  \"aliases\": {\"builder\": \"buildx\"}\n}\n",
+            ),
+            (
+                "one line, an entry for another helper",
+                r#"{"credHelpers":{"registry.acme.com":"ecr-login","x":"y"},"credsStore":"desktop"}"#,
+                r#"{"credHelpers":{"registry.acme.com":"cloudsmith","x":"y","docker.cloudsmith.io":"cloudsmith"},"credsStore":"desktop"}"#,
+            ),
+            (
+                "an empty credHelpers",
+                "{\n\t\"credHelpers\": {},\n\t\"k\": 1\n}",
+                "{\n\t\"credHelpers\": {\n\t\t\"docker.cloudsmith.io\": \"cloudsmith\",\n\t\t\"registry.acme.com\": \"cloudsmith\"\n\t},\n\t\"k\": 1\n}",
+            ),
+            (
+                "an empty object",
+                "{}\n",
+                "{\n\t\"credHelpers\": {\n\t\t\"docker.cloudsmith.io\": \"cloudsmith\",\n\t\t\"registry.acme.com\": \"cloudsmith\"\n\t}\n}\n",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (case, before, after) in cases {
+            std::fs::write(&path, before).unwrap();
+            add_cred_helpers(
+                &path,
+                &[
+                    "docker.cloudsmith.io",
+                    "registry.acme.com",
+                    "docker.cloudsmith.io",
+                ],
+            )
+            .unwrap();
+            let got = std::fs::read_to_string(&path).unwrap();
+            if got != after {
+                wrong.push(format!("{case}:\n got: {got:?}\nwant: {after:?}"));
+            }
+            // A second run changes nothing.
+            add_cred_helpers(&path, &["registry.acme.com"]).unwrap();
+            if std::fs::read_to_string(&path).unwrap() != got {
+                wrong.push(format!("{case}: not idempotent"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// A symlinked config.json is followed and its target written, as docker/cli's
+    /// `Save` does: the link stays a link, the target keeps its mode. (The writer before
+    /// replaced the link with a regular file.)
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_config_is_written_through_the_link() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let docker = dir.path().join("docker");
+        let dotfiles = dir.path().join("dotfiles");
+        std::fs::create_dir_all(&docker).unwrap();
+        std::fs::create_dir_all(&dotfiles).unwrap();
+        let real = dotfiles.join("docker-config.json");
+        std::fs::write(&real, "{\n\t\"auths\": {}\n}").unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let link = docker.join("config.json");
+        std::os::unix::fs::symlink("../dotfiles/docker-config.json", &link).unwrap();
+
+        add_cred_helpers(&link, &["docker.cloudsmith.io"]).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
+            "still a link"
+        );
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            PathBuf::from("../dotfiles/docker-config.json")
+        );
+        assert_eq!(
+            std::fs::read_to_string(&real).unwrap(),
+            "{\n\t\"auths\": {},\n\t\"credHelpers\": {\n\t\t\"docker.cloudsmith.io\": \"cloudsmith\"\n\t}\n}"
+        );
+        assert_eq!(
+            std::fs::metadata(&real).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        // No temporary file left beside the link or the target.
+        assert_eq!(std::fs::read_dir(&docker).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(&dotfiles).unwrap().count(), 1);
+
+        // A dangling link: its target is created (0600), the link kept.
+        std::fs::remove_file(&real).unwrap();
+        add_cred_helpers(&link, &["docker.cloudsmith.io"]).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(&real).unwrap(),
+            "{\n\t\"credHelpers\": {\n\t\t\"docker.cloudsmith.io\": \"cloudsmith\"\n\t}\n}"
+        );
+        assert_eq!(
+            std::fs::metadata(&real).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]

@@ -163,6 +163,14 @@ impl std::fmt::Debug for KubernetesTokenSource {
 #[async_trait::async_trait]
 impl TokenSource for KubernetesTokenSource {
     async fn token(&self, request: &TokenRequest) -> Result<Secret, TokenSourceError> {
+        // With no audiences the API server mints a token for itself, good for the whole
+        // cluster API as this service account: never minted here.
+        if request.audiences.iter().all(|a| a.trim().is_empty()) {
+            return Err(TokenSourceError::new(format!(
+                "TokenRequest for {request} refused: it names no audience, and the API server would \
+                 mint a token for itself"
+            )));
+        }
         let client = self.client().await?.clone();
         let api: Api<ServiceAccount> = Api::namespaced(client, &request.namespace);
         let body = K8sTokenRequest {
@@ -266,6 +274,38 @@ mod tests {
         let kept = line.strip_suffix('…').expect("an ellipsis");
         let last = kept.rsplit(' ').next().unwrap();
         assert!(["several", "words"].contains(&last), "cut mid-word: {line}");
+    }
+
+    /// Without an audience the API server mints a token for itself: refused before any
+    /// request (before, the TokenRequest went out and the token came back).
+    #[tokio::test]
+    async fn no_token_request_names_no_audience() {
+        let kube = testkit::kubernetes::StandIn::start(
+            testkit::kubernetes::StandInConfig::default().with_service_account("apps", "default"),
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let source = KubernetesTokenSource::new(Some(kube.write_kubeconfig(dir.path()).unwrap()));
+        let request = |audiences: &[&str]| TokenRequest {
+            service_account: "default".into(),
+            namespace: "apps".into(),
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+        };
+        for audiences in [&[][..], &[""], &[" ", ""]] {
+            let err = source.token(&request(audiences)).await.unwrap_err();
+            assert!(err.to_string().contains("names no audience"), "{err}");
+        }
+        assert!(
+            kube.requests().is_empty(),
+            "no TokenRequest went out: {:?}",
+            kube.requests()
+        );
+        source
+            .token(&request(&["https://api.cloudsmith.io"]))
+            .await
+            .unwrap();
+        assert_eq!(kube.requests().len(), 1);
     }
 
     /// kube-rs's own error for a missing `--kubeconfig`, as the token source words it.

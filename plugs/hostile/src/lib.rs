@@ -21,13 +21,21 @@
 //! | `stdout-flood` | writes to stdout and stderr without bound (or `bytes` each)               |
 //! | `echo-token`   | fetches a service account token and prints it to stdout, stderr and its error |
 //! | `leftovers`    | looks for what an earlier call left behind (a static counter, a marker on its heap and stack), then leaves its own; reports what it found |
+//! | `resources`    | creates `count` `wasi:http` fields (default 100,000) of one `value-bytes` header each (default 1 KiB) and keeps them all: a flood of the host's resource table |
+//! | `hoard`        | composed with itself (`wac plug --plug hostile.wasm hostile.wasm`): has the other instance keep `bytes` (default 20 MiB) in its own linear memory, through its `token-source` export, then keeps as much in its own: two memories, each within a per-memory limit |
+//! | `no-audiences` | asks the token source for a token with no audiences (an API-server token); reports what came back |
 //!
+//! The component also exports `token-source`: asked for account `hoard:N`, it keeps N
+//! bytes (touched) in its memory and answers; any other account is passed on to its own
+//! `token-source` import, so composed with itself it behaves as it does alone.
+//!
+//! Natively, [`wat`] writes core modules for what Rust cannot express (many memories,
+//! table growth); `wasm-tools component embed` and `component new` make each a
+//! generator component.
 //! Modes that report what they saw (`evil-host`, `files`, `env`,
 //! `stdout-flood`, `leftovers`) return it beside ESO's two keys (`auth` = `hostile-report`,
 //! `expiry` = `0`), so a host that insists on those keys still hands the
 //! report back to the test.
-//!
-//! Natively (the workspace's host build) this crate is empty.
 
 #[cfg(target_arch = "wasm32")]
 mod component {
@@ -38,13 +46,23 @@ mod component {
 
     mod bindings {
         wit_bindgen::generate!({
-            world: "cloudsmith-access-token",
+            // The generator's world, plus token-source as an export: composed with
+            // itself, one instance serves the other (the `hoard` mode).
+            inline: "
+                package hostile:plug;
+                world hostile {
+                    include secretgen:generator/cloudsmith-access-token@0.1.0;
+                    export secretgen:generator/token-source@0.1.0;
+                }
+            ",
+            world: "hostile:plug/hostile",
             path: "../../wit",
             generate_all,
         });
     }
 
     use bindings::exports::secretgen::generator::generator as wit;
+    use bindings::exports::secretgen::generator::token_source as exported_source;
     use bindings::secretgen::generator::token_source;
     use bindings::wasi::http::outgoing_handler;
     use bindings::wasi::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
@@ -114,6 +132,20 @@ mod component {
                 "stdout-flood" => Ok(report(flood(m.get("bytes").and_then(Value::as_u64)))),
                 "echo-token" => echo_token(&namespace),
                 "leftovers" => Ok(report(leftovers())),
+                "resources" => Ok(report(resources(num("count", 100_000), num("value-bytes", 1024)))),
+                "hoard" => Ok(report(hoard(num("bytes", 20 * MIB), &namespace))),
+                "no-audiences" => {
+                    let account = token_source::ServiceAccountRef {
+                        name: "default".into(),
+                        namespace: None,
+                        audiences: Vec::new(),
+                    };
+                    let outcome = match token_source::service_account_token(&account, &namespace) {
+                        Ok(t) => format!("got a token ({} bytes)", t.len()),
+                        Err(e) => format!("refused: {e}"),
+                    };
+                    Ok(report(vec![("token-source".into(), outcome.into_bytes())]))
+                }
                 other => Err(wit::GenerateError::InvalidSpec(format!(
                     "hostile plugin: unknown mode {other:?}"
                 ))),
@@ -121,7 +153,69 @@ mod component {
         }
     }
 
+    impl exported_source::Guest for Hostile {
+        fn service_account_token(
+            account: exported_source::ServiceAccountRef,
+            namespace: String,
+        ) -> Result<String, String> {
+            if let Some(bytes) = account.name.strip_prefix("hoard:") {
+                let bytes: usize = bytes.parse().map_err(|_| "hoard: not a number".to_string())?;
+                KEPT.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(touched(bytes));
+                return Ok(format!("kept {bytes} bytes"));
+            }
+            let account = token_source::ServiceAccountRef {
+                name: account.name,
+                namespace: account.namespace,
+                audiences: account.audiences,
+            };
+            token_source::service_account_token(&account, &namespace)
+        }
+    }
+
     bindings::export!(Hostile with_types_in bindings);
+
+    /// What this instance keeps for the rest of the call.
+    static KEPT: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+    /// `bytes` bytes, every page written, so they are resident in the host.
+    fn touched(bytes: usize) -> Vec<u8> {
+        vec![0xA5; bytes]
+    }
+
+    /// Keeps `count` fields resources (each with one header of `value` bytes) alive.
+    fn resources(count: u64, value: u64) -> Outputs {
+        let value = vec![b'v'; usize::try_from(value).unwrap_or(usize::MAX)];
+        let mut kept = Vec::new();
+        for _ in 0..count {
+            let fields = Fields::new();
+            let _ = fields.append("x-hoard", &value);
+            kept.push(fields);
+        }
+        vec![("kept".into(), kept.len().to_string().into_bytes())]
+    }
+
+    /// `bytes` in the other instance's memory (a composition with itself), then as many
+    /// in this one's.
+    fn hoard(bytes: u64, namespace: &str) -> Outputs {
+        let account = token_source::ServiceAccountRef {
+            name: format!("hoard:{bytes}"),
+            namespace: None,
+            audiences: vec!["hoard".into()],
+        };
+        let other = match token_source::service_account_token(&account, namespace) {
+            Ok(said) => said,
+            Err(e) => format!("error: {e}"),
+        };
+        KEPT.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(touched(usize::try_from(bytes).unwrap_or(usize::MAX)));
+        vec![
+            ("other-instance".into(), other.into_bytes()),
+            ("this-instance".into(), format!("kept {bytes} bytes").into_bytes()),
+        ]
+    }
 
     /// What the plugin saw, wrapped in ESO's two keys so a host that insists
     /// on `auth` and `expiry` still hands the rest back to the test.
@@ -357,5 +451,89 @@ mod component {
         Err(wit::GenerateError::InvalidSpec(format!(
             "hostile error: the token is {token}"
         )))
+    }
+}
+
+/// Core modules for what Rust cannot express, as WebAssembly text: each exports the
+/// generator interface's two functions under their canonical ABI names, so
+/// `wasm-tools component embed --world cloudsmith-access-token wit/` and
+/// `wasm-tools component new` make it a generator component.
+///
+/// `generate` does its misbehaviour, then returns `ok` with no outputs (which the host
+/// refuses as unusable outputs, if it gets that far); `info` traps.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod wat {
+    use std::fmt::Write as _;
+
+    const PAGE: u32 = 64 * 1024;
+    const GENERATE: &str = "secretgen:generator/generator@0.1.0#generate";
+    const INFO: &str = "secretgen:generator/generator@0.1.0#info";
+
+    /// `memories` linear memories; `generate` grows each in turn by `mib_each` MiB and
+    /// writes a byte on every 4 KiB page (so the pages are resident), memory after
+    /// memory: no single memory comes near a per-memory limit of more than `mib_each`.
+    pub fn memories(memories: u32, mib_each: u32) -> String {
+        let pages = mib_each * 1024 * 1024 / PAGE;
+        let mut m = String::from("(module\n");
+        for k in 0..memories {
+            let export = if k == 0 { " (export \"memory\")" } else { "" };
+            let _ = writeln!(m, "  (memory $m{k}{export} 1)");
+        }
+        m.push_str(&common());
+        let _ = writeln!(
+            m,
+            "  (func (export \"{GENERATE}\") (param i32 i32 i32 i32) (result i32) (local $p i32)"
+        );
+        for k in 0..memories {
+            let _ = write!(
+                m,
+                "    (if (i32.eq (memory.grow $m{k} (i32.const {pages})) (i32.const -1)) (then unreachable))\n\
+                 \x20   (local.set $p (i32.const {PAGE}))\n\
+                 \x20   (loop $touch{k}\n\
+                 \x20     (i32.store8 $m{k} (local.get $p) (i32.const 165))\n\
+                 \x20     (local.set $p (i32.add (local.get $p) (i32.const 4096)))\n\
+                 \x20     (br_if $touch{k} (i32.lt_u (local.get $p) (i32.const {end}))))\n",
+                end = (pages + 1) * PAGE
+            );
+        }
+        m.push_str("    (i32.const 16))\n)\n");
+        m
+    }
+
+    /// `tables` funcref tables of one element; `generate` grows each in turn, `step`
+    /// elements at a time, until it will grow no further, table after table.
+    pub fn tables(tables: u32, step: u32) -> String {
+        let mut m = String::from("(module\n  (memory (export \"memory\") 1)\n");
+        for k in 0..tables {
+            let _ = writeln!(m, "  (table $t{k} 1 funcref)");
+        }
+        m.push_str(&common());
+        let _ = writeln!(
+            m,
+            "  (func (export \"{GENERATE}\") (param i32 i32 i32 i32) (result i32)"
+        );
+        for k in 0..tables {
+            let _ = writeln!(
+                m,
+                "    (block $full{k} (loop $grow{k}\n\
+                 \x20     (br_if $full{k} (i32.eq (table.grow $t{k} (ref.null func) (i32.const {step})) (i32.const -1)))\n\
+                 \x20     (br $grow{k})))"
+            );
+        }
+        m.push_str("    (i32.const 16))\n)\n");
+        m
+    }
+
+    /// The allocator and `info` every module has; the return area of `generate` is
+    /// at 16 in the first memory, all zeros: `ok` with an empty list.
+    fn common() -> String {
+        format!(
+            "  (global $next (mut i32) (i32.const 1024))\n\
+             \x20 (func (export \"cabi_realloc\") (param i32 i32 i32 i32) (result i32) (local $at i32)\n\
+             \x20   (local.set $at (i32.and (i32.add (global.get $next) (i32.const 7)) (i32.const -8)))\n\
+             \x20   (global.set $next (i32.add (local.get $at) (local.get 3)))\n\
+             \x20   (local.get $at))\n\
+             \x20 (func (export \"{INFO}\") (result i32) unreachable)\n"
+        )
     }
 }

@@ -19,20 +19,35 @@
 //! `cloudsmithaccesstokens/generate` lets a subject mint credentials without letting it
 //! create or edit ESO's `CloudsmithAccessToken` objects, and the reverse.
 //!
+//! # Audiences
+//!
+//! With `--audience`, a TokenReview must say which of them the token was authenticated
+//! for (`status.audiences`), and one must be among them; the API server's own webhook
+//! client makes the same check (k8s.io/apiserver v0.34.4,
+//! `plugin/pkg/authenticator/token/webhook/webhook.go`, `AuthenticateToken`: the wanted
+//! audiences intersected with `status.audiences`, no intersection is unauthenticated).
+//! An authenticator that ignored `spec.audiences` would otherwise let in a token minted
+//! for any audience.
+//!
 //! # Bounds
 //!
 //! Each review call has a deadline (`--kube-timeout`): kube's client has no read timeout,
 //! and a hung API server must cost a caller a 503, not a connection held forever. The
-//! reviews in flight have a bound of their own (`--max-pending-reviews`), apart from the
-//! sandbox's slots and queue, so a flood of callers with unknown tokens (each needs a
-//! review) cannot take the places of callers already authenticated.
+//! reviews in flight have bounds of their own (`--max-pending-reviews`), apart from the
+//! sandbox's slots and queue, in two pools: one for tokens never seen to authenticate
+//! (each needs a review, and anyone who reaches the port can send them), one for the
+//! callers already let in (a token that authenticated before, when its cached review
+//! runs out, and every SubjectAccessReview, which only an authenticated caller
+//! reaches). A flood of unknown tokens fills the first pool only, so it cannot take the
+//! places of callers already authenticated.
 //!
 //! # Cache
 //!
-//! A TokenReview that authenticates is reused for up to 60 s, never past the token's
-//! `exp`; a SubjectAccessReview decision likewise, for the same caller and request. A
-//! refusal is reused for 5 s. An API server that did not answer is never cached. Keys
-//! are digests ([`reviews::key`]): the cache holds no token.
+//! A TokenReview that authenticates is reused for `--review-cache-ttl` (60 s by
+//! default), never past the token's `exp`; a SubjectAccessReview decision likewise, for
+//! the same caller and request. A refusal is reused for 5 s, in a store of its own, so
+//! refusals never evict the answers of callers let in. An API server that did not answer
+//! is never cached. Keys are digests ([`reviews::key`]): the cache holds no token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,10 +58,8 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 use tokio::sync::Semaphore;
 
-use super::reviews::{self, Reviews};
+use super::reviews::{self, Kept, Reuse, Reviews};
 
-/// How long a review that lets a caller in is reused, at most.
-pub const ALLOWED_FOR: Duration = Duration::from_secs(60);
 /// How long a refusal is reused.
 pub const REFUSED_FOR: Duration = Duration::from_secs(5);
 /// Answers kept, of each kind; a caller is a few hundred bytes.
@@ -99,12 +112,21 @@ pub enum Refusal {
 impl Refusal {
     /// How long this refusal may be reused: a decision of the API server's for a few
     /// seconds; its failure to answer, not at all.
-    fn reuse_for(&self) -> Duration {
+    fn reuse(&self) -> Reuse {
         match self {
-            Refusal::Unauthenticated(_) | Refusal::Forbidden(_) => REFUSED_FOR,
-            Refusal::Unavailable(_) | Refusal::Busy(_) => Duration::ZERO,
+            Refusal::Unauthenticated(_) | Refusal::Forbidden(_) => (REFUSED_FOR, Kept::Refused),
+            Refusal::Unavailable(_) | Refusal::Busy(_) => (Duration::ZERO, Kept::Refused),
         }
     }
+}
+
+/// Which pool of review places a review takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    /// A token never seen to authenticate.
+    Unknown,
+    /// A caller already let in: a known token's renewal, or a SubjectAccessReview.
+    Known,
 }
 
 /// The TokenReview and SubjectAccessReview client.
@@ -112,31 +134,57 @@ pub struct Access {
     client: Client,
     audiences: Vec<String>,
     timeout: Duration,
-    /// Places for reviews in flight.
+    /// How long an authenticating review is reused, at most.
+    allowed_for: Duration,
+    /// Places for reviews of unknown tokens.
     pending: Arc<Semaphore>,
+    /// Places for the reviews of callers already let in.
+    pending_known: Arc<Semaphore>,
     max_pending: usize,
     tokens: Reviews<Result<Caller, Refusal>>,
     decisions: Reviews<Result<(), Refusal>>,
+    /// Digests of tokens that authenticated, until their `exp` (at most an hour): their
+    /// renewals take the known callers' pool.
+    known: std::sync::Mutex<std::collections::HashMap<reviews::Key, std::time::Instant>>,
 }
 
+/// How long a token is remembered as known when its `exp` cannot be read.
+const KNOWN_FOR: Duration = Duration::from_secs(3600);
+
 impl Access {
-    /// Reviews with `client`, each within `timeout`, at most `max_pending` at once;
-    /// tokens must carry one of `audiences` (empty: the API server's own).
-    pub fn new(client: Client, audiences: Vec<String>, timeout: Duration, max_pending: usize) -> Self {
+    /// Reviews with `client`, each within `timeout`, at most `max_pending` at once in
+    /// each pool; tokens must carry one of `audiences` (empty: the API server's own);
+    /// an authenticating review is reused for `allowed_for` at most.
+    pub fn new(
+        client: Client,
+        audiences: Vec<String>,
+        timeout: Duration,
+        max_pending: usize,
+        allowed_for: Duration,
+    ) -> Self {
         Access {
             client,
             audiences,
             timeout,
+            allowed_for,
             pending: Arc::new(Semaphore::new(max_pending)),
+            pending_known: Arc::new(Semaphore::new(max_pending)),
             max_pending,
             tokens: Reviews::new(CACHED_REVIEWS),
             decisions: Reviews::new(CACHED_REVIEWS),
+            known: std::sync::Mutex::default(),
         }
     }
 
-    /// Reviews in flight now.
+    /// Reviews in flight now, both pools.
     pub fn pending(&self) -> usize {
-        self.max_pending - self.pending.available_permits()
+        2 * self.max_pending - self.pending.available_permits() - self.pending_known.available_permits()
+    }
+
+    /// Reviews under way or waited for, by key (single flight): back to zero when no
+    /// caller is in a review, whether callers were answered or hung up.
+    pub fn in_progress(&self) -> usize {
+        self.tokens.in_flight() + self.decisions.in_flight()
     }
 
     /// The review gauges, in Prometheus' text format.
@@ -145,10 +193,14 @@ impl Access {
             "# HELP cloudsmith_gen_reviews_in_flight TokenReviews and SubjectAccessReviews waiting for the API server.\n\
              # TYPE cloudsmith_gen_reviews_in_flight gauge\n\
              cloudsmith_gen_reviews_in_flight {}\n\
+             # HELP cloudsmith_gen_reviews_in_progress Reviews under way or waited for, by key (single flight).\n\
+             # TYPE cloudsmith_gen_reviews_in_progress gauge\n\
+             cloudsmith_gen_reviews_in_progress {}\n\
              # HELP cloudsmith_gen_reviews_cached Review answers held for reuse.\n\
              # TYPE cloudsmith_gen_reviews_cached gauge\n\
              cloudsmith_gen_reviews_cached {}\n",
             self.pending(),
+            self.in_progress(),
             self.tokens.len() + self.decisions.len()
         )
     }
@@ -156,28 +208,68 @@ impl Access {
     /// Who `token` belongs to: a cached review, else a TokenReview.
     pub async fn authenticate(&self, token: &str) -> Result<Caller, Refusal> {
         let key = reviews::key(&[b"token", token.as_bytes()]);
-        let (answer, _) = self
+        let pool = if self.is_known(&key) {
+            Pool::Known
+        } else {
+            Pool::Unknown
+        };
+        let (answer, cached) = self
             .tokens
             .get_or_review(key, || async {
-                let answer = self.token_review(token).await;
-                let ttl = match &answer {
-                    Ok(caller) => caller.reuse_for,
-                    Err(refusal) => refusal.reuse_for(),
+                let answer = self.token_review(token, pool).await;
+                let reuse = match &answer {
+                    Ok(caller) => (caller.reuse_for, Kept::Allowed),
+                    Err(refusal) => refusal.reuse(),
                 };
-                (answer, ttl)
+                (answer, reuse)
             })
             .await;
+        if let (Ok(_), false) = (&answer, cached) {
+            self.remember(key, token);
+        }
         answer
     }
 
-    /// Runs `call` (a review) within a place and the deadline.
+    fn is_known(&self, key: &reviews::Key) -> bool {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .get(key)
+            .is_some_and(|until| *until > std::time::Instant::now())
+    }
+
+    /// Remembers a token that authenticated, until its `exp`.
+    fn remember(&self, key: reviews::Key, token: &str) {
+        let now = std::time::Instant::now();
+        let for_ = match host_example::jwt::Claims::read(token).and_then(|c| c.exp) {
+            Some(exp) => KNOWN_FOR.min(Duration::from_secs(
+                exp.saturating_sub(host_example::token_cache::now_unix()),
+            )),
+            None => KNOWN_FOR,
+        };
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= CACHED_REVIEWS {
+            known.retain(|_, until| *until > now);
+        }
+        // Only authenticated tokens get here; past the bound, the oldest renewals take
+        // the unknown pool again rather than the table growing.
+        if known.len() < CACHED_REVIEWS {
+            known.insert(key, now + for_);
+        }
+    }
+
+    /// Runs `call` (a review) within a place of `pool` and the deadline.
     async fn bounded<T>(
         &self,
         what: &str,
+        pool: Pool,
         call: impl std::future::Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, Refusal> {
+        let places = match pool {
+            Pool::Unknown => &self.pending,
+            Pool::Known => &self.pending_known,
+        };
         // Held until the review is answered or abandoned (dropped with its caller).
-        let _place = self.pending.clone().try_acquire_owned().map_err(|_| {
+        let _place = places.clone().try_acquire_owned().map_err(|_| {
             Refusal::Busy(format!(
                 "{} {what}s in flight, the most this server waits for: retry later",
                 self.max_pending
@@ -194,7 +286,7 @@ impl Access {
         }
     }
 
-    async fn token_review(&self, token: &str) -> Result<Caller, Refusal> {
+    async fn token_review(&self, token: &str, pool: Pool) -> Result<Caller, Refusal> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
@@ -204,25 +296,47 @@ impl Access {
         };
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let params = PostParams::default();
-        let answer = self.bounded("TokenReview", api.create(&params, &review)).await?;
+        let answer = self
+            .bounded("TokenReview", pool, api.create(&params, &review))
+            .await?;
         let status = answer.status.unwrap_or_default();
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();
-        if status.authenticated != Some(true) || username.is_empty() {
-            let audiences = if self.audiences.is_empty() {
+        let expected = || {
+            if self.audiences.is_empty() {
                 "the API server's audience".to_string()
             } else {
                 self.audiences.join(", ")
-            };
+            }
+        };
+        if status.authenticated != Some(true) || username.is_empty() {
             return Err(Refusal::Unauthenticated(format!(
-                "the bearer token was not authenticated by TokenReview (expected audience: {audiences})"
+                "the bearer token was not authenticated by TokenReview (expected audience: {})",
+                expected()
             )));
+        }
+        // Authenticated for which audiences: one of ours must be among them (see the
+        // module's doc). With no --audience, the API server's own is asked for, and any
+        // token it authenticates is for it.
+        if !self.audiences.is_empty() {
+            let granted = status.audiences.unwrap_or_default();
+            if !granted.iter().any(|a| self.audiences.contains(a)) {
+                return Err(Refusal::Unauthenticated(format!(
+                    "TokenReview authenticated the bearer token for audiences [{}], none of them {}",
+                    granted
+                        .iter()
+                        .map(|a| host_example::secret::one_line(a, 100))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    expected()
+                )));
+            }
         }
         // Never past the token's own expiry (unknown: a short reuse only).
         let now = host_example::token_cache::now_unix();
         let reuse_for = match host_example::jwt::Claims::read(token).and_then(|c| c.exp) {
-            Some(exp) => ALLOWED_FOR.min(Duration::from_secs(exp.saturating_sub(now))),
-            None => REFUSED_FOR,
+            Some(exp) => self.allowed_for.min(Duration::from_secs(exp.saturating_sub(now))),
+            None => REFUSED_FOR.min(self.allowed_for),
         };
         Ok(Caller {
             username,
@@ -254,11 +368,11 @@ impl Access {
             .decisions
             .get_or_review(key, || async {
                 let answer = self.access_review(caller, namespace, name).await;
-                let ttl = match &answer {
-                    Ok(()) => caller.reuse_for,
-                    Err(refusal) => refusal.reuse_for(),
+                let reuse = match &answer {
+                    Ok(()) => (caller.reuse_for, Kept::Allowed),
+                    Err(refusal) => refusal.reuse(),
                 };
-                (answer, ttl)
+                (answer, reuse)
             })
             .await;
         answer
@@ -286,8 +400,9 @@ impl Access {
         };
         let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
         let params = PostParams::default();
+        // Only an authenticated caller gets here: the known callers' pool.
         let answer = self
-            .bounded("SubjectAccessReview", api.create(&params, &review))
+            .bounded("SubjectAccessReview", Pool::Known, api.create(&params, &review))
             .await?;
         if answer.status.is_some_and(|s| s.allowed) {
             return Ok(());

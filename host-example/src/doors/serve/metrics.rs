@@ -31,6 +31,9 @@ pub struct Metrics {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     generators: AtomicI64,
+    connections: AtomicI64,
+    connections_refused: AtomicU64,
+    accept_errors: AtomicU64,
 }
 
 #[derive(Default)]
@@ -94,6 +97,22 @@ impl Metrics {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Counts an open connection until the guard is dropped.
+    pub fn connection(&self) -> Connection<'_> {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        Connection(self)
+    }
+
+    /// A connection was closed at once: the server had `--max-connections` open.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Accepting a connection failed (out of file descriptors, most often).
+    pub fn accept_error(&self) {
+        self.accept_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A manifest reload succeeded with `generators` generators, or failed.
     pub fn reload(&self, generators: Option<usize>) {
         match generators {
@@ -155,6 +174,27 @@ impl Metrics {
             "cloudsmith_gen_calls_abandoned_total {}",
             self.abandoned.load(Ordering::Relaxed)
         );
+        out.push_str("# HELP cloudsmith_gen_connections Connections open now.\n");
+        out.push_str("# TYPE cloudsmith_gen_connections gauge\n");
+        let _ = writeln!(
+            out,
+            "cloudsmith_gen_connections {}",
+            self.connections.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP cloudsmith_gen_connections_refused_total Connections closed at once: --max-connections were open.\n");
+        out.push_str("# TYPE cloudsmith_gen_connections_refused_total counter\n");
+        let _ = writeln!(
+            out,
+            "cloudsmith_gen_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP cloudsmith_gen_accept_errors_total Failures to accept a connection (each followed by a pause).\n");
+        out.push_str("# TYPE cloudsmith_gen_accept_errors_total counter\n");
+        let _ = writeln!(
+            out,
+            "cloudsmith_gen_accept_errors_total {}",
+            self.accept_errors.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP cloudsmith_gen_generators Generators served from the manifests.\n");
         out.push_str("# TYPE cloudsmith_gen_generators gauge\n");
         let _ = writeln!(
@@ -184,6 +224,16 @@ fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// An open connection ([`Metrics::connection`]).
+#[must_use = "the connection counts only while the guard lives"]
+pub struct Connection<'a>(&'a Metrics);
+
+impl Drop for Connection<'_> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A generate call in flight ([`Metrics::arrived`]).

@@ -64,9 +64,21 @@ use crate::failure::Failure;
 use crate::mint::{Mint, MintRequest, Minter, TokenChoice};
 use crate::setup::RuntimeConfig;
 
-/// How long a client may take to send its request headers (slow clients must not hold
-/// connections forever).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first pause after a failed accept, and the longest: Go's net/http waits 5 ms,
+/// doubling to 1 s (go1.26 `src/net/http/server.go`, `(*Server).Serve`, `tempDelay`).
+/// Accepting fails when the process is out of file descriptors, and retrying at once
+/// only spins a core until one is freed.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// The next pause after a failed accept, given the last (zero: none since a success).
+fn accept_pause(last: Duration) -> Duration {
+    if last.is_zero() {
+        ACCEPT_PAUSE_MIN
+    } else {
+        (last * 2).min(ACCEPT_PAUSE_MAX)
+    }
+}
 
 /// Retry-After for an upstream failure or a full queue, in seconds.
 const RETRY_UPSTREAM_SECONDS: u64 = 10;
@@ -94,6 +106,13 @@ pub struct ServeConfig {
     pub max_queued_calls: usize,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Bound on a TLS handshake, on a request's headers (and an idle keep-alive
+    /// connection's next ones), and on its body.
+    pub read_timeout: Duration,
+    /// Connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// How long an authenticating TokenReview (and a SubjectAccessReview) is reused.
+    pub review_cache_ttl: Duration,
     /// Bound on each TokenReview, SubjectAccessReview and TokenRequest.
     pub kube_timeout: Duration,
     /// Reviews that may be in flight at once.
@@ -118,6 +137,10 @@ struct Server<M> {
     limiter: RateLimiter,
     metrics: Metrics,
     max_body_bytes: usize,
+    /// `--read-timeout`.
+    read_timeout: Duration,
+    /// Places for open connections.
+    connections: Arc<tokio::sync::Semaphore>,
     /// Places for calls waiting for or holding a sandbox slot: the slots and the
     /// queue. A place is a permit, given back when the call ends or is dropped.
     places: Arc<tokio::sync::Semaphore>,
@@ -132,6 +155,8 @@ type HttpResponse = Response<Full<Bytes>>;
 
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn run(args: ServeConfig, verbose: bool) -> Result<(), Failure> {
+    // Every line on stderr is a JSON log line, the loader's warnings included.
+    crate::setup::warn_as_json();
     let catalog = Catalog::load(args.manifests.clone()).map_err(Failure::Usage)?;
     let client = kube_client(args.kubeconfig.as_deref())
         .await
@@ -162,10 +187,13 @@ pub async fn run(args: ServeConfig, verbose: bool) -> Result<(), Failure> {
             args.audiences.clone(),
             args.kube_timeout,
             args.max_pending_reviews,
+            args.review_cache_ttl,
         ),
         limiter: RateLimiter::new(args.rate_limit, args.rate_burst),
         metrics,
         max_body_bytes: args.max_body_bytes,
+        read_timeout: args.read_timeout,
+        connections: Arc::new(tokio::sync::Semaphore::new(args.max_connections.max(1))),
         places: Arc::new(tokio::sync::Semaphore::new(
             args.max_concurrent_calls as usize + args.max_queued_calls,
         )),
@@ -231,13 +259,34 @@ async fn serve<M: Mint + Send + 'static>(
     let (stopping_tx, stopping_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
+    // After a failed accept, a pause before the next (see `accept_pause`).
+    let pause = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(pause);
+    let (mut paused, mut last_pause) = (false, Duration::ZERO);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                connections.spawn(connection(stream, peer, server.clone(), stopping_rx.clone()));
-            }
+            accepted = listener.accept(), if !paused => match accepted {
+                Ok((stream, peer)) => {
+                    last_pause = Duration::ZERO;
+                    admit(stream, peer, &server, &mut connections, &stopping_rx);
+                }
+                Err(e) => {
+                    server.metrics.accept_error();
+                    last_pause = accept_pause(last_pause);
+                    // One line per burst: the first failure, and each at the longest pause.
+                    if last_pause == ACCEPT_PAUSE_MIN || last_pause == ACCEPT_PAUSE_MAX {
+                        log(
+                            "warn",
+                            "accepting a connection failed: pausing",
+                            json!({"error": one_log_line(&e.to_string()),
+                                   "pause_ms": last_pause.as_millis() as u64}),
+                        );
+                    }
+                    pause.as_mut().reset(tokio::time::Instant::now() + last_pause);
+                    paused = true;
+                }
+            },
+            () = &mut pause, if paused => paused = false,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut stop => break,
         }
@@ -263,6 +312,40 @@ async fn serve<M: Mint + Send + 'static>(
     }
 }
 
+/// A connection in, within `--max-connections`: served on a task of its own; past the
+/// bound, answered 503 (plain HTTP) or closed (TLS) at once, without a task. Idle and
+/// slow connections are closed by the read timeout, so the places come back.
+fn admit<M: Mint + Send + 'static>(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    server: &Arc<Server<M>>,
+    connections: &mut JoinSet<()>,
+    stopping: &watch::Receiver<bool>,
+) {
+    let Ok(place) = server.connections.clone().try_acquire_owned() else {
+        server.metrics.connection_refused();
+        if server.tls.is_none() {
+            // Never waits: a fresh socket's buffer takes these few bytes, or they are lost.
+            let _ = stream.try_write(TOO_MANY_CONNECTIONS.as_bytes());
+        }
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let server = server.clone();
+    let stopping = stopping.clone();
+    connections.spawn(async move {
+        let _place = place;
+        let _open = server.metrics.connection();
+        connection(stream, peer, server.clone(), stopping).await;
+    });
+}
+
+/// The answer to a connection past `--max-connections`.
+const TOO_MANY_CONNECTIONS: &str = "HTTP/1.1 503 Service Unavailable\r\n\
+    content-type: application/json\r\ncache-control: no-store\r\nretry-after: 1\r\nconnection: close\r\n\
+    content-length: 85\r\n\r\n\
+    {\"error\":{\"case\":\"busy\",\"message\":\"too many connections open at once: retry later\"}}\n";
+
 async fn connection<M: Mint + Send + 'static>(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -275,7 +358,7 @@ async fn connection<M: Mint + Send + 'static>(
     let accepting = tokio_rustls::TlsAcceptor::from(config).accept(stream);
     // A failed or stalled handshake is the client's problem (and not logged: a port
     // scan must not flood the log).
-    if let Ok(Ok(stream)) = tokio::time::timeout(HEADER_TIMEOUT, accepting).await {
+    if let Ok(Ok(stream)) = tokio::time::timeout(server.read_timeout, accepting).await {
         http(TokioIo::new(stream), peer, server, stopping).await;
     }
 }
@@ -285,13 +368,17 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     M: Mint + Send + 'static,
 {
+    let read_timeout = server.read_timeout;
     let service = service_fn(move |req| {
         let server = server.clone();
         async move { Ok::<_, Infallible>(handle(&server, req, peer).await) }
     });
+    // hyper 1.12 starts the header timeout whenever it waits for a request's head, so
+    // it also closes a keep-alive connection left idle (`proto/h1/conn.rs`,
+    // `poll_read_head`).
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(read_timeout)
         .keep_alive(true)
         .serve_connection(io, service);
     tokio::pin!(conn);
@@ -535,8 +622,20 @@ async fn generate<M: Mint>(
         );
     }
     // ESO sends the Webhook's templated body; this API reads nothing from it, but it is
-    // read (bounded) so the connection can be reused.
-    if let Err(e) = Limited::new(body, server.max_body_bytes).collect().await {
+    // read (bounded in size and time) so the connection can be reused.
+    let reading = Limited::new(body, server.max_body_bytes).collect();
+    let Ok(read) = tokio::time::timeout(server.read_timeout, reading).await else {
+        return refused(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            &format!(
+                "the request body did not arrive within {}s",
+                server.read_timeout.as_secs_f64()
+            ),
+            who,
+        );
+    };
+    if let Err(e) = read {
         let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
         return if too_large {
             refused(
@@ -699,6 +798,9 @@ fn classify(failure: &Failure) -> (StatusCode, &'static str, Option<u64>) {
             HostError::MemoryLimitExceeded { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "memory-limit-exceeded", None)
             }
+            HostError::SandboxLimitExceeded(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "sandbox-limit-exceeded", None)
+            }
             HostError::Trap(_) => (StatusCode::INTERNAL_SERVER_ERROR, "trap", None),
             HostError::Instantiate(_) => (StatusCode::INTERNAL_SERVER_ERROR, "instantiate", None),
             HostError::InvalidOutput(_) => (StatusCode::INTERNAL_SERVER_ERROR, "invalid-output", None),
@@ -830,6 +932,18 @@ mod tests {
                 Ok(_) => panic!("{path} routed"),
             }
         }
+    }
+
+    #[test]
+    fn accept_pauses_double_from_5ms_to_1s_as_go_does() {
+        let mut pause = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            pause = accept_pause(pause);
+            seen.push(pause.as_millis());
+        }
+        assert_eq!(seen, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        assert_eq!(TOO_MANY_CONNECTIONS.split("\r\n\r\n").nth(1).unwrap().len(), 85);
     }
 
     #[test]

@@ -52,7 +52,8 @@ impl RateLimiter {
             *tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / self.rate))
+            // A rate so small the wait overflows a Duration: as good as forever.
+            Err(Duration::try_from_secs_f64((1.0 - *tokens) / self.rate).unwrap_or(Duration::MAX))
         }
     }
 }
@@ -77,5 +78,13 @@ mod tests {
         assert!(limiter.check_at("a", t1).is_ok());
         assert!(limiter.check_at("a", t1).is_err());
         assert!(RateLimiter::new(0.0, 1).check_at("a", t0).is_ok());
+    }
+
+    #[test]
+    fn a_tiny_rate_waits_long_and_never_panics() {
+        let limiter = RateLimiter::new(1e-300, 1);
+        let t0 = Instant::now();
+        assert!(limiter.check_at("a", t0).is_ok());
+        assert_eq!(limiter.check_at("a", t0).unwrap_err(), Duration::MAX);
     }
 }
