@@ -438,6 +438,42 @@ pub fn auth_for(access_token: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("token:{access_token}"))
 }
 
+/// What a Cloudsmith registry reads of an access token this stand-in issued
+/// ([`access_token_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessClaims {
+    /// The organisation the token was exchanged for (`org`).
+    pub org: String,
+    /// The OIDC service (`service`).
+    pub service: String,
+    /// The OIDC subject it was exchanged for (`sub`).
+    pub subject: String,
+    /// Expiry, UNIX seconds (`exp`).
+    pub exp: u64,
+}
+
+/// Verifies `token` as an access token this stand-in issued, as a registry in front of
+/// Cloudsmith would: the stand-in's signature, its issuer ([`PRODUCTION_AUDIENCE`]), and
+/// not expired. Why not, when it is refused.
+pub fn verify_access_token(token: &str) -> Result<AccessClaims, String> {
+    let payload = crate::oidc::signed_payload(token).ok_or("not an access token this stand-in signed")?;
+    let text = |name: &str| payload.get(name).and_then(Value::as_str).map(str::to_string);
+    if text("iss").as_deref() != Some(PRODUCTION_AUDIENCE) {
+        return Err(format!("issuer {:?} is not {PRODUCTION_AUDIENCE}", text("iss")));
+    }
+    let exp = payload.get("exp").and_then(Value::as_u64).ok_or("no exp")?;
+    let now = crate::oidc::now_unix();
+    if exp <= now {
+        return Err(format!("expired {}s ago", now - exp));
+    }
+    Ok(AccessClaims {
+        org: text("org").ok_or("no org")?,
+        service: text("service").unwrap_or_default(),
+        subject: text("sub").unwrap_or_default(),
+        exp,
+    })
+}
+
 /// The example manifest from ESO's Cloudsmith generator documentation,
 /// verbatim except `apiHost`, which is set to `api_host` (e.g. the stand-in's
 /// [`StandIn::url`]).
@@ -942,6 +978,33 @@ mod tests {
             auth_for("abc"),
             base64::engine::general_purpose::STANDARD.encode("token:abc")
         );
+    }
+
+    #[test]
+    fn access_tokens_verify_as_issued_and_only_then() {
+        let now = crate::oidc::now_unix();
+        let token = access_token_for("sub-1", "acme", "svc", now + 600);
+        assert_eq!(
+            verify_access_token(&token),
+            Ok(AccessClaims {
+                org: "acme".into(),
+                service: "svc".into(),
+                subject: "sub-1".into(),
+                exp: now + 600
+            })
+        );
+        let expired = access_token_for("sub-1", "acme", "svc", now - 1);
+        assert!(verify_access_token(&expired).unwrap_err().starts_with("expired"));
+        // Another signature, or a payload changed after signing.
+        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+        parts[1] = URL_SAFE_NO_PAD.encode(
+            json!({"exp": now + 600, "iss": PRODUCTION_AUDIENCE, "org": "other", "sub": "x"}).to_string(),
+        );
+        assert!(verify_access_token(&parts.join(".")).is_err());
+        assert!(verify_access_token(ESO_TOKEN).is_err());
+        // An OIDC token of the testkit is signed alike, but is no access token.
+        let oidc = crate::oidc::token("system:serviceaccount:a:b", &[PRODUCTION_AUDIENCE]);
+        assert!(verify_access_token(&oidc).unwrap_err().starts_with("issuer"));
     }
 
     #[test]
