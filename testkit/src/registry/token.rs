@@ -89,6 +89,12 @@ pub struct TokenServerConfig {
     /// issued as the password, for its organisation's repositories (see the module
     /// documentation). `user` and `password` still work (to push, say).
     pub cloudsmith_tokens: bool,
+    /// The host the realm names: `127.0.0.1` (the default), or `localhost`, which the
+    /// server answers on too. go-containerregistry (v0.22.1
+    /// `pkg/v1/remote/transport/bearer.go` `validateRealmURL`) refuses a realm that is a
+    /// private or loopback IP literal on another host:port than the registry's, as this
+    /// server's is; a host name passes.
+    pub realm_host: String,
 }
 
 impl Default for TokenServerConfig {
@@ -102,6 +108,7 @@ impl Default for TokenServerConfig {
             signing: Signing::X5c,
             tls: false,
             cloudsmith_tokens: false,
+            realm_host: "127.0.0.1".to_string(),
         }
     }
 }
@@ -260,11 +267,13 @@ impl TokenServer {
         })
     }
 
-    /// The realm: `http://127.0.0.1:PORT/token` (`https` with TLS).
+    /// The realm: `http://127.0.0.1:PORT/token` (`https` with TLS; the host is
+    /// [`TokenServerConfig::realm_host`]).
     pub fn realm(&self) -> String {
         format!(
-            "{}://127.0.0.1:{}{REALM_PATH}",
+            "{}://{}:{}{REALM_PATH}",
             self.scheme,
+            self.state.config.realm_host,
             self.running.addr.port()
         )
     }
