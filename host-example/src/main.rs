@@ -129,10 +129,17 @@ fn command(cli: Cli, started: Instant) -> Result<Reply, Failure> {
         Command::Generate(args) => {
             let runtime = RuntimeConfig::try_from(&args.call.runtime)?;
             let manifest = read_manifest(&args.call)?;
+            let warning = generate::warning(&manifest);
             let cache = TokenCache::configured(args.cache.token_cache, args.cache.token_cache_dir.as_deref());
             let minter = Minter::new(runtime, cache, verbose);
             let config = (&*args).into();
-            block_on(generate::handle(manifest, &minter, &config))
+            let reply = block_on(generate::handle(manifest, &minter, &config))?;
+            // After a success only, when the user would take the manifest to work in ESO
+            // too; a failure keeps its one `error:` line.
+            if let Some(warning) = warning {
+                eprintln!("warning: {warning}");
+            }
+            Ok(reply)
         }
         Command::Check(args) => {
             let config = check::CheckConfig::try_from(&*args)?;
