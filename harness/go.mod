@@ -43,7 +43,6 @@ require (
 	github.com/google/go-containerregistry v0.22.1
 	k8s.io/api v0.34.4
 	k8s.io/apimachinery v0.34.4
-	k8s.io/client-go v0.34.4
 	k8s.io/component-base v0.34.4
 	k8s.io/klog/v2 v2.130.1
 	k8s.io/kubernetes v1.34.4

@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use testkit::cloudsmith::{access_token_for, Scenario, StandIn, StandInConfig, PRODUCTION_AUDIENCE};
 use testkit::process::{find_secret, Output};
-use testkit::registry::{Artifact, Distribution, DistributionConfig, TokenServer, TokenServerConfig};
+use testkit::registry::{Artifact, Distribution, DistributionConfig, TokenServer};
 
 const ORG: &str = "my-organization";
 const SERVICE: &str = "my-oidc-service";
@@ -35,20 +35,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// docker-credential-helpers v0.9.13 `credentials/error.go` `errCredentialsNotFoundMessage`.
 const NOT_FOUND: &str = "credentials not found in native keychain";
-
-/// A Go program of the harness: env `HARNESS_BIN`, else `target/harness/bin`.
-fn harness_bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("HARNESS_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| testkit::workspace_root().join("target/harness/bin"));
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{name} not found in {}: run `bash scripts/test.sh`",
-        dir.display()
-    );
-    path
-}
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -144,7 +130,7 @@ impl World {
     /// `server`), and crane's pull of `pull`; the helper runs as `org`'s, with
     /// `registries` configured (CLOUDSMITH_REGISTRIES).
     async fn client(&self, org: &str, registries: &str, server: &str, pull: Option<&str>) -> (Value, Output) {
-        let mut command = tokio::process::Command::new(harness_bin("docker-helper-client"));
+        let mut command = tokio::process::Command::new(testkit::tools::harness_bin("docker-helper-client"));
         // A name on PATH, as docker/cli's nativeStore names it ("docker-credential-" + the
         // credHelpers value).
         command.args(["--helper", "docker-credential-cloudsmith", "--server", server]);
@@ -173,15 +159,7 @@ impl World {
 /// A registry that accepts the stand-in's access tokens for their organisation's
 /// repositories, with `repository:1` pushed.
 async fn cloudsmith_registry(repository: &str) -> (TokenServer, Distribution, Artifact) {
-    // The realm by name: go-containerregistry refuses a loopback IP literal on another
-    // port than the registry's (TokenServerConfig::realm_host).
-    let tokens = TokenServer::start_with(TokenServerConfig {
-        cloudsmith_tokens: true,
-        realm_host: "localhost".into(),
-        ..TokenServerConfig::default()
-    })
-    .await
-    .expect("token server");
+    let tokens = TokenServer::trusting_cloudsmith().await.expect("token server");
     let registry = Distribution::start(DistributionConfig {
         auth: tokens.auth("cloudsmith-test-registry"),
         ..Default::default()

@@ -225,10 +225,13 @@ impl TokenServer {
     }
 
     /// Starts a token server that trusts the Cloudsmith stand-in's access tokens
-    /// ([`TokenServerConfig::cloudsmith_tokens`]), besides the default user and password.
+    /// ([`TokenServerConfig::cloudsmith_tokens`]), besides the default user and password,
+    /// with its realm named `localhost`, so that go-containerregistry reaches it too
+    /// ([`TokenServerConfig::realm_host`]).
     pub async fn trusting_cloudsmith() -> anyhow::Result<TokenServer> {
         Self::start_with(TokenServerConfig {
             cloudsmith_tokens: true,
+            realm_host: "localhost".to_string(),
             ..TokenServerConfig::default()
         })
         .await
