@@ -91,7 +91,7 @@ impl World {
         std::fs::create_dir_all(w.path("docker")).unwrap();
         std::fs::write(w.path("oidc-token"), &w.oidc_token).unwrap();
         std::fs::write(w.path("ca.pem"), w.registry().ca().unwrap().ca_pem()).unwrap();
-        let manifest = json!({"spec": {"apiHost": w.cloudsmith.url(), "orgSlug": ORG, "serviceSlug": SERVICE,
+        let manifest = json!({"spec": {"apiUrl": w.cloudsmith.url(), "orgSlug": ORG, "serviceSlug": SERVICE,
             "serviceAccountRef": {"name": "default"}}});
         std::fs::write(w.path("generator.json"), manifest.to_string()).unwrap();
         let auths = match credentials {

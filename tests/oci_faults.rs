@@ -92,7 +92,8 @@ impl World {
         let manifest = dir.path().join("generator.yaml");
         std::fs::write(
             &manifest,
-            testkit::cloudsmith::documented_manifest(&cloudsmith.url()),
+            // apiUrl, the field ESO's CRD has: generate is then silent on stderr.
+            testkit::cloudsmith::documented_manifest(&cloudsmith.url()).replace("  apiHost:", "  apiUrl:"),
         )
         .unwrap();
         World {

@@ -9,7 +9,7 @@
 //! | [`kubelet_bad_input`]                 | bad stdin and a missing token source: one `error:` line, non-zero exit, nothing on stdout, no token anywhere |
 //! | [`kubelet_stalled_cloudsmith`]        | a Cloudsmith that accepts and never answers: the provider ends by itself within `--deadline` (from process start), one `error:` line naming the bound, exit 9 |
 //! | [`install_kubelet_credential_provider`] | the binary (0755), config and manifest under temporary host dirs; the installed binary answers a CredentialProviderRequest with the installed config's args; a second run changes nothing; an existing manifest is kept |
-//! | [`docker_helper_protocol`]            | `docker-credential-cloudsmith` (a symlink to the lean helper, which hands misses to `cloudsmith-gen`) and `cloudsmith-gen docker-credential-helper`: get in every server URL form, the not-found sentinel, store/erase/list/version, each error |
+//! | [`docker_helper_protocol`]            | `docker-credential-cloudsmith` (a symlink to the lean helper, which hands misses to `cloudsmith-gen`) and `cloudsmith-gen docker-credential-helper`: get in every server URL form, the not-found sentinel, store/erase/list/version, each error (its reason on stdout too, where Docker's helper client reads it) |
 //! | [`the_lean_helper_answers_hits_itself_and_hands_off_the_rest`] | the lean helper alone answers a hit (byte for byte cloudsmith-gen's answer) and another registry, names what it lacks on a miss, and links no wasmtime |
 //! | [`install_docker_credential_helper`]  | the link and `credHelpers` entries under `DOCKER_CONFIG`, other entries kept |
 //! | [`a_burst_of_helpers_exchanges_once`] | 16 concurrent `get`s with an empty token cache and a Cloudsmith taking 0.4 s: one exchange, 16 right answers |
@@ -121,7 +121,7 @@ impl World {
 
     /// A spec-only manifest for `org` at the stand-in, without a serviceAccountRef.
     fn bare_manifest(&self, org: &str) -> PathBuf {
-        let text = json!({"apiHost": self.url, "orgSlug": org, "serviceSlug": SERVICE}).to_string();
+        let text = json!({"apiUrl": self.url, "orgSlug": org, "serviceSlug": SERVICE}).to_string();
         self.file(&format!("bare-{org}.json"), &text)
     }
 }
@@ -160,6 +160,23 @@ fn assert_fails(out: &Output, code: i32, needle: &str, secrets: &[String], what:
         lines[0]
     );
     assert!(out.stdout.is_empty(), "{what}: stdout {}", out.stdout);
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    assert_eq!(find_secret(&[&out.stdout, &out.stderr], &secrets), None, "{what}");
+}
+
+/// A failure of the Docker helper: this exit code, one `error:` line naming `needle` on
+/// stderr, and the same reason alone on stdout, the one stream Docker's helper client
+/// reads (docker-credential-helpers v0.9.13 `client/client.go` `Get`; `credentials.Serve`
+/// prints its errors there too). No secret in either.
+fn assert_helper_fails(out: &Output, code: i32, needle: &str, secrets: &[String], what: &str) {
+    assert_eq!(out.code, Some(code), "{what}: stderr {}", out.stderr);
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "{what}: one stderr line: {}", out.stderr);
+    let reason = lines[0]
+        .strip_prefix("error: ")
+        .unwrap_or_else(|| panic!("{what}: {}", lines[0]));
+    assert!(reason.contains(needle), "{what}: {needle:?} not in {reason}");
+    assert_eq!(out.stdout, format!("{reason}\n"), "{what}: stdout");
     let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     assert_eq!(find_secret(&[&out.stdout, &out.stderr], &secrets), None, "{what}");
 }
@@ -504,7 +521,7 @@ async fn the_lean_helper_answers_hits_itself_and_hands_off_the_rest() {
 
     // A miss: the lean helper alone cannot mint, and says what it needs.
     let out = get(lone.clone(), "registry.acme.test:5000").await;
-    assert_fails(
+    assert_helper_fails(
         &out,
         1,
         "cloudsmith-gen not found beside",
@@ -590,6 +607,21 @@ async fn docker_helper_protocol() {
     )
     .await;
     assert_eq!(out.stdout_json()["Secret"], json!(secret), "{}", out.stderr);
+    let out = run(
+        &bin,
+        &strings(&["docker-credential-helper", "get"]),
+        &env,
+        "",
+        &home,
+    )
+    .await;
+    assert_helper_fails(
+        &out,
+        2,
+        "no credentials server URL",
+        &[],
+        "the subcommand's failure",
+    );
 
     let requests = w.requests();
     for server in [
@@ -664,7 +696,7 @@ async fn docker_helper_protocol() {
             5,
             "OIDC token cannot be authenticated",
         ),
-        (strings(&["get"]), env.clone(), "", 2, "no server URL"),
+        (strings(&["get"]), env.clone(), "", 2, "no credentials server URL"),
         (strings(&["frobnicate"]), env.clone(), "", 2, "unknown action"),
         (strings(&[]), env.clone(), "", 2, "usage"),
         (strings(&["get", "extra"]), env.clone(), "", 2, "usage"),
@@ -673,7 +705,7 @@ async fn docker_helper_protocol() {
     secrets.push(access_token_for(SUBJECT, "fail-401", SERVICE, PAST_EXP));
     for (args, env, stdin, code, needle) in &cases {
         let out = run(&helper, args, env, stdin, &home).await;
-        assert_fails(&out, *code, needle, &secrets, &format!("{args:?} {needle}"));
+        assert_helper_fails(&out, *code, needle, &secrets, &format!("{args:?} {needle}"));
     }
 }
 
@@ -1123,5 +1155,5 @@ async fn refused_credentials_name_the_claims() {
         &home,
     )
     .await;
-    assert_fails(&out, 5, &claims, &parts, "docker helper");
+    assert_helper_fails(&out, 5, &claims, &parts, "docker helper");
 }

@@ -28,8 +28,15 @@ use crate::Reply;
 pub const HELPER_NAME: &str = "docker-credential-cloudsmith";
 /// The `credHelpers` value that selects this helper.
 pub const CRED_HELPER: &str = "cloudsmith";
-/// The protocol's "none here" answer.
+/// The protocol's "none here" answer: docker-credential-helpers v0.9.13
+/// `credentials/error.go` `errCredentialsNotFoundMessage`, which `client.Get`
+/// (`client/client.go`) compares with the helper's trimmed stdout
+/// (`IsErrCredentialsNotFoundMessage`) to return `ErrCredentialsNotFound`.
 pub const NOT_FOUND: &str = "credentials not found in native keychain";
+/// The protocol's answer to a `get` without a server URL:
+/// `errCredentialsMissingServerURLMessage` (`credentials/error.go`), which `credentials.Get`
+/// returns for blank stdin and `client.Get` maps back to `ErrCredentialsMissingServerURL`.
+pub const MISSING_SERVER_URL: &str = "no credentials server URL";
 /// A server URL or a `store` payload is small.
 pub const MAX_INPUT_BYTES: u64 = 64 * 1024;
 
@@ -247,15 +254,34 @@ impl HelperEnv {
     }
 }
 
-/// The server URL on stdin, trimmed.
+/// The server URL on stdin, trimmed (blank: [`MISSING_SERVER_URL`], as
+/// `credentials.Get` answers).
 pub fn server(input: &[u8]) -> Result<&str, String> {
     let server =
         std::str::from_utf8(input).map_err(|_| "the server URL on stdin is not UTF-8".to_string())?;
     let server = server.trim();
     if server.is_empty() {
-        return Err("no server URL on stdin".into());
+        return Err(MISSING_SERVER_URL.into());
     }
     Ok(server)
+}
+
+/// Reports a failed action: the one-line reason on `stdout`, and `error: <reason>` on
+/// `stderr`.
+///
+/// Docker's helper client reads stdout alone: docker-credential-helpers v0.9.13
+/// `client/client.go` `Get` runs the helper with `cmd.Output()` (stderr goes to the
+/// client's own stderr, `client/command.go` `createProgramCmdRedirectErr`) and returns
+/// ``error getting credentials - err: <exit status>, out: `<stdout, trimmed>` ``. A
+/// program that pulls without a terminal (skopeo, podman, buildah, a CI job, crane) logs
+/// that error and nothing else, so the reason must be on stdout, as `credentials.Serve`
+/// (`credentials/credentials.go`) writes every error: `fmt.Fprintln(os.Stdout, err)`.
+/// The stderr line is the one every other command of ours prints, for a terminal.
+/// `reason` is already one line without secrets (the caller's [`crate::secret::one_line`]).
+pub fn report_failure(reason: &str, stdout: &mut impl std::io::Write, stderr: &mut impl std::io::Write) {
+    // Nothing is left to tell if a stream is gone: the exit code still says it failed.
+    let _ = writeln!(stdout, "{reason}").and_then(|()| stdout.flush());
+    let _ = writeln!(stderr, "error: {reason}");
 }
 
 /// The protocol's "none here", which makes the client fall back to anonymous pulls.
@@ -376,6 +402,25 @@ mod tests {
         assert_eq!(spec.service_account_ref.unwrap().name.as_deref(), Some("default"));
         assert_eq!(call.tokens, TokenOrigin::File("/t".into()));
         assert_eq!(call.namespace, "default");
+    }
+
+    #[test]
+    fn a_failure_is_reported_on_stdout_as_serve_does_and_on_stderr() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        report_failure(
+            "Cloudsmith rejected the credentials (401): no",
+            &mut out,
+            &mut err,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Cloudsmith rejected the credentials (401): no\n"
+        );
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "error: Cloudsmith rejected the credentials (401): no\n"
+        );
+        assert_eq!(server(b" \n").unwrap_err(), MISSING_SERVER_URL);
     }
 
     #[test]

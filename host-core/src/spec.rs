@@ -68,6 +68,59 @@ impl GeneratorSpec {
     pub fn api(&self) -> Option<&str> {
         self.api_url.as_deref().or(self.api_host.as_deref())
     }
+
+    /// An `apiHost` that ESO would never see, when it names another API than ESO's
+    /// default, and no `apiUrl` overrides it.
+    ///
+    /// ESO's documentation calls the field `apiHost`, but the CRD of its Cloudsmith
+    /// generator (ESO v0.20.4 `config/crds/bases/generators.external-secrets.io_cloudsmithaccesstokens.yaml`)
+    /// has `spec.apiUrl` and no `apiHost`, and is not `x-kubernetes-preserve-unknown-fields`:
+    /// an API server with that CRD prunes `apiHost` when the object is stored, so ESO's
+    /// generator (`pkg/generator/cloudsmith/cloudsmith.go`) calls its default API
+    /// instead. This host honours `apiHost` (the documentation's name): the same manifest
+    /// would mint from two different APIs.
+    pub fn api_host_eso_drops(&self) -> Option<DroppedApiHost> {
+        // An empty field is an unset one, to the component and to ESO's Go struct alike.
+        let set = |field: &Option<String>| field.clone().filter(|v| !v.trim().is_empty());
+        if set(&self.api_url).is_some() {
+            return None;
+        }
+        let written = set(&self.api_host)?;
+        let api = if written.contains("://") {
+            written.trim_end_matches('/').to_string()
+        } else {
+            format!("https://{}", written.trim_end_matches('/'))
+        };
+        (api != ESO_DEFAULT_API).then_some(DroppedApiHost { written, api })
+    }
+}
+
+/// The API ESO's Cloudsmith generator calls when `apiUrl` is unset.
+pub const ESO_DEFAULT_API: &str = "https://api.cloudsmith.io";
+
+/// An `apiHost` an API server with ESO's CRD would drop ([`GeneratorSpec::api_host_eso_drops`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedApiHost {
+    /// `apiHost` as written.
+    pub written: String,
+    /// The API it names, as a URL (a bare host is https).
+    pub api: String,
+}
+
+impl DroppedApiHost {
+    /// What is wrong, in one line.
+    pub fn problem(&self) -> String {
+        format!(
+            "spec.apiHost is not a field of ESO's CloudsmithAccessToken CRD (it has spec.apiUrl): \
+             an API server with that CRD drops apiHost, and ESO calls {ESO_DEFAULT_API}, not {}",
+            self.api
+        )
+    }
+
+    /// The fix, in one line.
+    pub fn fix(&self) -> String {
+        format!("write apiUrl: {} in place of apiHost: {}", self.api, self.written)
+    }
 }
 
 /// A spec field a host writes.
@@ -185,6 +238,40 @@ fn form(manifest: &Value) -> Option<Form> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_api_host_eso_would_drop_is_named_with_its_fix() {
+        let dropped = |spec: serde_json::Value| {
+            GeneratorSpec::of(&json!({"kind": "CloudsmithAccessToken", "spec": spec}))
+                .unwrap()
+                .api_host_eso_drops()
+        };
+        let host = dropped(json!({"apiHost": "cloudsmith.acme.example"})).unwrap();
+        assert_eq!(host.api, "https://cloudsmith.acme.example");
+        assert_eq!(
+            host.fix(),
+            "write apiUrl: https://cloudsmith.acme.example in place of apiHost: cloudsmith.acme.example"
+        );
+        assert!(host.problem().starts_with("spec.apiHost is not a field of ESO's"));
+        assert!(host
+            .problem()
+            .ends_with("ESO calls https://api.cloudsmith.io, not https://cloudsmith.acme.example"));
+        let url = dropped(json!({"apiHost": "http://127.0.0.1:8080/"})).unwrap();
+        assert_eq!(url.api, "http://127.0.0.1:8080");
+        // ESO reaches the same API without it, or apiUrl is there: nothing to say.
+        for spec in [
+            json!({"apiHost": "api.cloudsmith.io"}),
+            json!({"apiHost": "https://api.cloudsmith.io/"}),
+            json!({"apiHost": "h.example", "apiUrl": "https://h.example"}),
+            json!({"apiUrl": "https://h.example"}),
+            json!({"apiHost": ""}),
+            json!({}),
+        ] {
+            assert_eq!(dropped(spec.clone()), None, "{spec}");
+        }
+        // An empty apiUrl is unset: ESO would still miss apiHost.
+        assert!(dropped(json!({"apiHost": "h.example", "apiUrl": ""})).is_some());
+    }
 
     #[test]
     fn every_form_the_component_reads() {

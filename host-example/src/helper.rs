@@ -12,8 +12,8 @@
 //!   `docker-credential-cloudsmith` (so that binary speaks the helper protocol) with
 //!   the same arguments and the same stdin.
 //!
-//! Both read the environment, key the cache and write the answer through
-//! [`host_core::docker`], so they cannot disagree.
+//! Both read the environment, key the cache, write the answer and report a failure
+//! through [`host_core::docker`], so they cannot disagree.
 
 use std::ffi::OsString;
 use std::io::{Read as _, Seek as _, Write as _};
@@ -102,7 +102,13 @@ fn full_host() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
+/// Fails as `cloudsmith-gen` fails as the helper: the reason on stdout, where Docker's
+/// helper client reads it, and `error:` on stderr ([`docker::report_failure`]).
 fn fail(message: &str) -> ExitCode {
-    eprintln!("error: {}", host_core::secret::one_line(message, 300));
+    docker::report_failure(
+        &host_core::secret::one_line(message, 300),
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    );
     ExitCode::from(1)
 }

@@ -43,6 +43,7 @@ use std::future::Future;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
@@ -57,6 +58,10 @@ use crate::mint::Minter;
 use crate::setup::MAX_MANIFEST_BYTES;
 use crate::setup::{read_bounded, RuntimeConfig};
 
+/// Set while this process speaks the Docker credential helper protocol, whose failures
+/// are reported on stdout too ([`fail`]).
+static HELPER: AtomicBool = AtomicBool::new(false);
+
 fn main() -> ExitCode {
     // The kubelet's deadline counts from its exec.
     let started = Instant::now();
@@ -68,18 +73,24 @@ fn main() -> ExitCode {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "panic".into());
-        eprintln!(
-            "error: internal error: {}",
+        fail(&format!(
+            "internal error: {}",
             host_example::secret::one_line(&what, 300)
-        );
+        ));
     }));
     // Invoked through a `docker-credential-cloudsmith` link or copy: the helper protocol,
     // `docker-credential-cloudsmith <action>`, with no other arguments.
     let result = if invoked_as_helper() {
+        HELPER.store(true, Ordering::Relaxed);
         docker_helper()
     } else {
         match Cli::try_parse() {
-            Ok(cli) => command(cli, started),
+            Ok(cli) => {
+                if matches!(cli.command, Command::DockerCredentialHelper(_)) {
+                    HELPER.store(true, Ordering::Relaxed);
+                }
+                command(cli, started)
+            }
             Err(e) => {
                 let (line, code) = cli::usage_error(e);
                 if let Some(line) = line {
@@ -92,9 +103,23 @@ fn main() -> ExitCode {
     match result.and_then(write) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            eprintln!("error: {}", failure.message());
+            fail(&failure.message());
             ExitCode::from(failure.exit_code())
         }
+    }
+}
+
+/// The one `error:` line on stderr; as the Docker helper, the reason on stdout as well,
+/// the one stream Docker's helper client reads ([`host_core::docker::report_failure`]).
+fn fail(message: &str) {
+    if HELPER.load(Ordering::Relaxed) {
+        host_core::docker::report_failure(
+            message,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        );
+    } else {
+        eprintln!("error: {message}");
     }
 }
 
@@ -104,10 +129,17 @@ fn command(cli: Cli, started: Instant) -> Result<Reply, Failure> {
         Command::Generate(args) => {
             let runtime = RuntimeConfig::try_from(&args.call.runtime)?;
             let manifest = read_manifest(&args.call)?;
+            let warning = generate::warning(&manifest);
             let cache = TokenCache::configured(args.cache.token_cache, args.cache.token_cache_dir.as_deref());
             let minter = Minter::new(runtime, cache, verbose);
             let config = (&*args).into();
-            block_on(generate::handle(manifest, &minter, &config))
+            let reply = block_on(generate::handle(manifest, &minter, &config))?;
+            // After a success only, when the user would take the manifest to work in ESO
+            // too; a failure keeps its one `error:` line.
+            if let Some(warning) = warning {
+                eprintln!("warning: {warning}");
+            }
+            Ok(reply)
         }
         Command::Check(args) => {
             let config = check::CheckConfig::try_from(&*args)?;

@@ -33,10 +33,12 @@ impl World {
         }
     }
 
-    /// The documentation's manifest at the stand-in, for `org`.
+    /// The documentation's manifest at the stand-in, for `org`, with the API as ESO's CRD
+    /// names it (`apiUrl`: `apiHost` is a WARN of its own, tests/api_host.rs).
     fn manifest(&self, org: &str) -> PathBuf {
-        let text =
-            testkit::cloudsmith::documented_manifest(&self.stand_in.url()).replace("my-organization", org);
+        let text = testkit::cloudsmith::documented_manifest(&self.stand_in.url())
+            .replace("my-organization", org)
+            .replace("  apiHost:", "  apiUrl:");
         let path = self.dir.path().join(format!("{org}.yaml"));
         std::fs::write(&path, text).unwrap();
         path
@@ -273,7 +275,8 @@ async fn unreachable_api_and_unreadable_inputs() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let text = testkit::cloudsmith::documented_manifest(&format!("http://127.0.0.1:{port}"));
+    let text = testkit::cloudsmith::documented_manifest(&format!("http://127.0.0.1:{port}"))
+        .replace("  apiHost:", "  apiUrl:");
     let manifest = w.dir.path().join("closed.yaml");
     std::fs::write(&manifest, text).unwrap();
     let token = testkit::oidc::token(SUBJECT, &[PRODUCTION_AUDIENCE]);

@@ -14,7 +14,7 @@
 //! | body at most 64 KiB                                     | 413                                      |
 //! | body is JSON                                            | 400 `JSON parse error - …`               |
 //! | `oidc_token`, `service_slug`: non-empty strings         | 400 `Missing or invalid parameters (see detail): <field>: …` |
-//! | OIDC token verifies ([`crate::oidc::verify_any_issuer`]) and its `aud` holds the stand-in's origin or one of [`StandInConfig::audiences`] | 401 `OIDC token cannot be authenticated` |
+//! | OIDC token verifies (the cluster's issuer as an OIDC relying party for a token it issued, [`StandInConfig::relying_parties`]; else the testkit's key) and its `aud` holds the stand-in's origin or one of [`StandInConfig::audiences`] | 401 `OIDC token cannot be authenticated` |
 //! | its (`iss`, `sub`) matches one of [`StandInConfig::trusted`], as an OIDC service trusts an issuer and subjects | 401 `OIDC token cannot be authenticated` |
 //!
 //! A request that passes gets `201 {"token": "<JWT>"}`, the JWT being
@@ -142,6 +142,35 @@ pub struct StandInConfig {
     pub trusted: Vec<Trusted>,
     /// The shares of the `faults` scenario ([`FAULTS_ORG`]).
     pub faults: Faults,
+    /// The issuers whose tokens are verified as an OIDC relying party does (discovery
+    /// document and key set fetched from the issuer, RS256/ES256 signature, validity:
+    /// [`crate::relying_party`]): a token whose `iss` is one of these. Every other token
+    /// is verified with the testkit's own HS256 key ([`crate::oidc::verify_any_issuer`]),
+    /// for tokens a test mints itself. Empty by default.
+    #[cfg(feature = "tls")]
+    pub relying_parties: Vec<std::sync::Arc<crate::relying_party::RelyingParty>>,
+}
+
+#[cfg(feature = "tls")]
+impl StandInConfig {
+    /// A configuration trusting only `cluster`'s issuer, as an OIDC relying party, for
+    /// the subjects `subject` matches (exact, or a prefix ending in `*`, as [`Trusted`]).
+    pub fn trusting(cluster: &crate::cluster::Cluster, subject: &str) -> StandInConfig {
+        StandInConfig {
+            trusted: Vec::new(),
+            ..StandInConfig::default()
+        }
+        .also_trusting(cluster, subject)
+    }
+
+    /// This configuration, also trusting `cluster`'s issuer as an OIDC relying party for
+    /// the subjects `subject` matches.
+    pub fn also_trusting(mut self, cluster: &crate::cluster::Cluster, subject: &str) -> StandInConfig {
+        let party = crate::relying_party::RelyingParty::of(cluster).expect("a relying party of the cluster");
+        self.trusted.push(Trusted::new(cluster.issuer(), subject));
+        self.relying_parties.push(std::sync::Arc::new(party));
+        self
+    }
 }
 
 /// The organisation slug of the `faults` scenario.
@@ -273,6 +302,8 @@ impl Default for StandInConfig {
             keep_history: true,
             trusted: vec![Trusted::new(crate::oidc::ISSUER, "*")],
             faults: Faults::default(),
+            #[cfg(feature = "tls")]
+            relying_parties: Vec::new(),
         }
     }
 }
@@ -438,6 +469,42 @@ pub fn auth_for(access_token: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("token:{access_token}"))
 }
 
+/// What a Cloudsmith registry reads of an access token this stand-in issued
+/// ([`access_token_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessClaims {
+    /// The organisation the token was exchanged for (`org`).
+    pub org: String,
+    /// The OIDC service (`service`).
+    pub service: String,
+    /// The OIDC subject it was exchanged for (`sub`).
+    pub subject: String,
+    /// Expiry, UNIX seconds (`exp`).
+    pub exp: u64,
+}
+
+/// Verifies `token` as an access token this stand-in issued, as a registry in front of
+/// Cloudsmith would: the stand-in's signature, its issuer ([`PRODUCTION_AUDIENCE`]), and
+/// not expired. Why not, when it is refused.
+pub fn verify_access_token(token: &str) -> Result<AccessClaims, String> {
+    let payload = crate::oidc::signed_payload(token).ok_or("not an access token this stand-in signed")?;
+    let text = |name: &str| payload.get(name).and_then(Value::as_str).map(str::to_string);
+    if text("iss").as_deref() != Some(PRODUCTION_AUDIENCE) {
+        return Err(format!("issuer {:?} is not {PRODUCTION_AUDIENCE}", text("iss")));
+    }
+    let exp = payload.get("exp").and_then(Value::as_u64).ok_or("no exp")?;
+    let now = crate::oidc::now_unix();
+    if exp <= now {
+        return Err(format!("expired {}s ago", now - exp));
+    }
+    Ok(AccessClaims {
+        org: text("org").ok_or("no org")?,
+        service: text("service").unwrap_or_default(),
+        subject: text("sub").unwrap_or_default(),
+        exp,
+    })
+}
+
 /// The example manifest from ESO's Cloudsmith generator documentation,
 /// verbatim except `apiHost`, which is set to `api_host` (e.g. the stand-in's
 /// [`StandIn::url`]).
@@ -472,6 +539,9 @@ struct State {
     /// Requests of the `faults` scenario that passed every check, and how many
     /// got each fault.
     faults: Mutex<(u64, HashMap<Fault, u64>)>,
+    /// Why each refused OIDC token was refused (Cloudsmith says only
+    /// [`UNAUTHENTICATED`]; a test wants the reason).
+    rejections: Mutex<Vec<String>>,
 }
 
 impl StandIn {
@@ -518,6 +588,7 @@ impl StandIn {
             counts: Mutex::default(),
             seen: Mutex::default(),
             faults: Mutex::default(),
+            rejections: Mutex::default(),
         });
         slot.set(state.clone()).expect("set once");
         Ok(StandIn {
@@ -598,6 +669,12 @@ impl StandIn {
     /// fault ([`Fault::None`]: a success at once).
     pub fn fault_counts(&self) -> HashMap<Fault, u64> {
         self.state.faults.lock().expect("faults lock").1.clone()
+    }
+
+    /// Why each OIDC token refused with [`UNAUTHENTICATED`] was refused, in order
+    /// (e.g. `expired`, `audience ["x"] not accepted`, `signature does not verify`).
+    pub fn rejections(&self) -> Vec<String> {
+        self.state.rejections.lock().expect("rejections lock").clone()
     }
 
     /// The configuration the stand-in runs with.
@@ -728,22 +805,14 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
         }
     }
     let (oidc_token, service) = (&strings[0], &strings[1]);
-    let Some(claims) = crate::oidc::verify_any_issuer(oidc_token) else {
-        return Ok(detail(401, UNAUTHENTICATED));
+    let subject = match authenticate(state, oidc_token).await {
+        Ok(subject) => subject,
+        Err(why) => {
+            state.rejections.lock().expect("rejections lock").push(why);
+            return Ok(detail(401, UNAUTHENTICATED));
+        }
     };
-    if !claims.aud.iter().any(|a| state.accepted_audiences.contains(a)) {
-        return Ok(detail(401, UNAUTHENTICATED));
-    }
-    if !state
-        .config
-        .trusted
-        .iter()
-        .any(|t| t.matches(&claims.iss, &claims.sub))
-    {
-        return Ok(detail(401, UNAUTHENTICATED));
-    }
 
-    let subject = claims.sub;
     let exp = state.config.token_exp;
     let success = || {
         if let Some(body) = &state.config.issued_body {
@@ -839,6 +908,41 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
     })
 }
 
+/// The subject of `token` when the stand-in trusts it: verified by the relying party of
+/// the issuer it names ([`StandInConfig::relying_parties`]) or else by the test key, for
+/// an accepted audience, from a trusted (issuer, subject); else why not.
+async fn authenticate(state: &State, token: &str) -> Result<String, String> {
+    #[cfg(feature = "tls")]
+    {
+        // The issuer the token names (unverified) picks the verifier, as a relying
+        // party trusting several issuers picks the keys to check it with.
+        let named = jwt_payload(token).and_then(|p| p["iss"].as_str().map(str::to_string));
+        if let Some(party) = state
+            .config
+            .relying_parties
+            .iter()
+            .find(|p| named.as_deref() == Some(p.issuer()))
+        {
+            let claims = party.verify(token).await?;
+            return judge(state, &claims.iss, &claims.sub, &claims.aud);
+        }
+    }
+    let claims = crate::oidc::verify_any_issuer(token).ok_or("does not verify with the test key")?;
+    judge(state, &claims.iss, &claims.sub, &claims.aud)
+}
+
+/// The subject of a verified token, when its audience is accepted and its (issuer,
+/// subject) trusted; else why not.
+fn judge(state: &State, iss: &str, sub: &str, aud: &[String]) -> Result<String, String> {
+    if !aud.iter().any(|a| state.accepted_audiences.contains(a)) {
+        return Err(format!("audience {aud:?} not accepted"));
+    }
+    if !state.config.trusted.iter().any(|t| t.matches(iss, sub)) {
+        return Err(format!("({iss}, {sub}) not trusted"));
+    }
+    Ok(sub.to_string())
+}
+
 fn gateway_502() -> Response<Body> {
     server::raw(
         502,
@@ -929,6 +1033,33 @@ mod tests {
             auth_for("abc"),
             base64::engine::general_purpose::STANDARD.encode("token:abc")
         );
+    }
+
+    #[test]
+    fn access_tokens_verify_as_issued_and_only_then() {
+        let now = crate::oidc::now_unix();
+        let token = access_token_for("sub-1", "acme", "svc", now + 600);
+        assert_eq!(
+            verify_access_token(&token),
+            Ok(AccessClaims {
+                org: "acme".into(),
+                service: "svc".into(),
+                subject: "sub-1".into(),
+                exp: now + 600
+            })
+        );
+        let expired = access_token_for("sub-1", "acme", "svc", now - 1);
+        assert!(verify_access_token(&expired).unwrap_err().starts_with("expired"));
+        // Another signature, or a payload changed after signing.
+        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+        parts[1] = URL_SAFE_NO_PAD.encode(
+            json!({"exp": now + 600, "iss": PRODUCTION_AUDIENCE, "org": "other", "sub": "x"}).to_string(),
+        );
+        assert!(verify_access_token(&parts.join(".")).is_err());
+        assert!(verify_access_token(ESO_TOKEN).is_err());
+        // An OIDC token of the testkit is signed alike, but is no access token.
+        let oidc = crate::oidc::token("system:serviceaccount:a:b", &[PRODUCTION_AUDIENCE]);
+        assert!(verify_access_token(&oidc).unwrap_err().starts_with("issuer"));
     }
 
     #[test]

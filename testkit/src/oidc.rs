@@ -93,6 +93,15 @@ pub fn verify(token: &str) -> Option<Claims> {
 /// [`verify`] without the issuer check: the signature and validity period
 /// only, for a verifier that decides which issuers it trusts.
 pub fn verify_any_issuer(token: &str) -> Option<Claims> {
+    let claims: Claims = serde_json::from_value(signed_payload(token)?).ok()?;
+    let now = now_unix();
+    (claims.nbf <= now + 60 && now < claims.exp).then_some(claims)
+}
+
+/// The payload of a JWT the testkit signed (HS256 with its key, [`sign`]), whatever its
+/// claims; `None` for any other token. For verifiers of the testkit's own tokens that
+/// check their claims themselves (the Cloudsmith stand-in's access tokens).
+pub(crate) fn signed_payload(token: &str) -> Option<serde_json::Value> {
     let mut parts = token.split('.');
     let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -108,9 +117,19 @@ pub fn verify_any_issuer(token: &str) -> Option<Claims> {
     if given != expected {
         return None;
     }
-    let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-    let now = now_unix();
-    (claims.nbf <= now + 60 && now < claims.exp).then_some(claims)
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+}
+
+/// `token` with one character of its signature changed, in the middle: the last
+/// character of a base64url signature may carry only padding bits, which decoders such as
+/// Go's `base64.RawURLEncoding` ignore, so changing it may change nothing.
+pub fn tampered(token: &str) -> String {
+    let at = token
+        .rfind('.')
+        .map_or(token.len() / 2, |dot| dot + (token.len() - dot) / 2);
+    let mut chars: Vec<char> = token.chars().collect();
+    chars[at] = if chars[at] == 'A' { 'B' } else { 'A' };
+    chars.into_iter().collect()
 }
 
 /// Splits `system:serviceaccount:<ns>:<name>` into namespace and name.
@@ -252,6 +271,21 @@ mod tests {
         let foreign = token_from_issuer("https://other.example", "system:serviceaccount:a:b", &["aud"]);
         assert!(verify(&foreign).is_none());
         assert_eq!(verify_any_issuer(&foreign).unwrap().iss, "https://other.example");
+    }
+
+    #[test]
+    fn a_tampered_token_differs_in_its_signature_only() {
+        let t = token("system:serviceaccount:a:b", &["aud"]);
+        let changed = tampered(&t);
+        assert_ne!(changed, t);
+        let (head, sig) = t.rsplit_once('.').unwrap();
+        let (changed_head, changed_sig) = changed.rsplit_once('.').unwrap();
+        assert_eq!(head, changed_head);
+        assert_ne!(
+            URL_SAFE_NO_PAD.decode(sig).unwrap(),
+            URL_SAFE_NO_PAD.decode(changed_sig).unwrap()
+        );
+        assert!(verify(&changed).is_none());
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub use content::{
 };
 pub use distribution::{Auth, Distribution, DistributionConfig, TokenAuth, HTPASSWD_REALM};
 pub use faulty::{Content, Fault, FaultyRegistry, FaultyRegistryConfig, RecordedRequest};
-pub use token::{ResourceActions, Signing, TokenRequest, TokenServer, TokenServerConfig};
+pub use token::{ResourceActions, Signing, TokenRequest, TokenServer, TokenServerConfig, CLOUDSMITH_USER};
 
 use sha2::{Digest as _, Sha256};
 

@@ -513,6 +513,86 @@ async fn skopeo_pushes_and_pulls_through_the_real_registry_with_our_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_registry_trusts_the_cloudsmith_stand_ins_access_tokens_for_their_org() {
+    use testkit::cloudsmith::access_token_for;
+    let tokens = TokenServer::trusting_cloudsmith().await.unwrap();
+    let registry = Distribution::start(DistributionConfig {
+        auth: tokens.auth(SERVICE),
+        ..Default::default()
+    })
+    .await;
+    let image = Artifact::container_image();
+    registry
+        .push(REPO, "1", &image, Some(("testkit", "testkit-password")))
+        .await
+        .unwrap_or_else(|e| panic!("push: {e:#}\n{}", registry.log()));
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("run")).unwrap();
+    let inspect = |token: &str| {
+        strings(&[
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            &format!("token:{token}"),
+            &format!("docker://{}/{REPO}:1", registry.authority()),
+        ])
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let subject = "system:serviceaccount:apps:puller";
+
+    // The real skopeo logs in as Docker's helper output says: user token, the access token.
+    let acme = access_token_for(subject, "acme", "svc", now + 600);
+    let out = skopeo(&inspect(&acme), &home).await;
+    assert!(out.success(), "inspect: {}\n{}", out.stderr, registry.log());
+    assert_eq!(out.stdout_json()["Digest"], image.digest());
+    let login = tokens
+        .requests()
+        .into_iter()
+        .find(|r| r.user.as_deref() == Some(testkit::registry::CLOUDSMITH_USER))
+        .unwrap();
+    assert_eq!(login.status, 200);
+    assert_eq!(
+        login.granted.unwrap(),
+        [ResourceActions::parse("repository:acme/app:pull").unwrap()]
+    );
+
+    // Another organisation's token gets a token without the action; an expired one, or
+    // one no stand-in signed, gets none.
+    let before = tokens.token_requests();
+    let other = access_token_for(subject, "other", "svc", now + 600);
+    let expired = access_token_for(subject, "acme", "svc", now - 10);
+    let forged = format!("{}x", &acme[..acme.len() - 1]);
+    for (token, what) in [(&other, "other org"), (&expired, "expired"), (&forged, "forged")] {
+        let out = skopeo(&inspect(token), &home).await;
+        assert!(!out.success(), "{what}: {}", out.stdout);
+    }
+    let refused: Vec<_> = tokens.requests().into_iter().skip(before).collect();
+    assert!(
+        refused.iter().any(|r| r
+            .granted
+            .as_ref()
+            .is_some_and(|g| g.iter().all(|a| a.actions.is_empty()))),
+        "{refused:?}"
+    );
+    let refusals: Vec<String> = refused.iter().filter_map(|r| r.refusal.clone()).collect();
+    assert!(
+        refusals.iter().any(|r| r.contains("expired"))
+            && refusals.iter().any(|r| r.contains("not an access token")),
+        "{refusals:?}"
+    );
+    for token in [&acme, &other, &expired] {
+        assert!(
+            !registry.log().contains(token.as_str()),
+            "the registry logs no access token"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn key_id_tokens_over_https_are_accepted_too() {
     let tokens = TokenServer::start_with(TokenServerConfig {
         signing: Signing::KeyId,

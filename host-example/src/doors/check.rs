@@ -261,7 +261,8 @@ pub fn wanted_audiences(spec: &GeneratorSpec) -> Vec<String> {
 
 /// The manifest step: the generator document chosen (`document`, e.g.
 /// `CloudsmithAccessToken/my-cloudsmith-token`) and its effective API, org, service and
-/// audiences; fails on a missing slug or service account.
+/// audiences; fails on a missing slug or service account; warns of an `apiHost` ESO
+/// would never see ([`GeneratorSpec::api_host_eso_drops`]).
 pub fn manifest_step(document: &str, spec: &GeneratorSpec) -> Step {
     let mut facts = vec![fact("document", document), fact("api", effective_api(spec))];
     let mut missing = Vec::new();
@@ -281,6 +282,14 @@ pub fn manifest_step(document: &str, spec: &GeneratorSpec) -> Step {
     }
     facts.push(fact("audiences", wanted_audiences(spec).join(",")));
     if missing.is_empty() {
+        // generate works with it, but the same manifest in ESO would not: WARN.
+        if let Some(dropped) = spec.api_host_eso_drops() {
+            return Step {
+                problem: Some(dropped.problem()),
+                fix: Some(dropped.fix()),
+                ..Step::new(StepName::Manifest, Status::Warn, facts)
+            };
+        }
         return Step::new(StepName::Manifest, Status::Pass, facts);
     }
     Step::failed(
@@ -822,6 +831,32 @@ mod tests {
         assert_eq!(
             step.fix.as_deref(),
             Some("set spec.serviceSlug in the generator document")
+        );
+    }
+
+    #[test]
+    fn an_api_host_eso_would_drop_is_a_warning_naming_the_fix() {
+        let ours = spec(serde_json::json!({"orgSlug": "o", "serviceSlug": "s",
+            "serviceAccountRef": {"name": "a"}, "apiHost": "cloudsmith.acme.example"}));
+        let step = manifest_step("CloudsmithAccessToken/t", &ours);
+        assert_eq!(step.status, Status::Warn, "{step:?}");
+        assert!(has(&step, "api", "https://cloudsmith.acme.example"));
+        assert_eq!(
+            step.fix.as_deref(),
+            Some(
+                "write apiUrl: https://cloudsmith.acme.example in place of apiHost: cloudsmith.acme.example"
+            )
+        );
+        let text = Report::new(vec![step]).render_text();
+        assert!(
+            text.lines().next().unwrap().starts_with("WARN manifest:")
+                && text.contains("     spec.apiHost is not a field of ESO's CloudsmithAccessToken CRD"),
+            "{text}"
+        );
+        // The documentation's own apiHost is ESO's default: nothing is lost.
+        assert_eq!(
+            manifest_step("CloudsmithAccessToken/t", &documented()).status,
+            Status::Pass
         );
     }
 

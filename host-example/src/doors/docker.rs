@@ -7,6 +7,8 @@
 //!   configured Cloudsmith registry, `{"ServerURL","Username":"token","Secret"}` on
 //!   stdout; for any other, the sentinel `credentials not found in native keychain` on
 //!   stdout and exit 1, so the client falls back to an anonymous pull.
+//! - a failure: its one line on stdout, where Docker's helper client reads it, and
+//!   `error: <line>` on stderr (`host_core::docker::report_failure`, written by `main`).
 //! - `store` and `erase` read their input and do nothing (credentials are minted, not
 //!   stored); `list` prints `{}`; `version` prints the version.
 //!
@@ -216,7 +218,7 @@ mod tests {
             ("get", "127.0.0.1:5000", ok("127.0.0.1:5000"), true),
             ("get", "index.docker.io", not_found(), false),
             ("get", "127.0.0.1:5001", not_found(), false),
-            ("get", "", Err("no server URL on stdin"), false),
+            ("get", "", Err("no credentials server URL"), false),
             ("get", "\u{fffd}", not_found(), false),
             ("list", "", Ok(Reply::ok("{}")), false),
             (

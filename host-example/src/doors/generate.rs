@@ -57,6 +57,15 @@ pub struct GenerateConfig {
     pub output: OutputConfig,
 }
 
+/// What `generate` warns of, after minting for `manifest` (the generator document as
+/// JSON), in one line: an `apiHost` that ESO would never see
+/// ([`host_example::spec::GeneratorSpec::api_host_eso_drops`]), so that a manifest that
+/// works here is not taken to work in ESO.
+pub fn warning(manifest: &str) -> Option<String> {
+    let dropped = host_example::spec::GeneratorSpec::of_json(manifest)?.api_host_eso_drops()?;
+    Some(format!("{}; {}", dropped.problem(), dropped.fix()))
+}
+
 /// Mints credentials for `manifest` (the generator document as JSON) and renders them.
 pub async fn handle(manifest: String, mint: &impl Mint, config: &GenerateConfig) -> Result<Reply, Failure> {
     let minted = mint

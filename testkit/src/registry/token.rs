@@ -14,6 +14,15 @@
 //! | `signingKey.Verify` (libtrust, ES256): `r‖s`, 64 bytes     | ECDSA P-256 SHA-256, fixed-width signature (ring) |
 //! | accesscontroller.go `Authorized`: `accessSet().contains` each (type, name, action) | `access` = the requested scopes, each action kept when it is in [`TokenServerConfig::actions`] (token.md: the intersection, never an error) |
 //!
+//! With [`TokenServerConfig::cloudsmith_tokens`] it also stands for Cloudsmith's registry
+//! login, which takes the Docker credentials the official Cloudsmith CLI, ESO's
+//! generator and `cloudsmith-gen` hand out: user `token`, the access token as the
+//! password. Such a login passes when the access token verifies as the Cloudsmith
+//! stand-in issued it ([`crate::cloudsmith::verify_access_token`]: its signature and
+//! issuer, not expired), and is granted the repositories of the token's organisation
+//! (`<org>/...`, as docker.cloudsmith.io names them) only: a scope on another
+//! organisation's repository gets no action.
+//!
 //! The answer is token.md's: `200 {"token","access_token","expires_in","issued_at"}`. A
 //! request without the right HTTP Basic credentials gets a 401 with a Basic challenge
 //! (token.md: "the token server should return a 401 Unauthorized response indicating
@@ -41,6 +50,9 @@ use crate::server::{self, Body, Hangup};
 
 /// The path of the realm (`http://127.0.0.1:PORT/token`).
 const REALM_PATH: &str = "/token";
+
+/// The user name of a Cloudsmith registry login: the access token is the password.
+pub const CLOUDSMITH_USER: &str = "token";
 
 /// How the registry finds the key that signed a token (token.go `VerifySigningKey`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,6 +85,16 @@ pub struct TokenServerConfig {
     pub signing: Signing,
     /// Serve the realm over HTTPS with a fresh [`crate::tls::TestCa`].
     pub tls: bool,
+    /// Also accept [`CLOUDSMITH_USER`] with an access token the Cloudsmith stand-in
+    /// issued as the password, for its organisation's repositories (see the module
+    /// documentation). `user` and `password` still work (to push, say).
+    pub cloudsmith_tokens: bool,
+    /// The host the realm names: `127.0.0.1` (the default), or `localhost`, which the
+    /// server answers on too. go-containerregistry (v0.22.1
+    /// `pkg/v1/remote/transport/bearer.go` `validateRealmURL`) refuses a realm that is a
+    /// private or loopback IP literal on another host:port than the registry's, as this
+    /// server's is; a host name passes.
+    pub realm_host: String,
 }
 
 impl Default for TokenServerConfig {
@@ -85,6 +107,8 @@ impl Default for TokenServerConfig {
             actions: vec!["pull".to_string(), "push".to_string()],
             signing: Signing::X5c,
             tls: false,
+            cloudsmith_tokens: false,
+            realm_host: "127.0.0.1".to_string(),
         }
     }
 }
@@ -154,6 +178,8 @@ pub struct TokenRequest {
     pub status: u16,
     /// The `access` of the token issued (`None`: no token).
     pub granted: Option<Vec<ResourceActions>>,
+    /// Why a Cloudsmith login was refused (`None`: not refused, or not one).
+    pub refusal: Option<String>,
 }
 
 /// A running token server. Dropping it stops the server and every connection.
@@ -198,6 +224,19 @@ impl TokenServer {
         .await
     }
 
+    /// Starts a token server that trusts the Cloudsmith stand-in's access tokens
+    /// ([`TokenServerConfig::cloudsmith_tokens`]), besides the default user and password,
+    /// with its realm named `localhost`, so that go-containerregistry reaches it too
+    /// ([`TokenServerConfig::realm_host`]).
+    pub async fn trusting_cloudsmith() -> anyhow::Result<TokenServer> {
+        Self::start_with(TokenServerConfig {
+            cloudsmith_tokens: true,
+            realm_host: "localhost".to_string(),
+            ..TokenServerConfig::default()
+        })
+        .await
+    }
+
     /// Starts a token server with `config`.
     pub async fn start_with(config: TokenServerConfig) -> anyhow::Result<TokenServer> {
         let (signer, root_pem) = make_signer(config.signing)?;
@@ -231,11 +270,13 @@ impl TokenServer {
         })
     }
 
-    /// The realm: `http://127.0.0.1:PORT/token` (`https` with TLS).
+    /// The realm: `http://127.0.0.1:PORT/token` (`https` with TLS; the host is
+    /// [`TokenServerConfig::realm_host`]).
     pub fn realm(&self) -> String {
         format!(
-            "{}://127.0.0.1:{}{REALM_PATH}",
+            "{}://{}:{}{REALM_PATH}",
             self.scheme,
+            self.state.config.realm_host,
             self.running.addr.port()
         )
     }
@@ -457,6 +498,7 @@ fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Hangu
         scopes: client::scopes_of(&query),
         status: 0,
         granted: None,
+        refusal: None,
     };
     let response = answer(state, &mut record, req.uri().path(), credentials);
     record.status = response.status().as_u16();
@@ -478,16 +520,22 @@ fn answer(
         return details(405, "only GET is supported", &[("allow", "GET")]);
     }
     let config = &state.config;
-    let authenticated = credentials
-        .as_ref()
-        .is_some_and(|(u, p)| *u == config.user && *p == config.password);
-    if !authenticated {
-        return details(
-            401,
-            "incorrect username or password",
-            &[("www-authenticate", "Basic realm=\"testkit token server\"")],
-        );
-    }
+    let challenge = [("www-authenticate", "Basic realm=\"testkit token server\"")];
+    // Who logged in, and the organisation a Cloudsmith login is limited to.
+    let (subject, org) = match &credentials {
+        Some((u, p)) if *u == config.user && *p == config.password => (config.user.clone(), None),
+        Some((u, p)) if config.cloudsmith_tokens && u == CLOUDSMITH_USER => {
+            match crate::cloudsmith::verify_access_token(p) {
+                Ok(claims) => (claims.subject, Some(claims.org)),
+                Err(why) => {
+                    let refusal = format!("the Cloudsmith access token is refused: {why}");
+                    record.refusal = Some(refusal.clone());
+                    return details(401, &refusal, &challenge);
+                }
+            }
+        }
+        _ => return details(401, "incorrect username or password", &challenge),
+    };
     let Some(service) = record.service.clone() else {
         return details(400, "missing the service parameter", &[]);
     };
@@ -496,11 +544,14 @@ fn answer(
         let Some(mut resource) = ResourceActions::parse(scope) else {
             return details(400, &format!("invalid scope: {scope:?}"), &[]);
         };
-        resource.actions.retain(|a| config.actions.contains(a));
+        let ours = org
+            .as_ref()
+            .is_none_or(|org| resource.kind == "repository" && resource.name.starts_with(&format!("{org}/")));
+        resource.actions.retain(|a| ours && config.actions.contains(a));
         granted.push(resource);
     }
     let now = crate::oidc::now_unix();
-    let token = mint(state, &config.user, &service, &granted, now);
+    let token = mint(state, &subject, &service, &granted, now);
     record.granted = Some(granted);
     server::json(
         200,
