@@ -1,5 +1,5 @@
 //! `deploy/` renders with Debian's `kubectl kustomize`, and the rendered objects hold
-//! what the README and SECURITY.md promise: a locked-down Deployment with only its own
+//! what docs/eso-in-cluster.md and SECURITY.md promise: a locked-down Deployment with only its own
 //! short-lived token, least-privilege RBAC that matches the generators it serves, a
 //! NetworkPolicy, and ESO objects that point at the service and at each other.
 

@@ -393,7 +393,7 @@ async fn eso_runs_the_deploy_objects() {
     );
 
     // The cluster: the token controller fills the caller's Secret, and the CA ConfigMap
-    // is created in the generator's namespace (README, step 3).
+    // is created in the generator's namespace (docs/eso-in-cluster.md, step 3).
     let secret = object(&objects, "Secret", "eso-cloudsmith-caller-token");
     let account = secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
         .as_str()
