@@ -15,11 +15,13 @@ source scripts/tools.sh
 
 # Real clients: for the credential helper suite (tests/skopeo.rs), Debian's
 # skopeo, the CNCF distribution registry and htpasswd (apache2-utils); for the
-# deploy/ checks, kubectl (kubernetes-client) to render the kustomize base; for
-# the container image (host-example/tests/image.rs), buildah, podman with runc,
-# and musl-gcc (musl-tools: ring's C code in the static binary).
+# container image (host-example/tests/image.rs), buildah, podman with runc,
+# and musl-gcc (musl-tools: ring's C code in the static binary). kubectl is not
+# among them: Debian's kubernetes-client is kubectl 1.20, whose kustomize predates
+# `labels:`; scripts/harness.sh picks the machine's kubectl when it is 1.27 or newer,
+# else builds the pinned one.
 missing=()
-for tool in skopeo:skopeo docker-registry:docker-registry htpasswd:apache2-utils kubectl:kubernetes-client \
+for tool in skopeo:skopeo docker-registry:docker-registry htpasswd:apache2-utils \
     buildah:buildah podman:podman runc:runc musl-gcc:musl-tools; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
@@ -30,11 +32,19 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
+# The real Kubernetes control plane, ESO, Helm and the Go drivers (harness/), built once
+# per run (seconds when Go's build cache is warm): HARNESS_BIN, ESO_CRDS, KUBECTL.
+# shellcheck source=scripts/harness.sh
+source scripts/harness.sh
+
 # The image's static binary, built once (without fat LTO: profile image-test)
 # and packaged by every test that needs an image.
 rustup target add x86_64-unknown-linux-musl >/dev/null
 CC_x86_64_unknown_linux_musl=musl-gcc cargo build --locked -q -p host-example --bin cloudsmith-gen \
   --no-default-features --target x86_64-unknown-linux-musl --profile image-test
 export CLOUDSMITH_GEN_STATIC="$PWD/target/x86_64-unknown-linux-musl/image-test/cloudsmith-gen"
+
+# The harness's own Go tests (results cached by go test when nothing changed).
+(cd harness && go test -mod=readonly ./...)
 
 cargo test --workspace --locked "$@"

@@ -14,7 +14,7 @@
 //! | body at most 64 KiB                                     | 413                                      |
 //! | body is JSON                                            | 400 `JSON parse error - …`               |
 //! | `oidc_token`, `service_slug`: non-empty strings         | 400 `Missing or invalid parameters (see detail): <field>: …` |
-//! | OIDC token verifies ([`crate::oidc::verify_any_issuer`]) and its `aud` holds the stand-in's origin or one of [`StandInConfig::audiences`] | 401 `OIDC token cannot be authenticated` |
+//! | OIDC token verifies (the cluster's issuer as an OIDC relying party for a token it issued, [`StandInConfig::relying_parties`]; else the testkit's key) and its `aud` holds the stand-in's origin or one of [`StandInConfig::audiences`] | 401 `OIDC token cannot be authenticated` |
 //! | its (`iss`, `sub`) matches one of [`StandInConfig::trusted`], as an OIDC service trusts an issuer and subjects | 401 `OIDC token cannot be authenticated` |
 //!
 //! A request that passes gets `201 {"token": "<JWT>"}`, the JWT being
@@ -142,6 +142,35 @@ pub struct StandInConfig {
     pub trusted: Vec<Trusted>,
     /// The shares of the `faults` scenario ([`FAULTS_ORG`]).
     pub faults: Faults,
+    /// The issuers whose tokens are verified as an OIDC relying party does (discovery
+    /// document and key set fetched from the issuer, RS256/ES256 signature, validity:
+    /// [`crate::relying_party`]): a token whose `iss` is one of these. Every other token
+    /// is verified with the testkit's own HS256 key ([`crate::oidc::verify_any_issuer`]),
+    /// for tokens a test mints itself. Empty by default.
+    #[cfg(feature = "tls")]
+    pub relying_parties: Vec<std::sync::Arc<crate::relying_party::RelyingParty>>,
+}
+
+#[cfg(feature = "tls")]
+impl StandInConfig {
+    /// A configuration trusting only `cluster`'s issuer, as an OIDC relying party, for
+    /// the subjects `subject` matches (exact, or a prefix ending in `*`, as [`Trusted`]).
+    pub fn trusting(cluster: &crate::cluster::Cluster, subject: &str) -> StandInConfig {
+        StandInConfig {
+            trusted: Vec::new(),
+            ..StandInConfig::default()
+        }
+        .also_trusting(cluster, subject)
+    }
+
+    /// This configuration, also trusting `cluster`'s issuer as an OIDC relying party for
+    /// the subjects `subject` matches.
+    pub fn also_trusting(mut self, cluster: &crate::cluster::Cluster, subject: &str) -> StandInConfig {
+        let party = crate::relying_party::RelyingParty::of(cluster).expect("a relying party of the cluster");
+        self.trusted.push(Trusted::new(cluster.issuer(), subject));
+        self.relying_parties.push(std::sync::Arc::new(party));
+        self
+    }
 }
 
 /// The organisation slug of the `faults` scenario.
@@ -273,6 +302,8 @@ impl Default for StandInConfig {
             keep_history: true,
             trusted: vec![Trusted::new(crate::oidc::ISSUER, "*")],
             faults: Faults::default(),
+            #[cfg(feature = "tls")]
+            relying_parties: Vec::new(),
         }
     }
 }
@@ -521,6 +552,9 @@ struct State {
     /// Requests of the `faults` scenario that passed every check, and how many
     /// got each fault.
     faults: Mutex<(u64, HashMap<Fault, u64>)>,
+    /// Why each refused OIDC token was refused (Cloudsmith says only
+    /// [`UNAUTHENTICATED`]; a test wants the reason).
+    rejections: Mutex<Vec<String>>,
 }
 
 impl StandIn {
@@ -567,6 +601,7 @@ impl StandIn {
             counts: Mutex::default(),
             seen: Mutex::default(),
             faults: Mutex::default(),
+            rejections: Mutex::default(),
         });
         slot.set(state.clone()).expect("set once");
         Ok(StandIn {
@@ -647,6 +682,12 @@ impl StandIn {
     /// fault ([`Fault::None`]: a success at once).
     pub fn fault_counts(&self) -> HashMap<Fault, u64> {
         self.state.faults.lock().expect("faults lock").1.clone()
+    }
+
+    /// Why each OIDC token refused with [`UNAUTHENTICATED`] was refused, in order
+    /// (e.g. `expired`, `audience ["x"] not accepted`, `signature does not verify`).
+    pub fn rejections(&self) -> Vec<String> {
+        self.state.rejections.lock().expect("rejections lock").clone()
     }
 
     /// The configuration the stand-in runs with.
@@ -777,22 +818,14 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
         }
     }
     let (oidc_token, service) = (&strings[0], &strings[1]);
-    let Some(claims) = crate::oidc::verify_any_issuer(oidc_token) else {
-        return Ok(detail(401, UNAUTHENTICATED));
+    let subject = match authenticate(state, oidc_token).await {
+        Ok(subject) => subject,
+        Err(why) => {
+            state.rejections.lock().expect("rejections lock").push(why);
+            return Ok(detail(401, UNAUTHENTICATED));
+        }
     };
-    if !claims.aud.iter().any(|a| state.accepted_audiences.contains(a)) {
-        return Ok(detail(401, UNAUTHENTICATED));
-    }
-    if !state
-        .config
-        .trusted
-        .iter()
-        .any(|t| t.matches(&claims.iss, &claims.sub))
-    {
-        return Ok(detail(401, UNAUTHENTICATED));
-    }
 
-    let subject = claims.sub;
     let exp = state.config.token_exp;
     let success = || {
         if let Some(body) = &state.config.issued_body {
@@ -886,6 +919,41 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
         Scenario::Html500 => server::raw(500, "text/html; charset=utf-8", html_500(), &[]),
         Scenario::Echo401 => detail(401, &String::from_utf8_lossy(&recorded.body)),
     })
+}
+
+/// The subject of `token` when the stand-in trusts it: verified by the relying party of
+/// the issuer it names ([`StandInConfig::relying_parties`]) or else by the test key, for
+/// an accepted audience, from a trusted (issuer, subject); else why not.
+async fn authenticate(state: &State, token: &str) -> Result<String, String> {
+    #[cfg(feature = "tls")]
+    {
+        // The issuer the token names (unverified) picks the verifier, as a relying
+        // party trusting several issuers picks the keys to check it with.
+        let named = jwt_payload(token).and_then(|p| p["iss"].as_str().map(str::to_string));
+        if let Some(party) = state
+            .config
+            .relying_parties
+            .iter()
+            .find(|p| named.as_deref() == Some(p.issuer()))
+        {
+            let claims = party.verify(token).await?;
+            return judge(state, &claims.iss, &claims.sub, &claims.aud);
+        }
+    }
+    let claims = crate::oidc::verify_any_issuer(token).ok_or("does not verify with the test key")?;
+    judge(state, &claims.iss, &claims.sub, &claims.aud)
+}
+
+/// The subject of a verified token, when its audience is accepted and its (issuer,
+/// subject) trusted; else why not.
+fn judge(state: &State, iss: &str, sub: &str, aud: &[String]) -> Result<String, String> {
+    if !aud.iter().any(|a| state.accepted_audiences.contains(a)) {
+        return Err(format!("audience {aud:?} not accepted"));
+    }
+    if !state.config.trusted.iter().any(|t| t.matches(iss, sub)) {
+        return Err(format!("({iss}, {sub}) not trusted"));
+    }
+    Ok(sub.to_string())
 }
 
 fn gateway_502() -> Response<Body> {

@@ -4,14 +4,17 @@
 //! same pieces, so what one proves holds for the others:
 //!
 //! - [`oidc`]: service-account-like JWTs signed with a fixed test key, and
-//!   their verification (what a real Cloudsmith does against a cluster's
-//!   issuer).
+//!   their verification, for tests that need no real cluster.
 //! - [`cloudsmith`]: a stand-in for Cloudsmith's `openid_create` operation that
 //!   checks requests as strictly as the real API and fails on demand, chosen by
 //!   the organisation slug (so concurrent tests and CLI processes need no
 //!   control channel).
-//! - [`kubernetes`]: a stand-in Kubernetes API server answering TokenRequests
-//!   with `k8s-openapi`'s own types.
+//! - [`cluster`] (feature `tls`): the real control plane (etcd, kube-apiserver,
+//!   kube-controller-manager built from their Go modules), one per test process.
+//! - [`relying_party`] (feature `tls`): an OIDC relying party of the cluster's
+//!   service-account issuer, how the Cloudsmith stand-in trusts the cluster's tokens.
+//! - [`kubernetes`]: a stand-in Kubernetes API server, only for what the real one cannot
+//!   do on demand (a stalled or hung API server).
 //! - [`eso`] (feature `tls`): a model of ESO's Webhook generator, from ESO's
 //!   source, that reads rendered manifests and calls a real server over HTTPS.
 //! - [`registry`] (feature `tls`): OCI registries for the `oci://` component source:
@@ -32,12 +35,16 @@ pub mod artifacts;
 pub mod client;
 pub mod cloudsmith;
 #[cfg(feature = "tls")]
+pub mod cluster;
+#[cfg(feature = "tls")]
 pub mod eso;
 pub mod kubernetes;
 pub mod oidc;
 pub mod process;
 #[cfg(feature = "tls")]
 pub mod registry;
+#[cfg(feature = "tls")]
+pub mod relying_party;
 mod server;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -120,6 +120,18 @@ pub(crate) fn signed_payload(token: &str) -> Option<serde_json::Value> {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
 }
 
+/// `token` with one character of its signature changed, in the middle: the last
+/// character of a base64url signature may carry only padding bits, which decoders such as
+/// Go's `base64.RawURLEncoding` ignore, so changing it may change nothing.
+pub fn tampered(token: &str) -> String {
+    let at = token
+        .rfind('.')
+        .map_or(token.len() / 2, |dot| dot + (token.len() - dot) / 2);
+    let mut chars: Vec<char> = token.chars().collect();
+    chars[at] = if chars[at] == 'A' { 'B' } else { 'A' };
+    chars.into_iter().collect()
+}
+
 /// Splits `system:serviceaccount:<ns>:<name>` into namespace and name.
 pub fn service_account_of(subject: &str) -> Option<(&str, &str)> {
     let rest = subject.strip_prefix("system:serviceaccount:")?;
@@ -259,6 +271,21 @@ mod tests {
         let foreign = token_from_issuer("https://other.example", "system:serviceaccount:a:b", &["aud"]);
         assert!(verify(&foreign).is_none());
         assert_eq!(verify_any_issuer(&foreign).unwrap().iss, "https://other.example");
+    }
+
+    #[test]
+    fn a_tampered_token_differs_in_its_signature_only() {
+        let t = token("system:serviceaccount:a:b", &["aud"]);
+        let changed = tampered(&t);
+        assert_ne!(changed, t);
+        let (head, sig) = t.rsplit_once('.').unwrap();
+        let (changed_head, changed_sig) = changed.rsplit_once('.').unwrap();
+        assert_eq!(head, changed_head);
+        assert_ne!(
+            URL_SAFE_NO_PAD.decode(sig).unwrap(),
+            URL_SAFE_NO_PAD.decode(changed_sig).unwrap()
+        );
+        assert!(verify(&changed).is_none());
     }
 
     #[test]

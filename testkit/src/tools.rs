@@ -67,9 +67,28 @@ pub fn docker_registry() -> PathBuf {
     find("DOCKER_REGISTRY", "docker-registry", INSTALL_HINT)
 }
 
-/// `kubectl` (env `KUBECTL`, Debian package `kubernetes-client`).
+/// `kubectl` (env `KUBECTL`, else `PATH`): at least 1.27, whose kustomize knows
+/// `labels:`. scripts/test.sh picks the machine's when it is new enough, else builds
+/// `k8s.io/kubernetes/cmd/kubectl` into the harness (docs/real-clients.md).
 pub fn kubectl() -> PathBuf {
     find("KUBECTL", "kubectl", INSTALL_HINT)
+}
+
+/// A Go program of the harness (`harness/`): a real binary built from its module
+/// (`etcd`'s `server`, `kube-apiserver`, `helm`, ...) or one of `harness/cmd/`, found in
+/// env `HARNESS_BIN`, else in `target/harness/bin` (where scripts/harness.sh builds them).
+/// Missing: a panic saying how to build them, never a skip.
+pub fn harness_bin(name: &str) -> PathBuf {
+    let dir = from_env("HARNESS_BIN").unwrap_or_else(|| crate::workspace_root().join("target/harness/bin"));
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !is_executable(&path) {
+        panic!(
+            "{name} not found in {} (HARNESS_BIN): run `bash scripts/test.sh`, which builds the Go \
+             harness (or `source scripts/harness.sh` alone)",
+            dir.display()
+        );
+    }
+    path
 }
 
 /// `htpasswd` (env `HTPASSWD`, Debian package `apache2-utils`).
