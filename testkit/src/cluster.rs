@@ -288,7 +288,7 @@ impl Cluster {
             };
             if wanted {
                 object["metadata"]["namespace"] = namespace.into();
-                picked.push(object.to_string());
+                picked.push(object);
             }
         }
         assert_eq!(
@@ -296,7 +296,9 @@ impl Cluster {
             1 + usize::from(account),
             "deploy/eso/apps.yaml no longer has the objects a namespace opts in with"
         );
-        picked.join("\n---\n")
+        // A List: kubectl reads input that starts with `{` as JSON, where `---` is no
+        // separator.
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": picked}).to_string()
     }
 
     /// `kubectl <args>` as the admin (the machine's kubectl, [`crate::tools::kubectl`]).
