@@ -1,44 +1,28 @@
-//! A stand-in Kubernetes API server for the TokenRequest API.
+//! A stand-in Kubernetes API server, kept for what the real one (`crate::cluster`)
+//! cannot do on demand:
 //!
-//! It answers `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token`
-//! the way an API server does, using `k8s-openapi`'s own types for the
-//! request and the answer, so a client that works here sends and reads what
-//! a real cluster does:
+//! - hold a TokenRequest ([`StandInConfig::token_request_delay`]) while the reviews still
+//!   answer: `serve`'s bound on a stalled TokenRequest (host-example/tests/serve.rs);
+//! - review tens of thousands of never-repeating caller tokens on a shared two-core
+//!   machine: `serve`'s soak (host-example/tests/serve_soak.rs);
+//! - answer in microseconds, the same every time: the `serve` benchmark
+//!   (bench/src/serve.rs), which compares two servers' own cost per call.
 //!
-//! | condition                                          | answer                                              |
-//! |----------------------------------------------------|-----------------------------------------------------|
-//! | no `Authorization: Bearer <config.bearer_token>`   | 401 `Status` `Unauthorized`                         |
-//! | another path                                       | 404 `Status` `the server could not find the requested resource` |
-//! | another method                                     | 405 `Status` `MethodNotAllowed`                     |
-//! | body is not a `TokenRequest`                       | 400 `Status` `BadRequest`                           |
-//! | namespace in [`StandInConfig::forbidden_namespaces`] | 403 `Status` `serviceaccounts "x" is forbidden: …` |
-//! | account not in [`StandInConfig::service_accounts`] | 404 `Status` `serviceaccounts "x" not found`        |
-//! | `expirationSeconds` below 600                      | 422 `Status` `Invalid`                              |
-//! | otherwise                                          | 201 `TokenRequest` with `status.token` = [`crate::oidc::token_with_lifetime`] for `system:serviceaccount:<ns>:<name>` and the requested audiences |
+//! It answers, with `k8s-openapi`'s own types and kube-apiserver's words:
 //!
-//! It also answers the two review APIs a service uses to check its callers:
-//!
-//! - `POST /apis/authentication.k8s.io/v1/tokenreviews`: `status.authenticated` when
-//!   the token verifies ([`crate::oidc::verify`]) and carries one of `spec.audiences`
-//!   (by default the API server's own, [`crate::oidc::ISSUER`]); `status.user` is the token's subject with the groups a real
-//!   server gives a service account (`system:serviceaccounts`,
-//!   `system:serviceaccounts:<ns>`, `system:authenticated`).
-//! - `POST /apis/authorization.k8s.io/v1/subjectaccessreviews`: `status.allowed` when a
-//!   [`Grant`] in [`StandInConfig::grants`] matches the user and resource attributes.
-//!
-//! Both record what they were asked ([`StandIn::token_reviews`],
-//! [`StandIn::access_reviews`]) and, like the TokenRequest API, refuse callers without
-//! the configured bearer token.
-//!
-//! With no audiences, the token gets the API server's own
-//! ([`crate::oidc::ISSUER`]), as a real server does; with no
-//! `expirationSeconds`, one hour.
+//! | request | answer |
+//! |---------|--------|
+//! | any, without `Authorization: Bearer <config.bearer_token>` | 401 `Status` `Unauthorized` |
+//! | `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token` for an account not in [`StandInConfig::service_accounts`] | 404 `serviceaccounts "x" not found` |
+//! | the same with `expirationSeconds` below 600 | 422 `Invalid` (pkg/apis/authentication/validation/validation.go, ValidateTokenRequest, v1.34.4) |
+//! | the same, otherwise | 201 `TokenRequest`, `status.token` = [`crate::oidc::token_with_lifetime`] for `system:serviceaccount:<ns>:<name>` and the audiences asked (none: the API server's own, [`crate::oidc::ISSUER`]; no `expirationSeconds`: one hour) |
+//! | `POST /apis/authentication.k8s.io/v1/tokenreviews` | `authenticated` when the token verifies ([`crate::oidc::verify`]) for one of `spec.audiences` (none: the API server's own), with a service account's groups |
+//! | `POST /apis/authorization.k8s.io/v1/subjectaccessreviews` | never `allowed`: no RBAC grants anything here |
+//! | another path or method | 404 / 405 `Status` |
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -60,58 +44,9 @@ pub struct StandInConfig {
     pub bearer_token: String,
     /// Known service accounts, as `(namespace, name)`.
     pub service_accounts: Vec<(String, String)>,
-    /// Namespaces where the caller may not create tokens (403).
-    pub forbidden_namespaces: Vec<String>,
-    /// Serve HTTPS with a fresh [`crate::tls::TestCa`]; the kubeconfig then
-    /// carries its certificate as `certificate-authority-data`.
-    pub tls: bool,
-    /// What SubjectAccessReviews allow (nothing by default).
-    pub grants: Vec<Grant>,
     /// Hold every TokenRequest this long before answering (a hung API server for the
     /// TokenRequest API alone; the reviews still answer at once).
     pub token_request_delay: std::time::Duration,
-}
-
-/// One permission the SubjectAccessReview stand-in grants: like an RBAC rule bound to
-/// one user. `"*"` in any field matches every value; `name: None` matches every name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    /// The user (`system:serviceaccount:<ns>:<name>` for a service account).
-    pub user: String,
-    /// The namespace the permission holds in.
-    pub namespace: String,
-    /// The verb, e.g. `create`.
-    pub verb: String,
-    /// The API group.
-    pub group: String,
-    /// The resource.
-    pub resource: String,
-    /// The subresource (`""` for none).
-    pub subresource: String,
-    /// The one object name allowed (`resourceNames`), or every name.
-    pub name: Option<String>,
-}
-
-/// A TokenReview as the stand-in received and answered it (never the token).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenReviewRecord {
-    /// `spec.audiences` as sent.
-    pub audiences: Vec<String>,
-    /// Whether the token was authenticated.
-    pub authenticated: bool,
-    /// The user it was authenticated as.
-    pub username: Option<String>,
-}
-
-/// A SubjectAccessReview as the stand-in received and answered it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccessReviewRecord {
-    /// `spec.user`.
-    pub user: String,
-    /// `spec.resourceAttributes` as `(namespace, verb, group, resource, subresource, name)`.
-    pub attributes: (String, String, String, String, String, String),
-    /// The answer.
-    pub allowed: bool,
 }
 
 impl Default for StandInConfig {
@@ -119,9 +54,6 @@ impl Default for StandInConfig {
         StandInConfig {
             bearer_token: "testkit-kube-bearer-0123456789abcdef".to_string(),
             service_accounts: vec![("default".to_string(), "default".to_string())],
-            forbidden_namespaces: vec!["forbidden".to_string()],
-            tls: false,
-            grants: Vec::new(),
             token_request_delay: std::time::Duration::ZERO,
         }
     }
@@ -134,12 +66,6 @@ impl StandInConfig {
             .push((namespace.to_string(), name.to_string()));
         self
     }
-
-    /// Adds a [`Grant`].
-    pub fn with_grant(mut self, grant: Grant) -> Self {
-        self.grants.push(grant);
-        self
-    }
 }
 
 /// A TokenRequest as the stand-in received it.
@@ -149,74 +75,41 @@ pub struct TokenRequestRecord {
     pub namespace: String,
     /// The service account name in the path.
     pub name: String,
-    /// `spec.audiences` as sent.
-    pub audiences: Vec<String>,
-    /// `spec.expirationSeconds` as sent.
-    pub expiration_seconds: Option<i64>,
-    /// The `Authorization` header as sent.
-    pub authorization: Option<String>,
-    /// The token minted in answer, if one was.
-    pub token: Option<String>,
 }
 
 /// A running stand-in. Dropping it stops the server and every connection.
 #[derive(Debug)]
 pub struct StandIn {
     running: server::Running,
-    scheme: &'static str,
     state: Arc<State>,
-    ca_pem: Option<String>,
 }
 
 #[derive(Debug)]
 struct State {
     config: StandInConfig,
     requests: Mutex<Vec<TokenRequestRecord>>,
-    token_reviews: Mutex<Vec<TokenReviewRecord>>,
-    access_reviews: Mutex<Vec<AccessReviewRecord>>,
 }
 
 impl StandIn {
-    /// Starts a stand-in on `127.0.0.1` (a free port) on the current tokio
+    /// Starts a stand-in on `127.0.0.1` (a free port, plain HTTP) on the current tokio
     /// runtime.
     pub async fn start(config: StandInConfig) -> anyhow::Result<StandIn> {
-        let scheme = if config.tls { "https" } else { "http" };
-        #[cfg(feature = "tls")]
-        let (ca_pem, tls) = if config.tls {
-            let ca = crate::tls::TestCa::try_new()?;
-            (Some(ca.ca_pem().to_string()), Some(ca.server_config()?))
-        } else {
-            (None, None)
-        };
-        #[cfg(not(feature = "tls"))]
-        let (ca_pem, tls) = if config.tls {
-            anyhow::bail!("testkit was built without the `tls` feature")
-        } else {
-            (None, None)
-        };
         let state = Arc::new(State {
             config,
             requests: Mutex::default(),
-            token_reviews: Mutex::default(),
-            access_reviews: Mutex::default(),
         });
         let handler_state = state.clone();
         let handler: server::Handler = Arc::new(move |req| {
             let state = handler_state.clone();
             Box::pin(async move { handle(&state, req).await })
         });
-        let running = server::serve(tls, handler).await?;
-        Ok(StandIn {
-            running,
-            scheme,
-            state,
-            ca_pem,
-        })
+        let running = server::serve(None, handler).await?;
+        Ok(StandIn { running, state })
     }
 
-    /// `http://127.0.0.1:PORT` (or `https://` with TLS).
+    /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("{}://127.0.0.1:{}", self.scheme, self.running.addr.port())
+        format!("http://127.0.0.1:{}", self.running.addr.port())
     }
 
     /// The bearer token clients must present.
@@ -224,46 +117,21 @@ impl StandIn {
         &self.state.config.bearer_token
     }
 
-    /// The CA certificate (PEM), when serving TLS.
-    pub fn ca_pem(&self) -> Option<&str> {
-        self.ca_pem.as_deref()
-    }
-
-    /// Every TokenRequest received so far, in order.
+    /// Every TokenRequest received so far, in order (whatever the answer).
     pub fn requests(&self) -> Vec<TokenRequestRecord> {
         self.state.requests.lock().expect("requests lock").clone()
     }
 
-    /// The tokens minted so far (every TokenRequest's answer), in order.
-    pub fn minted_tokens(&self) -> Vec<String> {
-        self.requests().into_iter().filter_map(|r| r.token).collect()
-    }
-
-    /// Every TokenReview received so far, in order.
-    pub fn token_reviews(&self) -> Vec<TokenReviewRecord> {
-        self.state.token_reviews.lock().expect("reviews lock").clone()
-    }
-
-    /// Every SubjectAccessReview received so far, in order.
-    pub fn access_reviews(&self) -> Vec<AccessReviewRecord> {
-        self.state.access_reviews.lock().expect("reviews lock").clone()
-    }
-
-    /// A kubeconfig whose current context points at this stand-in with the
-    /// right bearer token (and CA, with TLS); default namespace `default`.
+    /// A kubeconfig whose current context points at this stand-in with the right bearer
+    /// token; default namespace `default`.
     pub fn kubeconfig_yaml(&self) -> String {
-        let ca = self
-            .ca_pem
-            .as_ref()
-            .map(|pem| format!("\n    certificate-authority-data: {}", STANDARD.encode(pem)))
-            .unwrap_or_default();
         format!(
             "apiVersion: v1
 kind: Config
 clusters:
 - name: testkit
   cluster:
-    server: {url}{ca}
+    server: {url}
 contexts:
 - name: testkit
   context:
@@ -282,23 +150,11 @@ preferences: {{}}
         )
     }
 
-    /// Writes [`StandIn::kubeconfig_yaml`] to `dir/kubeconfig` and returns
-    /// the path.
+    /// Writes [`StandIn::kubeconfig_yaml`] to `dir/kubeconfig` and returns the path.
     pub fn write_kubeconfig(&self, dir: &Path) -> anyhow::Result<PathBuf> {
         let path = dir.join("kubeconfig");
         std::fs::write(&path, self.kubeconfig_yaml())?;
         Ok(path)
-    }
-
-    /// Writes the kubeconfig to a temporary file, removed when the returned
-    /// handle is dropped.
-    pub fn kubeconfig_tempfile(&self) -> anyhow::Result<tempfile::NamedTempFile> {
-        let mut file = tempfile::Builder::new()
-            .prefix("testkit-kubeconfig-")
-            .suffix(".yaml")
-            .tempfile()?;
-        std::io::Write::write_all(&mut file, self.kubeconfig_yaml().as_bytes())?;
-        Ok(file)
     }
 }
 
@@ -377,19 +233,8 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
         _ => {}
     }
     let route = route(parts.uri.path());
-    if !state.config.token_request_delay.is_zero() {
-        tokio::time::sleep(state.config.token_request_delay).await;
-    }
-    let parsed: Option<TokenRequest> = serde_json::from_slice(&body).ok();
-    let (response, token) = answer(
-        state,
-        &parts.method,
-        authorization.as_deref(),
-        route,
-        parsed.clone(),
-    );
-    // Recorded whatever the answer, so tests can see what a refused client sent.
-    if let (Some((ns, name)), Some(request)) = (route, parsed) {
+    // Recorded on arrival, whatever the answer: a test sees a request it holds.
+    if let Some((ns, name)) = route {
         state
             .requests
             .lock()
@@ -397,47 +242,46 @@ async fn handle(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
             .push(TokenRequestRecord {
                 namespace: ns.to_string(),
                 name: name.to_string(),
-                audiences: request.spec.audiences,
-                expiration_seconds: request.spec.expiration_seconds,
-                authorization,
-                token,
             });
     }
-    Ok(response)
+    if !state.config.token_request_delay.is_zero() {
+        tokio::time::sleep(state.config.token_request_delay).await;
+    }
+    let parsed: Option<TokenRequest> = serde_json::from_slice(&body).ok();
+    Ok(answer(
+        state,
+        &parts.method,
+        authorization.as_deref(),
+        route,
+        parsed,
+    ))
 }
 
-/// The answer to a request, and the token minted, if any.
+/// The answer to a TokenRequest.
 fn answer(
     state: &State,
     method: &hyper::Method,
     authorization: Option<&str>,
     route: Option<(&str, &str)>,
     parsed: Option<TokenRequest>,
-) -> (Response<Body>, Option<String>) {
+) -> Response<Body> {
     // An API server authenticates before anything else.
     if authorization != Some(&format!("Bearer {}", state.config.bearer_token)) {
-        return (status(401, "Unauthorized", "Unauthorized", None), None);
+        return status(401, "Unauthorized", "Unauthorized", None);
     }
     let Some((ns, name)) = route else {
         let message = "the server could not find the requested resource";
-        return (status(404, "NotFound", message, None), None);
+        return status(404, "NotFound", message, None);
     };
     if method != hyper::Method::POST {
         let message = format!("the server does not allow this method on the requested resource ({method})");
-        return (status(405, "MethodNotAllowed", &message, None), None);
+        return status(405, "MethodNotAllowed", &message, None);
     }
     let Some(request) = parsed else {
         let message = "the body of the request was in an unknown format - accepted media types include: \
                        application/json, application/yaml, application/vnd.kubernetes.protobuf";
-        return (status(400, "BadRequest", message, None), None);
+        return status(400, "BadRequest", message, None);
     };
-    if state.config.forbidden_namespaces.iter().any(|f| f == ns) {
-        let message = format!(
-            "serviceaccounts \"{name}\" is forbidden: User \"system:serviceaccount:testkit:generator\" \
-             cannot create resource \"serviceaccounts/token\" in API group \"\" in the namespace \"{ns}\""
-        );
-        return (status(403, "Forbidden", &message, account_details(name)), None);
-    }
     let known = state
         .config
         .service_accounts
@@ -445,7 +289,7 @@ fn answer(
         .any(|(n, a)| n == ns && a == name);
     if !known {
         let message = format!("serviceaccounts \"{name}\" not found");
-        return (status(404, "NotFound", &message, account_details(name)), None);
+        return status(404, "NotFound", &message, account_details(name));
     }
     let expiration = request
         .spec
@@ -456,7 +300,7 @@ fn answer(
             "TokenRequest.authentication.k8s.io \"{name}\" is invalid: spec.expirationSeconds: \
              Invalid value: {expiration}: may not specify a duration less than 10 minutes"
         );
-        return (status(422, "Invalid", &message, account_details(name)), None);
+        return status(422, "Invalid", &message, account_details(name));
     }
     let audiences = if request.spec.audiences.is_empty() {
         vec![crate::oidc::ISSUER.to_string()]
@@ -482,12 +326,12 @@ fn answer(
             expiration_timestamp: Time(
                 k8s_openapi::jiff::Timestamp::from_second(expires).expect("a valid timestamp"),
             ),
-            token: token.clone(),
+            token,
         }),
     };
     // k8s-openapi's Serialize for a resource writes apiVersion and kind.
     let value = serde_json::to_value(&answer).expect("TokenRequest serializes");
-    (server::json(201, &value, &[]), Some(token))
+    server::json(201, &value, &[])
 }
 
 /// The TokenReview collection's path.
@@ -557,15 +401,6 @@ fn token_review(
             extra: None,
         }
     });
-    state
-        .token_reviews
-        .lock()
-        .expect("reviews lock")
-        .push(TokenReviewRecord {
-            audiences: wanted,
-            authenticated,
-            username: user.as_ref().and_then(|u| u.username.clone()),
-        });
     let answer = TokenReview {
         metadata: Default::default(),
         spec: k8s_openapi::api::authentication::v1::TokenReviewSpec {
@@ -594,52 +429,17 @@ fn access_review(
         Ok(review) => review,
         Err(response) => return *response,
     };
-    let user = review.spec.user.clone().unwrap_or_default();
-    let r = review.spec.resource_attributes.clone().unwrap_or_default();
-    let field = |v: &Option<String>| v.clone().unwrap_or_default();
-    let attributes = (
-        field(&r.namespace),
-        field(&r.verb),
-        field(&r.group),
-        field(&r.resource),
-        field(&r.subresource),
-        field(&r.name),
-    );
-    let matches = |want: &str, have: &str| want == "*" || want == have;
-    let allowed = review.spec.resource_attributes.is_some()
-        && state.config.grants.iter().any(|g| {
-            g.user == user
-                && matches(&g.namespace, &attributes.0)
-                && matches(&g.verb, &attributes.1)
-                && matches(&g.group, &attributes.2)
-                && matches(&g.resource, &attributes.3)
-                && matches(&g.subresource, &attributes.4)
-                && g.name.as_ref().is_none_or(|n| *n == attributes.5)
-        });
-    state
-        .access_reviews
-        .lock()
-        .expect("reviews lock")
-        .push(AccessReviewRecord {
-            user,
-            attributes,
-            allowed,
-        });
+    // No RBAC here grants anything. A real denial without a matching rule has no reason
+    // either: RBACAuthorizer.Authorize gives one only for rules it could not resolve
+    // (plugin/pkg/auth/authorizer/rbac/rbac.go, v1.34.4).
     let answer = SubjectAccessReview {
         metadata: Default::default(),
         spec: review.spec,
         status: Some(SubjectAccessReviewStatus {
-            allowed,
+            allowed: false,
             denied: None,
             evaluation_error: None,
-            reason: Some(
-                if allowed {
-                    "a testkit grant matches"
-                } else {
-                    "no testkit grant matches"
-                }
-                .to_string(),
-            ),
+            reason: None,
         }),
     };
     let value = serde_json::to_value(&answer).expect("SubjectAccessReview serializes");
