@@ -61,10 +61,25 @@ _harness_main() {
         kubectl="$bin/kubectl"
     fi
 
+    # The Kubernetes binaries report the version they are built from, as a release's do
+    # (Kubernetes' own build stamps it with these -X flags, hack/lib/version.sh): without
+    # it kube-apiserver says v0.0.0-master, and clients that check the server's version
+    # (helm's kubeVersion, say) refuse it. The version is harness/go.mod's pin.
+    local kube_version
+    kube_version="$(cd "$go_dir" && go list -mod=readonly -m -f '{{.Version}}' k8s.io/kubernetes)" || {
+        _harness_say "cannot read k8s.io/kubernetes's version from harness/go.mod"
+        return 1
+    }
+    local kube_minor="${kube_version#v1.}"
+    kube_minor="${kube_minor%%.*}"
+    local stamp="-X k8s.io/component-base/version.gitVersion=$kube_version"
+    stamp+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$kube_minor"
+    stamp+=" -X k8s.io/component-base/version.gitTreeState=clean"
+
     _harness_say "go build -o target/harness/bin/ <tools> ./cmd/... (minutes the first time, seconds after)"
     # One build: each package compiled once for all the binaries. -mod=readonly: go.mod
     # and go.sum are the pins; a build never rewrites them.
-    (cd "$go_dir" && go build -mod=readonly -o "$bin/" "${packages[@]}" ./cmd/...) || {
+    (cd "$go_dir" && go build -mod=readonly -ldflags "$stamp" -o "$bin/" "${packages[@]}" ./cmd/...) || {
         _harness_say "go build failed in harness/"
         return 1
     }

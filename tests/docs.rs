@@ -359,10 +359,13 @@ fn help(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("--help is UTF-8")
 }
 
-/// The long flags of the options list of a `--help` text (a line `  -v, --flag …` or
-/// `      --flag …`), not those its prose names (the kubelet's own, say).
+/// The long flags of the options list of a `--help` text (its `Options:` section, lines
+/// `  -v, --flag …` or `      --flag …`), not those its prose names (the kubelet's own).
 fn options_in(help: &str) -> BTreeSet<String> {
     help.lines()
+        .skip_while(|line| line.trim_end() != "Options:")
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
         .filter_map(|line| {
             let line = line.trim_start();
             let line = match line.split_once(", ") {

@@ -645,39 +645,3 @@ async fn our_component_gives_what_esos_cloudsmith_generator_gives() {
         assert!(stand_in.rejections().is_empty(), "{:?}", stand_in.rejections());
     }
 }
-
-/// The seed's example names the API host `apiHost`; ESO's CRD (v0.20.4, as v2.9.0) has
-/// `apiUrl`, so the API server refuses the documented manifest under strict validation
-/// and, under lenient validation, stores it without the field: ESO's generator then
-/// calls its default, https://api.cloudsmith.io (pkg/generator/cloudsmith/cloudsmith.go:106).
-/// Our component reads both names.
-#[test]
-fn the_seeds_api_host_is_no_field_of_esos_crd() {
-    let kube = Kube::start();
-    let manifest = testkit::cloudsmith::documented_manifest("https://cloudsmith.example")
-        .replace("namespace: default", &format!("namespace: {}", kube.namespace));
-    let out = kube.cluster.kubectl_stdin(
-        &["apply", "--server-side", "--validate=strict", "-f", "-"],
-        manifest.as_bytes(),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the API server took spec.apiHost");
-    assert!(stderr.contains("apiHost"), "{stderr}");
-    let out = kube.cluster.kubectl_stdin(
-        &["apply", "--server-side", "--validate=false", "-f", "-"],
-        manifest.as_bytes(),
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stored = kube.cluster.kubectl_ok(&[
-        "get",
-        "cloudsmithaccesstokens",
-        "my-cloudsmith-token",
-        "-n",
-        &kube.namespace,
-        "-o",
-        "json",
-    ]);
-    let stored: Value = serde_json::from_str(&stored).unwrap();
-    assert_eq!(stored["spec"]["apiHost"], Value::Null, "{stored}");
-    assert_eq!(stored["spec"]["orgSlug"], "my-organization", "{stored}");
-}

@@ -386,6 +386,14 @@ async fn documented_manifest() {
         &testkit::cloudsmith::documented_manifest(&https.cloudsmith.authority()),
     );
     let ca_file = https.file("ca.pem", https.cloudsmith.ca_pem().unwrap());
+    // The documented manifest with its namespaces set to the test's: the account
+    // `default` there, which deploy/'s RBAC does not let the service mint for.
+    let in_ns = http.file(
+        "documented-in-ns.yaml",
+        &testkit::cloudsmith::documented_manifest(&http.cloudsmith.url())
+            .replace("namespace: default", &format!("namespace: {ns}"))
+            .replace("namespace: \"default\"", &format!("namespace: \"{ns}\"")),
+    );
 
     let mut with_ca = https.args(&https_manifest);
     with_ca.extend(["--ca-file".into(), ca_file.display().to_string()]);
@@ -441,7 +449,7 @@ async fn documented_manifest() {
         // service mint for: the API server's reason, exit 3.
         Case::new(
             "http, Kubernetes token, the documented account",
-            kube_args(&http_manifest),
+            kube_args(&in_ns),
             fail(
                 3,
                 &[
@@ -721,9 +729,13 @@ async fn token_sources() {
                 3,
                 &[
                     "403",
+                    // The API server's reason, as far as the one-line error keeps it
+                    // (it is cut before the namespace).
                     &format!(
-                        "User \"system:serviceaccount:cloudsmith-gen:cloudsmith-gen\" cannot create resource \
-                         \"serviceaccounts/token\" in API group \"\" in the namespace \"{not_opted_in}\""
+                        "TokenRequest for service account {not_opted_in}/cloudsmith-oidc failed: 403 Forbidden: \
+                         serviceaccounts \"cloudsmith-oidc\" is forbidden: User \
+                         \"system:serviceaccount:cloudsmith-gen:cloudsmith-gen\" cannot create resource \
+                         \"serviceaccounts/token\""
                     ),
                 ],
             ),

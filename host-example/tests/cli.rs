@@ -928,7 +928,20 @@ fn the_outbound_policy_comes_from_flags_and_environment_never_the_manifest() {
             &[all.as_slice(), &[("CLOUDSMITH_NO_TOKEN_CACHE", "1")]].concat(),
         )
     };
-    assert_fails(&helper(&[]), 4, "is not in the outbound allowlist");
+    // The helper's reason goes to stdout as well, where Docker's helper client reads it
+    // (docs/docker-credential-helper.md); the rest of assert_fails holds.
+    let refused = helper(&[]);
+    let stdout = String::from_utf8_lossy(&refused.stdout).into_owned();
+    assert!(stdout.contains("is not in the outbound allowlist"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert_fails(
+        &Output {
+            stdout: Vec::new(),
+            ..refused
+        },
+        4,
+        "is not in the outbound allowlist",
+    );
     assert!(
         stand_in.requests().is_empty(),
         "nothing reached the host the manifests name"

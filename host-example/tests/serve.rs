@@ -914,8 +914,8 @@ async fn manifests_are_reloaded_when_they_change() {
     assert_eq!(world.ask(server.addr, "apps", "added", &token).await.status, 422);
     let added = repo_file("deploy/serve/generators.yaml")
         .replace(
-            "\"api.cloudsmith.io\"",
-            &format!("\"{}\"", world.cloudsmith.url()),
+            "apiUrl: \"https://api.cloudsmith.io\"",
+            &format!("apiUrl: \"{}\"", world.cloudsmith.url()),
         )
         .replace("name: cloudsmith-access-token", "name: added");
     let path = &world.manifests[1];
@@ -1241,7 +1241,8 @@ async fn a_stalled_token_request_is_503_unavailable() {
         "{}",
         reply.body
     );
-    assert_eq!(stalling.requests().len(), 1, "the TokenRequest was sent");
+    // (The stand-in records a TokenRequest when it answers, a minute later: the message
+    // above, from the bound on the TokenRequest, is what shows it was sent.)
     assert!(world.cloudsmith.requests().is_empty());
 }
 

@@ -22,6 +22,17 @@ kustomizations give. */}}
 app.kubernetes.io/part-of: cloudsmith-gen
 {{- end -}}
 
+{{/* The service's name label; with helm's labels (which carry the instance), an
+object or pod carries its whole selector. */}}
+{{- define "cloudsmith-gen.nameLabel" -}}
+app.kubernetes.io/name: {{ include "cloudsmith-gen.fullname" . }}
+{{- end -}}
+
+{{/* The kubelet installer's name label. */}}
+{{- define "cloudsmith-gen.kubeletNameLabel" -}}
+app.kubernetes.io/name: {{ include "cloudsmith-gen.fullname" . }}-kubelet-provider
+{{- end -}}
+
 {{/* The service's selector. */}}
 {{- define "cloudsmith-gen.selector" -}}
 app.kubernetes.io/name: {{ include "cloudsmith-gen.fullname" . }}
