@@ -34,6 +34,7 @@ use wasmtime::component::Component;
 use wasmtime::Engine;
 
 use crate::flight::{self, Flight};
+use host_core::files::{Atomic, Dir};
 use crate::sandbox::wasm_err;
 use host_core::dirs::create_private_dir;
 
@@ -268,17 +269,13 @@ impl ArtifactCache {
 
     fn store(&self, path: &Path, key: &[u8; DIGEST_LEN], component: &Component) -> anyhow::Result<()> {
         let payload = component.serialize().map_err(wasm_err)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)
-            .with_context(|| format!("creating a temporary file in {}", self.dir.display()))?;
-        tmp.write_all(MAGIC)?;
-        tmp.write_all(key)?;
-        tmp.write_all(&entry_digest(key, &payload))?;
-        tmp.write_all(&payload)?;
-        tmp.as_file().sync_all()?;
-        // Rename is atomic: a concurrent reader sees the old entry or the whole new one.
-        tmp.persist(path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+        // The directory was made and checked by `load`. A concurrent reader sees the old
+        // entry or the whole new one.
+        let write = Atomic {
+            dir: Dir::Exists,
+            ..Atomic::private("cache directory")
+        };
+        write.write(path, &[MAGIC, key, &entry_digest(key, &payload), &payload])
     }
 }
 
