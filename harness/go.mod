@@ -522,7 +522,6 @@ require (
 )
 
 tool (
-	github.com/external-secrets/external-secrets
 	go.etcd.io/etcd/server/v3
 	helm.sh/helm/v4/cmd/helm
 	k8s.io/kubernetes/cmd/kube-apiserver

@@ -5,7 +5,10 @@
 # exports what the Rust suites read:
 #
 #   HARNESS_BIN  target/harness/bin: etcd's `server`, kube-apiserver,
-#                kube-controller-manager, helm, external-secrets, control-plane, ...
+#                kube-controller-manager, helm, control-plane, eso-controller (ESO's main), ...
+#   ESO_INSTALL  target/harness/eso-install.yaml: ESO's controller as its Helm chart installs
+#                it (ServiceAccount, RBAC, Deployment; no CRDs, admission webhook or cert
+#                controller), rendered by `helm template` from the chart in the same module
 #   ESO_CRDS     target/harness/eso-crds.yaml: ESO's CRDs (deploy/crds/bundle.yaml of the
 #                external-secrets module version harness/go.mod pins)
 #   KUBECTL      a kubectl >= 1.27 (its kustomize knows `labels:`): the machine's when it
@@ -22,7 +25,7 @@
 # when something cannot be had.
 
 _harness_main() {
-    local root bin go_dir eso_dir kubectl minor
+    local root bin go_dir eso_dir kubectl minor chart
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     bin="$root/target/harness/bin"
 
@@ -72,11 +75,29 @@ _harness_main() {
     }
     install -m 0644 "$eso_dir/deploy/crds/bundle.yaml" "$root/target/harness/eso-crds.yaml"
 
+    # ESO's controller as its chart installs it, with the chart's switches for what a test
+    # cannot have (the admission webhook, the cert controller) and for the CRDs (applied
+    # from ESO_CRDS). The chart lists one dependency, the bitwarden-sdk-server subchart,
+    # off by default and not in the module: helm refuses to render a chart whose
+    # dependency is missing, so a copy without that entry is rendered.
+    chart="$(mktemp -d)"
+    cp -R "$eso_dir/deploy/charts/external-secrets" "$chart/" && chmod -R u+w "$chart" &&
+        sed -i '/^dependencies:/,$d' "$chart/external-secrets/Chart.yaml" &&
+        "$bin/helm" template external-secrets "$chart/external-secrets" --namespace external-secrets \
+            --set installCRDs=false --set webhook.create=false --set certController.create=false \
+            >"$root/target/harness/eso-install.yaml" || {
+        rm -rf "$chart"
+        _harness_say "helm template of ESO's chart failed"
+        return 1
+    }
+    rm -rf "$chart"
+
     HARNESS_BIN="$bin"
     ESO_CRDS="$root/target/harness/eso-crds.yaml"
+    ESO_INSTALL="$root/target/harness/eso-install.yaml"
     KUBECTL="$kubectl"
-    export HARNESS_BIN ESO_CRDS KUBECTL
-    _harness_say "HARNESS_BIN: $HARNESS_BIN; ESO_CRDS: $ESO_CRDS; kubectl: $KUBECTL"
+    export HARNESS_BIN ESO_CRDS ESO_INSTALL KUBECTL
+    _harness_say "HARNESS_BIN: $HARNESS_BIN; ESO_CRDS: $ESO_CRDS; ESO_INSTALL: $ESO_INSTALL; kubectl: $KUBECTL"
 }
 
 # Called as a condition so a failure reaches the `return` below instead of ending a

@@ -7,7 +7,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Serialize;
 
 use crate::de::{Field, Object};
 
@@ -70,14 +71,141 @@ struct ExchangeBody<'a> {
 }
 
 /// Cloudsmith's answer: `{"token": "<JWT>"}` on success; on failure an
-/// explanation in `detail` (other gateways use `error`). One type for both
-/// (each derived type costs the component a kilobyte or two); typed after
-/// parsing, so that a token of the wrong type is told apart from a missing one.
-#[derive(Deserialize)]
+/// explanation in `detail` (other gateways use `error`). One type for both,
+/// typed after parsing, so that a token of the wrong type is told apart from a
+/// missing one.
+///
+/// `token` is read as ESO reads it: `json.Unmarshal` into a struct with one
+/// field tagged `json:"token"` (v0.20.4 pkg/generator/cloudsmith/cloudsmith.go,
+/// OIDCResponse). Go's decoder matches a member to that field case-insensitively
+/// (`Token`, `TOKEN`; encoding/json/fold.go), lets a later member replace an
+/// earlier one, leaves the field alone for `null`, and fails the whole answer
+/// if any such member is not a string.
 struct AnswerBody {
-    token: Option<Field>,
-    detail: Option<Field>,
-    error: Option<Field>,
+    token: TokenMember,
+    detail: Once,
+    error: Once,
+}
+
+/// What the `token` members left in Go's string field.
+enum TokenMember {
+    /// None, or only `null`s: the empty string.
+    Absent,
+    /// The last string.
+    Str(String),
+    /// One of them is neither a string nor `null`: Go's decode error.
+    NotString,
+}
+
+/// A member of our own reading (`detail`, `error`): given once, or not usable.
+enum Once {
+    Absent,
+    One(Field),
+    /// Given twice: which one is meant is unclear, so the body is shown instead.
+    Many,
+}
+
+impl Once {
+    fn field(self) -> Option<Field> {
+        match self {
+            Once::One(f) => Some(f),
+            Once::Absent | Once::Many => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AnswerBody {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(AnswerVisitor)
+    }
+}
+
+struct AnswerVisitor;
+
+impl<'de> Visitor<'de> for AnswerVisitor {
+    type Value = AnswerBody;
+
+    fn expecting(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnswerBody, A::Error> {
+        let mut body = AnswerBody {
+            token: TokenMember::Absent,
+            detail: Once::Absent,
+            error: Once::Absent,
+        };
+        let once = |slot: &mut Once, value: Field| {
+            *slot = match slot {
+                Once::Absent => Once::One(value),
+                Once::One(_) | Once::Many => Once::Many,
+            }
+        };
+        while let Some(key) = map.next_key::<AnswerKey>()? {
+            match key {
+                AnswerKey::Token => match map.next_value::<Option<Field>>()? {
+                    None => {}
+                    Some(Field::Str(t)) => {
+                        if !matches!(body.token, TokenMember::NotString) {
+                            body.token = TokenMember::Str(t);
+                        }
+                    }
+                    Some(_) => body.token = TokenMember::NotString,
+                },
+                AnswerKey::Detail => once(&mut body.detail, map.next_value()?),
+                AnswerKey::Error => once(&mut body.error, map.next_value()?),
+                AnswerKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(body)
+    }
+}
+
+/// A member's name, classified without keeping its text.
+enum AnswerKey {
+    Token,
+    Detail,
+    Error,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for AnswerKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_identifier(AnswerKeyVisitor)
+    }
+}
+
+struct AnswerKeyVisitor;
+
+impl Visitor<'_> for AnswerKeyVisitor {
+    type Value = AnswerKey;
+
+    fn expecting(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<AnswerKey, E> {
+        Ok(match v {
+            "detail" => AnswerKey::Detail,
+            "error" => AnswerKey::Error,
+            _ if folds_to_token(v) => AnswerKey::Token,
+            _ => AnswerKey::Other,
+        })
+    }
+}
+
+/// Whether Go's encoding/json matches member `name` to a field named `token`:
+/// equal under its case folding (foldName: ASCII letters upper-cased, any
+/// other rune to the smallest of its Unicode simple-fold orbit, which for
+/// these letters adds only U+212A KELVIN SIGN, folding to `K`).
+fn folds_to_token(name: &str) -> bool {
+    let mut folded = name.chars().map(|c| match c {
+        '\u{212A}' => 'K',
+        c => c.to_ascii_uppercase(),
+    });
+    "TOKEN".chars().all(|t| folded.next() == Some(t)) && folded.next().is_none()
 }
 
 /// Builds `POST {base}/openid/{org}/` with the JSON body Cloudsmith's
@@ -228,9 +356,9 @@ fn token_from(answer: &Answer) -> Verdict {
         return invalid("answer is not a JSON object");
     };
     match parsed.token {
-        Some(Field::Str(t)) if !t.is_empty() => Verdict::Token(Secret::new(t)),
-        Some(Field::Str(_)) | None => invalid("token not found in response"),
-        Some(_) => invalid("token in response is not a string"),
+        TokenMember::Str(t) if !t.is_empty() => Verdict::Token(Secret::new(t)),
+        TokenMember::Str(_) | TokenMember::Absent => invalid("token not found in response"),
+        TokenMember::NotString => invalid("token in response is not a string"),
     }
 }
 
@@ -243,7 +371,7 @@ fn detail(answer: &Answer, secrets: &[&str]) -> String {
         _ => None,
     };
     let from_json = match serde_json::from_slice::<Object<AnswerBody>>(&answer.body) {
-        Ok(Object::Is(e)) => explain(e.detail).or_else(|| explain(e.error)),
+        Ok(Object::Is(e)) => explain(e.detail.field()).or_else(|| explain(e.error.field())),
         _ => None,
     };
     let text = match from_json {

@@ -598,7 +598,7 @@ async fn every_host_gives_the_same_outputs() {
         .iter()
         .map(|(cell, answer)| format!("  {cell}: {answer}\n"))
         .collect();
-    // Shown with --nocapture: the table README.md describes.
+    // Shown with --nocapture: the table docs/embedding.md describes.
     println!("every cell:\n{table}");
     for (cell, answer) in &answers {
         assert_eq!(answer, &expected, "{cell} disagrees; all cells:\n{table}");

@@ -1,12 +1,12 @@
 //! Suite host_cli: the `cloudsmith-gen` CLI run as a process against the
-//! stand-in Cloudsmith (plain HTTP and HTTPS) and the stand-in Kubernetes API,
-//! over loopback.
+//! stand-in Cloudsmith (plain HTTP and HTTPS) and a real Kubernetes API server
+//! (`testkit::cluster`), over loopback.
 //!
 //! | table                   | what it proves                                                                  |
 //! |-------------------------|---------------------------------------------------------------------------------|
-//! | [`documented_manifest`] | ESO's documented example manifest, verbatim but for `apiHost`, gives the exact `auth` and `expiry` over HTTP, HTTPS (`--ca-file`) and with a Kubernetes token, each with one warning that ESO's CRD would drop that `apiHost`; HTTPS without the CA fails, with its one `error:` line only |
+//! | [`documented_manifest`] | ESO's documented example manifest, verbatim but for `apiHost`, gives the exact `auth` and `expiry` over HTTP, HTTPS (`--ca-file`) and with a Kubernetes token from a real API server under `deploy/`'s RBAC, each with one warning that ESO's CRD would drop that `apiHost`; HTTPS without the CA fails, with its one `error:` line only |
 //! | [`cloudsmith_scenarios`] | every stand-in failure scenario: its exit code, one `error:` line naming the status and Cloudsmith's detail (or the cause), no token in any output; burst scenarios succeed; `slow` times out; `redirect` is not followed |
-//! | [`token_sources`]       | file, environment variable and Kubernetes TokenRequest (what was asked for, with which credentials), and each one's failures |
+//! | [`token_sources`]       | file, environment variable and Kubernetes TokenRequest (what was asked for, read back from the real token), and each one's failures with the API server's reason |
 //! | [`output_formats`]      | `--output secret` and `dockerconfigjson` have the shape kubectl and docker accept |
 //! | [`bad_inputs`]          | manifest and spec errors, the host allowlist and the plain-http refusal, each named in the error |
 //!
@@ -24,6 +24,7 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::Secret as K8sSecret;
 use serde_json::{json, Value};
 use testkit::cloudsmith::{access_token_for, auth_for, Scenario, StandIn, StandInConfig, REGISTRY};
+use testkit::cluster::Cluster;
 use testkit::process::{find_secret, Output};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -55,16 +56,28 @@ struct World {
 
 impl World {
     async fn new(tls: bool) -> Arc<World> {
+        World::start(tls, None).await
+    }
+
+    /// A world whose Cloudsmith also trusts `cluster`'s issuer, as an OIDC relying party,
+    /// for every service account.
+    async fn with_cluster(tls: bool, cluster: &Cluster) -> Arc<World> {
+        World::start(tls, Some(cluster)).await
+    }
+
+    async fn start(tls: bool, cluster: Option<&Cluster>) -> Arc<World> {
         let evil = StandIn::start(StandInConfig::default())
             .await
             .expect("evil stand-in");
-        let cloudsmith = StandIn::start(StandInConfig {
+        let mut config = StandInConfig {
             tls,
             redirect_location: format!("{}/openid/evil/", evil.url()),
             ..Default::default()
-        })
-        .await
-        .expect("stand-in");
+        };
+        if let Some(cluster) = cluster {
+            config = config.also_trusting(cluster, "system:serviceaccount:*");
+        }
+        let cloudsmith = StandIn::start(config).await.expect("stand-in");
         let dir = tempfile::tempdir().expect("tempdir");
         let oidc_token = testkit::oidc::token(SUBJECT, &[&cloudsmith.origin()]);
         let token_file = dir.path().join("token");
@@ -135,6 +148,27 @@ impl World {
             Self::auth(SUBJECT, org),
         ]
     }
+}
+
+/// `deploy/serve/generators.yaml`, the generator `deploy/` ships (the documented manifest
+/// for the account `cloudsmith-oidc`), pointed at `api`.
+fn shipped_generator(api: &str) -> String {
+    let text =
+        std::fs::read_to_string(testkit::workspace_root().join("deploy/serve/generators.yaml")).unwrap();
+    let pointed = text.replace("\"api.cloudsmith.io\"", &format!("\"{api}\""));
+    assert_ne!(pointed, text, "deploy/serve/generators.yaml changed shape");
+    pointed
+}
+
+/// The bearer token of a kubeconfig [`Cluster::service_account_kubeconfig`] wrote.
+fn kubeconfig_token(path: &Path) -> String {
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    config["users"][0]["user"]["token"].as_str().unwrap().to_string()
+}
+
+/// The claims of a JWT (unverified: Cloudsmith's stand-in verified it).
+fn claims(token: &str) -> Value {
+    testkit::cloudsmith::jwt_payload(token).expect("a JWT")
 }
 
 /// A shared compiled-component cache under `target/`, so each process loads
@@ -325,15 +359,19 @@ async fn run_table(cases: Vec<Case>) -> Vec<(String, Output)> {
 }
 
 /// ESO's documentation example, verbatim but for `apiHost`, through each
-/// transport and token source.
+/// transport and token source; with a Kubernetes token, as `deploy/` ships it: minted by
+/// a real API server for the service's account under its RBAC, trusted by Cloudsmith as
+/// an OIDC relying party of the cluster's issuer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documented_manifest() {
-    let http = World::new(false).await;
+    let cluster = Cluster::shared();
+    let http = World::with_cluster(false, cluster).await;
     let https = World::new(true).await;
-    let kube = testkit::kubernetes::StandIn::start(Default::default())
-        .await
-        .unwrap();
-    let kubeconfig = kube.write_kubeconfig(http.dir.path()).unwrap();
+    let kubeconfig = cluster.deployed_service().to_path_buf();
+    let ns = cluster.namespace("documented");
+    cluster.opt_in(&ns, true);
+    let minted_subject = format!("system:serviceaccount:{ns}:cloudsmith-oidc");
+    let shipped = http.file("shipped.yaml", &shipped_generator(&http.cloudsmith.url()));
 
     // HTTP: the URL with its scheme; HTTPS: a bare host, as the docs write it.
     let http_manifest = http.file(
@@ -348,12 +386,15 @@ async fn documented_manifest() {
 
     let mut with_ca = https.args(&https_manifest);
     with_ca.extend(["--ca-file".into(), ca_file.display().to_string()]);
-    // The manifest's `serviceAccountRef` and audiences go to Kubernetes.
-    let mut via_kube = http.args(&http_manifest);
-    replace_token_source(
-        &mut via_kube,
-        &["--kubeconfig", &kubeconfig.display().to_string()],
-    );
+    // The manifest's `serviceAccountRef` and audiences go to Kubernetes, in the
+    // namespace asked for.
+    let kube_args = |manifest: &Path| {
+        let mut args = http.args(manifest);
+        replace_token_source(&mut args, &["--kubeconfig", &kubeconfig.display().to_string()]);
+        let at = args.iter().position(|a| a == "--namespace").unwrap();
+        args[at + 1] = ns.clone();
+        args
+    };
     let mut from_stdin = http.args(Path::new("-"));
     from_stdin.push("-v".into());
 
@@ -365,7 +406,8 @@ async fn documented_manifest() {
     );
     stdin_case.stdin = Some(testkit::cloudsmith::documented_manifest(&http.cloudsmith.url()).into_bytes());
     let mut kube_secrets = http.secrets(ORG);
-    kube_secrets.push(kube.bearer_token().to_string());
+    kube_secrets.push(kubeconfig_token(&kubeconfig));
+    kube_secrets.push(access_token_for(&minted_subject, ORG, SERVICE, EXP));
 
     let mut cases = vec![
         Case::new(
@@ -387,9 +429,26 @@ async fn documented_manifest() {
             https.secrets(ORG),
         ),
         Case::new(
-            "http, Kubernetes token",
-            via_kube,
-            success(SUBJECT, ORG),
+            "http, Kubernetes token, deploy/'s generator",
+            kube_args(&shipped),
+            success(&minted_subject, ORG),
+            kube_secrets.clone(),
+        ),
+        // The documentation's account (`default`) is not one deploy/'s RBAC lets the
+        // service mint for: the API server's reason, exit 3.
+        Case::new(
+            "http, Kubernetes token, the documented account",
+            kube_args(&http_manifest),
+            fail(
+                3,
+                &[
+                    "403",
+                    &format!(
+                        "serviceaccounts \"default\" is forbidden: User \"system:serviceaccount:cloudsmith-gen:cloudsmith-gen\" \
+                         cannot create resource \"serviceaccounts/token\" in API group \"\" in the namespace \"{ns}\""
+                    ),
+                ],
+            ),
             kube_secrets,
         ),
         stdin_case,
@@ -429,11 +488,21 @@ async fn documented_manifest() {
         .map(|r| r.json().unwrap()["oidc_token"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(tokens.iter().filter(|t| **t == http.oidc_token).count(), 2);
-    // The Kubernetes-minted token carries the documented audience.
-    let minted = kube.requests();
-    assert_eq!(minted.len(), 1);
-    assert_eq!(minted[0].audiences, ["https://api.cloudsmith.io"]);
-    assert!(tokens.contains(minted[0].token.as_ref().unwrap()));
+    // The token the API server minted: the generator's account in the namespace asked
+    // for, the documented audience, the cluster's issuer (Cloudsmith verified it).
+    let minted: Vec<Value> = tokens
+        .iter()
+        .map(|t| claims(t))
+        .filter(|c| c["sub"] == minted_subject.as_str())
+        .collect();
+    assert_eq!(minted.len(), 1, "{tokens:?}");
+    assert_eq!(minted[0]["aud"], json!(["https://api.cloudsmith.io"]));
+    assert_eq!(minted[0]["iss"], cluster.issuer());
+    assert!(
+        http.cloudsmith.rejections().is_empty(),
+        "{:?}",
+        http.cloudsmith.rejections()
+    );
     // Over TLS only the trusted run got through.
     assert_eq!(https.cloudsmith.requests_for(ORG).len(), 1);
 }
@@ -541,28 +610,29 @@ async fn cloudsmith_scenarios() {
     assert!(world.evil.requests().is_empty(), "the redirect was followed");
 }
 
-/// Where the OIDC token comes from: a file, a variable, Kubernetes.
+/// Where the OIDC token comes from: a file, a variable, Kubernetes (a real API server,
+/// with `serve`'s service account kubeconfig under `deploy/`'s RBAC).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_sources() {
-    let world = World::new(false).await;
-    let kube = testkit::kubernetes::StandIn::start(
-        testkit::kubernetes::StandInConfig::default().with_service_account("team-a", "builder"),
-    )
-    .await
-    .unwrap();
-    let kubeconfig = kube.write_kubeconfig(world.dir.path()).unwrap();
-    let wrong_bearer = world.file(
-        "kubeconfig-wrong",
-        &kube
-            .kubeconfig_yaml()
-            .replace(kube.bearer_token(), "not-the-bearer"),
-    );
+    let cluster = Cluster::shared();
+    let world = World::with_cluster(false, cluster).await;
+    let kubeconfig = cluster.deployed_service().to_path_buf();
+    let service_token = kubeconfig_token(&kubeconfig);
+    let mut tampered: Value = serde_json::from_str(&std::fs::read_to_string(&kubeconfig).unwrap()).unwrap();
+    tampered["users"][0]["user"]["token"] = testkit::oidc::tampered(&service_token).into();
+    let wrong_bearer = world.file("kubeconfig-wrong", &tampered.to_string());
+    // A namespace that opted in, one without the account, one that did not opt in.
+    let team = cluster.namespace("token-sources");
+    cluster.opt_in(&team, true);
+    let no_account = cluster.namespace("token-sources-no-account");
+    cluster.opt_in(&no_account, false);
+    let not_opted_in = cluster.namespace("token-sources-not-opted-in");
     let manifest = world.manifest_for(ORG);
-    let builder_manifest = world.file(
-        "builder.yaml",
+    let oidc_manifest = world.file(
+        "cloudsmith-oidc.yaml",
         &std::fs::read_to_string(&manifest)
             .unwrap()
-            .replace("name: default", "name: builder"),
+            .replace("name: default", "name: cloudsmith-oidc"),
     );
     let missing_file = world.dir.path().join("no-such-token");
     let var = "CLOUDSMITH_GEN_E2E_OIDC_TOKEN";
@@ -581,8 +651,10 @@ async fn token_sources() {
             &["--kubeconfig", &config.display().to_string()],
         )
     };
+    let minted_subject = format!("system:serviceaccount:{team}:cloudsmith-oidc");
     let mut secrets = world.secrets(ORG);
-    secrets.push(kube.bearer_token().to_string());
+    secrets.push(service_token.clone());
+    secrets.push(access_token_for(&minted_subject, ORG, SERVICE, EXP));
 
     let mut env_case = Case::new(
         "variable",
@@ -620,54 +692,82 @@ async fn token_sources() {
         unset_case,
         Case::new(
             "kubernetes",
-            kube_args(&builder_manifest, "team-a", &kubeconfig),
-            success("system:serviceaccount:team-a:builder", ORG),
+            kube_args(&oidc_manifest, &team, &kubeconfig),
+            success(&minted_subject, ORG),
             secrets.clone(),
         ),
         Case::new(
-            "kubernetes, unknown account",
-            kube_args(&builder_manifest, "default", &kubeconfig),
-            fail(3, &["404", "serviceaccounts \"builder\" not found"]),
+            "kubernetes, no such account",
+            kube_args(&oidc_manifest, &no_account, &kubeconfig),
+            fail(
+                3,
+                &[
+                    &format!("service account {no_account}/cloudsmith-oidc"),
+                    "404",
+                    "serviceaccounts \"cloudsmith-oidc\" not found",
+                ],
+            ),
             secrets.clone(),
         ),
         Case::new(
-            "kubernetes, forbidden namespace",
-            kube_args(&manifest, "forbidden", &kubeconfig),
-            fail(3, &["403", "forbidden"]),
+            "kubernetes, a namespace that did not opt in",
+            kube_args(&oidc_manifest, &not_opted_in, &kubeconfig),
+            fail(
+                3,
+                &[
+                    "403",
+                    &format!(
+                        "User \"system:serviceaccount:cloudsmith-gen:cloudsmith-gen\" cannot create resource \
+                         \"serviceaccounts/token\" in API group \"\" in the namespace \"{not_opted_in}\""
+                    ),
+                ],
+            ),
             secrets.clone(),
         ),
         Case::new(
-            "kubernetes, wrong bearer token",
-            kube_args(&manifest, "default", &wrong_bearer),
-            fail(3, &["401"]),
+            "kubernetes, an account deploy/'s RBAC does not name",
+            kube_args(&manifest, &team, &kubeconfig),
+            fail(3, &["403", "serviceaccounts \"default\" is forbidden"]),
+            secrets.clone(),
+        ),
+        Case::new(
+            "kubernetes, a token the API server does not accept",
+            kube_args(&oidc_manifest, &team, &wrong_bearer),
+            fail(3, &["401", "Unauthorized"]),
             secrets.clone(),
         ),
     ];
-    run_table(cases).await;
+    let results = run_table(cases).await;
 
-    // The TokenRequest: the manifest's account in the target namespace, the
-    // API's origin as audience (the spec names none), 600 s, the kubeconfig's
-    // credentials.
-    let builder: Vec<_> = kube
-        .requests()
-        .into_iter()
-        .filter(|r| r.namespace == "team-a")
-        .collect();
-    assert_eq!(builder.len(), 1, "{builder:?}");
-    assert_eq!(builder[0].name, "builder");
-    assert_eq!(builder[0].audiences, [world.cloudsmith.origin()]);
-    assert_eq!(builder[0].expiration_seconds, Some(600));
-    assert_eq!(
-        builder[0].authorization.as_deref(),
-        Some(format!("Bearer {}", kube.bearer_token()).as_str())
-    );
-    // And Cloudsmith got exactly the minted token.
-    let minted = builder[0].token.clone().expect("a token was minted");
-    assert!(world
+    // The TokenRequest, read back from the token the API server signed and Cloudsmith
+    // verified: the manifest's account in the target namespace, the API's origin as
+    // audience (the spec names none), 600 s. (The refusals above name the kubeconfig's
+    // identity.)
+    let minted: Vec<Value> = world
         .cloudsmith
         .requests_for(ORG)
         .iter()
-        .any(|r| r.json().unwrap()["oidc_token"] == minted.as_str()));
+        .map(|r| claims(r.json().unwrap()["oidc_token"].as_str().unwrap()))
+        .filter(|c| c["iss"] == cluster.issuer())
+        .collect();
+    assert_eq!(minted.len(), 1, "{minted:?}");
+    assert_eq!(minted[0]["sub"], minted_subject.as_str());
+    assert_eq!(minted[0]["aud"], json!([world.cloudsmith.origin()]));
+    assert_eq!(
+        minted[0]["exp"].as_u64().unwrap() - minted[0]["iat"].as_u64().unwrap(),
+        600
+    );
+    // The token the API server minted is in no output either.
+    let sent: Vec<String> = world
+        .cloudsmith
+        .requests_for(ORG)
+        .iter()
+        .map(|r| r.json().unwrap()["oidc_token"].as_str().unwrap().to_string())
+        .collect();
+    let sent: Vec<&str> = sent.iter().map(String::as_str).collect();
+    for (name, out) in &results {
+        assert_eq!(find_secret(&[&out.stdout, &out.stderr], &sent), None, "{name}");
+    }
 }
 
 /// `--output secret` and `--output dockerconfigjson`.

@@ -5,7 +5,7 @@
 //! |----------------------------------------|------------------------------------------------------------------------|
 //! | [`documented_manifest`]                | ESO's example manifest (as JSON) gives exact credentials over HTTP and HTTPS (extra CA) |
 //! | [`failures_are_typed`]                 | each stand-in scenario and each local refusal maps to its `GenerateError` case, with status and Cloudsmith's detail |
-//! | [`concurrent_generates_are_isolated`]  | 32 concurrent calls through one `Generator`, each with its own service account (minted by the Kubernetes stand-in), each get exactly their own token |
+//! | [`concurrent_generates_are_isolated`]  | 32 concurrent calls through one `Generator`, each with its own service account (tokens minted by a real API server, verified by Cloudsmith as a relying party), each get exactly their own token |
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -320,32 +320,44 @@ async fn failures_are_typed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_generates_are_isolated() {
     const CALLS: usize = 32;
-    let stand_in = StandIn::start(StandInConfig::default()).await.unwrap();
-    let mut kube_config = testkit::kubernetes::StandInConfig::default();
-    for i in 0..CALLS {
-        kube_config = kube_config.with_service_account("apps", &format!("sa-{i}"));
-    }
-    let kube = testkit::kubernetes::StandIn::start(kube_config).await.unwrap();
-    let kubeconfig = kube.kubeconfig_tempfile().unwrap();
-    let tokens: Arc<dyn TokenSource> =
-        Arc::new(KubernetesTokenSource::new(Some(kubeconfig.path().to_path_buf())));
+    // A real API server, with `serve`'s service account under deploy/'s RBAC, which
+    // mints for one account (cloudsmith-oidc) per namespace that opted in: one namespace
+    // per call, set up in one apply.
+    let cluster = testkit::cluster::Cluster::shared();
+    let kubeconfig = cluster.deployed_service().to_path_buf();
+    let namespaces: Vec<String> = (0..CALLS).map(|_| cluster.fresh_name("concurrent")).collect();
+    let objects: Vec<String> = namespaces
+        .iter()
+        .flat_map(|ns| {
+            [
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string(),
+                cluster.opt_in_yaml(ns, true),
+            ]
+        })
+        .collect();
+    cluster.apply(&objects.join("\n---\n"));
+    let stand_in = StandIn::start(StandInConfig::trusting(cluster, "system:serviceaccount:*"))
+        .await
+        .unwrap();
+    let tokens: Arc<dyn TokenSource> = Arc::new(KubernetesTokenSource::new(Some(kubeconfig)));
     // Its own engine: the pool's instance slots are engine-wide, and the
     // other tests' generators on the shared engine would take some of them.
     let generator = generator_on(&stand_in, tokens, None, EngineChoice::Own);
 
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..CALLS {
+    for (i, ns) in namespaces.iter().enumerate() {
         let generator = generator.clone();
         let manifest = json!({"spec": {"apiHost": stand_in.url(), "orgSlug": ORG, "serviceSlug": SERVICE,
-                                       "serviceAccountRef": {"name": format!("sa-{i}")}}})
+                                       "serviceAccountRef": {"name": "cloudsmith-oidc"}}})
         .to_string();
-        tasks.spawn(async move { (i, generator.generate(&manifest, "apps").await) });
+        let ns = ns.clone();
+        tasks.spawn(async move { (i, generator.generate(&manifest, &ns).await) });
     }
     let mut done = 0;
     while let Some(joined) = tasks.join_next().await {
         let (i, result) = joined.expect("task");
         let credentials = result.unwrap_or_else(|e| panic!("call {i}: {e}"));
-        let subject = format!("system:serviceaccount:apps:sa-{i}");
+        let subject = format!("system:serviceaccount:{}:cloudsmith-oidc", namespaces[i]);
         assert_eq!(
             credentials.auth().expose(),
             auth_for(&access_token_for(&subject, ORG, SERVICE, EXP)),
@@ -354,11 +366,24 @@ async fn concurrent_generates_are_isolated() {
         done += 1;
     }
     assert_eq!(done, CALLS);
-    // One TokenRequest and one exchange per call, each for its own account.
-    let mut names: Vec<String> = kube.requests().into_iter().map(|r| r.name).collect();
-    names.sort();
-    let mut expected: Vec<String> = (0..CALLS).map(|i| format!("sa-{i}")).collect();
+    // One token and one exchange per call, each for its own account: the subjects of
+    // the tokens Cloudsmith verified.
+    let mut subjects: Vec<String> = stand_in
+        .requests_for(ORG)
+        .iter()
+        .map(|r| {
+            let token = r.json().unwrap()["oidc_token"].as_str().unwrap().to_string();
+            testkit::cloudsmith::jwt_payload(&token).unwrap()["sub"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    subjects.sort();
+    let mut expected: Vec<String> = namespaces
+        .iter()
+        .map(|ns| format!("system:serviceaccount:{ns}:cloudsmith-oidc"))
+        .collect();
     expected.sort();
-    assert_eq!(names, expected);
-    assert_eq!(stand_in.requests_for(ORG).len(), CALLS);
+    assert_eq!(subjects, expected);
 }

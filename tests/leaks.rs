@@ -7,7 +7,7 @@
 //! |------------------------|---------------------------------------------------------------------|
 //! | bad specs              | not JSON, missing fields, bad slugs, bad URLs, plain http refused, host off the allowlist, bad namespace |
 //! | Cloudsmith stand-in    | every failure scenario ([`Scenario::ALL`]), including one that echoes the request (OIDC token) in its error |
-//! | token sources          | missing / empty / oversized / directory token file, unset / empty variable, Kubernetes: unknown account, forbidden namespace, wrong bearer token, unreachable API server; a token Cloudsmith refuses |
+//! | token sources          | missing / empty / oversized / directory token file, unset / empty variable, Kubernetes (a real API server, `deploy/`'s RBAC): unknown account, forbidden namespace, wrong bearer token, unreachable API server; a token Cloudsmith refuses |
 //! | hostile plugin         | echoes the token to stdout, stderr and its error; sends it off the allowlist; traps; loops |
 //!
 //! Types that hold tokens redact themselves in `Debug` and `Display`: the
@@ -98,6 +98,79 @@ fn manifest(api: &str, org: &str) -> String {
     .to_string()
 }
 
+/// [`manifest`] for the account the service's RBAC lets it mint for.
+fn kube_manifest(api: &str, org: &str) -> String {
+    manifest(api, org).replace(&format!("\"{ACCOUNT}\""), "\"cloudsmith-oidc\"")
+}
+
+/// A real API server (`testkit::cluster`) with `serve`'s service account under
+/// `deploy/`'s RBAC, and three namespaces: one that opted in, one whose account is
+/// missing, one that did not opt in.
+struct Kube {
+    cluster: &'static testkit::cluster::Cluster,
+    kubeconfig: std::path::PathBuf,
+    opted_in: String,
+    no_account: String,
+    not_opted_in: String,
+}
+
+impl Kube {
+    fn new() -> Kube {
+        let cluster = testkit::cluster::Cluster::shared();
+        let kubeconfig = cluster.deployed_service().to_path_buf();
+        let opted_in = cluster.namespace("leaks");
+        cluster.opt_in(&opted_in, true);
+        let no_account = cluster.namespace("leaks-no-account");
+        cluster.opt_in(&no_account, false);
+        let not_opted_in = cluster.namespace("leaks-not-opted-in");
+        Kube {
+            cluster,
+            kubeconfig,
+            opted_in,
+            no_account,
+            not_opted_in,
+        }
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig")).expect("JSON")
+    }
+
+    /// The service account's token, which the kubeconfig holds.
+    fn service_token(&self) -> String {
+        self.config()["users"][0]["user"]["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The kubeconfig with its token's signature changed.
+    fn wrong_bearer(&self) -> String {
+        let mut config = self.config();
+        config["users"][0]["user"]["token"] = testkit::oidc::tampered(&self.service_token()).into();
+        config.to_string()
+    }
+
+    /// The kubeconfig pointing at a port nothing listens on.
+    fn unreachable(&self) -> String {
+        self.config()
+            .to_string()
+            .replace(self.cluster.server(), "https://127.0.0.1:1")
+    }
+
+    /// The tokens the API server minted that reached `cloudsmith`.
+    fn minted(&self, cloudsmith: &StandIn) -> Vec<String> {
+        cloudsmith
+            .requests()
+            .iter()
+            .filter_map(|r| r.json()?["oidc_token"].as_str().map(str::to_string))
+            .filter(|t| {
+                testkit::cloudsmith::jwt_payload(t).is_some_and(|p| p["iss"] == self.cluster.issuer())
+            })
+            .collect()
+    }
+}
+
 fn hostile_wasm() -> std::path::PathBuf {
     testkit::artifacts::wasm("hostile")
 }
@@ -118,15 +191,16 @@ async fn no_token_leaks_from_the_library_on_any_failure() {
             (engine, good, hostile)
         })
     };
-    let stand_in = StandIn::start(StandInConfig {
-        slow_delay: Duration::from_secs(5),
-        ..Default::default()
-    })
+    let kube = Kube::new();
+    let stand_in = StandIn::start(
+        StandInConfig {
+            slow_delay: Duration::from_secs(5),
+            ..Default::default()
+        }
+        .also_trusting(kube.cluster, "system:serviceaccount:*"),
+    )
     .await
     .expect("cloudsmith stand-in");
-    let kube = testkit::kubernetes::StandIn::start(testkit::kubernetes::StandInConfig::default())
-        .await
-        .expect("kubernetes stand-in");
     let api = stand_in.url();
     let oidc_token = testkit::oidc::token(SUBJECT, &[&stand_in.origin()]);
     let policy = OutboundPolicy::default()
@@ -232,14 +306,9 @@ async fn no_token_leaks_from_the_library_on_any_failure() {
     let huge = write("huge", &oidc_token.repeat(2_000));
     std::env::set_var("LEAKS_EMPTY_TOKEN", "");
     std::env::remove_var("LEAKS_UNSET_TOKEN");
-    let mut wrong_bearer = kube.kubeconfig_yaml();
-    wrong_bearer = wrong_bearer.replace(kube.bearer_token(), "wrong-bearer-token-0123456789abcdef");
-    let wrong_bearer = write("kubeconfig-wrong-bearer", &wrong_bearer);
-    let kubeconfig = kube.write_kubeconfig(dir.path()).expect("kubeconfig");
-    let unreachable = write(
-        "kubeconfig-unreachable",
-        &kube.kubeconfig_yaml().replace(&kube.url(), "http://127.0.0.1:1"),
-    );
+    let wrong_bearer = write("kubeconfig-wrong-bearer", &kube.wrong_bearer());
+    let kubeconfig = kube.kubeconfig.clone();
+    let unreachable = write("kubeconfig-unreachable", &kube.unreachable());
     let sources: Vec<(&str, Arc<dyn TokenSource>, String, &str)> = vec![
         (
             "missing file",
@@ -280,26 +349,26 @@ async fn no_token_leaks_from_the_library_on_any_failure() {
         (
             "kubernetes: unknown account",
             Arc::new(KubernetesTokenSource::new(Some(kubeconfig.clone()))),
-            manifest(&api, "acme").replace("\"default\"", "\"ghost\""),
-            "default",
+            kube_manifest(&api, "acme"),
+            &kube.no_account,
         ),
         (
             "kubernetes: forbidden namespace",
             Arc::new(KubernetesTokenSource::new(Some(kubeconfig.clone()))),
-            manifest(&api, "acme"),
-            "forbidden",
+            kube_manifest(&api, "acme"),
+            &kube.not_opted_in,
         ),
         (
             "kubernetes: wrong bearer token",
             Arc::new(KubernetesTokenSource::new(Some(wrong_bearer))),
-            manifest(&api, "acme"),
-            "default",
+            kube_manifest(&api, "acme"),
+            &kube.opted_in,
         ),
         (
             "kubernetes: unreachable",
             Arc::new(KubernetesTokenSource::new(Some(unreachable))),
-            manifest(&api, "acme"),
-            "default",
+            kube_manifest(&api, "acme"),
+            &kube.opted_in,
         ),
         (
             "a token Cloudsmith refuses",
@@ -331,7 +400,7 @@ async fn no_token_leaks_from_the_library_on_any_failure() {
     }
     // The Kubernetes source does work (its tokens join the secrets below).
     let r = make(Arc::new(KubernetesTokenSource::new(Some(kubeconfig))))
-        .generate_traced(&manifest(&api, "echo-401"), "default")
+        .generate_traced(&kube_manifest(&api, "echo-401"), &kube.opted_in)
         .await;
     assert!(r.result.is_err());
     seen.push(Seen::of(
@@ -367,9 +436,9 @@ async fn no_token_leaks_from_the_library_on_any_failure() {
         seen.push(Seen::of(format!("hostile: {mode}"), &r.result, &r.report));
     }
 
-    let mut secrets = vec![oidc_token.clone(), kube.bearer_token().to_string()];
-    let minted = kube.minted_tokens();
-    assert!(!minted.is_empty(), "the Kubernetes stand-in minted tokens");
+    let mut secrets = vec![oidc_token.clone(), kube.service_token()];
+    let minted = kube.minted(&stand_in);
+    assert!(!minted.is_empty(), "the API server minted tokens");
     secrets.extend(minted);
     for org in Scenario::ALL.iter().map(|s| s.org()).chain(["acme"]) {
         let access = access_token_for(SUBJECT, org, SERVICE, EXP);
@@ -459,15 +528,16 @@ impl CliCase {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_leaks_from_the_cli_on_any_failure() {
-    let stand_in = StandIn::start(StandInConfig {
-        slow_delay: Duration::from_secs(5),
-        ..Default::default()
-    })
+    let kube = Kube::new();
+    let stand_in = StandIn::start(
+        StandInConfig {
+            slow_delay: Duration::from_secs(5),
+            ..Default::default()
+        }
+        .also_trusting(kube.cluster, "system:serviceaccount:*"),
+    )
     .await
     .expect("cloudsmith stand-in");
-    let kube = testkit::kubernetes::StandIn::start(testkit::kubernetes::StandInConfig::default())
-        .await
-        .expect("kubernetes stand-in");
     // A TLS stand-in whose CA the CLI is not told about.
     let untrusted = StandIn::start(StandInConfig {
         tls: true,
@@ -481,14 +551,10 @@ async fn no_token_leaks_from_the_cli_on_any_failure() {
     let oidc_token = testkit::oidc::token(SUBJECT, &[&stand_in.origin()]);
     std::fs::write(path("token"), &oidc_token).expect("token file");
     std::fs::write(path("empty-token"), "\n").expect("empty token file");
-    let kubeconfig = kube.write_kubeconfig(dir.path()).expect("kubeconfig");
-    let wrong_bearer = kube
-        .kubeconfig_yaml()
-        .replace(kube.bearer_token(), "wrong-bearer-token-0123456789abcdef");
-    std::fs::write(path("kubeconfig-wrong-bearer"), wrong_bearer).expect("kubeconfig");
+    std::fs::write(path("kubeconfig-wrong-bearer"), kube.wrong_bearer()).expect("kubeconfig");
     let hostile = hostile_wasm().display().to_string();
     let token_file = path("token");
-    let kubeconfig = kubeconfig.display().to_string();
+    let kubeconfig = kube.kubeconfig.display().to_string();
 
     let mut cases = Vec::new();
     let ok = manifest(&api, "acme");
@@ -522,23 +588,23 @@ async fn no_token_leaks_from_the_cli_on_any_failure() {
         CliCase::new("token source: empty file", ok.clone())
             .args(&["--oidc-token-file", &path("empty-token")]),
         CliCase::new("token source: unset variable", ok.clone()).args(&["--oidc-token-env", "LEAKS_UNSET"]),
-        CliCase::new("kubernetes: wrong bearer", ok.clone()).args(&[
+        CliCase::new("kubernetes: wrong bearer", kube_manifest(&api, "acme")).args(&[
             "--kubeconfig",
             &path("kubeconfig-wrong-bearer"),
             "--namespace",
-            "default",
+            &kube.opted_in,
         ]),
-        CliCase::new("kubernetes: forbidden namespace", ok.clone()).args(&[
+        CliCase::new("kubernetes: forbidden namespace", kube_manifest(&api, "acme")).args(&[
             "--kubeconfig",
             &kubeconfig,
             "--namespace",
-            "forbidden",
+            &kube.not_opted_in,
         ]),
         CliCase::new(
             "kubernetes: token echoed by Cloudsmith",
-            manifest(&api, "echo-401"),
+            kube_manifest(&api, "echo-401"),
         )
-        .args(&["--kubeconfig", &kubeconfig, "--namespace", "default"]),
+        .args(&["--kubeconfig", &kubeconfig, "--namespace", &kube.opted_in]),
     ];
     let mut empty_env =
         CliCase::new("token source: empty variable", ok.clone()).args(&["--oidc-token-env", "LEAKS_EMPTY"]);
@@ -641,8 +707,10 @@ async fn no_token_leaks_from_the_cli_on_any_failure() {
     }
     outputs.extend(results);
 
-    let mut secrets = vec![oidc_token.clone(), kube.bearer_token().to_string()];
-    secrets.extend(kube.minted_tokens());
+    let mut secrets = vec![oidc_token.clone(), kube.service_token()];
+    let minted = kube.minted(&stand_in);
+    assert!(!minted.is_empty(), "the API server minted tokens");
+    secrets.extend(minted);
     for org in Scenario::ALL.iter().map(|s| s.org()).chain(["acme"]) {
         let access = access_token_for(SUBJECT, org, SERVICE, EXP);
         secrets.push(auth_for(&access));

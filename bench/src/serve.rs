@@ -72,6 +72,9 @@ pub fn measure(
     counts: &Counts,
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    // Why the Kubernetes stand-in: the benchmark compares two servers' own cost per
+    // call; a real API server on the same two cores would add its own time, varying
+    // with its load, to every review and TokenRequest being compared.
     let kube = ServiceThread::start("kubernetes stand-in", || {
         kubernetes::StandIn::start(
             kubernetes::StandInConfig::default().with_service_account(NAMESPACE, ACCOUNT),

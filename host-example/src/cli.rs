@@ -161,9 +161,10 @@ A caller may ask for its own namespace; another namespace needs a SubjectAccessR
 allowing verb `create` on `cloudsmithaccesstokens/generate` in group
 `generators.external-secrets.io` (resource name: the generator) in that namespace.
 Errors answer {\"error\": {\"case\", \"message\"}}: 400 bad request, 401 unauthenticated,
-403 forbidden, 404 unknown generator, 405, 413 body too large, 422 invalid spec or refused
-by policy, 429 caller rate limit, 502 Cloudsmith or TokenRequest refused, 503 rate-limited
-or upstream failing (with Retry-After), 500 sandbox failure.
+403 forbidden, 405, 413 body too large, 422 unknown generator, invalid spec or refused by
+policy (never 404: ESO reads 404 as \"no secret\"), 429 caller rate limit, 502 Cloudsmith
+or TokenRequest refused, 503 rate-limited, upstream failing or busy (with Retry-After),
+500 sandbox failure.
 Also: GET /healthz, /readyz, /metrics (Prometheus). JSON logs on stderr. SIGTERM stops
 accepting, lets calls in flight finish (up to --shutdown-timeout), then exits 0.";
 

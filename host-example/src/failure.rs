@@ -7,7 +7,8 @@
 use host_example::oci::OciError;
 use host_example::{Error, GenerateError, HostError};
 
-/// The exit codes, for `--help`.
+/// The exit codes, for `--help`. docs/cli.md's table gives the same meanings and names
+/// the classes of each; the tests below hold the two to [`Failure::exit_code`].
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success
@@ -97,7 +98,194 @@ impl Failure {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::Duration;
+
+    use host_example::{Error, GenerateError, HostError, UpstreamStatus};
+
     use super::*;
+
+    /// The reference page whose exit-code table must say what the code does.
+    const CLI_DOCS: &str = include_str!("../../docs/cli.md");
+
+    /// Declares every failure class once: its name in docs/cli.md's table, the pattern
+    /// `class` matches, and a failure of that class. `class`'s match has no catch-all, so
+    /// a new variant of `Failure`, `GenerateError` or `HostError` does not compile until
+    /// it has a row here, and then the table must name it.
+    macro_rules! classes {
+        ($($name:literal: $pattern:pat => $sample:expr;)*) => {
+            fn class(failure: &Failure) -> &'static str {
+                match failure {
+                    $($pattern => $name,)*
+                }
+            }
+
+            fn samples() -> Vec<(&'static str, Failure)> {
+                vec![$(($name, $sample)),*]
+            }
+        };
+    }
+
+    fn generate(e: GenerateError) -> Failure {
+        Failure::Call(Error::Generate(e))
+    }
+
+    fn host(e: HostError) -> Failure {
+        Failure::Call(Error::Host(e))
+    }
+
+    fn status(code: u16) -> UpstreamStatus {
+        UpstreamStatus {
+            status: code,
+            detail: "detail".into(),
+            token: None,
+        }
+    }
+
+    classes! {
+        "usage": Failure::Usage(_) => Failure::usage("bad flag");
+        "other": Failure::Other(_) => Failure::Other(anyhow::anyhow!("stdout closed"));
+        "out-of-time": Failure::OutOfTime(_) => Failure::OutOfTime("late".into());
+        "registry": Failure::Registry(_) => Failure::Registry(OciError::NotFound("gone".into()));
+        "invalid-spec": Failure::Call(Error::Generate(GenerateError::InvalidSpec(_)))
+            => generate(GenerateError::InvalidSpec("orgSlug".into()));
+        "token-source": Failure::Call(Error::Generate(GenerateError::TokenSource(_)))
+            => Failure::no_token_source("none");
+        "policy-denied": Failure::Call(Error::Generate(GenerateError::PolicyDenied { .. }))
+            => generate(GenerateError::PolicyDenied { message: "denied".into(), host_reason: None });
+        "unauthorized": Failure::Call(Error::Generate(GenerateError::Unauthorized(_)))
+            => generate(GenerateError::Unauthorized(status(401)));
+        "rejected": Failure::Call(Error::Generate(GenerateError::Rejected(_)))
+            => generate(GenerateError::Rejected(status(404)));
+        "rate-limited": Failure::Call(Error::Generate(GenerateError::RateLimited { .. }))
+            => generate(GenerateError::RateLimited { retry_after_seconds: Some(1), detail: String::new() });
+        "upstream": Failure::Call(Error::Generate(GenerateError::Upstream { .. }))
+            => generate(GenerateError::Upstream { status: Some(503), detail: "down".into(), attempts: 4, host_note: None });
+        "invalid-token": Failure::Call(Error::Generate(GenerateError::InvalidToken(_)))
+            => generate(GenerateError::InvalidToken("no exp".into()));
+        "token-source-unavailable": Failure::Call(Error::Host(HostError::TokenSourceUnavailable(_)))
+            => host(HostError::TokenSourceUnavailable("slow API server".into()));
+        "deadline-exceeded": Failure::Call(Error::Host(HostError::DeadlineExceeded { .. }))
+            => host(HostError::DeadlineExceeded { deadline: Duration::from_secs(90) });
+        "memory-limit-exceeded": Failure::Call(Error::Host(HostError::MemoryLimitExceeded { .. }))
+            => host(HostError::MemoryLimitExceeded { limit_bytes: 64 << 20 });
+        "trap": Failure::Call(Error::Host(HostError::Trap(_))) => host(HostError::Trap("unreachable".into()));
+        "instantiate": Failure::Call(Error::Host(HostError::Instantiate(_)))
+            => host(HostError::Instantiate("missing import".into()));
+        "invalid-output": Failure::Call(Error::Host(HostError::InvalidOutput(_)))
+            => host(HostError::InvalidOutput("no auth".into()));
+    }
+
+    /// One row of the exit-code table: the meaning and the classes.
+    #[derive(Debug, PartialEq)]
+    struct Row {
+        meaning: String,
+        classes: BTreeSet<String>,
+    }
+
+    /// The table under docs/cli.md's "## Exit codes": `| code | meaning | classes |`.
+    fn documented() -> BTreeMap<u8, Row> {
+        let section = CLI_DOCS
+            .split_once("\n## Exit codes\n")
+            .expect("docs/cli.md has a section \"## Exit codes\"")
+            .1;
+        let mut rows = BTreeMap::new();
+        for line in section
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+        {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            let [code, meaning, classes] = cells[..] else {
+                panic!("docs/cli.md: an exit-code row without three cells: {line}");
+            };
+            let code: u8 = code
+                .parse()
+                .unwrap_or_else(|_| panic!("docs/cli.md: {code:?} is not an exit code"));
+            let classes = classes
+                .split(',')
+                .map(|c| c.trim().trim_matches('`').to_string())
+                .filter(|c| !c.is_empty())
+                .collect();
+            let row = Row {
+                meaning: meaning.to_string(),
+                classes,
+            };
+            assert!(
+                rows.insert(code, row).is_none(),
+                "docs/cli.md: exit code {code} twice"
+            );
+        }
+        rows
+    }
+
+    /// `EXIT_CODES`, what `--help` prints: code → meaning, continuation lines joined.
+    fn help() -> BTreeMap<u8, String> {
+        let mut codes: BTreeMap<u8, String> = BTreeMap::new();
+        let mut last = None;
+        for line in EXIT_CODES.lines().skip(1) {
+            let trimmed = line.trim();
+            let (head, rest) = trimmed.split_once(' ').unwrap_or((trimmed, ""));
+            match head.parse::<u8>() {
+                Ok(code) => {
+                    codes.insert(code, rest.trim().to_string());
+                    last = Some(code);
+                }
+                // An indented line continues the previous code's meaning.
+                Err(_) if line.starts_with("    ") => {
+                    let code = last.expect("a continuation line follows a code");
+                    let meaning = codes.get_mut(&code).expect("that code's meaning");
+                    meaning.push(' ');
+                    meaning.push_str(trimmed);
+                }
+                Err(_) => last = None,
+            }
+        }
+        codes
+    }
+
+    #[test]
+    fn the_documented_exit_codes_are_the_codes_help_prints() {
+        let documented: BTreeMap<u8, String> = documented()
+            .into_iter()
+            .map(|(code, row)| (code, row.meaning))
+            .collect();
+        assert_eq!(
+            documented,
+            help(),
+            "docs/cli.md's exit-code table and EXIT_CODES (--help) must list the same codes, \
+             with the same meanings"
+        );
+    }
+
+    #[test]
+    fn every_failure_class_exits_with_its_documented_code() {
+        let documented = documented();
+        let mut in_code: BTreeMap<u8, BTreeSet<String>> = BTreeMap::new();
+        for (name, failure) in samples() {
+            assert_eq!(class(&failure), name, "the sample of {name} is of another class");
+            in_code
+                .entry(failure.exit_code())
+                .or_default()
+                .insert(name.to_string());
+        }
+        let in_docs: BTreeMap<u8, BTreeSet<String>> = documented
+            .into_iter()
+            .filter(|(_, row)| !row.classes.is_empty())
+            .map(|(code, row)| (code, row.classes))
+            .collect();
+        assert_eq!(
+            in_docs, in_code,
+            "docs/cli.md's exit-code table (left) must name each failure class at the code \
+             Failure::exit_code gives it (right)"
+        );
+        assert!(
+            !in_code.contains_key(&0),
+            "no failure may exit 0: {:?}",
+            in_code.get(&0)
+        );
+    }
 
     #[test]
     fn messages_are_one_line_without_tokens() {

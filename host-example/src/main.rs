@@ -17,19 +17,8 @@
 //!
 //! # Exit codes
 //!
-//! | code | meaning                                                                  |
-//! |------|--------------------------------------------------------------------------|
-//! | 0    | success                                                                  |
-//! | 1    | any other failure (writing the output, starting the runtime...)          |
-//! | 2    | usage or invalid input: arguments, manifest, spec, component file        |
-//! | 3    | the token source failed (file, variable, Kubernetes TokenRequest)        |
-//! | 4    | refused by the outbound policy (host not allowed, plain http)            |
-//! | 5    | Cloudsmith refused the exchange (401/403 credentials, other 4xx request) |
-//! | 6    | Cloudsmith rate limit (429)                                              |
-//! | 7    | upstream or transport failure after retries (5xx, connect, TLS, timeout) |
-//! | 8    | Cloudsmith answered success without a usable token                       |
-//! | 9    | sandbox limit or crash: deadline, memory limit, trap, bad outputs        |
-//! | 10   | the component's registry: refused, not found, unreachable, not the pinned Wasm component |
+//! One per class of failure: [`failure::EXIT_CODES`] (what `--help` prints) and
+//! [`failure::Failure::exit_code`]; docs/cli.md's table is tested against both.
 //!
 //! On failure stderr holds exactly one line, `error: <cause>` (more with `-v`).
 

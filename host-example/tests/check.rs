@@ -382,3 +382,120 @@ async fn unreachable_api_and_unreadable_inputs() {
     assert_eq!(out.status.code(), Some(0), "{report}");
     assert!(line(&report, "exchange").starts_with("skip"), "{report}");
 }
+
+/// `check` against a real cluster: the token step shows the `iss` and `sub` of the token
+/// the API server minted, the values the seed's troubleshooting pipeline
+/// (`kubectl create token … | cut -d . -f 2 | base64 -d | jq .iss`) finds, decoded here
+/// from a token `kubectl create token` got for the same account. A Cloudsmith that
+/// trusts the issuer and subject passes the exchange; one that trusts another subject
+/// fails it, naming the issuer and subject to trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_clusters_token_names_the_issuer_and_subject_to_trust() {
+    let cluster = testkit::cluster::Cluster::shared();
+    let kubeconfig = cluster.deployed_service().to_path_buf();
+    let ns = cluster.namespace("check");
+    cluster.opt_in(&ns, true);
+    // The seed's pipeline, by hand.
+    let reference = cluster.token(&ns, "cloudsmith-oidc", &[]);
+    let payload = testkit::cloudsmith::jwt_payload(&reference).unwrap();
+    let (iss, sub) = (
+        payload["iss"].as_str().unwrap().to_string(),
+        payload["sub"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(sub, format!("system:serviceaccount:{ns}:cloudsmith-oidc"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = |stand_in: &StandIn| {
+        let generator =
+            std::fs::read_to_string(testkit::workspace_root().join("deploy/serve/generators.yaml"))
+                .unwrap()
+                .replace("\"api.cloudsmith.io\"", &format!("\"{}\"", stand_in.url()));
+        let manifest = dir.path().join(format!("{}.yaml", stand_in.port()));
+        std::fs::write(&manifest, generator).unwrap();
+        let out = Command::new(BIN)
+            .args([
+                "check",
+                "--manifest",
+                manifest.to_str().unwrap(),
+                "--namespace",
+                &ns,
+            ])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--allow-http", "--allow-host", &stand_in.authority()])
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("cloudsmith-gen runs");
+        // No token in any output: the one minted for this run reached Cloudsmith.
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sent: Vec<String> = stand_in
+            .requests()
+            .iter()
+            .filter_map(|r| Some(r.json()?["oidc_token"].as_str()?.to_string()))
+            .collect();
+        assert!(!sent.is_empty(), "nothing reached Cloudsmith: {all}");
+        let sent: Vec<&str> = sent.iter().map(String::as_str).collect();
+        assert_eq!(testkit::process::find_secret(&[&all], &sent), None);
+        out
+    };
+
+    let trusting = StandIn::start(StandInConfig::trusting(cluster, &sub))
+        .await
+        .unwrap();
+    let out = run(&trusting);
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = line(&text, "token source");
+    assert!(token.starts_with("ok "), "{token}");
+    assert!(token.contains(&format!("iss={iss},")), "{token}");
+    assert!(token.contains(&format!("sub={sub},")), "{token}");
+    assert!(token.contains("source=Kubernetes TokenRequest"), "{token}");
+    assert!(line(&text, "exchange").starts_with("ok "), "{text}");
+    // The token check minted is the one Cloudsmith verified: same issuer and subject.
+    let sent = trusting.requests()[0].json().unwrap()["oidc_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sent = testkit::cloudsmith::jwt_payload(&sent).unwrap();
+    assert_eq!(
+        (sent["iss"].as_str(), sent["sub"].as_str()),
+        (Some(iss.as_str()), Some(sub.as_str()))
+    );
+
+    let other = StandIn::start(StandInConfig::trusting(
+        cluster,
+        &format!("system:serviceaccount:{ns}:someone-else"),
+    ))
+    .await
+    .unwrap();
+    let out = run(&other);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let exchange = text
+        .lines()
+        .skip_while(|l| !l.contains("exchange"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(exchange.starts_with("FAIL exchange"), "{text}");
+    for needle in [
+        "Token Exchange Fails",
+        &format!("trust issuer {iss} and subject {sub}"),
+    ] {
+        assert!(exchange.contains(needle), "{needle:?} not in {exchange}");
+    }
+    assert!(
+        other.rejections()[0].contains("not trusted"),
+        "{:?}",
+        other.rejections()
+    );
+}

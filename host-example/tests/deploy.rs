@@ -1,7 +1,9 @@
-//! `deploy/` renders with Debian's `kubectl kustomize`, and the rendered objects hold
-//! what the README and SECURITY.md promise: a locked-down Deployment with only its own
-//! short-lived token, least-privilege RBAC that matches the generators it serves, a
-//! NetworkPolicy, and ESO objects that point at the service and at each other.
+//! `deploy/` renders with `kubectl kustomize` (the machine's kubectl, 1.27 or newer), the
+//! rendered objects hold what docs/eso-in-cluster.md and SECURITY.md promise (a locked-down
+//! Deployment with only its own short-lived token, least-privilege RBAC that matches the
+//! generators it serves, a NetworkPolicy, and ESO objects that point at the service and
+//! at each other), and a real API server with ESO's CRDs accepts every one of them as
+//! written.
 
 use std::collections::BTreeSet;
 
@@ -301,5 +303,143 @@ fn the_kubelet_rbac_grants_nodes_the_configured_audience_and_the_daemonset_insta
             config.contains(value),
             "credential-provider-config.yaml does not name {value}"
         );
+    }
+}
+
+/// `kubectl kustomize <dir>` as YAML text.
+fn rendered_yaml(dir: &str) -> String {
+    let out = std::process::Command::new(testkit::tools::kubectl())
+        .arg("kustomize")
+        .arg(testkit::workspace_root().join(dir))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Where `sent` and `kept` differ: every field of `sent` must be in `kept` with the same
+/// value (the server may add defaults and status, never drop or change what was sent).
+fn changed(sent: &Value, kept: &Value, path: &str, out: &mut Vec<String>) {
+    match (sent, kept) {
+        (Value::Object(sent), Value::Object(kept)) => {
+            for (key, value) in sent {
+                match kept.get(key) {
+                    Some(k) => changed(value, k, &format!("{path}.{key}"), out),
+                    None => out.push(format!("{path}.{key} was dropped")),
+                }
+            }
+        }
+        (Value::Array(sent), Value::Array(kept)) if sent.len() == kept.len() => {
+            for (i, (s, k)) in sent.iter().zip(kept).enumerate() {
+                changed(s, k, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ if sent == kept => {}
+        _ => out.push(format!("{path}: sent {sent}, kept {kept}")),
+    }
+}
+
+/// Every object of `deploy/` (the service, its RBAC, `eso/`) and `deploy/kubelet/`,
+/// applied as the README says (namespaces first, then `kubectl apply -k`) to a real
+/// kube-apiserver that has ESO's CRDs: each is accepted by its schema with strict field
+/// validation, and kept as written. Then the cluster does what the objects ask: the token
+/// controller fills the caller's token Secret, and the RBAC, exactly as shipped, lets the
+/// service account do what `serve` needs and nothing else.
+#[test]
+fn a_real_api_server_accepts_every_object_as_written() {
+    use testkit::cluster::Cluster;
+    let cluster = Cluster::shared();
+    cluster.install_eso_crds();
+    // README, "End to end in a cluster", step 3.
+    for namespace in ["cloudsmith-gen", "apps"] {
+        cluster.kubectl_ok(&["create", "namespace", namespace]);
+    }
+    for dir in ["deploy", "deploy/kubelet"] {
+        cluster.apply(&rendered_yaml(dir));
+        for object in rendered_at(dir) {
+            let kind = object["kind"].as_str().unwrap();
+            let name = object["metadata"]["name"].as_str().unwrap();
+            let group = object["apiVersion"]
+                .as_str()
+                .unwrap()
+                .split_once('/')
+                .map_or("", |(g, _)| g);
+            let resource = if group.is_empty() {
+                kind.to_string()
+            } else {
+                format!("{kind}.{group}")
+            };
+            let mut args = vec!["get", &resource, name, "-o", "json"];
+            let namespace = object["metadata"]["namespace"].as_str();
+            if let Some(ns) = namespace {
+                args.extend(["-n", ns]);
+            }
+            let kept: Value = serde_json::from_str(&cluster.kubectl_ok(&args)).unwrap();
+            let mut differences = Vec::new();
+            changed(&object, &kept, &format!("{kind}/{name}"), &mut differences);
+            assert!(differences.is_empty(), "{differences:#?}");
+        }
+    }
+
+    // The token controller (kube-controller-manager) fills the caller's token Secret.
+    let mut token = String::new();
+    for _ in 0..300 {
+        token = cluster.kubectl_ok(&[
+            "get",
+            "secret",
+            "eso-cloudsmith-caller-token",
+            "-n",
+            "apps",
+            "-o",
+            "jsonpath={.data.token}",
+        ]);
+        if !token.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!token.is_empty(), "the caller's token Secret was never filled");
+
+    // The RBAC as applied, asked of the API server's authorizer for the service account.
+    let service = "system:serviceaccount:cloudsmith-gen:cloudsmith-gen";
+    let can = |args: &[&str]| {
+        let mut all = vec!["auth", "can-i", "--as", service];
+        all.extend_from_slice(args);
+        let out = cluster.kubectl(&all);
+        match out.status.code() {
+            Some(0) => true,
+            Some(1) => false,
+            _ => panic!("kubectl {all:?}: {}", String::from_utf8_lossy(&out.stderr)),
+        }
+    };
+    let token_for = |account: &str, namespace: &str| {
+        can(&[
+            "create",
+            &format!("serviceaccounts/{account}"),
+            "--subresource=token",
+            "-n",
+            namespace,
+        ])
+    };
+    assert!(
+        token_for("cloudsmith-oidc", "apps"),
+        "serve mints for cloudsmith-oidc in apps"
+    );
+    assert!(
+        !token_for("eso-cloudsmith-caller", "apps"),
+        "only the accounts the generators name"
+    );
+    assert!(
+        !token_for("cloudsmith-oidc", "default"),
+        "only where a namespace opted in"
+    );
+    assert!(can(&["create", "tokenreviews.authentication.k8s.io"]));
+    assert!(can(&["create", "subjectaccessreviews.authorization.k8s.io"]));
+    for denied in [
+        ["get", "secrets", "-n", "apps"],
+        ["list", "serviceaccounts", "-n", "apps"],
+        ["create", "pods", "-n", "cloudsmith-gen"],
+    ] {
+        assert!(!can(&denied), "{denied:?} is allowed");
     }
 }

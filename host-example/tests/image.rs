@@ -1,7 +1,8 @@
 //! The container image (scripts/image.sh) as deploy/ runs it: loaded into podman, a
-//! read-only root, every capability dropped, user 65532, against the stand-ins on
-//! loopback (`--network host`), Cloudsmith reached by a host name (`--add-host`), so
-//! the static binary's resolver is exercised without libc or NSS in the image.
+//! read-only root, every capability dropped, user 65532, against a real API server
+//! (`testkit::cluster`) and the stand-in Cloudsmith on loopback (`--network host`),
+//! Cloudsmith reached by a host name (`--add-host`), so the static binary's resolver is
+//! exercised without libc or NSS in the image.
 //!
 //! The static binary is built once by scripts/test.sh and passed as
 //! `CLOUDSMITH_GEN_STATIC`; every test here packages and runs that one file.
@@ -15,7 +16,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use testkit::cloudsmith::{self, access_token_for, auth_for};
-use testkit::kubernetes;
 
 const STATIC_ENV: &str = "CLOUDSMITH_GEN_STATIC";
 const NAME: &str = "localhost/cloudsmith-gen:test";
@@ -197,15 +197,17 @@ fn the_image_holds_no_stand_in_and_no_test_key() {
 /// Cloudsmith reached as http://cloudsmith.test:PORT.
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_answers_eso_by_host_name() {
-    let cloudsmith = cloudsmith::StandIn::start(cloudsmith::StandInConfig::default())
-        .await
-        .expect("Cloudsmith stand-in");
-    let config = kubernetes::StandInConfig::default()
-        .with_service_account("apps", "cloudsmith-oidc")
-        .with_service_account("apps", "default");
-    let kube = kubernetes::StandIn::start(config)
-        .await
-        .expect("Kubernetes stand-in");
+    // A real API server on the host's loopback, which the container shares: serve as
+    // deploy/'s service account, a namespace opted in, a caller's token from it.
+    let cluster = testkit::cluster::Cluster::shared();
+    let ns = cluster.namespace("image");
+    cluster.opt_in(&ns, true);
+    let cloudsmith = cloudsmith::StandIn::start(cloudsmith::StandInConfig::trusting(
+        cluster,
+        &format!("system:serviceaccount:{ns}:cloudsmith-oidc"),
+    ))
+    .await
+    .expect("Cloudsmith stand-in");
     let port = cloudsmith
         .url()
         .rsplit(':')
@@ -224,7 +226,8 @@ async fn serve_answers_eso_by_host_name() {
         "deploy/serve/generators.yaml changed shape"
     );
     std::fs::write(dir.path().join("generators.yaml"), generators).unwrap();
-    let kubeconfig = kube.write_kubeconfig(dir.path()).expect("kubeconfig");
+    let kubeconfig = dir.path().join("cloudsmith-gen.kubeconfig");
+    std::fs::copy(cluster.deployed_service(), &kubeconfig).expect("the service's kubeconfig");
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         set_mode(&entry.unwrap().path(), 0o644);
     }
@@ -246,11 +249,11 @@ async fn serve_answers_eso_by_host_name() {
     let health = http(container.addr, "GET", "/healthz", None).await;
     assert_eq!(health.0, 200, "{}", health.1);
 
-    let caller = testkit::oidc::token("system:serviceaccount:apps:default", &[testkit::oidc::ISSUER]);
+    let caller = cluster.token(&ns, "default", &[]);
     let (status, body) = http(
         container.addr,
         "POST",
-        "/v1/namespaces/apps/generators/cloudsmith-access-token",
+        &format!("/v1/namespaces/{ns}/generators/cloudsmith-access-token"),
         Some(&caller),
     )
     .await;
@@ -259,7 +262,7 @@ async fn serve_answers_eso_by_host_name() {
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
     assert_eq!(keys, ["auth", "expiry"], "{body}");
     let token = access_token_for(
-        "system:serviceaccount:apps:cloudsmith-oidc",
+        &format!("system:serviceaccount:{ns}:cloudsmith-oidc"),
         "my-organization",
         "my-oidc-service",
         1_700_000_000,

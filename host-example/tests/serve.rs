@@ -1,11 +1,18 @@
 //! `cloudsmith-gen serve` as ESO's Webhook generator sees it: the binary as a process,
-//! real HTTP on loopback, the stand-in Kubernetes API (TokenReview, SubjectAccessReview,
-//! TokenRequest) and the stand-in Cloudsmith.
+//! real HTTP on loopback, a real Kubernetes API server (`testkit::cluster`: TokenReview,
+//! SubjectAccessReview and TokenRequest, with `deploy/serve/rbac.yaml` as applied and
+//! `serve` running as the `cloudsmith-gen` service account) and the stand-in Cloudsmith,
+//! which trusts the cluster's issuer as an OIDC relying party.
+//!
+//! Each test has namespaces of its own (`World::ns("apps")` is this test's "apps").
+//! Tests that count requests on the API server hold [`API`] exclusively; every other
+//! test shares it, so no count is another test's.
 //!
 //! Every server started here listens on 127.0.0.1 with a port the OS picks and is
 //! killed when its handle drops, so no test leaves one behind. Waits are bounded loops
 //! over observable state, never assertions about time.
 
+use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,15 +22,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use serde_json::Value;
+use serde_json::{json, Value};
 use testkit::cloudsmith::{self, access_token_for, auth_for};
-use testkit::kubernetes::{self, Grant};
-use testkit::oidc;
+use testkit::cluster::Cluster;
+use testkit::kubernetes;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloudsmith-gen");
 
 /// The stand-in's fixed access token expiry.
 const EXP: u64 = 1_700_000_000;
+
+/// Held shared by every test, exclusively by a test that compares counts of requests on
+/// the API server ([`Cluster::request_count`]) before and after.
+static API: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// One compiled-component cache for every server this test binary starts.
 fn cache_dir() -> &'static Path {
@@ -33,15 +44,6 @@ fn cache_dir() -> &'static Path {
 
 fn repo_file(path: &str) -> String {
     std::fs::read_to_string(testkit::workspace_root().join(path)).expect("repository file")
-}
-
-/// A service account caller's token, for the API server's audience (what a
-/// `kubernetes.io/service-account-token` Secret holds).
-fn caller(namespace: &str, name: &str) -> String {
-    oidc::token(
-        &format!("system:serviceaccount:{namespace}:{name}"),
-        &[oidc::ISSUER],
-    )
 }
 
 /// The `auth` the server must answer for `namespace` with the deploy/ generator.
@@ -55,13 +57,28 @@ fn expected_auth(namespace: &str) -> String {
     ))
 }
 
-/// The stand-ins and the server's manifests.
+/// The namespaces every world has, each opted in as deploy/eso/apps.yaml shows (the
+/// account `cloudsmith-oidc` and the token-minter RoleBinding).
+const OPTED_IN: [&str; 4] = ["apps", "team-b", "team-c", "team-d"];
+
+/// The cluster, the stand-in Cloudsmith and the server's manifests.
 struct World {
+    cluster: &'static Cluster,
     cloudsmith: cloudsmith::StandIn,
-    kube: kubernetes::StandIn,
     dir: tempfile::TempDir,
+    /// `serve`'s kubeconfig: the `cloudsmith-gen` service account's, copied here.
     kubeconfig: PathBuf,
     manifests: Vec<PathBuf>,
+    /// This test's namespace for each name the test uses.
+    namespaces: Mutex<HashMap<String, String>>,
+    /// Callers' tokens, by (namespace name, account): one per caller, as a Secret holds.
+    callers: Mutex<HashMap<(String, String), String>>,
+    _api: ApiGuard,
+}
+
+enum ApiGuard {
+    Shared(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'static, ()>),
 }
 
 /// More generators, one per answer the contract names.
@@ -96,47 +113,69 @@ fn extra_generators(api: &str) -> String {
 
 impl World {
     async fn new(slow_delay: Duration) -> World {
-        World::with(slow_delay, Duration::ZERO).await
+        World::start(slow_delay, ApiGuard::Shared(API.read().await), false).await
     }
 
-    /// A world whose Kubernetes API holds each TokenRequest for `token_request_delay`.
-    async fn with(slow_delay: Duration, token_request_delay: Duration) -> World {
-        World::with_kube(slow_delay, |config| kubernetes::StandInConfig {
-            token_request_delay,
-            ..config
-        })
-        .await
+    /// A world of a test that compares counts of requests on the API server: no other
+    /// test of this process runs meanwhile.
+    async fn exclusive(slow_delay: Duration) -> World {
+        World::start(slow_delay, ApiGuard::Exclusive(API.write().await), false).await
     }
 
-    /// A world whose Kubernetes stand-in is configured by `kube` (from the default).
-    async fn with_kube(
+    /// A world whose `serve` talks to a Kubernetes stand-in configured by `kube`, for
+    /// what the real API server cannot do on demand (hold a TokenReview, ignore audiences).
+    /// Its namespaces are the literal names ("apps", "team-b", "team-c"), each with the
+    /// account `cloudsmith-oidc`; Cloudsmith also trusts the stand-in's issuer.
+    async fn with_stand_in(
         slow_delay: Duration,
         kube: impl FnOnce(kubernetes::StandInConfig) -> kubernetes::StandInConfig,
-    ) -> World {
+    ) -> (World, kubernetes::StandIn) {
+        let world = World::start(slow_delay, ApiGuard::Shared(API.read().await), true).await;
+        let mut config = kube(kubernetes::StandInConfig::default());
+        for ns in ["apps", "team-b", "team-c"] {
+            config = config.with_service_account(ns, "cloudsmith-oidc");
+        }
+        let stand_in = kubernetes::StandIn::start(config)
+            .await
+            .expect("Kubernetes stand-in");
+        std::fs::copy(
+            stand_in.write_kubeconfig(world.dir.path()).expect("kubeconfig"),
+            &world.kubeconfig,
+        )
+        .expect("the stand-in's kubeconfig");
+        (world, stand_in)
+    }
+
+    async fn start(slow_delay: Duration, api: ApiGuard, trust_stand_in: bool) -> World {
+        let cluster = Cluster::shared();
+        let trusted = if trust_stand_in {
+            cloudsmith::StandInConfig::default()
+        } else {
+            cloudsmith::StandInConfig {
+                trusted: Vec::new(),
+                ..cloudsmith::StandInConfig::default()
+            }
+        };
         let cloudsmith = cloudsmith::StandIn::start(cloudsmith::StandInConfig {
             slow_delay,
-            ..Default::default()
+            ..trusted.also_trusting(cluster, "system:serviceaccount:*")
         })
         .await
         .expect("Cloudsmith stand-in");
-        let mut config = kube(kubernetes::StandInConfig::default());
-        for ns in ["apps", "team-b", "team-c", "team-d", "default"] {
-            config = config.with_service_account(ns, "cloudsmith-oidc");
-        }
-        config = config.with_service_account("apps", "default").with_grant(Grant {
-            user: "system:serviceaccount:platform:eso-all".into(),
-            namespace: "team-b".into(),
-            verb: "create".into(),
-            group: "generators.external-secrets.io".into(),
-            resource: "cloudsmithaccesstokens".into(),
-            subresource: "generate".into(),
-            name: Some("cloudsmith-access-token".into()),
-        });
-        let kube = kubernetes::StandIn::start(config)
-            .await
-            .expect("Kubernetes stand-in");
         let dir = tempfile::tempdir().expect("temp dir");
-        let kubeconfig = kube.write_kubeconfig(dir.path()).expect("kubeconfig");
+        let kubeconfig = dir.path().join("cloudsmith-gen.kubeconfig");
+        std::fs::copy(cluster.deployed_service(), &kubeconfig).expect("copy the service's kubeconfig");
+        // This test's namespaces, opted in, in one apply.
+        let mut namespaces = HashMap::new();
+        let mut objects = Vec::new();
+        for name in OPTED_IN {
+            let ns = cluster.fresh_name(name);
+            objects
+                .push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string());
+            objects.push(cluster.opt_in_yaml(&ns, true));
+            namespaces.insert(name.to_string(), ns);
+        }
+        cluster.apply(&objects.join("\n---\n"));
         // The deploy/ generator itself, pointed at the stand-in.
         let generators = repo_file("deploy/serve/generators.yaml")
             .replace("\"api.cloudsmith.io\"", &format!("\"{}\"", cloudsmith.url()));
@@ -149,15 +188,55 @@ impl World {
         let second = dir.path().join("more.yaml");
         std::fs::write(&second, extra_generators(&cloudsmith.url())).unwrap();
         World {
+            cluster,
             cloudsmith,
-            kube,
             dir,
             kubeconfig,
             manifests: vec![first, second],
+            namespaces: Mutex::new(namespaces),
+            callers: Mutex::default(),
+            _api: api,
         }
     }
 
-    /// Starts `serve` with the stand-ins' settings and `extra` flags.
+    /// This test's namespace for `name`: one of [`OPTED_IN`], or a namespace created on
+    /// first use that did not opt in.
+    fn ns(&self, name: &str) -> String {
+        let mut namespaces = self.namespaces.lock().unwrap();
+        namespaces
+            .entry(name.to_string())
+            .or_insert_with(|| self.cluster.namespace(name))
+            .clone()
+    }
+
+    /// A token of service account `name` of this test's namespace `namespace`, for the
+    /// API server's audience: what a `kubernetes.io/service-account-token` Secret holds,
+    /// here from the TokenRequest API. The account is created on first use.
+    fn caller(&self, namespace: &str, name: &str) -> String {
+        let ns = self.ns(namespace);
+        let key = (ns.clone(), name.to_string());
+        if let Some(token) = self.callers.lock().unwrap().get(&key) {
+            return token.clone();
+        }
+        self.cluster.apply(&format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {ns}\n"
+        ));
+        let token = self.cluster.token(&ns, name, &[]);
+        self.callers.lock().unwrap().insert(key, token.clone());
+        token
+    }
+
+    /// The path of a call for `generator` in this test's namespace `namespace`.
+    fn path(&self, namespace: &str, generator: &str) -> String {
+        format!("/v1/namespaces/{}/generators/{generator}", self.ns(namespace))
+    }
+
+    /// ESO's request for `generator` in this test's namespace `namespace` with `token`.
+    async fn ask(&self, addr: SocketAddr, namespace: &str, generator: &str, token: &str) -> Reply {
+        ask(addr, &self.ns(namespace), generator, token).await
+    }
+
+    /// Starts `serve` with the world's settings and `extra` flags.
     fn serve(&self, extra: &[&str]) -> Server {
         Server::start(&serve_args(self, extra))
     }
@@ -174,6 +253,42 @@ impl World {
         ];
         args.extend_from_slice(extra);
         self.serve(&args)
+    }
+
+    /// Points `serve`'s kubeconfig at `server` instead of the API server.
+    fn redirect_kubeconfig(&self, server: &str) {
+        let text = std::fs::read_to_string(&self.kubeconfig)
+            .unwrap()
+            .replace(self.cluster.server(), server);
+        std::fs::write(&self.kubeconfig, text).unwrap();
+    }
+
+    /// Every token this world handed out or saw: the callers', the service's own, those
+    /// the server minted (as they reached Cloudsmith), and the access tokens and `auth`
+    /// values Cloudsmith answered for them.
+    fn secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<String> = self.callers.lock().unwrap().values().cloned().collect();
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.cluster.deployed_service()).unwrap()).unwrap();
+        secrets.push(config["users"][0]["user"]["token"].as_str().unwrap().to_string());
+        for r in self.cloudsmith.requests() {
+            let Some(token) = r
+                .json()
+                .and_then(|v| v["oidc_token"].as_str().map(str::to_string))
+            else {
+                continue;
+            };
+            if let Some(sub) =
+                cloudsmith::jwt_payload(&token).and_then(|p| p["sub"].as_str().map(str::to_string))
+            {
+                let org = r.org().unwrap_or_default().to_string();
+                let access = access_token_for(&sub, &org, "my-oidc-service", EXP);
+                secrets.push(auth_for(&access));
+                secrets.push(access);
+            }
+            secrets.push(token);
+        }
+        secrets
     }
 }
 
@@ -314,245 +429,38 @@ async fn ask(addr: SocketAddr, namespace: &str, generator: &str, token: &str) ->
 /// access tokens and `auth` values it answered.
 fn assert_logs_clean(server: &Server, world: &World, more: &[&str]) {
     let logs = server.logs();
-    let minted = world.kube.minted_tokens();
-    let mut secrets: Vec<String> = minted.clone();
-    for r in world.kube.requests() {
-        if let Some(token) = r.token {
-            let subject = oidc::verify(&token).map(|c| c.sub).unwrap_or_default();
-            let access = access_token_for(&subject, "my-organization", "my-oidc-service", EXP);
-            secrets.push(auth_for(&access));
-            secrets.push(access);
-        }
-    }
+    let mut secrets = world.secrets();
     secrets.extend(more.iter().map(|s| s.to_string()));
     let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     testkit::process::assert_no_secret(&[&logs], &secrets);
+    // Nor any other JWT: every one starts with the base64 of `{"alg"`.
+    assert!(!logs.contains("eyJhbGci"), "a JWT in the logs:\n{logs}");
     server.log_json();
-}
-
-/// `kubectl kustomize deploy/`'s object of `kind` named `name`.
-fn object<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    objects
-        .iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind}/{name} rendered"))
-}
-
-fn object_mut<'a>(objects: &'a mut [Value], kind: &str, name: &str) -> &'a mut Value {
-    objects
-        .iter_mut()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind}/{name}"))
-}
-
-/// `deploy/` as ESO runs it: the rendered objects through `testkit::eso` (a model of
-/// ESO's Webhook generator from ESO's source) against the binary over HTTPS with a
-/// certificate for the Service's DNS name. The documented objects give the
-/// dockerconfigjson; the old label, a foreign caProvider namespace, an unknown
-/// generator and a timeout each give ESO's error (and never delete the Secret).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eso_runs_the_deploy_objects() {
-    use testkit::eso::{reconcile, Cluster, Synced};
-    let world = World::new(Duration::from_secs(10)).await;
-    let objects = testkit::eso::kustomize(&testkit::workspace_root().join("deploy"))
-        .expect("kubectl kustomize deploy/");
-    let service = object(&objects, "Service", "cloudsmith-gen");
-    let host = format!(
-        "{}.{}.svc",
-        service["metadata"]["name"].as_str().unwrap(),
-        service["metadata"]["namespace"].as_str().unwrap()
-    );
-    let port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
-    let ca = testkit::tls::TestCa::for_names(&[&host]);
-    // A short bound for one call, so the timeout cases take seconds.
-    let server = world.serve_https(&ca, &["--timeout", "2", "--max-concurrent-calls", "1"]);
-
-    // deploy/'s bound for one call is below the Webhook's timeout.
-    let webhook = object(&objects, "Webhook", "cloudsmith-access-token");
-    let namespace = webhook["metadata"]["namespace"].as_str().unwrap().to_string();
-    let args = &object(&objects, "Deployment", "cloudsmith-gen")["spec"]["template"]["spec"]["containers"][0]
-        ["args"];
-    let serve_timeout: u64 = args
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|a| a.as_str()?.strip_prefix("--timeout="))
-        .expect("--timeout in deploy/serve/deployment.yaml")
-        .parse()
-        .unwrap();
-    let eso_timeout: u64 = webhook["spec"]["timeout"]
-        .as_str()
-        .unwrap()
-        .strip_suffix('s')
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        serve_timeout < eso_timeout,
-        "--timeout={serve_timeout} must be below the Webhook's {eso_timeout}s"
-    );
-
-    // The cluster: the token controller fills the caller's Secret, and the CA ConfigMap
-    // is created in the generator's namespace (README, step 3).
-    let secret = object(&objects, "Secret", "eso-cloudsmith-caller-token");
-    let account = secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
-        .as_str()
-        .unwrap();
-    let token = caller(&namespace, account);
-    let mut filled = secret.clone();
-    filled["data"] = serde_json::json!({"token": base64_of(&token)});
-    let cluster = Cluster {
-        objects: vec![
-            filled,
-            serde_json::json!({"kind": "ConfigMap", "metadata": {"name": "cloudsmith-gen-ca", "namespace": namespace},
-                               "data": {"ca.crt": ca.ca_pem()}}),
-        ],
-        dns: [(format!("{host}:{port}"), server.addr)].into(),
-    };
-    let run = |objects: Vec<Value>, cluster: Cluster| {
-        let namespace = namespace.clone();
-        async move { reconcile(&objects, &cluster, &namespace, "cloudsmith-credentials").await }
-    };
-
-    match run(objects.clone(), cluster.clone()).await {
-        Ok(Synced::Secret { type_, data }) => {
-            assert_eq!(type_, "kubernetes.io/dockerconfigjson");
-            let config: Value =
-                serde_json::from_slice(&data[".dockerconfigjson"]).expect("dockerconfigjson is JSON");
-            assert_eq!(
-                config["auths"]["docker.cloudsmith.io"]["auth"],
-                expected_auth(&namespace)
-            );
-        }
-        other => panic!("ESO would not sync deploy/: {other:?}"),
-    }
-    let minted = world.kube.requests();
-    assert_eq!(minted.len(), 1);
-    assert_eq!(
-        (minted[0].namespace.as_str(), minted[0].name.as_str()),
-        (namespace.as_str(), "cloudsmith-oidc")
-    );
-    assert!(
-        world.kube.access_reviews().is_empty(),
-        "own namespace needs no SubjectAccessReview"
-    );
-
-    let expect_error = |result: Result<Synced, String>, needle: &str, what: &str| match result {
-        Err(e) => assert!(e.contains(needle), "{what}: {e}"),
-        Ok(synced) => panic!("{what}: ESO would have synced {synced:?}"),
-    };
-    // The label deploy/ used to carry: ESO refuses the Secret before any call.
-    let mut old = cluster.clone();
-    old.objects[0]["metadata"]["labels"] =
-        serde_json::json!({"generators.external-secrets.io/type": "webhook"});
-    expect_error(
-        run(objects.clone(), old).await,
-        "secret does not contain needed label 'external-secrets.io/type: webhook'",
-        "old label",
-    );
-    // caProvider.namespace naming another namespace (the CA ConfigMap is there too).
-    let mut foreign = objects.clone();
-    object_mut(&mut foreign, "Webhook", "cloudsmith-access-token")["spec"]["caProvider"]["namespace"] =
-        "cloudsmith-gen".into();
-    let mut there = cluster.clone();
-    let mut copy = there.objects[1].clone();
-    copy["metadata"]["namespace"] = "cloudsmith-gen".into();
-    there.objects.push(copy);
-    expect_error(
-        run(foreign, there).await,
-        "failed to prepare provider http client: namespace should either be empty or match the namespace",
-        "foreign caProvider namespace",
-    );
-    // No CA ConfigMap in the generator's namespace.
-    let mut no_ca = cluster.clone();
-    no_ca.objects.truncate(1);
-    expect_error(
-        run(objects.clone(), no_ca).await,
-        "configmaps \"cloudsmith-gen-ca\" not found",
-        "no CA ConfigMap",
-    );
-
-    let with_url = |path: &str, timeout: &str, deletion: Option<&str>| {
-        let mut changed = objects.clone();
-        let spec = &mut object_mut(&mut changed, "Webhook", "cloudsmith-access-token")["spec"];
-        spec["url"] = format!("https://{host}:{port}{path}").into();
-        spec["timeout"] = timeout.into();
-        if let Some(policy) = deletion {
-            object_mut(&mut changed, "ExternalSecret", "cloudsmith-credentials")["spec"]["target"]
-                ["deletionPolicy"] = policy.into();
-        }
-        changed
-    };
-    // A mistyped generator or path fails the sync: with deletionPolicy Delete a 404
-    // would have deleted the pull Secret.
-    for (path, status) in [
-        (
-            format!("/v1/namespaces/{namespace}/generators/nope"),
-            "422 Unprocessable Entity",
-        ),
-        (
-            format!("/v1/namespace/{namespace}/generators/cloudsmith-access-token"),
-            "400 Bad Request",
-        ),
-    ] {
-        expect_error(
-            run(with_url(&path, "30s", Some("Delete")), cluster.clone()).await,
-            &format!("error using generator: endpoint gave error {status}"),
-            &path,
-        );
-    }
-    // Cloudsmith slower than both bounds: with the service's bound below ESO's, ESO
-    // sees the service's 503 (its case in the log); the other way round, only ESO's
-    // client timeout.
-    let slow = format!("/v1/namespaces/{namespace}/generators/slow");
-    expect_error(
-        run(with_url(&slow, "8s", None), cluster.clone()).await,
-        "endpoint gave error 503 Service Unavailable",
-        "service bound first",
-    );
-    assert!(
-        server.logs().contains("\"case\":\"deadline-exceeded\""),
-        "{}",
-        server.logs()
-    );
-    // Two at once on the only slot: the second waits for it, and is still answered
-    // by the service within its bound (the wait counts), before ESO's 3 s.
-    let (first, second) = tokio::join!(
-        run(with_url(&slow, "3s", None), cluster.clone()),
-        run(with_url(&slow, "3s", None), cluster.clone())
-    );
-    for result in [first, second] {
-        expect_error(
-            result,
-            "endpoint gave error 503 Service Unavailable",
-            "queued call",
-        );
-    }
-    expect_error(
-        run(with_url(&slow, "1s", None), cluster.clone()).await,
-        &format!(
-            "failed to call endpoint: Post \"https://{host}:{port}{slow}\": \
-             context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
-        ),
-        "ESO's bound first",
-    );
-    assert_logs_clean(&server, &world, &[&token]);
 }
 
 /// Every unauthenticated request is 401 with `WWW-Authenticate: Bearer`, and none
 /// reaches the TokenRequest API or Cloudsmith.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_requests_are_401_and_mint_nothing() {
-    let world = World::new(Duration::from_secs(10)).await;
+    let world = World::exclusive(Duration::from_secs(10)).await;
     let server = world.serve(&[]);
-    let good = caller("apps", "eso-cloudsmith-caller");
-    let mut tampered = good.clone();
-    tampered.pop();
-    tampered.push(if good.ends_with('A') { 'B' } else { 'A' });
-    let expired = oidc::token_with_lifetime("system:serviceaccount:apps:eso", &[oidc::ISSUER], 0);
-    let for_cloudsmith = oidc::token(
-        "system:serviceaccount:apps:eso",
-        &[cloudsmith::PRODUCTION_AUDIENCE],
+    let apps = world.ns("apps");
+    let good = world.caller("apps", "eso-cloudsmith-caller");
+    let tampered = testkit::oidc::tampered(&good);
+    // Tokens the API server itself refuses: for Cloudsmith's audience, not its own; of an
+    // account deleted since; signed by another key for the same issuer.
+    let for_cloudsmith =
+        world
+            .cluster
+            .token(&apps, "eso-cloudsmith-caller", &[cloudsmith::PRODUCTION_AUDIENCE]);
+    let gone = world.caller("apps", "deleted-since");
+    world
+        .cluster
+        .kubectl_ok(&["delete", "serviceaccount", "deleted-since", "-n", &apps]);
+    let forged = testkit::oidc::token_from_issuer(
+        world.cluster.issuer(),
+        &format!("system:serviceaccount:{apps}:eso-cloudsmith-caller"),
+        &[world.cluster.issuer()],
     );
     let basic = format!("Basic {}", base64_of("user:pass"));
     let cases: Vec<(&str, Option<String>)> = vec![
@@ -562,12 +470,15 @@ async fn unauthenticated_requests_are_401_and_mint_nothing() {
         ("bearer without a token", Some("Bearer".into())),
         ("not a JWT", Some("Bearer not-a-token".into())),
         ("tampered signature", Some(format!("Bearer {tampered}"))),
-        ("expired token", Some(format!("Bearer {expired}"))),
         (
             "token for another audience",
             Some(format!("Bearer {for_cloudsmith}")),
         ),
+        ("token of a deleted account", Some(format!("Bearer {gone}"))),
+        ("token signed by another key", Some(format!("Bearer {forged}"))),
     ];
+    let minted_before = world.cluster.request_count("serviceaccounts/token", "POST");
+    let access_before = world.cluster.request_count("subjectaccessreviews", "POST");
     for (what, header) in &cases {
         let mut headers = vec![("content-type", "application/json")];
         if let Some(h) = header {
@@ -576,7 +487,7 @@ async fn unauthenticated_requests_are_401_and_mint_nothing() {
         let reply = request(
             server.addr,
             "POST",
-            "/v1/namespaces/apps/generators/cloudsmith-access-token",
+            &world.path("apps", "cloudsmith-access-token"),
             &headers,
             b"",
         )
@@ -590,26 +501,31 @@ async fn unauthenticated_requests_are_401_and_mint_nothing() {
         );
     }
     // An unknown generator is not revealed to an unauthenticated caller either.
-    let reply = request(
-        server.addr,
-        "POST",
-        "/v1/namespaces/apps/generators/nope",
-        &[],
-        b"",
-    )
-    .await;
+    let reply = request(server.addr, "POST", &world.path("apps", "nope"), &[], b"").await;
     assert_eq!(reply.status, 401);
-    assert!(world.kube.requests().is_empty(), "no token minted");
+    assert_eq!(
+        world.cluster.request_count("serviceaccounts/token", "POST"),
+        minted_before,
+        "no token minted"
+    );
     assert!(world.cloudsmith.requests().is_empty(), "no exchange");
-    assert!(world.kube.access_reviews().is_empty());
+    assert_eq!(
+        world.cluster.request_count("subjectaccessreviews", "POST"),
+        access_before
+    );
     // Counted without a namespace label (the path comes from an unauthenticated client).
     let metrics = request(server.addr, "GET", "/metrics", &[], b"").await.body;
-    assert!(
-        metrics.contains("cloudsmith_gen_refused_total{case=\"unauthenticated\"} 9\n"),
-        "{metrics}"
+    let line = format!(
+        "cloudsmith_gen_refused_total{{case=\"unauthenticated\"}} {}\n",
+        cases.len() + 1
     );
-    assert!(!metrics.contains("namespace=\"apps\""), "{metrics}");
-    assert_logs_clean(&server, &world, &[&good, &tampered, &expired, &for_cloudsmith]);
+    assert!(metrics.contains(&line), "{line} not in {metrics}");
+    assert!(!metrics.contains(&format!("namespace=\"{apps}\"")), "{metrics}");
+    assert_logs_clean(
+        &server,
+        &world,
+        &[&good, &tampered, &for_cloudsmith, &gone, &forged],
+    );
 }
 
 fn base64_of(text: &str) -> String {
@@ -621,11 +537,27 @@ fn base64_of(text: &str) -> String {
 /// allows `create` on `cloudsmithaccesstokens/generate` for that generator there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_namespaces_need_a_subject_access_review() {
-    let world = World::new(Duration::from_secs(10)).await;
+    let world = World::exclusive(Duration::from_secs(10)).await;
     let server = world.serve(&[]);
-    let team_b = caller("team-b", "eso");
-    let platform = caller("platform", "eso-all");
-    let person = oidc::token("alice@example.com", &[oidc::ISSUER]);
+    let team_b = world.caller("team-b", "eso");
+    let platform = world.caller("platform", "eso-all");
+    let (team_b_ns, platform_ns) = (world.ns("team-b"), world.ns("platform"));
+    // The grant the README gives a caller from another namespace, for one generator.
+    world.cluster.apply(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: generate\n  namespace: {team_b_ns}\n\
+         rules:\n  - apiGroups: [\"generators.external-secrets.io\"]\n    resources: [\"cloudsmithaccesstokens/generate\"]\n    \
+         resourceNames: [\"cloudsmith-access-token\"]\n    verbs: [\"create\"]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: generate\n  namespace: {team_b_ns}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: generate}}\n\
+         subjects: [{{kind: ServiceAccount, name: eso-all, namespace: {platform_ns}}}]\n"
+    ));
+    // A user who is no service account: a bootstrap token (system:bootstrap:<id>), the
+    // one kind of bearer token besides service accounts' that the API server's
+    // TokenReview knows here (--enable-bootstrap-token-auth, as kubeadm runs it).
+    let person = world.cluster.bootstrap_token();
+    let tokens_before = world.cluster.request_count("tokenreviews", "POST");
+    let reviews_before = world.cluster.request_count("subjectaccessreviews", "POST");
+    let minted_before = world.cluster.request_count("serviceaccounts/token", "POST");
     let forbidden = [
         (
             "another namespace's account",
@@ -653,51 +585,51 @@ async fn other_namespaces_need_a_subject_access_review() {
         ),
     ];
     for (what, ns, generator, token) in forbidden {
-        let reply = ask(server.addr, ns, generator, token).await;
+        let reply = world.ask(server.addr, ns, generator, token).await;
         assert_eq!(reply.status, 403, "{what}: {}", reply.body);
         assert_eq!(reply.case(), "forbidden", "{what}");
     }
-    assert!(
-        world.kube.requests().is_empty(),
+    assert_eq!(
+        world.cluster.request_count("serviceaccounts/token", "POST"),
+        minted_before,
         "no token minted before authorization"
     );
     assert!(world.cloudsmith.requests().is_empty());
     // Forbidden callers learn nothing about which generators exist.
-    let reply = ask(server.addr, "apps", "nope", &team_b).await;
+    let reply = world.ask(server.addr, "apps", "nope", &team_b).await;
     assert_eq!(reply.status, 403);
-
-    let reviews = world.kube.access_reviews();
-    assert_eq!(reviews.len(), 5);
-    assert_eq!(reviews[0].user, "system:serviceaccount:team-b:eso");
-    let attributes = &reviews[0].attributes;
+    // One SubjectAccessReview per refusal, one TokenReview per caller, on the API
+    // server's own count. (What each review asked is shown by the answers: the grant
+    // names one verb, group, resource, subresource, name and namespace, and only a review
+    // of exactly those is allowed, below.)
     assert_eq!(
-        (
-            &*attributes.0,
-            &*attributes.1,
-            &*attributes.2,
-            &*attributes.3,
-            &*attributes.4,
-            &*attributes.5
-        ),
-        (
-            "apps",
-            "create",
-            "generators.external-secrets.io",
-            "cloudsmithaccesstokens",
-            "generate",
-            "cloudsmith-access-token"
-        )
+        world.cluster.request_count("subjectaccessreviews", "POST") - reviews_before,
+        5
+    );
+    assert_eq!(
+        world.cluster.request_count("tokenreviews", "POST") - tokens_before,
+        3
     );
 
     // With the grant: the answer is for the URL's namespace, never the caller's.
-    let reply = ask(server.addr, "team-b", "cloudsmith-access-token", &platform).await;
+    let reply = world
+        .ask(server.addr, "team-b", "cloudsmith-access-token", &platform)
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(reply.json()["auth"], expected_auth("team-b"));
+    assert_eq!(reply.json()["auth"], expected_auth(&team_b_ns));
+    assert_eq!(
+        world.cluster.request_count("subjectaccessreviews", "POST") - reviews_before,
+        6
+    );
     // Own namespace: allowed without a review.
-    let reviews_before = world.kube.access_reviews().len();
-    let reply = ask(server.addr, "team-b", "cloudsmith-access-token", &team_b).await;
+    let reply = world
+        .ask(server.addr, "team-b", "cloudsmith-access-token", &team_b)
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(world.kube.access_reviews().len(), reviews_before);
+    assert_eq!(
+        world.cluster.request_count("subjectaccessreviews", "POST") - reviews_before,
+        6
+    );
     assert_logs_clean(&server, &world, &[&team_b, &platform, &person]);
 }
 
@@ -707,7 +639,8 @@ async fn other_namespaces_need_a_subject_access_review() {
 async fn every_failure_has_its_status_and_case() {
     let world = World::new(Duration::from_secs(10)).await;
     let server = world.serve(&["--max-body-bytes", "1024"]);
-    let token = caller("apps", "eso");
+    let token = world.caller("apps", "eso");
+    let apps = world.ns("apps");
     let cases: [(&str, &str, u16, &str, Option<&str>); 8] = [
         ("apps", "nope", 422, "unknown-generator", None),
         ("apps", "no-org", 422, "invalid-spec", None),
@@ -715,19 +648,20 @@ async fn every_failure_has_its_status_and_case() {
         ("apps", "echo", 502, "unauthorized", None),
         ("apps", "garbled", 502, "invalid-token", None),
         ("apps", "throttled", 503, "rate-limited", Some("3600")),
-        // No cloudsmith-oidc account in that namespace: the TokenRequest fails.
+        // A namespace that did not opt in: the API server refuses the TokenRequest.
         ("empty", "cloudsmith-access-token", 502, "token-source", None),
         // The seed's own manifest (serviceAccountRef default/default): its namespace
-        // is ignored, the account is apps/default.
-        ("apps", "my-cloudsmith-token", 200, "", None),
+        // is ignored, the account is apps/default, which deploy/'s RBAC does not let
+        // the service mint for.
+        ("apps", "my-cloudsmith-token", 502, "token-source", None),
     ];
     for (ns, generator, status, case, retry) in cases {
         let token = if ns == "apps" {
             token.clone()
         } else {
-            caller(ns, "eso")
+            world.caller(ns, "eso")
         };
-        let reply = ask(server.addr, ns, generator, &token).await;
+        let reply = world.ask(server.addr, ns, generator, &token).await;
         assert_eq!(reply.status, status, "{ns}/{generator}: {}", reply.body);
         if status != 200 {
             assert_eq!(reply.case(), case, "{ns}/{generator}");
@@ -736,8 +670,8 @@ async fn every_failure_has_its_status_and_case() {
             // The claims of the token the host minted for the call: what to trust.
             let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
             let claims = format!(
-                "the token's iss={}, sub=system:serviceaccount:apps:cloudsmith-oidc, aud=",
-                oidc::ISSUER
+                "the token's iss={}, sub=system:serviceaccount:{apps}:cloudsmith-oidc, aud=",
+                world.cluster.issuer()
             );
             assert!(message.contains(&claims), "{message}");
             // ESO shows only the status: the service's log says why, with the claims
@@ -754,11 +688,21 @@ async fn every_failure_has_its_status_and_case() {
             retry,
             "{ns}/{generator}"
         );
+        if case == "token-source" {
+            // The API server's reason, as it gave it.
+            let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+            assert!(
+                message.contains("403")
+                    && message.contains("cannot create resource \"serviceaccounts/token\""),
+                "{message}"
+            );
+        }
         assert_eq!(reply.headers["cache-control"], "no-store");
     }
     // Requests that are not the contract's.
     let auth = format!("Bearer {token}");
-    let path = "/v1/namespaces/apps/generators/cloudsmith-access-token";
+    let path = world.path("apps", "cloudsmith-access-token");
+    let path = path.as_str();
     let big = vec![b'x'; 2048];
     for (method, path, body, status, case) in [
         ("GET", path, &b""[..], 405, "method-not-allowed"),
@@ -785,8 +729,14 @@ async fn every_failure_has_its_status_and_case() {
         assert_eq!(reply.case(), case, "{method} {path}");
     }
     // echo-401 quotes the whole exchange request, OIDC token included: redacted.
-    let minted = world.kube.minted_tokens();
-    let echo = ask(server.addr, "apps", "echo", &token).await;
+    let echo = world.ask(server.addr, "apps", "echo", &token).await;
+    let minted: Vec<String> = world
+        .cloudsmith
+        .requests_for("echo-401")
+        .iter()
+        .map(|r| r.json().unwrap()["oidc_token"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(minted.len(), 2);
     for t in &minted {
         assert!(!echo.body.contains(t.as_str()), "minted token in an error answer");
     }
@@ -799,16 +749,18 @@ async fn every_failure_has_its_status_and_case() {
 async fn load_at_concurrency_64() {
     let world = World::new(Duration::from_secs(10)).await;
     let server = world.serve(&["--rate-limit", "0", "--max-concurrent-calls", "8"]);
-    let namespaces = ["apps", "team-b", "team-c", "team-d"];
+    let namespaces: Vec<(String, String)> = OPTED_IN
+        .iter()
+        .map(|name| (world.ns(name), world.caller(name, "eso")))
+        .collect();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..64 {
-        let ns = namespaces[i % namespaces.len()];
+        let (ns, token) = namespaces[i % namespaces.len()].clone();
         let addr = server.addr;
         tasks.spawn(async move {
-            let token = caller(ns, "eso");
             let mut answers = Vec::new();
             for _ in 0..4 {
-                let reply = ask(addr, ns, "cloudsmith-access-token", &token).await;
+                let reply = ask(addr, &ns, "cloudsmith-access-token", &token).await;
                 answers.push((reply.status, reply.body));
             }
             (ns, answers)
@@ -820,14 +772,14 @@ async fn load_at_concurrency_64() {
         for (status, body) in answers {
             assert_eq!(status, 200, "{ns}: {body}");
             let v: Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(v["auth"], expected_auth(ns), "an answer for another namespace");
+            assert_eq!(v["auth"], expected_auth(&ns), "an answer for another namespace");
             answered += 1;
         }
     }
     assert_eq!(answered, 256);
     assert_eq!(world.cloudsmith.requests().len(), 256);
     let metrics = request(server.addr, "GET", "/metrics", &[], b"").await.body;
-    for ns in namespaces {
+    for (ns, _) in namespaces {
         let line = format!("cloudsmith_gen_calls_total{{generator=\"cloudsmith-access-token\",namespace=\"{ns}\",case=\"ok\"}} 64");
         assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
     }
@@ -843,16 +795,19 @@ async fn load_at_concurrency_64() {
 async fn each_caller_has_a_rate_limit() {
     let world = World::new(Duration::from_secs(10)).await;
     let server = world.serve(&["--rate-limit", "0.001", "--rate-burst", "2"]);
-    let busy = caller("apps", "busy");
+    let busy = world.caller("apps", "busy");
     for _ in 0..2 {
         assert_eq!(
-            ask(server.addr, "apps", "cloudsmith-access-token", &busy)
+            world
+                .ask(server.addr, "apps", "cloudsmith-access-token", &busy)
                 .await
                 .status,
             200
         );
     }
-    let reply = ask(server.addr, "apps", "cloudsmith-access-token", &busy).await;
+    let reply = world
+        .ask(server.addr, "apps", "cloudsmith-access-token", &busy)
+        .await;
     assert_eq!(reply.status, 429, "{}", reply.body);
     assert_eq!(reply.case(), "too-many-requests");
     assert!(
@@ -868,9 +823,10 @@ async fn each_caller_has_a_rate_limit() {
         2,
         "the refused call made no exchange"
     );
-    let other = caller("apps", "other");
+    let other = world.caller("apps", "other");
     assert_eq!(
-        ask(server.addr, "apps", "cloudsmith-access-token", &other)
+        world
+            .ask(server.addr, "apps", "cloudsmith-access-token", &other)
             .await
             .status,
         200
@@ -891,10 +847,10 @@ async fn health_while_busy_and_graceful_shutdown() {
         "120",
     ]);
     let addr = server.addr;
-    let token = caller("apps", "eso");
+    let token = world.caller("apps", "eso");
     let slow = tokio::spawn({
-        let token = token.clone();
-        async move { ask(addr, "apps", "slow", &token).await }
+        let (token, apps) = (token.clone(), world.ns("apps"));
+        async move { ask(addr, &apps, "slow", &token).await }
     });
     wait_for_metric(addr, "cloudsmith_gen_calls_in_flight 1").await;
     for path in ["/healthz", "/readyz"] {
@@ -902,7 +858,7 @@ async fn health_while_busy_and_graceful_shutdown() {
         assert_eq!((reply.status, reply.body.as_str()), (200, "ok\n"), "{path}");
     }
     // The only slot is taken and no call may queue: a second caller is told to retry.
-    let busy = ask(addr, "apps", "cloudsmith-access-token", &token).await;
+    let busy = world.ask(addr, "apps", "cloudsmith-access-token", &token).await;
     assert_eq!(busy.status, 503, "{}", busy.body);
     assert_eq!(busy.case(), "busy");
     assert!(busy.headers.contains_key("retry-after"));
@@ -952,8 +908,8 @@ async fn wait_for_metric(addr: SocketAddr, line: &str) {
 async fn manifests_are_reloaded_when_they_change() {
     let world = World::new(Duration::from_secs(10)).await;
     let server = world.serve(&["--reload-interval", "0.1"]);
-    let token = caller("apps", "eso");
-    assert_eq!(ask(server.addr, "apps", "added", &token).await.status, 422);
+    let token = world.caller("apps", "eso");
+    assert_eq!(world.ask(server.addr, "apps", "added", &token).await.status, 422);
     let added = repo_file("deploy/serve/generators.yaml")
         .replace(
             "\"api.cloudsmith.io\"",
@@ -963,12 +919,12 @@ async fn manifests_are_reloaded_when_they_change() {
     let path = &world.manifests[1];
     let previous = std::fs::read_to_string(path).unwrap();
     std::fs::write(path, format!("{previous}---\n{added}")).unwrap();
-    wait_until(|| async { ask(server.addr, "apps", "added", &token).await.status == 200 }).await;
+    wait_until(|| async { world.ask(server.addr, "apps", "added", &token).await.status == 200 }).await;
 
     std::fs::write(path, "kind: [unclosed").unwrap();
     wait_until(|| async { server.logs().contains("manifests not reloaded") }).await;
     assert_eq!(
-        ask(server.addr, "apps", "added", &token).await.status,
+        world.ask(server.addr, "apps", "added", &token).await.status,
         200,
         "previous set kept"
     );
@@ -1021,8 +977,8 @@ async fn https_and_certificate_renewal() {
     let mut sender = tls_client(server.addr, &ca)
         .await
         .expect("TLS handshake with the test CA");
-    let token = caller("apps", "eso");
-    let req = hyper::Request::post("/v1/namespaces/apps/generators/cloudsmith-access-token")
+    let token = world.caller("apps", "eso");
+    let req = hyper::Request::post(world.path("apps", "cloudsmith-access-token"))
         .header("host", "localhost")
         .header("authorization", format!("Bearer {token}"))
         .body(Full::new(Bytes::new()))
@@ -1031,7 +987,7 @@ async fn https_and_certificate_renewal() {
     assert_eq!(answer.status(), 200);
     let body = answer.into_body().collect().await.unwrap().to_bytes();
     let v: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(v["auth"], expected_auth("apps"));
+    assert_eq!(v["auth"], expected_auth(&world.ns("apps")));
 
     // Plain HTTP to the TLS port gets no answer.
     let plain = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -1071,18 +1027,16 @@ async fn reviews_unavailable_is_503() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let text = std::fs::read_to_string(&world.kubeconfig)
-        .unwrap()
-        .replace(&world.kube.url(), &format!("http://{closed}"));
-    std::fs::write(&world.kubeconfig, text).unwrap();
+    world.redirect_kubeconfig(&format!("https://{closed}"));
     let server = world.serve(&[]);
-    let reply = ask(
-        server.addr,
-        "apps",
-        "cloudsmith-access-token",
-        &caller("apps", "eso"),
-    )
-    .await;
+    let reply = world
+        .ask(
+            server.addr,
+            "apps",
+            "cloudsmith-access-token",
+            &world.caller("apps", "eso"),
+        )
+        .await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert_eq!(reply.case(), "unavailable");
     assert!(reply.headers.contains_key("retry-after"));
@@ -1160,13 +1114,14 @@ async fn callers_that_hang_up_give_back_their_places() {
     let world = World::new(Duration::from_secs(30)).await;
     let server = world.serve(&["--max-concurrent-calls", "1", "--max-queued-calls", "2"]);
     let addr = server.addr;
-    let token = caller("apps", "eso");
+    let token = world.caller("apps", "eso");
     let mut hung_up = Vec::new();
     for _ in 0..6 {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let head = format!(
-            "POST /v1/namespaces/apps/generators/slow HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
-             content-length: 0\r\n\r\n"
+            "POST {} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+             content-length: 0\r\n\r\n",
+            world.path("apps", "slow")
         );
         stream.write_all(head.as_bytes()).await.unwrap();
         hung_up.push(stream);
@@ -1181,9 +1136,12 @@ async fn callers_that_hang_up_give_back_their_places() {
     .await;
     drop(hung_up);
     wait_until(|| async { gauge(addr, "cloudsmith_gen_calls_in_flight").await == Some(0) }).await;
-    let reply = ask(addr, "apps", "cloudsmith-access-token", &token).await;
+    let reply = world.ask(addr, "apps", "cloudsmith-access-token", &token).await;
     assert_eq!(reply.status, 200, "the places came back: {}", reply.body);
-    assert_eq!(reply.json()["auth"], Value::String(expected_auth("apps")));
+    assert_eq!(
+        reply.json()["auth"],
+        Value::String(expected_auth(&world.ns("apps")))
+    );
     // Each abandoned call is visible: a count, and a `call` line with its case.
     assert_eq!(gauge(addr, "cloudsmith_gen_calls_abandoned_total").await, Some(3));
     let gone = server
@@ -1208,23 +1166,22 @@ async fn a_hung_api_server_is_503_and_bounded() {
             held.push(stream);
         }
     });
-    let text = std::fs::read_to_string(&world.kubeconfig)
-        .unwrap()
-        .replace(&world.kube.url(), &format!("http://{hung_addr}"));
-    std::fs::write(&world.kubeconfig, text).unwrap();
+    // Why not the real API server: it cannot be made to hang on demand; a listener that
+    // accepts and never answers can (the TLS handshake itself never ends).
+    world.redirect_kubeconfig(&format!("https://{hung_addr}"));
     let server = world.serve(&["--kube-timeout", "2", "--max-pending-reviews", "2"]);
     let addr = server.addr;
+    let apps = world.ns("apps");
     let calls: Vec<_> = (0..6)
         .map(|i| {
-            tokio::spawn(async move {
-                ask(
-                    addr,
-                    "apps",
-                    "cloudsmith-access-token",
-                    &caller("apps", &format!("eso-{i}")),
-                )
-                .await
-            })
+            // Six callers, six tokens to review; never read by an API server, so the
+            // testkit's own tokens do.
+            let token = testkit::oidc::token(
+                &format!("system:serviceaccount:{apps}:eso-{i}"),
+                &[world.cluster.issuer()],
+            );
+            let apps = apps.clone();
+            tokio::spawn(async move { ask(addr, &apps, "cloudsmith-access-token", &token).await })
         })
         .collect();
     wait_until(|| async { gauge(addr, "cloudsmith_gen_reviews_in_flight").await == Some(2) }).await;
@@ -1253,15 +1210,24 @@ async fn a_hung_api_server_is_503_and_bounded() {
 /// with Retry-After (worth a retry), not 502 `token-source`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_token_request_is_503_unavailable() {
-    let world = World::with(Duration::from_secs(10), Duration::from_secs(60)).await;
-    let server = world.serve(&["--kube-timeout", "1"]);
-    let reply = ask(
-        server.addr,
-        "apps",
-        "cloudsmith-access-token",
-        &caller("apps", "eso"),
+    // Why the stand-in: a real API server cannot be made to hold a TokenRequest on demand
+    // while it still answers the reviews.
+    use testkit::kubernetes::{StandIn, StandInConfig};
+    let world = World::new(Duration::from_secs(10)).await;
+    let stalling = StandIn::start(StandInConfig {
+        token_request_delay: Duration::from_secs(60),
+        ..StandInConfig::default().with_service_account("apps", "cloudsmith-oidc")
+    })
+    .await
+    .unwrap();
+    std::fs::copy(
+        stalling.write_kubeconfig(world.dir.path()).unwrap(),
+        &world.kubeconfig,
     )
-    .await;
+    .unwrap();
+    let server = world.serve(&["--kube-timeout", "1"]);
+    let caller = testkit::oidc::token("system:serviceaccount:apps:eso", &[testkit::oidc::ISSUER]);
+    let reply = ask(server.addr, "apps", "cloudsmith-access-token", &caller).await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert_eq!(reply.case(), "unavailable", "{}", reply.body);
     assert!(reply.headers.contains_key("retry-after"));
@@ -1273,6 +1239,7 @@ async fn a_stalled_token_request_is_503_unavailable() {
         "{}",
         reply.body
     );
+    assert_eq!(stalling.requests().len(), 1, "the TokenRequest was sent");
     assert!(world.cloudsmith.requests().is_empty());
 }
 
@@ -1282,45 +1249,62 @@ async fn a_stalled_token_request_is_503_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconcile_wave_costs_one_review() {
     const N: usize = 20;
-    let world = World::new(Duration::from_secs(10)).await;
+    let world = World::exclusive(Duration::from_secs(10)).await;
     let server = world.serve(&[]);
     let addr = server.addr;
-    let wave = |namespace: &'static str, token: String| {
+    let wave = |namespace: String, token: String| {
         (0..N)
             .map(|_| {
-                let token = token.clone();
-                tokio::spawn(async move { ask(addr, namespace, "cloudsmith-access-token", &token).await })
+                let (namespace, token) = (namespace.clone(), token.clone());
+                tokio::spawn(async move { ask(addr, &namespace, "cloudsmith-access-token", &token).await })
             })
             .collect::<Vec<_>>()
     };
-    for call in wave("apps", caller("apps", "eso")) {
+    let (apps, team_b) = (world.ns("apps"), world.ns("team-b"));
+    let eso = world.caller("apps", "eso");
+    let platform = world.caller("platform", "eso-all");
+    world.cluster.apply(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: generate\n  namespace: {team_b}\n\
+         rules:\n  - apiGroups: [\"generators.external-secrets.io\"]\n    resources: [\"cloudsmithaccesstokens/generate\"]\n    \
+         resourceNames: [\"cloudsmith-access-token\"]\n    verbs: [\"create\"]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: generate\n  namespace: {team_b}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: generate}}\n\
+         subjects: [{{kind: ServiceAccount, name: eso-all, namespace: {}}}]\n",
+        world.ns("platform")
+    ));
+    // The API server's own counts (this test runs alone in its process).
+    let count = |resource: &str| world.cluster.request_count(resource, "POST");
+    let (token_reviews, access_reviews) = (count("tokenreviews"), count("subjectaccessreviews"));
+
+    for call in wave(apps.clone(), eso) {
         let reply = call.await.unwrap();
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
-    let reviews = world.kube.token_reviews().len();
-    eprintln!("reconcile wave of {N} calls, one namespace: {reviews} TokenReview(s)");
+    let reviews = count("tokenreviews") - token_reviews;
+    eprintln!("reconcile wave of {N} calls, one namespace: {reviews} TokenReview(s) on the API server");
     assert_eq!(reviews, 1);
     assert_eq!(
-        world.kube.requests().len(),
+        world.cloudsmith.requests().len(),
         N,
         "each call still mints its own token"
     );
 
-    for call in wave("team-b", caller("platform", "eso-all")) {
+    for call in wave(team_b, platform) {
         let reply = call.await.unwrap();
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
-    let access = world.kube.access_reviews().len();
-    eprintln!("reconcile wave of {N} calls for another namespace: {access} SubjectAccessReview(s)");
-    assert_eq!((world.kube.token_reviews().len(), access), (2, 1));
+    let access = count("subjectaccessreviews") - access_reviews;
+    eprintln!("reconcile wave of {N} calls for another namespace: {access} SubjectAccessReview(s) on the API server");
+    assert_eq!((count("tokenreviews") - token_reviews, access), (2, 1));
 
-    let bad = oidc::token("system:serviceaccount:apps:eso", &["https://wrong.example"]);
-    let before = world.kube.token_reviews().len();
-    for call in wave("apps", bad) {
+    // A token the API server refuses (for another audience): the refusal is reused.
+    let bad = world.cluster.token(&apps, "eso", &["https://wrong.example"]);
+    let before = count("tokenreviews");
+    for call in wave(apps, bad) {
         assert_eq!(call.await.unwrap().status, 401);
     }
     assert_eq!(
-        world.kube.token_reviews().len(),
+        count("tokenreviews"),
         before + 1,
         "a refusal is reused for a few seconds"
     );
@@ -1358,10 +1342,15 @@ async fn serve_runs_a_component_pinned_in_a_registry() {
     let pinned = format!("oci://{}/plugins/cloudsmith-gen@{digest}", registry.authority());
 
     let server = Server::start_with_env(&serve_args(&world, &["--component", &pinned]), &env);
-    let token = caller("apps", "eso");
-    let reply = ask(server.addr, "apps", "cloudsmith-access-token", &token).await;
+    let token = world.caller("apps", "eso");
+    let reply = world
+        .ask(server.addr, "apps", "cloudsmith-access-token", &token)
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(reply.json()["auth"], Value::String(expected_auth("apps")));
+    assert_eq!(
+        reply.json()["auth"],
+        Value::String(expected_auth(&world.ns("apps")))
+    );
     assert_logs_clean(&server, &world, &[]);
 
     // A digest the registry does not hold: the start fails, in one line, exit 10.
@@ -1406,6 +1395,15 @@ fn serve_args(world: &World, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// A caller's token for the Kubernetes stand-in: service account `eso` of `namespace`,
+/// for the stand-in's own audience.
+fn stand_in_caller(namespace: &str) -> String {
+    testkit::oidc::token(
+        &format!("system:serviceaccount:{namespace}:eso"),
+        &[testkit::oidc::ISSUER],
+    )
+}
+
 /// A raw connection that sends `request` and holds it open, reading nothing.
 async fn send_raw(addr: SocketAddr, request: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt as _;
@@ -1439,7 +1437,8 @@ fn raw_ask(namespace: &str, generator: &str, token: &str, extra: &str) -> String
 async fn callers_that_hang_up_mid_review_leave_no_review_behind() {
     const WAVE: usize = 64;
     const WAVES: usize = 157;
-    let world = World::with_kube(Duration::from_secs(10), |config| kubernetes::StandInConfig {
+    // Why the stand-in: a real API server cannot be made to hold TokenReviews on demand.
+    let (world, kube) = World::with_stand_in(Duration::from_secs(10), |config| kubernetes::StandInConfig {
         token_review_delay: Duration::from_secs(600),
         ..config
     })
@@ -1461,7 +1460,7 @@ async fn callers_that_hang_up_mid_review_leave_no_review_behind() {
         sent += WAVE;
         // Every review of this wave is under way at the API server, then every caller
         // hangs up.
-        wait_until(|| async { world.kube.token_reviews_received() >= sent }).await;
+        wait_until(|| async { kube.token_reviews_received() >= sent }).await;
         drop(held);
     }
     assert_eq!(sent, 10_048);
@@ -1470,7 +1469,7 @@ async fn callers_that_hang_up_mid_review_leave_no_review_behind() {
         gauge(server.addr, "cloudsmith_gen_reviews_in_flight").await,
         Some(0)
     );
-    assert!(world.kube.token_reviews().is_empty(), "no review was answered");
+    assert!(kube.token_reviews().is_empty(), "no review was answered");
     assert_logs_clean(&server, &world, &[]);
 }
 
@@ -1483,7 +1482,8 @@ async fn callers_that_hang_up_mid_review_leave_no_review_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_bad_tokens_does_not_starve_authenticated_callers() {
     const FLOODERS: usize = 48;
-    let world = World::with_kube(Duration::from_secs(10), |config| kubernetes::StandInConfig {
+    // Why the stand-in: a real API server cannot be made to take 200 ms per TokenReview.
+    let (world, kube) = World::with_stand_in(Duration::from_secs(10), |config| kubernetes::StandInConfig {
         token_review_delay: Duration::from_millis(200),
         ..config
     })
@@ -1499,7 +1499,7 @@ async fn a_flood_of_bad_tokens_does_not_starve_authenticated_callers() {
     let addr = server.addr;
     let good: Vec<(&str, String)> = ["apps", "team-b", "team-c"]
         .into_iter()
-        .map(|ns| (ns, caller(ns, "eso")))
+        .map(|ns| (ns, stand_in_caller(ns)))
         .collect();
     for (ns, token) in &good {
         assert_eq!(
@@ -1526,7 +1526,7 @@ async fn a_flood_of_bad_tokens_does_not_starve_authenticated_callers() {
         })
         .collect();
     // The flood holds every place of the unknown pool before the callers go on.
-    wait_until(|| async { world.kube.token_reviews_received() >= 64 }).await;
+    wait_until(|| async { kube.token_reviews_received() >= 64 }).await;
     let mut answers = Vec::new();
     for round in 0..8 {
         for (ns, token) in &good {
@@ -1549,7 +1549,7 @@ async fn a_flood_of_bad_tokens_does_not_starve_authenticated_callers() {
     }
     eprintln!(
         "flood: {flooded:?}; TokenReviews received {}",
-        world.kube.token_reviews_received()
+        kube.token_reviews_received()
     );
     let refused: Vec<_> = answers
         .iter()
@@ -1572,13 +1572,14 @@ async fn a_flood_of_bad_tokens_does_not_starve_authenticated_callers() {
 /// was not read: the API server's token was let in.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_review_audiences_are_checked() {
-    let world = World::with_kube(Duration::from_secs(10), |config| kubernetes::StandInConfig {
+    // Why the stand-in: the real API server's authenticator always honours audiences.
+    let (world, kube) = World::with_stand_in(Duration::from_secs(10), |config| kubernetes::StandInConfig {
         review_ignores_audiences: true,
         ..config
     })
     .await;
     let server = world.serve(&["--audience", "https://cloudsmith-gen.example"]);
-    let api_server_token = caller("apps", "eso");
+    let api_server_token = stand_in_caller("apps");
     let reply = ask(server.addr, "apps", "cloudsmith-access-token", &api_server_token).await;
     assert_eq!(reply.status, 401, "{}", reply.body);
     assert_eq!(reply.case(), "unauthenticated");
@@ -1587,8 +1588,8 @@ async fn token_review_audiences_are_checked() {
         "{}",
         reply.body
     );
-    assert!(world.kube.requests().is_empty(), "nothing minted");
-    let ours = oidc::token(
+    assert!(kube.requests().is_empty(), "nothing minted");
+    let ours = testkit::oidc::token(
         "system:serviceaccount:apps:eso",
         &["https://cloudsmith-gen.example"],
     );
@@ -1608,11 +1609,12 @@ async fn token_review_audiences_are_checked() {
 async fn a_body_that_stops_arriving_is_answered_408() {
     let world = World::new(Duration::from_secs(10)).await;
     let server = world.serve(&["--read-timeout", "1"]);
-    let token = caller("apps", "eso");
+    let token = world.caller("apps", "eso");
+    let apps = world.ns("apps");
     let mut stream = send_raw(
         server.addr,
         &(raw_ask(
-            "apps",
+            &apps,
             "cloudsmith-access-token",
             &token,
             "content-length: 100\r\n",
@@ -1624,7 +1626,7 @@ async fn a_body_that_stops_arriving_is_answered_408() {
         .expect("an answer before 60 s");
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
     assert!(answer.contains("\"case\":\"request-timeout\""), "{answer}");
-    assert!(world.kube.requests().is_empty(), "nothing minted");
+    assert!(world.cloudsmith.requests().is_empty(), "nothing minted");
     assert_logs_clean(&server, &world, &[&token]);
 }
 
@@ -1651,9 +1653,10 @@ async fn connections_past_the_cap_are_refused_at_once() {
             .is_some_and(|n| n >= 1)
     })
     .await;
-    let token = caller("apps", "eso");
+    let token = world.caller("apps", "eso");
+    let apps = world.ns("apps");
     assert_eq!(
-        ask(server.addr, "apps", "cloudsmith-access-token", &token)
+        ask(server.addr, &apps, "cloudsmith-access-token", &token)
             .await
             .status,
         200
@@ -1729,9 +1732,10 @@ async fn accept_errors_pause_and_the_server_recovers() {
     // Three seconds and more of failing accepts, paused 5 ms doubling to 1 s: about a
     // dozen tries, where retrying at once makes hundreds of thousands.
     assert!((1..100).contains(&errors), "{errors} failed accepts");
-    let token = caller("apps", "eso");
+    let token = world.caller("apps", "eso");
+    let apps = world.ns("apps");
     assert_eq!(
-        ask(addr, "apps", "cloudsmith-access-token", &token).await.status,
+        ask(addr, &apps, "cloudsmith-access-token", &token).await.status,
         200
     );
     server.log_json();
@@ -1774,11 +1778,13 @@ async fn health_answers_while_every_slot_spins() {
         "60".into(),
     ]);
     let addr = server.addr;
-    let token = caller("apps", "eso");
+    let token = world.caller("apps", "eso");
+    let apps = world.ns("apps");
     let calls: Vec<_> = (0..slots)
         .map(|_| {
             let token = token.clone();
-            tokio::spawn(async move { ask(addr, "apps", "spin", &token).await.status })
+            let apps = apps.clone();
+            tokio::spawn(async move { ask(addr, &apps, "spin", &token).await.status })
         })
         .collect();
     let in_flight = format!("cloudsmith_gen_calls_in_flight {slots}");
@@ -1829,8 +1835,9 @@ async fn a_manifest_cannot_widen_the_outbound_policy() {
     )
     .unwrap();
     let server = world.serve(&["--manifest", manifest.to_str().unwrap()]);
-    let token = caller("apps", "eso");
-    let reply = ask(server.addr, "apps", "elsewhere", &token).await;
+    let token = world.caller("apps", "eso");
+    let apps = world.ns("apps");
+    let reply = ask(server.addr, &apps, "elsewhere", &token).await;
     assert_eq!(reply.status, 422, "{}", reply.body);
     assert_eq!(reply.case(), "policy-denied");
     assert!(

@@ -48,7 +48,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use testkit::cloudsmith::{self, access_token_for, auth_for, FAULTS_ORG};
-use testkit::{kubernetes, oidc};
+use testkit::cluster::Cluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloudsmith-gen");
 
@@ -146,8 +146,7 @@ async fn connect(addr: SocketAddr) -> (Sender, tokio::task::JoinHandle<()>) {
     (sender, conn)
 }
 
-fn generate_request(addr: SocketAddr, ns: &str) -> hyper::Request<Full<Bytes>> {
-    let token = oidc::token(&format!("system:serviceaccount:{ns}:eso"), &[oidc::ISSUER]);
+fn generate_request(addr: SocketAddr, ns: &str, token: &str) -> hyper::Request<Full<Bytes>> {
     hyper::Request::post(format!("/v1/namespaces/{ns}/generators/faulty"))
         .header("host", addr.to_string())
         .header("authorization", format!("Bearer {token}"))
@@ -213,20 +212,32 @@ async fn soak_under_faults() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    // The real API server: serve as the cloudsmith-gen service account under deploy/'s
+    // RBAC, four namespaces opted in, a caller's token in each.
+    let cluster = Cluster::shared();
+    let kubeconfig = cluster.deployed_service().to_path_buf();
+    let namespaces: Arc<Vec<(String, String)>> = Arc::new(
+        NAMESPACES
+            .iter()
+            .map(|name| {
+                let ns = cluster.namespace(name);
+                cluster.opt_in(&ns, true);
+                cluster.apply(&format!(
+                    "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: eso\n  namespace: {ns}\n"
+                ));
+                let token = cluster.token(&ns, "eso", &[]);
+                (ns, token)
+            })
+            .collect(),
+    );
     let cloudsmith = cloudsmith::StandIn::start(cloudsmith::StandInConfig {
         keep_history: false,
-        ..cloudsmith::StandInConfig::default()
+        ..cloudsmith::StandInConfig::trusting(cluster, "system:serviceaccount:*")
     })
     .await
     .unwrap();
     let faults = cloudsmith.config().faults;
-    let mut config = kubernetes::StandInConfig::default();
-    for ns in NAMESPACES {
-        config = config.with_service_account(ns, "cloudsmith-oidc");
-    }
-    let kube = kubernetes::StandIn::start(config).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = kube.write_kubeconfig(dir.path()).unwrap();
     let manifest = dir.path().join("generators.yaml");
     std::fs::write(
         &manifest,
@@ -295,7 +306,7 @@ async fn soak_under_faults() {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..CONCURRENCY {
-        let (next, done, tally) = (next.clone(), done.clone(), tally.clone());
+        let (next, done, tally, namespaces) = (next.clone(), done.clone(), tally.clone(), namespaces.clone());
         tasks.spawn(async move {
             let (mut sender, _conn) = connect(addr).await;
             loop {
@@ -303,15 +314,16 @@ async fn soak_under_faults() {
                 if i >= calls {
                     return;
                 }
-                let ns = NAMESPACES[i % NAMESPACES.len()];
+                let (ns, token) = &namespaces[i % namespaces.len()];
                 let answer = match hangup_after(i) {
-                    None => Some(send(&mut sender, generate_request(addr, ns)).await),
+                    None => Some(send(&mut sender, generate_request(addr, ns, token)).await),
                     Some(after) => {
                         // Its own connection, closed (sender dropped, connection task
                         // aborted) if no answer came within `after`.
                         let (mut own, conn) = connect(addr).await;
                         let answer =
-                            tokio::time::timeout(after, send(&mut own, generate_request(addr, ns))).await;
+                            tokio::time::timeout(after, send(&mut own, generate_request(addr, ns, token)))
+                                .await;
                         drop(own);
                         conn.abort();
                         answer.ok()
@@ -369,8 +381,9 @@ async fn soak_under_faults() {
     // so a few tries tell a server that answers from one that cannot.
     let mut next_call = Vec::new();
     for _ in 0..3 {
-        let (status, retry, body) = send(&mut sender, generate_request(addr, NAMESPACES[0])).await;
-        let outcome = judge(NAMESPACES[0], status, retry.as_deref(), &body).unwrap_or_else(|why| why);
+        let (ns, token) = &namespaces[0];
+        let (status, retry, body) = send(&mut sender, generate_request(addr, ns, token)).await;
+        let outcome = judge(ns, status, retry.as_deref(), &body).unwrap_or_else(|why| why);
         let ok = outcome == "200";
         next_call.push(outcome);
         if ok {

@@ -75,6 +75,9 @@ async fn soak() {
     let cloudsmith = cloudsmith::StandIn::start(cloudsmith::StandInConfig::default())
         .await
         .unwrap();
+    // Why the Kubernetes stand-in: every call brings a caller token never seen before,
+    // so serve's review cache never hits and its bound is what is soaked; a real API
+    // server would have to mint and review 50,000 tokens on this test's two cores.
     let mut config = kubernetes::StandInConfig::default();
     for ns in NAMESPACES {
         config = config.with_service_account(ns, "cloudsmith-oidc");

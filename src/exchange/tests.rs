@@ -219,6 +219,54 @@ fn success_without_a_usable_token_is_invalid_token() {
     }
 }
 
+/// ESO reads the answer with Go's encoding/json into `Token string \`json:"token"\``
+/// (tests/eso_parity.rs runs ESO's generator on the same bodies).
+#[test]
+fn token_is_read_as_gos_decoder_fills_esos_field() {
+    let token = |t: &str| Verdict::Token(Secret::new(t.into()));
+    let cases: [(&str, Verdict); 9] = [
+        // Names match case-insensitively, the Kelvin sign for k too.
+        (r#"{"Token":"a"}"#, token("a")),
+        (r#"{"TOKEN":"a"}"#, token("a")),
+        ("{\"to\u{212A}en\":\"a\"}", token("a")),
+        // A later member replaces an earlier one; null leaves it alone.
+        (r#"{"token":"a","token":"b"}"#, token("b")),
+        (r#"{"TOKEN":"a","token":"b"}"#, token("b")),
+        (r#"{"token":"a","token":null}"#, token("a")),
+        // A member of another type fails the whole decode, wherever it is.
+        (
+            r#"{"token":5,"token":"b"}"#,
+            fail(GenerateError::InvalidToken(
+                "token in response is not a string".into(),
+            )),
+        ),
+        (
+            r#"{"token":"a","Token":[1]}"#,
+            fail(GenerateError::InvalidToken(
+                "token in response is not a string".into(),
+            )),
+        ),
+        // Not the same name under Go's folding.
+        (
+            r#"{"tokens":"a","to_ken":"b"}"#,
+            fail(GenerateError::InvalidToken("token not found in response".into())),
+        ),
+    ];
+    for (body, want) in cases {
+        assert_eq!(verdict(&answer(201, body)), want, "{body}");
+    }
+}
+
+/// `detail` given twice names no one explanation: the body is quoted.
+#[test]
+fn a_detail_given_twice_quotes_the_body() {
+    let body = r#"{"detail":"a","detail":"b"}"#;
+    assert_eq!(
+        verdict(&answer(400, body)),
+        fail(GenerateError::Rejected(status(400, body)))
+    );
+}
+
 #[test]
 fn oversized_success_is_refused_even_if_its_prefix_parses() {
     let mut a = answer(201, r#"{"token":"eyJ.access.tok"}"#);

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde::Deserialize;
 
 /// How long the control plane may take to become ready: a cold start on a loaded
@@ -199,6 +200,13 @@ impl Cluster {
     /// object checked by the API server against its schema (a field it does not know is
     /// an error, not dropped). Panics with kubectl's stderr when any object is refused.
     pub fn apply(&self, yaml: &str) {
+        // A JSON object is a YAML document, but kubectl reads a stream that starts with
+        // `{` as JSON alone, and then fails at the first `---`: begin with one.
+        let yaml = if yaml.trim_start().starts_with('{') {
+            format!("---\n{yaml}")
+        } else {
+            yaml.to_string()
+        };
         let out = self.kubectl_stdin(
             &[
                 "apply",
@@ -288,7 +296,7 @@ impl Cluster {
             };
             if wanted {
                 object["metadata"]["namespace"] = namespace.into();
-                picked.push(object.to_string());
+                picked.push(object);
             }
         }
         assert_eq!(
@@ -296,7 +304,9 @@ impl Cluster {
             1 + usize::from(account),
             "deploy/eso/apps.yaml no longer has the objects a namespace opts in with"
         );
-        picked.join("\n---\n")
+        // A List: kubectl reads input that starts with `{` as JSON, where `---` is no
+        // separator.
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": picked}).to_string()
     }
 
     /// `kubectl <args>` as the admin (the machine's kubectl, [`crate::tools::kubectl`]).
@@ -368,9 +378,10 @@ impl Cluster {
         let config = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Config",
+            // The CA inline: the file works wherever it is copied (into a container, say).
             "clusters": [{"name": "control-plane", "cluster": {
                 "server": self.server(),
-                "certificate-authority": self.ca_file(),
+                "certificate-authority-data": base64::engine::general_purpose::STANDARD.encode(self.ca_pem()),
             }}],
             "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": "control-plane", "context": {

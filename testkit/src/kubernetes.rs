@@ -1,4 +1,11 @@
-//! A stand-in Kubernetes API server for the TokenRequest API.
+//! A stand-in Kubernetes API server, kept for what the real one (`crate::cluster`)
+//! cannot do on demand: hold a TokenRequest or a TokenReview while the rest answers
+//! (`serve`'s bounds, host-example/tests/serve.rs), authenticate without audiences,
+//! review tens of thousands of never-repeating caller tokens on a two-core machine (the
+//! soak, host-example/tests/serve_soak.rs), and answer in microseconds, the same every
+//! time (the `serve` benchmark, bench/src/serve.rs). Every other test runs against the
+//! real control plane.
+//!
 //!
 //! It answers `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token`
 //! the way an API server does, using `k8s-openapi`'s own types for the

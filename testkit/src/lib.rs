@@ -15,8 +15,10 @@
 //!   service-account issuer, how the Cloudsmith stand-in trusts the cluster's tokens.
 //! - [`kubernetes`]: a stand-in Kubernetes API server, only for what the real one cannot
 //!   do on demand (a stalled or hung API server).
-//! - [`eso`] (feature `tls`): a model of ESO's Webhook generator, from ESO's
-//!   source, that reads rendered manifests and calls a real server over HTTPS.
+//! - [`real_eso`] (feature `tls`): ESO's own Webhook and Cloudsmith generators and
+//!   its controller (v0.20.4, built in `harness/`).
+//! - [`eso`] (feature `tls`): the rules of ESO releases that cannot run here (v1.3.2's
+//!   Secret label, v2.4.0's caProvider namespace), from their source.
 //! - [`registry`] (feature `tls`): OCI registries for the `oci://` component source:
 //!   Debian's real `docker-registry`, a stand-in token service it trusts, and an
 //!   in-process pull API that fails on demand.
@@ -41,6 +43,8 @@ pub mod eso;
 pub mod kubernetes;
 pub mod oidc;
 pub mod process;
+#[cfg(feature = "tls")]
+pub mod real_eso;
 #[cfg(feature = "tls")]
 pub mod registry;
 #[cfg(feature = "tls")]

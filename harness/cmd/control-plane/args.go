@@ -101,12 +101,15 @@ func apiserverArgs(p plane) []string {
 //   - serviceaccount: the "default" ServiceAccount of every namespace;
 //   - serviceaccount-token: fills kubernetes.io/service-account-token Secrets
 //     (deploy/eso/apps.yaml's caller token);
+//   - garbagecollector: deletes objects whose owners are gone (the Secret ESO's
+//     controller writes is owned by its ExternalSecret: deleting the ExternalSecret
+//     deletes it);
 //   - root-ca-cert-publisher: the kube-root-ca.crt ConfigMap of every namespace, which
 //     deploy/serve/deployment.yaml's projected volume reads.
 //
 // kubeadm runs "*" (every default controller); the others act on Pods, Nodes and
 // workloads that no kubelet runs here.
-var kcmControllers = []string{"serviceaccount", "serviceaccount-token", "root-ca-cert-publisher"}
+var kcmControllers = []string{"serviceaccount", "serviceaccount-token", "garbagecollector", "root-ca-cert-publisher"}
 
 // kcmArgs are kube-controller-manager's flags: kubeadm's (getControllerManagerCommand,
 // same file) without the secure port (0: no health endpoint listens, readiness is read

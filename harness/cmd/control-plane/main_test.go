@@ -208,7 +208,7 @@ func TestArgsAreARealClusters(t *testing.T) {
 		}
 	}
 	kcm := strings.Join(kcmArgs(p), " ")
-	for _, want := range []string{"--controllers=serviceaccount,serviceaccount-token,root-ca-cert-publisher", "--use-service-account-credentials=true", "--service-account-private-key-file=/d/sa.key", "--root-ca-file=/d/ca.crt"} {
+	for _, want := range []string{"--controllers=serviceaccount,serviceaccount-token,garbagecollector,root-ca-cert-publisher", "--use-service-account-credentials=true", "--service-account-private-key-file=/d/sa.key", "--root-ca-file=/d/ca.crt"} {
 		if !strings.Contains(kcm, want) {
 			t.Errorf("kube-controller-manager lacks %s", want)
 		}

@@ -1,0 +1,322 @@
+//! Suite docs: the documentation's links and its folder tree hold.
+//!
+//! | test | what it proves |
+//! |---|---|
+//! | [`every_relative_link_resolves`] | each relative link in `README.md`, `BENCHMARKS.md` and `docs/*.md` names a file or folder of the repository, and each `#anchor` a heading of its page |
+//! | [`the_folder_tree_matches_the_repository`] | every path in the folder tree of `docs/architecture.md` exists, and every folder the repository tracks, to two levels, is in it |
+//!
+//! Links are read as GitHub renders them: outside code blocks and code spans, an anchor is
+//! a heading's slug (lower case, punctuation dropped, spaces to `-`, `-1`, `-2`… for
+//! repeats).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+
+/// The repository's root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The pages whose links are checked, relative to the root.
+fn pages() -> Vec<PathBuf> {
+    let mut pages = vec![PathBuf::from("README.md"), PathBuf::from("BENCHMARKS.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root().join("docs"))
+        .expect("docs/ is readable")
+        .map(|e| e.expect("a docs/ entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .map(|p| p.strip_prefix(root()).expect("under the root").to_path_buf())
+        .collect();
+    docs.sort();
+    assert!(!docs.is_empty(), "docs/ holds no page");
+    pages.extend(docs);
+    pages
+}
+
+/// The page's lines outside fenced code blocks, with their line numbers.
+fn prose(text: &str) -> Vec<(usize, &str)> {
+    let mut fence: Option<&str> = None;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        match fence {
+            Some(f) if trimmed.starts_with(f) => fence = None,
+            Some(_) => {}
+            None if trimmed.starts_with("```") => fence = Some("```"),
+            None if trimmed.starts_with("~~~") => fence = Some("~~~"),
+            None => out.push((i + 1, line)),
+        }
+    }
+    out
+}
+
+/// The line with code spans removed (a link inside backticks is text).
+fn without_code_spans(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(start) = rest.find('`') {
+        out.push_str(&rest[..start]);
+        let ticks = rest[start..].chars().take_while(|&c| c == '`').count();
+        let fence = &rest[start..start + ticks];
+        match rest[start + ticks..].find(fence) {
+            Some(end) => rest = &rest[start + ticks + end + ticks..],
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The targets of the inline links and images on a line: `[text](target)`.
+fn links(line: &str) -> Vec<String> {
+    let line = without_code_spans(line);
+    let mut out = Vec::new();
+    let mut rest = line.as_str();
+    while let Some(at) = rest.find("](") {
+        let after = &rest[at + 2..];
+        match after.find(')') {
+            Some(end) => {
+                let target = after[..end].split_whitespace().next().unwrap_or("");
+                out.push(target.to_string());
+                rest = &after[end..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// A heading's anchor as GitHub makes it.
+fn slug(heading: &str) -> String {
+    let text = without_code_spans_keep_text(heading);
+    text.trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            '-' | '_' => Some(c),
+            c if c.is_alphanumeric() => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A heading's text as rendered: code spans keep their text, links their label.
+fn without_code_spans_keep_text(heading: &str) -> String {
+    let mut text = heading.replace('`', "");
+    while let (Some(open), Some(mid)) = (text.find('['), text.find("](")) {
+        let Some(close) = text[mid..].find(')').map(|c| mid + c) else {
+            break;
+        };
+        if open > mid {
+            break;
+        }
+        text = format!("{}{}{}", &text[..open], &text[open + 1..mid], &text[close + 1..]);
+    }
+    text
+}
+
+/// The anchors of a page: its headings' slugs, repeats numbered.
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = BTreeSet::new();
+    for (_, line) in prose(text) {
+        let hashes = line.chars().take_while(|&c| c == '#').count();
+        if hashes == 0 || hashes > 6 || !line[hashes..].starts_with(' ') {
+            continue;
+        }
+        let base = slug(&line[hashes + 1..]);
+        let n = seen.entry(base.clone()).or_insert(0);
+        out.insert(if *n == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        });
+        *n += 1;
+    }
+    out
+}
+
+/// `path` joined to `base` without leaving the repository, or why not.
+fn resolve(base: &Path, target: &str) -> Result<PathBuf, String> {
+    let mut out = base.to_path_buf();
+    for part in Path::new(target).components() {
+        match part {
+            Component::ParentDir => {
+                if !out.pop() {
+                    return Err("leaves the repository".into());
+                }
+            }
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return Err("is absolute".into()),
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn every_relative_link_resolves() {
+    let root = root();
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for page in pages() {
+        let text = std::fs::read_to_string(root.join(&page)).expect("the page is readable");
+        let dir = page.parent().unwrap_or(Path::new("")).to_path_buf();
+        for (number, line) in prose(&text) {
+            for target in links(line) {
+                if target.contains("://") || target.starts_with("mailto:") || target.is_empty() {
+                    continue;
+                }
+                checked += 1;
+                let (path, anchor) = match target.split_once('#') {
+                    Some((p, a)) => (p, Some(a)),
+                    None => (target.as_str(), None),
+                };
+                let file = if path.is_empty() {
+                    page.clone()
+                } else {
+                    match resolve(&dir, path) {
+                        Ok(f) => f,
+                        Err(why) => {
+                            broken.push(format!("{}:{number}: {target} {why}", page.display()));
+                            continue;
+                        }
+                    }
+                };
+                if !root.join(&file).exists() {
+                    broken.push(format!(
+                        "{}:{number}: {target}: no such file or folder {}",
+                        page.display(),
+                        file.display()
+                    ));
+                    continue;
+                }
+                if let Some(anchor) = anchor {
+                    let Ok(linked) = std::fs::read_to_string(root.join(&file)) else {
+                        broken.push(format!(
+                            "{}:{number}: {target}: an anchor on a folder",
+                            page.display()
+                        ));
+                        continue;
+                    };
+                    if !anchors(&linked).contains(anchor) {
+                        broken.push(format!(
+                            "{}:{number}: {target}: {} has no heading whose anchor is #{anchor}",
+                            page.display(),
+                            file.display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 50,
+        "only {checked} relative links found: is the parser reading the pages?"
+    );
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// The paths the folder tree of docs/architecture.md names, and the folders among them.
+fn tree() -> (Vec<PathBuf>, BTreeSet<PathBuf>) {
+    let text = std::fs::read_to_string(root().join("docs/architecture.md")).expect("architecture.md");
+    let section = text
+        .split_once("## The folder tree")
+        .expect("architecture.md has a section \"The folder tree\"")
+        .1;
+    let block = section
+        .split_once("```text\n")
+        .and_then(|(_, b)| b.split_once("\n```"))
+        .expect("the folder tree is a ```text block")
+        .0;
+    let mut parents: Vec<PathBuf> = Vec::new();
+    let mut paths = Vec::new();
+    let mut folders = BTreeSet::new();
+    for line in block.lines() {
+        let indent = line.len() - line.trim_start().len();
+        assert!(indent % 2 == 0, "odd indentation in the folder tree: {line:?}");
+        let depth = indent / 2;
+        assert!(
+            depth <= parents.len(),
+            "the folder tree skips a level at {line:?}"
+        );
+        parents.truncate(depth);
+        let names = line.trim_start().split("  ").next().unwrap_or("").trim();
+        let parent = parents.last().cloned().unwrap_or_default();
+        let mut last_folder = None;
+        for name in names.split(", ") {
+            let path = parent.join(name.trim_end_matches('/'));
+            if name.ends_with('/') {
+                folders.insert(path.clone());
+                last_folder = Some(path.clone());
+            }
+            paths.push(path);
+        }
+        if let Some(folder) = last_folder {
+            parents.push(folder);
+        } else {
+            // A file line: its children (none) would sit under its parent.
+            parents.push(parent.join("\0"));
+        }
+    }
+    (paths, folders)
+}
+
+#[test]
+fn the_folder_tree_matches_the_repository() {
+    let root = root();
+    let (paths, folders) = tree();
+    assert!(
+        paths.len() > 30,
+        "the folder tree names only {} paths",
+        paths.len()
+    );
+    let missing: Vec<String> = paths
+        .iter()
+        .filter(|p| !root.join(p).exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the folder tree names paths that do not exist: {missing:?}"
+    );
+
+    let out = std::process::Command::new("git")
+        .args(["ls-files"])
+        .current_dir(&root)
+        .output()
+        .expect("git runs (install git: the folder tree is checked against `git ls-files`)");
+    assert!(
+        out.status.success(),
+        "git ls-files failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tracked: BTreeSet<PathBuf> = String::from_utf8(out.stdout)
+        .expect("paths are UTF-8")
+        .lines()
+        .flat_map(|file| {
+            let parts: Vec<&str> = file.split('/').collect();
+            // The folders that hold this file, to two levels.
+            (1..parts.len().min(3)).map(move |n| parts[..n].iter().collect::<PathBuf>())
+        })
+        .collect();
+    assert!(
+        tracked.len() > 20,
+        "git ls-files lists only {} folders",
+        tracked.len()
+    );
+    let absent: Vec<String> = tracked
+        .difference(&folders)
+        .map(|p| format!("{}/", p.display()))
+        .collect();
+    assert!(
+        absent.is_empty(),
+        "folders missing from the folder tree in docs/architecture.md: {absent:?}"
+    );
+}
