@@ -145,10 +145,9 @@ impl<'de> Visitor<'de> for AnswerVisitor {
             match key {
                 AnswerKey::Token => match map.next_value::<Option<Field>>()? {
                     None => {}
-                    Some(Field::Str(t)) => {
-                        if !matches!(body.token, TokenMember::NotString) {
-                            body.token = TokenMember::Str(t);
-                        }
+                    // Once another type was seen, the member stays refused.
+                    Some(Field::Str(t)) if !matches!(body.token, TokenMember::NotString) => {
+                        body.token = TokenMember::Str(t)
                     }
                     Some(_) => body.token = TokenMember::NotString,
                 },

@@ -328,7 +328,9 @@ impl Form {
 /// `apiHost`, else [`DEFAULT_API`]. An empty field is an unset one. `at` is where the
 /// spec is (`spec`), for errors.
 pub fn choose_api(api_url: Option<&str>, api_host: Option<&str>, at: &str) -> Result<ApiBase, SpecError> {
-    let set = |v: Option<&str>| v.filter(|v| !v.is_empty());
+    fn set(v: Option<&str>) -> Option<&str> {
+        v.filter(|v| !v.is_empty())
+    }
     match (set(api_url), set(api_host)) {
         (Some(url), _) => ApiBase::parse(url, &format!("{at}.apiUrl")),
         (None, Some(host)) => ApiBase::parse(host, &format!("{at}.apiHost")),

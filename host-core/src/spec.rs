@@ -71,7 +71,9 @@ impl GeneratorSpec {
     /// The API as written: `apiUrl` when set, else `apiHost` (the component's order; an
     /// empty field is unset).
     pub fn api(&self) -> Option<&str> {
-        let set = |v: &Option<String>| v.as_deref().filter(|v| !v.is_empty());
+        fn set(v: &Option<String>) -> Option<&str> {
+            v.as_deref().filter(|v| !v.is_empty())
+        }
         set(&self.api_url).or(set(&self.api_host))
     }
 

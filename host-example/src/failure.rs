@@ -169,6 +169,8 @@ mod tests {
             => host(HostError::DeadlineExceeded { deadline: Duration::from_secs(90) });
         "memory-limit-exceeded": Failure::Call(Error::Host(HostError::MemoryLimitExceeded { .. }))
             => host(HostError::MemoryLimitExceeded { limit_bytes: 64 << 20 });
+        "sandbox-limit-exceeded": Failure::Call(Error::Host(HostError::SandboxLimitExceeded(_)))
+            => host(HostError::SandboxLimitExceeded("too many tables".into()));
         "trap": Failure::Call(Error::Host(HostError::Trap(_))) => host(HostError::Trap("unreachable".into()));
         "instantiate": Failure::Call(Error::Host(HostError::Instantiate(_)))
             => host(HostError::Instantiate("missing import".into()));

@@ -15,7 +15,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use host_core::flight::{Flight, FlightLock};
@@ -102,18 +102,6 @@ impl Minted {
                 "the generator's auth is not base64 of token:<access token>"
             ))
         })
-    }
-}
-
-/// Something that mints credentials: the [`Minter`], or a test's fake.
-pub trait Mint: Sync {
-    /// Credentials for `request`.
-    fn mint(&self, request: MintRequest) -> impl Future<Output = Result<Minted, Failure>> + Send;
-
-    /// Credentials for `request` from a cache alone, synchronously and without an async
-    /// runtime (a door's fast path); `None`: ask [`Mint::mint`].
-    fn cached(&self, _request: &MintRequest) -> Option<Minted> {
-        None
     }
 }
 
@@ -524,6 +512,8 @@ fn kubernetes_identity(kubeconfig: Option<&Path>, manifest: &str, namespace: &st
 pub mod fake {
     //! A [`Mint`] for door tests: a fixed access token (or a failure), a fixed OIDC
     //! token for [`Mint::token`], and a record of the requests.
+
+    use std::sync::Mutex;
 
     use super::*;
 

@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 
 use super::exec::ExecHelpers;
 use super::go_url::convert_to_hostname;
-use super::{auth_key, CredentialHelpers, Login, AUTH_CONFIG_ENV, CONFIG_DIR_ENV, HELPER_PREFIX, MAX_CONFIG_BYTES};
-use crate::secret::{one_line, shown, Secret};
+use super::{auth_key, CredentialHelpers, Login, AUTH_CONFIG_ENV, CONFIG_DIR_ENV, MAX_CONFIG_BYTES, TOKEN_USERNAME};
+use crate::secret::{shown, Secret};
 
 /// One `auths` entry (types/authconfig.go `AuthConfig`) once configfile/file.go
 /// `LoadFromReader` has decoded its `auth`. `email` and `serveraddress` play no part in
@@ -121,7 +121,7 @@ impl DockerConfigFile {
         Self::read(path, file)
     }
 
-    fn load_if_present(path: &Path) -> Result<Option<Self>, String> {
+    pub(super) fn load_if_present(path: &Path) -> Result<Option<Self>, String> {
         match File::open(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(format!("{}: {e}", path.display())),
@@ -268,7 +268,7 @@ impl DockerConfigFile {
 }
 
 /// config/config.go `Dir` joined with `config.json`, from the variables `var` reads.
-fn config_path(var: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+pub(super) fn config_path(var: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
     let non_empty = |v: OsString| (!v.is_empty()).then(|| PathBuf::from(v));
     let dir = var(CONFIG_DIR_ENV)
         .and_then(non_empty)
@@ -279,7 +279,7 @@ fn config_path(var: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
 /// Go's `json.NewDecoder(r).Decode(&v)`: the first JSON value, if any (an input that is
 /// empty or blank is `io.EOF`, which callers here take as nothing); what follows the value
 /// is never read.
-fn first_json_value(text: &str) -> Result<Option<Value>, serde_json::Error> {
+pub(super) fn first_json_value(text: &str) -> Result<Option<Value>, serde_json::Error> {
     serde_json::Deserializer::from_str(text)
         .into_iter::<Value>()
         .next()
@@ -289,7 +289,7 @@ fn first_json_value(text: &str) -> Result<Option<Value>, serde_json::Error> {
 /// The member of `object` that Go's `encoding/json` decodes into the field `name`: the key
 /// spelled exactly so, else one equal to it ignoring case. (Go assigns every such key in
 /// document order, so the last wins; a file with both spellings is not one Docker writes.)
-fn member<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(super) fn member<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     object.get(name).or_else(|| {
         object
             .iter()
@@ -299,7 +299,7 @@ fn member<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
 }
 
 /// A string, with absent and `null` as empty (a Go string field); `None` for another type.
-fn go_string(value: Option<&Value>) -> Option<String> {
+pub(super) fn go_string(value: Option<&Value>) -> Option<String> {
     match value {
         None | Some(Value::Null) => Some(String::new()),
         Some(Value::String(s)) => Some(s.clone()),

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use super::config::{go_string, member};
-use super::{CredentialHelpers, DEFAULT_HELPER_TIMEOUT, HELPER_PREFIX, MAX_HELPER_OUTPUT_BYTES, TOKEN_USERNAME};
+use super::config::{first_json_value, go_string, member};
+use super::{CredentialHelpers, DEFAULT_HELPER_TIMEOUT, HELPER_PREFIX, MAX_HELPER_OUTPUT_BYTES};
 use crate::docker::NOT_FOUND;
 use crate::secret::{one_line, shown, Secret};
 
@@ -218,7 +218,7 @@ fn seconds(duration: Duration) -> String {
 }
 
 /// A finished `get`'s answer (client/client.go `Get`).
-fn answer(status: ExitStatus, stdout: &[u8]) -> Result<Option<(String, Secret)>, String> {
+pub(super) fn answer(status: ExitStatus, stdout: &[u8]) -> Result<Option<(String, Secret)>, String> {
     let text = String::from_utf8_lossy(stdout);
     if !status.success() {
         // credentials/error.go IsErrCredentialsNotFoundMessage: a failed `get` whose

@@ -37,7 +37,7 @@ mod exec;
 use std::fmt;
 use std::time::Duration;
 
-use crate::secret::Secret;
+use crate::secret::{shown, Secret};
 
 pub use config::DockerConfigFile;
 pub use exec::ExecHelpers;

@@ -1,7 +1,16 @@
 //! Docker's rules for registry credentials, as tables where there are cases.
 
-    use super::*;
-    use std::cell::RefCell;
+use std::cell::RefCell;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Instant;
+
+use base64::Engine as _;
+
+use super::config::config_path;
+use super::exec::answer;
+use super::*;
 
     fn b64(text: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(text)

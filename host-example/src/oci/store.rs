@@ -8,11 +8,9 @@
 //! its manifest: a manifest present means its whole blob is.
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context as _;
 use host_core::dirs::create_private_dir;
 use host_core::files::Atomic;
 use host_core::flight::{self, Flight};

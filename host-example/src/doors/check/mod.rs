@@ -21,7 +21,7 @@ use host_core::spec::GeneratorSpec;
 use host_example::token_source::StaticTokenSource;
 use host_example::{NamespacePolicy, TokenRequest};
 
-pub use self::report::{item, Fact, Report, Status, Step, StepName};
+pub use self::report::{Report, Status, Step, StepName};
 pub use self::steps::*;
 use super::{Reply, DEFAULT_REGISTRY};
 use crate::failure::Failure;

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use host_core::registry_auth::DockerConfigFile;
 use host_core::jwt::Claims;
 use host_core::spec::GeneratorSpec;
 use host_example::token_source::TOKEN_SOURCE_FIX;
@@ -281,7 +280,7 @@ pub fn registry_host(name: &str) -> String {
 
 /// The registry step: the host the credentials are for (`registry`), the registries the
 /// pulls use (`flags`, `--registry`; else `registry`), and whether the Docker config's
-/// registries (`docker_config`, from [`DockerConfigFile::registries`], when a config
+/// registries (`docker_config`, from [`host_core::registry_auth::DockerConfigFile::registries`], when a config
 /// was given) name each of those. A `--registry` other than `registry` is a warning, not a
 /// failure: it is right only for a custom domain of the Cloudsmith organization, which
 /// this host cannot tell.
@@ -338,6 +337,7 @@ mod tests {
     use super::super::report::Report;
     use super::*;
     use crate::doors::DEFAULT_REGISTRY;
+    use host_core::registry_auth::DockerConfigFile;
     use host_core::spec::ESO_DEFAULT_API as DEFAULT_API;
     use host_example::policy::DEFAULT_AUTHORITY;
     use host_example::{Authority, UpstreamStatus};

@@ -104,7 +104,7 @@ impl Demo {
             .cloudsmith
             .authority()
             .parse()
-            .map_err(|e: String| Failure::Other(anyhow::anyhow!(e)))?;
+            .map_err(|e: host_core::authority::AuthorityError| Failure::Other(e.into()))?;
         Ok(RuntimeConfig {
             policy: OutboundPolicy::default()
                 .allow(demo_authority)

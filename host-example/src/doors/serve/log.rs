@@ -13,7 +13,6 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
-use tracing_subscriber::Layer as _;
 
 use host_example::secret::one_line;
 
@@ -144,7 +143,7 @@ mod tests {
 
     impl<S: Subscriber> Layer<S> for Kept {
         fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-            self.0.lock().unwrap().push(line(event, 1_700_000_000.12345));
+            self.0.lock().unwrap().push(line(event, 1_700_000_000.123_45));
         }
     }
 

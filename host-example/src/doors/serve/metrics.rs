@@ -5,6 +5,8 @@
 //! (namespace, generator) or from a fixed set (case), so an anonymous client cannot grow
 //! the series; the table is still capped as a second line of defence.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,8 +16,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// The `Content-Type` of [`Metrics::render`]'s text.
-pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+/// The `Content-Type` of [`Metrics::render`]'s text: the format's version, as `serve`
+/// has always sent it (the text is UTF-8 either way).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// Upper bounds of the exchange latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -58,6 +61,8 @@ pub struct Reviews {
 pub struct Metrics {
     registry: Registry,
     calls: Family<Call, Counter>,
+    /// The series `calls` holds, for the cap (`Family` tells its size only to tests).
+    series: Mutex<HashSet<Call>>,
     refused: Family<Case, Counter>,
     latency: Histogram,
     in_flight: Gauge,
@@ -77,6 +82,7 @@ impl Default for Metrics {
         let metrics = Metrics {
             registry: Registry::default(),
             calls: Family::default(),
+            series: Mutex::default(),
             refused: Family::default(),
             latency: Histogram::new(BUCKETS),
             in_flight: Gauge::default(),
@@ -92,7 +98,7 @@ impl Default for Metrics {
         };
         // Both results are shown from the start, at 0.
         for result in ["ok", "failed"] {
-            metrics.reloads.get_or_create(&Outcome { result });
+            drop(metrics.reloads.get_or_create(&Outcome { result }));
         }
         let mut registry = Registry::default();
         // Counters get `_total` appended; help texts get a period.
@@ -169,9 +175,13 @@ impl Metrics {
             namespace: namespace.to_string(),
             case: case.to_string(),
         };
-        if self.calls.len() >= MAX_SERIES && !self.calls.contains(&key) {
-            key.generator = "(other)".into();
-            key.namespace = "(other)".into();
+        {
+            let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            if series.len() >= MAX_SERIES && !series.contains(&key) {
+                key.generator = "(other)".into();
+                key.namespace = "(other)".into();
+            }
+            series.insert(key.clone());
         }
         self.calls.get_or_create(&key).inc();
     }
@@ -310,7 +320,8 @@ mod tests {
         );
         let gen_ok = [("generator", "gen"), ("namespace", "apps"), ("case", "ok")];
         // (name, labels, the parsed value)
-        let want: Vec<(&str, &[(&str, &str)], Value)> = vec![
+        type Want<'a> = (&'a str, &'a [(&'a str, &'a str)], Value);
+        let want: Vec<Want> = vec![
             ("cloudsmith_gen_calls_total", &gen_ok, Value::Counter(2.0)),
             ("cloudsmith_gen_calls_total", &[("case", "unauthorized")], Value::Counter(1.0)),
             ("cloudsmith_gen_refused_total", &[("case", "unauthenticated")], Value::Counter(1.0)),
