@@ -145,9 +145,10 @@ impl<'de> Visitor<'de> for AnswerVisitor {
             match key {
                 AnswerKey::Token => match map.next_value::<Option<Field>>()? {
                     None => {}
-                    // Once another type was seen, the member stays refused.
+                    // Once another type was seen, the member stays refused (a string
+                    // after it does not make it good again).
                     Some(Field::Str(t)) if !matches!(body.token, TokenMember::NotString) => {
-                        body.token = TokenMember::Str(t)
+                        body.token = TokenMember::Str(t);
                     }
                     Some(_) => body.token = TokenMember::NotString,
                 },

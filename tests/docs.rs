@@ -4,6 +4,8 @@
 //! |---|---|
 //! | [`every_relative_link_resolves`] | each relative link in `README.md`, `BENCHMARKS.md` and `docs/*.md` names a file or folder of the repository, and each `#anchor` a heading of its page |
 //! | [`the_folder_tree_matches_the_repository`] | every path in the folder tree of `docs/architecture.md` exists, and every folder the repository tracks, to two levels, is in it |
+//! | [`every_suite_file_is_a_test_target`] | every `tests/*.rs` but the library is a `[[test]]` of `tests/Cargo.toml` (which sets `autotests = false`), so no suite is silently never run |
+//! | [`every_flag_of_the_cli_is_in_cli_md`] | every `--flag` that `cloudsmith-gen` and each of its commands print in `--help` is in `docs/cli.md`, and every one there is a flag the binary has |
 //!
 //! Links are read as GitHub renders them: outside code blocks and code spans, an anchor is
 //! a heading's slug (lower case, punctuation dropped, spaces to `-`, `-1`, `-2`… for
@@ -318,5 +320,139 @@ fn the_folder_tree_matches_the_repository() {
     assert!(
         absent.is_empty(),
         "folders missing from the folder tree in docs/architecture.md: {absent:?}"
+    );
+}
+
+/// The long flags a `--help` text names (`--flag`), `--help` and `--version` aside.
+fn flags_in(text: &str) -> BTreeSet<String> {
+    let mut flags = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("--") {
+        let start = i + at;
+        let mut end = start + 2;
+        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'-') {
+            end += 1;
+        }
+        let before_ok = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'-');
+        let flag = &text[start..end];
+        if before_ok && flag.len() > 3 && !flag.ends_with('-') && !["--help", "--version"].contains(&flag) {
+            flags.insert(flag.to_string());
+        }
+        i = end.max(start + 2);
+    }
+    flags
+}
+
+/// `cloudsmith-gen ARGS --help`'s text.
+fn help(args: &[&str]) -> String {
+    let out = std::process::Command::new(testkit::tools::cloudsmith_gen())
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("cloudsmith-gen runs");
+    assert!(
+        out.status.success(),
+        "{args:?} --help: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("--help is UTF-8")
+}
+
+/// The commands `--help` lists under `Commands:` (`help` aside), with their own.
+fn commands(prefix: &[&str]) -> Vec<Vec<String>> {
+    let text = help(prefix);
+    let mut found = Vec::new();
+    let mut in_commands = false;
+    for line in text.lines() {
+        if line.trim_end() == "Commands:" {
+            in_commands = true;
+            continue;
+        }
+        if in_commands {
+            if !line.starts_with("  ") {
+                break;
+            }
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if name.is_empty() || name == "help" || line.starts_with("    ") {
+                continue;
+            }
+            let mut command: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+            command.push(name.to_string());
+            found.push(command);
+        }
+    }
+    let mut all = Vec::new();
+    for command in found {
+        let refs: Vec<&str> = command.iter().map(String::as_str).collect();
+        let nested = commands(&refs);
+        all.push(command);
+        all.extend(nested);
+    }
+    all
+}
+
+#[test]
+fn every_flag_of_the_cli_is_in_cli_md() {
+    let page = std::fs::read_to_string(root().join("docs/cli.md")).expect("docs/cli.md");
+    let documented: BTreeSet<String> = page.split('`').skip(1).step_by(2).flat_map(flags_in).collect();
+    let mut binary = flags_in(&help(&[]));
+    let commands = commands(&[]);
+    assert!(commands.len() >= 8, "too few commands found: {commands:?}");
+    let mut missing = Vec::new();
+    for command in &commands {
+        let refs: Vec<&str> = command.iter().map(String::as_str).collect();
+        for flag in flags_in(&help(&refs)) {
+            if !documented.contains(&flag) {
+                missing.push(format!("{} {flag}", command.join(" ")));
+            }
+            binary.insert(flag);
+        }
+    }
+    assert!(missing.is_empty(), "flags missing from docs/cli.md: {missing:?}");
+    let stale: Vec<&String> = documented.iter().filter(|f| !binary.contains(*f)).collect();
+    assert!(
+        stale.is_empty(),
+        "docs/cli.md names flags the binary does not have: {stale:?}"
+    );
+}
+
+#[test]
+fn every_suite_file_is_a_test_target() {
+    let manifest = std::fs::read_to_string(root().join("tests/Cargo.toml")).expect("tests/Cargo.toml");
+    // Each `path = "…"` of a [[test]] table, and the [lib] table's.
+    let mut declared = BTreeSet::new();
+    let mut lib = String::new();
+    let mut table = "";
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            table = line;
+        } else if let Some(path) = line.strip_prefix("path = ") {
+            let path = path.trim_matches('"').to_string();
+            match table {
+                "[[test]]" => {
+                    declared.insert(path);
+                }
+                "[lib]" => lib = path,
+                _ => {}
+            }
+        }
+    }
+    let mut files: Vec<String> = std::fs::read_dir(root().join("tests"))
+        .expect("tests/ is readable")
+        .map(|e| {
+            e.expect("a tests/ entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name.ends_with(".rs") && *name != lib)
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "too few suites found: {files:?}");
+    let undeclared: Vec<&String> = files.iter().filter(|f| !declared.contains(*f)).collect();
+    assert!(
+        undeclared.is_empty(),
+        "tests/{undeclared:?} never run: add a [[test]] for each to tests/Cargo.toml"
     );
 }

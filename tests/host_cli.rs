@@ -155,7 +155,10 @@ impl World {
 fn shipped_generator(api: &str) -> String {
     let text =
         std::fs::read_to_string(testkit::workspace_root().join("deploy/serve/generators.yaml")).unwrap();
-    let pointed = text.replace("\"api.cloudsmith.io\"", &format!("\"{api}\""));
+    let pointed = text.replace(
+        "apiUrl: \"https://api.cloudsmith.io\"",
+        &format!("apiUrl: \"{api}\""),
+    );
     assert_ne!(pointed, text, "deploy/serve/generators.yaml changed shape");
     pointed
 }
@@ -453,9 +456,11 @@ async fn documented_manifest() {
         ),
         stdin_case,
     ];
-    // Each names the stand-in as `apiHost`, which ESO's CRD does not have.
+    // Each names the stand-in as `apiHost`, which ESO's CRD does not have, but for
+    // deploy/'s generator, which names it `apiUrl`.
     for case in &mut cases {
-        case.warns = matches!(case.expect, Expect::Success { .. });
+        case.warns =
+            matches!(case.expect, Expect::Success { .. }) && !case.name.contains("deploy/'s generator");
     }
     let results = run_table(cases).await;
 

@@ -409,7 +409,10 @@ async fn a_real_clusters_token_names_the_issuer_and_subject_to_trust() {
         let generator =
             std::fs::read_to_string(testkit::workspace_root().join("deploy/serve/generators.yaml"))
                 .unwrap()
-                .replace("\"api.cloudsmith.io\"", &format!("\"{}\"", stand_in.url()));
+                .replace(
+                    "apiUrl: \"https://api.cloudsmith.io\"",
+                    &format!("apiUrl: \"{}\"", stand_in.url()),
+                );
         let manifest = dir.path().join(format!("{}.yaml", stand_in.port()));
         std::fs::write(&manifest, generator).unwrap();
         let out = Command::new(BIN)

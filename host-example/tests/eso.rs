@@ -241,7 +241,10 @@ impl World {
         let generators =
             std::fs::read_to_string(testkit::workspace_root().join("deploy/serve/generators.yaml"))
                 .unwrap()
-                .replace("\"api.cloudsmith.io\"", &format!("\"{}\"", cloudsmith.url()));
+                .replace(
+                    "apiUrl: \"https://api.cloudsmith.io\"",
+                    &format!("apiUrl: \"{}\"", cloudsmith.url()),
+                );
         assert!(
             generators.contains(&cloudsmith.url()),
             "deploy/serve/generators.yaml changed shape"

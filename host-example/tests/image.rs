@@ -220,7 +220,10 @@ async fn serve_answers_eso_by_host_name() {
     let dir = shared_dir();
     let generators = std::fs::read_to_string(testkit::workspace_root().join("deploy/serve/generators.yaml"))
         .unwrap()
-        .replace("\"api.cloudsmith.io\"", &format!("\"{by_name}\""));
+        .replace(
+            "apiUrl: \"https://api.cloudsmith.io\"",
+            &format!("apiUrl: \"{by_name}\""),
+        );
     assert!(
         generators.contains(&by_name),
         "deploy/serve/generators.yaml changed shape"

@@ -177,8 +177,10 @@ impl World {
         }
         cluster.apply(&objects.join("\n---\n"));
         // The deploy/ generator itself, pointed at the stand-in.
-        let generators = repo_file("deploy/serve/generators.yaml")
-            .replace("\"api.cloudsmith.io\"", &format!("\"{}\"", cloudsmith.url()));
+        let generators = repo_file("deploy/serve/generators.yaml").replace(
+            "apiUrl: \"https://api.cloudsmith.io\"",
+            &format!("apiUrl: \"{}\"", cloudsmith.url()),
+        );
         assert!(
             generators.contains(&cloudsmith.url()),
             "deploy/serve/generators.yaml changed shape"

@@ -1,5 +1,5 @@
-//! The Kubernetes stand-in (kept for a stalled TokenRequest, the soak and the benchmark)
-//! answers as an API server does, and kube-rs (the host's client) talks to it.
+//! The Kubernetes stand-in answers TokenRequests as an API server does, and
+//! kube-rs (the host's client) talks to it over plain HTTP and over TLS.
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -8,9 +8,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use testkit::kubernetes::{StandIn, StandInConfig};
 use testkit::oidc;
 
-/// A kube-rs client built from `yaml`, as the host builds one from a kubeconfig.
-async fn client(yaml: &str) -> kube::Client {
-    let kubeconfig = Kubeconfig::from_yaml(yaml).expect("kubeconfig parses");
+/// A kube-rs client built from the stand-in's kubeconfig, as the host builds one.
+async fn client(stand_in: &StandIn) -> kube::Client {
+    let kubeconfig = Kubeconfig::from_yaml(&stand_in.kubeconfig_yaml()).expect("kubeconfig parses");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("kubeconfig loads");
@@ -28,8 +28,13 @@ fn token_request(audiences: &[&str], expiration_seconds: Option<i64>) -> TokenRe
     }
 }
 
-async fn mint(yaml: &str, ns: &str, name: &str, request: &TokenRequest) -> kube::Result<TokenRequest> {
-    let api: Api<ServiceAccount> = Api::namespaced(client(yaml).await, ns);
+async fn mint(
+    stand_in: &StandIn,
+    ns: &str,
+    name: &str,
+    request: &TokenRequest,
+) -> kube::Result<TokenRequest> {
+    let api: Api<ServiceAccount> = Api::namespaced(client(stand_in).await, ns);
     api.create_token_request(name, &PostParams::default(), request)
         .await
 }
@@ -42,15 +47,11 @@ fn api_error(result: kube::Result<TokenRequest>) -> (u16, String, String) {
 }
 
 #[tokio::test]
-async fn kube_rs_mints_a_token() {
+async fn kube_rs_mints_a_token_over_plain_http() {
     let s = StandIn::start(StandInConfig::default()).await.unwrap();
     assert!(s.url().starts_with("http://127.0.0.1:"));
-    let dir = tempfile::tempdir().unwrap();
-    let path = s.write_kubeconfig(dir.path()).unwrap();
-    let yaml = std::fs::read_to_string(path).unwrap();
-    assert_eq!(yaml, s.kubeconfig_yaml());
     let answer = mint(
-        &yaml,
+        &s,
         "default",
         "default",
         &token_request(&["https://api.cloudsmith.io"], Some(600)),
@@ -63,22 +64,35 @@ async fn kube_rs_mints_a_token() {
     assert_eq!(claims.aud, ["https://api.cloudsmith.io"]);
     assert_eq!(claims.exp - claims.iat, 600);
     assert_eq!(status.expiration_timestamp.0.as_second() as u64, claims.exp);
+
+    let recorded = s.requests();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].namespace, "default");
+    assert_eq!(recorded[0].name, "default");
+    assert_eq!(recorded[0].audiences, ["https://api.cloudsmith.io"]);
+    assert_eq!(recorded[0].expiration_seconds, Some(600));
     assert_eq!(
-        s.requests()[0],
-        testkit::kubernetes::TokenRequestRecord {
-            namespace: "default".into(),
-            name: "default".into()
-        }
+        recorded[0].authorization.as_deref(),
+        Some(&*format!("Bearer {}", s.bearer_token()))
     );
-    // No audiences, no expiration: the API server's own, one hour.
-    let answer = mint(&yaml, "default", "default", &token_request(&[], None))
+    assert_eq!(recorded[0].token.as_deref(), Some(status.token.as_str()));
+}
+
+#[tokio::test]
+async fn kube_rs_mints_a_token_over_tls_with_the_kubeconfig_ca() {
+    let s = StandIn::start(StandInConfig {
+        tls: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(s.url().starts_with("https://127.0.0.1:"));
+    assert!(s.kubeconfig_yaml().contains("certificate-authority-data: "));
+    let answer = mint(&s, "default", "default", &token_request(&["aud"], None))
         .await
-        .unwrap();
+        .expect("over TLS");
     assert_eq!(answer.spec.expiration_seconds, Some(3600));
-    assert_eq!(
-        oidc::verify(&answer.status.unwrap().token).unwrap().aud,
-        [oidc::ISSUER]
-    );
+    assert!(oidc::verify(&answer.status.unwrap().token).is_some());
 }
 
 #[tokio::test]
@@ -86,8 +100,16 @@ async fn refusals_are_kubernetes_status_objects() {
     let s = StandIn::start(StandInConfig::default().with_service_account("team-a", "builder"))
         .await
         .unwrap();
-    let yaml = s.kubeconfig_yaml();
-    for (ns, name, exp, code, reason, message) in [
+    let ok = mint(&s, "team-a", "builder", &token_request(&[], None))
+        .await
+        .unwrap();
+    // No audiences: the API server's own.
+    assert_eq!(
+        oidc::verify(&ok.status.unwrap().token).unwrap().aud,
+        [oidc::ISSUER]
+    );
+
+    let cases = [
         (
             "default",
             "missing",
@@ -105,6 +127,14 @@ async fn refusals_are_kubernetes_status_objects() {
             "serviceaccounts \"default\" not found",
         ),
         (
+            "forbidden",
+            "default",
+            None,
+            403,
+            "Forbidden",
+            "serviceaccounts \"default\" is forbidden: ",
+        ),
+        (
             "default",
             "default",
             Some(60),
@@ -112,63 +142,50 @@ async fn refusals_are_kubernetes_status_objects() {
             "Invalid",
             "may not specify a duration less than 10 minutes",
         ),
-    ] {
+    ];
+    for (ns, name, exp, code, reason, message) in cases {
         let (got_code, got_reason, got_message) =
-            api_error(mint(&yaml, ns, name, &token_request(&["a"], exp)).await);
+            api_error(mint(&s, ns, name, &token_request(&["a"], exp)).await);
         assert_eq!((got_code, got_reason.as_str()), (code, reason), "{ns}/{name}");
         assert!(got_message.contains(message), "{ns}/{name}: {got_message}");
     }
-    let wrong = yaml.replace(s.bearer_token(), "wrong-token");
-    let (code, reason, _) = api_error(mint(&wrong, "team-a", "builder", &token_request(&["a"], None)).await);
-    assert_eq!((code, reason.as_str()), (401, "Unauthorized"));
 }
 
-/// A held TokenRequest is held; the reviews still answer meanwhile.
 #[tokio::test]
-async fn a_delayed_token_request_is_held_while_reviews_answer() {
-    let s = StandIn::start(StandInConfig {
-        token_request_delay: std::time::Duration::from_secs(600),
-        ..StandInConfig::default()
-    })
+async fn a_wrong_bearer_token_gets_401() {
+    let s = StandIn::start(StandInConfig::default()).await.unwrap();
+    let yaml = s.kubeconfig_yaml().replace(s.bearer_token(), "wrong-token");
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::from_yaml(&yaml).unwrap(),
+        &KubeConfigOptions::default(),
+    )
     .await
     .unwrap();
-    let yaml = s.kubeconfig_yaml();
-    let held = tokio::time::timeout(
-        std::time::Duration::from_millis(500),
-        mint(&yaml, "default", "default", &token_request(&[], None)),
-    )
-    .await;
-    assert!(held.is_err(), "the TokenRequest was answered: {held:?}");
-    let token = oidc::token("system:serviceaccount:a:b", &[oidc::ISSUER]);
-    let body = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}});
-    let url = s.url();
-    let authority = url.trim_start_matches("http://");
-    let auth = format!("Bearer {}", s.bearer_token());
-    let (status, _, answer) = testkit::client::request(
-        authority.parse().unwrap(),
-        "POST",
-        "/apis/authentication.k8s.io/v1/tokenreviews",
-        &[("authorization", &auth), ("content-type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .await;
-    assert_eq!(status, 201, "{answer}");
-    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
-    assert_eq!(answer["status"]["authenticated"], true);
-    assert_eq!(answer["status"]["user"]["username"], "system:serviceaccount:a:b");
-    let review = serde_json::json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-        "spec": {"user": "system:serviceaccount:a:b", "resourceAttributes": {"verb": "create"}}});
-    let (status, _, answer) = testkit::client::request(
-        authority.parse().unwrap(),
-        "POST",
-        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-        &[("authorization", &auth), ("content-type", "application/json")],
-        review.to_string().as_bytes(),
-    )
-    .await;
-    assert_eq!(status, 201, "{answer}");
+    let api: Api<ServiceAccount> = Api::namespaced(kube::Client::try_from(config).unwrap(), "default");
+    let result = api
+        .create_token_request("default", &PostParams::default(), &token_request(&["a"], None))
+        .await;
+    let (code, reason, _) = api_error(result);
+    assert_eq!((code, reason.as_str()), (401, "Unauthorized"));
+    // Recorded anyway, with what was sent.
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&answer).unwrap()["status"]["allowed"],
-        false
+        s.requests()[0].authorization.as_deref(),
+        Some("Bearer wrong-token")
+    );
+    assert_eq!(s.requests()[0].token, None);
+}
+
+#[tokio::test]
+async fn kubeconfig_files_are_written() {
+    let s = StandIn::start(StandInConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = s.write_kubeconfig(dir.path()).unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), s.kubeconfig_yaml());
+    let temp = s.kubeconfig_tempfile().unwrap();
+    let parsed = Kubeconfig::read_from(temp.path()).unwrap();
+    assert_eq!(parsed.current_context.as_deref(), Some("testkit"));
+    assert_eq!(
+        parsed.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
+        Some(&*s.url())
     );
 }
