@@ -104,7 +104,9 @@ impl Server {
             return Err(AuthorityError::Empty);
         }
         let (scheme, rest) = match s.split_once("://") {
-            Some((scheme, rest)) if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric()) => {
+            Some((scheme, rest))
+                if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric()) =>
+            {
                 (Some(scheme.to_ascii_lowercase()), rest)
             }
             _ => (None, s),
@@ -123,12 +125,14 @@ impl Server {
             written
         };
         let authority: http::uri::Authority = written.parse().map_err(|_| not())?;
-        let port = match authority.port() {
+        // The port as written: `Authority::port` is `None` for one that is no u16.
+        let written_port = authority.as_str()[authority.host().len()..].strip_prefix(':');
+        let port = match written_port {
             None => None,
-            Some(p) => match p.as_str().parse::<u16>() {
+            Some(p) => match p.parse::<u16>() {
                 Ok(0) | Err(_) => {
                     return Err(AuthorityError::Port {
-                        port: p.as_str().into(),
+                        port: p.into(),
                         text: s.into(),
                     })
                 }
@@ -138,16 +142,19 @@ impl Server {
         let host = authority.host();
         let valid = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
-            None => host
-                .split('.')
-                .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')),
+            None => host.split('.').all(|label| {
+                !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            }),
         };
         if !valid {
             return Err(AuthorityError::Host(host.into()));
         }
         Ok(Server {
             scheme,
-            host: host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase(),
             port,
         })
     }
@@ -189,15 +196,31 @@ mod tests {
         let some = |s: Option<&str>, h: &str, p: Option<u16>| Ok((s.map(str::to_string), h.to_string(), p));
         for (text, want) in [
             ("Docker.Cloudsmith.io", some(None, "docker.cloudsmith.io", None)),
-            ("HTTPS://docker.cloudsmith.io/v1/", some(Some("https"), "docker.cloudsmith.io", None)),
-            ("docker.cloudsmith.io:443/org/repo", some(None, "docker.cloudsmith.io", Some(443))),
+            (
+                "HTTPS://docker.cloudsmith.io/v1/",
+                some(Some("https"), "docker.cloudsmith.io", None),
+            ),
+            (
+                "docker.cloudsmith.io:443/org/repo",
+                some(None, "docker.cloudsmith.io", Some(443)),
+            ),
             ("http://[::1]:5000/v2/", some(Some("http"), "::1", Some(5000))),
             ("::1", some(None, "::1", None)),
             ("127.0.0.1:8080?x#y", some(None, "127.0.0.1", Some(8080))),
         ] {
             assert_eq!(read(text), want, "{text:?}");
         }
-        for bad in ["", "user@x.io", "bad host", "x.io:0", "x.io:65536", "[zz]:1", "a_b.io", "://x", "x.io:"] {
+        for bad in [
+            "",
+            "user@x.io",
+            "bad host",
+            "x.io:0",
+            "x.io:65536",
+            "[zz]:1",
+            "a_b.io",
+            "://x",
+            "x.io:",
+        ] {
             assert!(Server::parse(bad).is_err(), "{bad:?} parsed");
         }
     }

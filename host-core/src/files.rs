@@ -69,7 +69,9 @@ impl<'a> Atomic<'a> {
         };
         match self.dir {
             Dir::Exists => {}
-            Dir::Create => std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?,
+            Dir::Create => {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?
+            }
             Dir::Private(what) => crate::dirs::create_private_dir(dir, what)?,
         }
         let mut tmp = tempfile::Builder::new()
@@ -136,19 +138,30 @@ mod tests {
         std::fs::set_permissions(&like, std::fs::Permissions::from_mode(0o640)).unwrap();
         // (case, directory rule, mode rule, the file's mode, the directory's mode)
         let cases: [(&str, Dir, Mode, u32, Option<u32>); 5] = [
-            ("private", Dir::Private("cache"), Mode::Private, 0o600, Some(0o700)),
+            (
+                "private",
+                Dir::Private("cache"),
+                Mode::Private,
+                0o600,
+                Some(0o700),
+            ),
             ("install", Dir::Create, Mode::Exactly(0o755), 0o755, None),
             ("like another", Dir::Create, Mode::Like(&like), 0o640, None),
-            ("like none", Dir::Create, Mode::Like(Path::new("/nonexistent")), 0o600, None),
+            (
+                "like none",
+                Dir::Create,
+                Mode::Like(Path::new("/nonexistent")),
+                0o600,
+                None,
+            ),
             ("exists", Dir::Exists, Mode::Exactly(0o644), 0o644, None),
         ];
         let mut wrong = Vec::new();
         for (case, dir, file_mode, want_file, want_dir) in cases {
-            let parent = if matches!(dir, Dir::Exists) {
-                root.path().to_path_buf()
-            } else {
-                root.path().join(case).join("sub")
-            };
+            let parent = root.path().join(case).join("sub");
+            if matches!(dir, Dir::Exists) {
+                std::fs::create_dir_all(&parent).unwrap();
+            }
             let path = parent.join("file");
             let write = Atomic {
                 dir,

@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use host_core::flight::Flight;
 use host_core::token_cache::{now_unix, CacheKey, CachedToken, Lookup, TokenCache};
 use host_example::token_source::StaticTokenSource;
-use host_example::{CallReport, Credentials, Error, GenerateError, GeneratorInfo, HostError, Secret, UpstreamStatus};
+use host_example::{
+    CallReport, Credentials, Error, GenerateError, GeneratorInfo, HostError, Secret, UpstreamStatus,
+};
 
 use super::*;
 
-const MANIFEST: &str = r#"{"spec": {"orgSlug": "org", "serviceSlug": "svc", "serviceAccountRef": {"name": "sa"}}}"#;
+const MANIFEST: &str =
+    r#"{"spec": {"orgSlug": "org", "serviceSlug": "svc", "serviceAccountRef": {"name": "sa"}}}"#;
 const IDENTITY: &str = "fake identity";
 
 /// What the fake exchange answers.
@@ -46,7 +49,11 @@ impl Exchange for FakeExchange {
     async fn exchange(&self, _manifest: &str, _namespace: &str, tokens: &CallTokens) -> Traced<Credentials> {
         let now = Instant::now();
         self.calls.lock().unwrap().push(now);
-        assert_eq!(tokens.source.describe(), "a fixed token", "the call's own token source");
+        assert_eq!(
+            tokens.source.describe(),
+            "a fixed token",
+            "the call's own token source"
+        );
         let result = match self.answer {
             _ if now >= self.deadline => Err(Error::Host(HostError::DeadlineExceeded {
                 deadline: Duration::ZERO,
@@ -139,11 +146,32 @@ fn rows() -> Vec<Row> {
     };
     let fresh = Answer::Token("fresh", HOUR);
     vec![
-        row("hit", Before::Entry("cached", HOUR), fresh, 0, Ok("cached"), After::Hit("cached")),
+        row(
+            "hit",
+            Before::Entry("cached", HOUR),
+            fresh,
+            0,
+            Ok("cached"),
+            After::Hit("cached"),
+        ),
         row("miss", Before::Empty, fresh, 1, Ok("fresh"), After::Hit("fresh")),
         // Within the margin (300 s) of its exp: as good as expired.
-        row("expired", Before::Entry("old", 100), fresh, 1, Ok("fresh"), After::Hit("fresh")),
-        row("corrupt", Before::Corrupt, fresh, 1, Ok("fresh"), After::Hit("fresh")),
+        row(
+            "expired",
+            Before::Entry("old", 100),
+            fresh,
+            1,
+            Ok("fresh"),
+            After::Hit("fresh"),
+        ),
+        row(
+            "corrupt",
+            Before::Corrupt,
+            fresh,
+            1,
+            Ok("fresh"),
+            After::Hit("fresh"),
+        ),
         row(
             "another process fills the entry while this one waits",
             Before::AnotherFills("theirs"),
@@ -174,7 +202,14 @@ fn rows() -> Vec<Row> {
                 After::Hit("fresh"),
             )
         },
-        row("a fill that fails stores nothing", Before::Empty, Answer::Refused, 1, Err(5), After::Miss),
+        row(
+            "a fill that fails stores nothing",
+            Before::Empty,
+            Answer::Refused,
+            1,
+            Err(5),
+            After::Miss,
+        ),
         row(
             "a failed fill leaves the old entry as it was",
             Before::Entry("old", 100),
@@ -193,7 +228,14 @@ fn rows() -> Vec<Row> {
         ),
         Row {
             keyed: Keyed::NoIdentity,
-            ..row("no identity: not cached", Before::Entry("cached", HOUR), fresh, 1, Ok("fresh"), After::Hit("cached"))
+            ..row(
+                "no identity: not cached",
+                Before::Entry("cached", HOUR),
+                fresh,
+                1,
+                Ok("fresh"),
+                After::Hit("cached"),
+            )
         },
         Row {
             keyed: Keyed::HostBlind,
@@ -207,13 +249,20 @@ fn rows() -> Vec<Row> {
             )
         },
         // Another generator's outputs (not token:<access token>) are answered, not cached.
-        row("a fill without an access token", Before::Empty, Answer::Token("", HOUR), 1, Ok(""), After::Miss),
+        row(
+            "a fill without an access token",
+            Before::Empty,
+            Answer::Token("", HOUR),
+            1,
+            Ok(""),
+            After::Miss,
+        ),
     ]
 }
 
 fn write_private(path: &std::path::Path, text: &str) {
-    use std::os::unix::fs::OpenOptionsExt as _;
     use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -313,7 +362,11 @@ async fn run(row: &Row) -> Result<(), String> {
     }
     let calls = exchange.calls.lock().unwrap().clone();
     let result = result
-        .map(|m| m.token.map(|t| t.access_token.expose().to_string()).unwrap_or_default())
+        .map(|m| {
+            m.token
+                .map(|t| t.access_token.expose().to_string())
+                .unwrap_or_default()
+        })
         .map_err(|f| f.exit_code());
     let after = match cache.get(&key) {
         Lookup::Hit(t) => format!("Hit({:?})", t.access_token.expose()),
@@ -352,12 +405,21 @@ async fn the_cache_single_flight_and_fill_follow_their_rules() {
 #[test]
 fn a_waiter_waits_half_the_time_left() {
     let now = Instant::now();
-    for (left, wait) in [(10_000, 5_000), (1, 0), (0, 0)] {
-        let until = wait_until(now, now + Duration::from_millis(left));
-        assert_eq!(until - now, Duration::from_millis(wait), "{left} ms left");
+    // (time left, the wait), in nanoseconds.
+    for (left, wait) in [
+        (10_000_000_000, 5_000_000_000),
+        (1_000_000, 500_000),
+        (1, 0),
+        (0, 0),
+    ] {
+        let until = wait_until(now, now + Duration::from_nanos(left));
+        assert_eq!(until - now, Duration::from_nanos(wait), "{left} ns left");
     }
     // A deadline already past: no wait at all.
-    assert_eq!(wait_until(now + Duration::from_secs(1), now), now + Duration::from_secs(1));
+    assert_eq!(
+        wait_until(now + Duration::from_secs(1), now),
+        now + Duration::from_secs(1)
+    );
 }
 
 #[tokio::test]
