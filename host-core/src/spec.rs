@@ -397,7 +397,8 @@ mod tests {
                         if let Some(ns) = ns {
                             account["namespace"] = ns.clone();
                         }
-                        let mut inner = json!({"orgSlug": "org", "serviceSlug": "svc", "serviceAccountRef": account});
+                        let mut inner =
+                            json!({"orgSlug": "org", "serviceSlug": "svc", "serviceAccountRef": account});
                         if let Some(v) = api_url {
                             inner["apiUrl"] = v.clone();
                         }

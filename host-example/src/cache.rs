@@ -34,9 +34,9 @@ use wasmtime::component::Component;
 use wasmtime::Engine;
 
 use crate::flight::{self, Flight};
-use host_core::files::{Atomic, Dir};
 use crate::sandbox::wasm_err;
 use host_core::dirs::create_private_dir;
+use host_core::files::{Atomic, Dir};
 
 /// How long a process waits for another's compile of the same component before
 /// compiling itself: a cold compile takes seconds (release) to tens of seconds (debug).

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use host_core::authority::AuthorityError;
 use host_example::oci::ComponentRef;
 use host_example::policy::TimeoutCaps;
 use host_example::{Authority, Limits, NamespacePolicy, OutboundPolicy, WasiGrants};
-use host_core::authority::AuthorityError;
 
 use crate::doors::check::{CheckConfig, ReportFormat};
 use crate::doors::generate::{Format, GenerateConfig, OutputConfig};

@@ -158,7 +158,9 @@ impl GenerateError {
         match self {
             GenerateError::InvalidSpec(m) => guest::GenerateError::InvalidSpec(m.clone()),
             GenerateError::TokenSource(m) => guest::GenerateError::TokenSource(m.clone()),
-            GenerateError::PolicyDenied { message, .. } => guest::GenerateError::PolicyDenied(message.clone()),
+            GenerateError::PolicyDenied { message, .. } => {
+                guest::GenerateError::PolicyDenied(message.clone())
+            }
             GenerateError::Unauthorized(s) => guest::GenerateError::Unauthorized(status(s)),
             GenerateError::Rejected(s) => guest::GenerateError::Rejected(status(s)),
             GenerateError::RateLimited {
@@ -206,9 +208,12 @@ impl fmt::Display for GenerateError {
                 }
                 Ok(())
             }
-            GenerateError::Unauthorized(UpstreamStatus { token: Some(token), .. }) => write!(f, "; {token}"),
+            GenerateError::Unauthorized(UpstreamStatus {
+                token: Some(token), ..
+            }) => write!(f, "; {token}"),
             GenerateError::Upstream {
-                host_note: Some(note), ..
+                host_note: Some(note),
+                ..
             } => write!(f, "; {note}"),
             _ => Ok(()),
         }

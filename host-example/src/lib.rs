@@ -73,8 +73,8 @@ pub mod token_source;
 // The Wasm-free modules, kept in host-core so that the lean Docker helper links no wasmtime.
 // Only `secret` is part of this library's interface; the others serve its insides (and
 // the CLI reaches them in host-core directly).
-use host_core::{flight, jwt, spec};
 pub use host_core::secret;
+use host_core::{flight, jwt, spec};
 
 pub use error::{Error, GenerateError, HostError, PresentedToken, UpstreamStatus};
 pub use generator::{CallReport, CallTokens, Generator, GeneratorInfo, GeneratorOptions, Traced};

@@ -24,8 +24,8 @@ use host_core::spec::GeneratorSpec;
 use host_core::token_cache::{now_unix, CacheKey, CachedToken, Lookup, TokenCache, DEFAULT_MARGIN};
 use host_example::token_source::{EnvTokenSource, FileTokenSource, KubernetesTokenSource};
 use host_example::{
-    CallTokens, Credentials, Error, Generator, GeneratorInfo, NamespacePolicy, Secret, TokenRequest, TokenSource,
-    TokenSourceError, Traced,
+    CallTokens, Credentials, Error, Generator, GeneratorInfo, NamespacePolicy, Secret, TokenRequest,
+    TokenSource, TokenSourceError, Traced,
 };
 
 use crate::failure::Failure;
@@ -118,7 +118,11 @@ pub trait Mint: Sync {
 
     /// The service account token `request`'s token source gives for `wanted`: what the
     /// generator would be handed (`check` looks at it before any exchange).
-    fn token(&self, request: &MintRequest, wanted: &TokenRequest) -> impl Future<Output = SourcedToken> + Send;
+    fn token(
+        &self,
+        request: &MintRequest,
+        wanted: &TokenRequest,
+    ) -> impl Future<Output = SourcedToken> + Send;
 
     /// Loads the generator now, so that a long-lived door fails at start on a bad
     /// component rather than at its first call.
@@ -238,7 +242,12 @@ impl Minter {
         Minter::component(config, Some(slots), None, verbose)
     }
 
-    fn component(config: RuntimeConfig, slots: Option<u32>, cache: Option<TokenCache>, verbose: bool) -> Self {
+    fn component(
+        config: RuntimeConfig,
+        slots: Option<u32>,
+        cache: Option<TokenCache>,
+        verbose: bool,
+    ) -> Self {
         let settings = Settings {
             cache,
             host_sees_tokens: config.host_sees_tokens(),
@@ -462,7 +471,9 @@ impl TokenChoice {
         let identity = match self {
             TokenChoice::File(path) => identity::file(path),
             TokenChoice::Env(var) => identity::env(var),
-            TokenChoice::Kubernetes(kubeconfig) => kubernetes_identity(kubeconfig.as_deref(), manifest, namespace),
+            TokenChoice::Kubernetes(kubeconfig) => {
+                kubernetes_identity(kubeconfig.as_deref(), manifest, namespace)
+            }
             TokenChoice::Given { identity, .. } => identity.clone(),
         };
         (self.source(), identity)
@@ -554,7 +565,10 @@ pub mod fake {
         }
 
         /// The same fake, failing as `outcome` says.
-        pub fn failing(self, outcome: impl Fn(&MintRequest) -> Option<Failure> + Send + Sync + 'static) -> Self {
+        pub fn failing(
+            self,
+            outcome: impl Fn(&MintRequest) -> Option<Failure> + Send + Sync + 'static,
+        ) -> Self {
             FakeMint {
                 outcome: Box::new(outcome),
                 ..self
@@ -605,11 +619,7 @@ pub mod fake {
             let (source, _) = request.tokens.resolve(&request.manifest, &request.namespace);
             SourcedToken {
                 source: source.describe(),
-                token: self
-                    .oidc
-                    .clone()
-                    .map(Secret::new)
-                    .map_err(TokenSourceError::new),
+                token: self.oidc.clone().map(Secret::new).map_err(TokenSourceError::new),
             }
         }
 

@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 
 use super::exec::ExecHelpers;
 use super::go_url::convert_to_hostname;
-use super::{auth_key, CredentialHelpers, Login, AUTH_CONFIG_ENV, CONFIG_DIR_ENV, MAX_CONFIG_BYTES, TOKEN_USERNAME};
+use super::{
+    auth_key, CredentialHelpers, Login, AUTH_CONFIG_ENV, CONFIG_DIR_ENV, MAX_CONFIG_BYTES, TOKEN_USERNAME,
+};
 use crate::secret::{shown, Secret};
 
 /// One `auths` entry (types/authconfig.go `AuthConfig`) once configfile/file.go

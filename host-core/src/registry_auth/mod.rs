@@ -31,8 +31,8 @@
 //! credential helpers.
 
 mod config;
-pub mod go_url;
 mod exec;
+pub mod go_url;
 
 use std::fmt;
 use std::time::Duration;
@@ -42,7 +42,6 @@ use crate::secret::{shown, Secret};
 pub use config::DockerConfigFile;
 pub use exec::ExecHelpers;
 pub use go_url::convert_to_hostname;
-
 
 /// The key Docker Hub's credentials are stored under, in `auths` and `credHelpers` alike
 /// (configfile/file.go `authConfigKey`): `credHelpers: {"docker.io": ...}` is never read.
@@ -123,7 +122,6 @@ pub fn auth_key(registry: &str) -> &str {
         registry
     }
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -25,8 +25,8 @@ pub mod kubelet;
 pub mod publish;
 pub mod serve;
 
-use host_example::secret::shown;
 use host_core::authority::Server;
+use host_example::secret::shown;
 use host_example::Authority;
 
 pub use host_core::registries::{host_port, Registries, DEFAULT_REGISTRY};

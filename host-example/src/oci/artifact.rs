@@ -75,4 +75,3 @@ impl std::fmt::Debug for Artifact {
             .finish()
     }
 }
-

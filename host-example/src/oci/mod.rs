@@ -52,7 +52,6 @@ pub const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
 /// `MaxManifestBodySize`). A Wasm component's manifest is under 2 KiB.
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
-
 /// The OCI annotations a pushed manifest carries.
 pub mod annotation {
     /// The component's name.
@@ -99,7 +98,6 @@ impl OciError {
         }
     }
 }
-
 
 /// Pushes `artifact` to `target` (which has a tag) and returns the manifest's digest.
 pub async fn push(
@@ -287,4 +285,3 @@ async fn download(
     }
     Ok((manifest, layer, bytes))
 }
-

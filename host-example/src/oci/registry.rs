@@ -229,4 +229,3 @@ pub(super) fn auth(login: &Login, registry: &str) -> Result<RegistryAuth, OciErr
         ))),
     }
 }
-

@@ -8,26 +8,25 @@
 //! [`handle`] walks the path `generate` takes, step by step, with the same token source
 //! and the same mint port, and reports instead of stopping at the first failure.
 
-
 pub mod report;
 pub mod steps;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use host_core::registry_auth::DockerConfigFile;
 use host_core::jwt::Claims;
+use host_core::registry_auth::DockerConfigFile;
 use host_core::spec::GeneratorSpec;
 use host_example::token_source::StaticTokenSource;
 use host_example::{NamespacePolicy, TokenRequest};
 
+use self::report::fact;
 pub use self::report::{Report, Status, Step, StepName};
 pub use self::steps::*;
 use super::{Reply, DEFAULT_REGISTRY};
 use crate::failure::Failure;
 use crate::mint::{Mint, MintRequest, TokenChoice};
 use crate::setup::RuntimeConfig;
-use self::report::fact;
 
 /// How `check` prints its report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,7 +225,6 @@ fn read_docker_config(path: &std::path::Path) -> Result<Vec<String>, String> {
     let config = DockerConfigFile::load(path)?;
     Ok(config.registries().map(str::to_string).collect())
 }
-
 
 #[cfg(test)]
 mod tests;

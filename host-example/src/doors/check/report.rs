@@ -113,7 +113,12 @@ impl Step {
         }
     }
 
-    pub(super) fn failed(step: StepName, facts: Vec<Fact>, problem: impl Into<String>, fix: impl Into<String>) -> Step {
+    pub(super) fn failed(
+        step: StepName,
+        facts: Vec<Fact>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Step {
         Step {
             problem: Some(problem.into()),
             fix: Some(fix.into()),

@@ -695,4 +695,3 @@ mod tests {
         assert_eq!(Status::Skipped.mark(), "skip");
     }
 }
-

@@ -74,7 +74,13 @@ fn rows() -> Vec<Row> {
         Row {
             manifest: None,
             want: vec![(Manifest, Fail)],
-            ..row("a manifest that cannot be read ends the report", good(), [Pass; 5], 1, 0)
+            ..row(
+                "a manifest that cannot be read ends the report",
+                good(),
+                [Pass; 5],
+                1,
+                0,
+            )
         },
         row(
             "no token: no exchange",
@@ -84,7 +90,13 @@ fn rows() -> Vec<Row> {
             0,
         ),
         // Cloudsmith's answer says more than the token's claims: the exchange still runs.
-        row("a token that is no JWT", Ok("opaque".into()), [Pass, Fail, Pass, Pass, Pass], 1, 1),
+        row(
+            "a token that is no JWT",
+            Ok("opaque".into()),
+            [Pass, Fail, Pass, Pass, Pass],
+            1,
+            1,
+        ),
         row(
             "a token without the audience",
             Ok(jwt("https://other.example", 3600)),
@@ -115,7 +127,13 @@ fn rows() -> Vec<Row> {
         },
         Row {
             exchange: Some(refused),
-            ..row("Cloudsmith refuses the token", good(), [Pass, Pass, Pass, Fail, Pass], 1, 1)
+            ..row(
+                "Cloudsmith refuses the token",
+                good(),
+                [Pass, Pass, Pass, Fail, Pass],
+                1,
+                1,
+            )
         },
         Row {
             manifest: Some(OTHER_NAMESPACE),
@@ -133,7 +151,13 @@ fn rows() -> Vec<Row> {
         },
         Row {
             tweak: |c| c.registries = vec!["registry.acme.com".into()],
-            ..row("a custom registry domain", good(), [Pass, Pass, Pass, Pass, Warn], 1, 1)
+            ..row(
+                "a custom registry domain",
+                good(),
+                [Pass, Pass, Pass, Pass, Warn],
+                1,
+                1,
+            )
         },
         Row {
             tweak: |c| c.docker_config = Some("/nonexistent/config.json".into()),
@@ -184,7 +208,12 @@ async fn the_walk_runs_each_step_it_can_and_exits_0_only_when_all_passed() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|s| (s["step"].as_str().unwrap().into(), s["status"].as_str().unwrap().into()))
+            .map(|s| {
+                (
+                    s["step"].as_str().unwrap().into(),
+                    s["status"].as_str().unwrap().into(),
+                )
+            })
             .collect();
         let want: Vec<(String, String)> = row
             .want

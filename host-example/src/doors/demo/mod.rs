@@ -84,8 +84,8 @@ impl Demo {
              the service account token comes from a demo issuer",
             cloudsmith.url()
         );
-        let manifest = manifest::to_json(&demo_manifest(&cloudsmith.url(), namespace), None)
-            .map_err(Failure::Other)?;
+        let manifest =
+            manifest::to_json(&demo_manifest(&cloudsmith.url(), namespace), None).map_err(Failure::Other)?;
         if verbose {
             note(&format!("manifest: {manifest}"));
         }
@@ -169,7 +169,10 @@ mod tests {
         demo.handle(&mint, OutputConfig::default()).await.unwrap();
         let seen = mint.seen.lock().unwrap();
         let (manifest, namespace, source) = &seen[0];
-        assert_eq!((namespace.as_str(), source.as_str()), ("team-a", DemoTokens(demo.key.clone()).describe().as_str()));
+        assert_eq!(
+            (namespace.as_str(), source.as_str()),
+            ("team-a", DemoTokens(demo.key.clone()).describe().as_str())
+        );
         let spec: serde_json::Value = serde_json::from_str(manifest).unwrap();
         assert_eq!(spec["spec"]["apiHost"], demo.cloudsmith.url());
         // The policy lets the call reach the demo Cloudsmith over plain http.

@@ -127,7 +127,10 @@ impl Refusal {
 /// kube's client does.
 pub trait Reviewer: Send + Sync {
     /// `POST /apis/authentication.k8s.io/v1/tokenreviews`.
-    fn token_review(&self, review: &TokenReview) -> impl Future<Output = Result<TokenReview, kube::Error>> + Send;
+    fn token_review(
+        &self,
+        review: &TokenReview,
+    ) -> impl Future<Output = Result<TokenReview, kube::Error>> + Send;
 
     /// `POST /apis/authorization.k8s.io/v1/subjectaccessreviews`.
     fn access_review(
@@ -417,7 +420,11 @@ impl<R: Reviewer> Access<R> {
         };
         // Only an authenticated caller gets here: the known callers' pool.
         let answer = self
-            .bounded("SubjectAccessReview", Pool::Known, self.reviewer.access_review(&review))
+            .bounded(
+                "SubjectAccessReview",
+                Pool::Known,
+                self.reviewer.access_review(&review),
+            )
             .await?;
         if answer.status.is_some_and(|s| s.allowed) {
             return Ok(());

@@ -144,8 +144,12 @@ const TOO_MANY_CONNECTIONS: &str = "HTTP/1.1 503 Service Unavailable\r\n\
     content-length: 85\r\n\r\n\
     {\"error\":{\"case\":\"busy\",\"message\":\"too many connections open at once: retry later\"}}\n";
 
-async fn connection<M, R>(stream: tokio::net::TcpStream, peer: SocketAddr, server: Arc<Server<M, R>>, watcher: Watcher)
-where
+async fn connection<M, R>(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    server: Arc<Server<M, R>>,
+    watcher: Watcher,
+) where
     M: Mint + Send + 'static,
     R: Reviewer + 'static,
 {

@@ -127,7 +127,11 @@ impl Default for Metrics {
             "Generate calls whose caller hung up before the answer",
             metrics.abandoned.clone(),
         );
-        registry.register("cloudsmith_gen_connections", "Connections open now", metrics.connections.clone());
+        registry.register(
+            "cloudsmith_gen_connections",
+            "Connections open now",
+            metrics.connections.clone(),
+        );
         registry.register(
             "cloudsmith_gen_connections_refused",
             "Connections closed at once: --max-connections were open",
@@ -323,16 +327,36 @@ mod tests {
         type Want<'a> = (&'a str, &'a [(&'a str, &'a str)], Value);
         let want: Vec<Want> = vec![
             ("cloudsmith_gen_calls_total", &gen_ok, Value::Counter(2.0)),
-            ("cloudsmith_gen_calls_total", &[("case", "unauthorized")], Value::Counter(1.0)),
-            ("cloudsmith_gen_refused_total", &[("case", "unauthenticated")], Value::Counter(1.0)),
+            (
+                "cloudsmith_gen_calls_total",
+                &[("case", "unauthorized")],
+                Value::Counter(1.0),
+            ),
+            (
+                "cloudsmith_gen_refused_total",
+                &[("case", "unauthenticated")],
+                Value::Counter(1.0),
+            ),
             ("cloudsmith_gen_calls_in_flight", &[], Value::Gauge(1.0)),
             ("cloudsmith_gen_calls_abandoned_total", &[], Value::Counter(1.0)),
             ("cloudsmith_gen_connections", &[], Value::Gauge(1.0)),
-            ("cloudsmith_gen_connections_refused_total", &[], Value::Counter(1.0)),
+            (
+                "cloudsmith_gen_connections_refused_total",
+                &[],
+                Value::Counter(1.0),
+            ),
             ("cloudsmith_gen_accept_errors_total", &[], Value::Counter(1.0)),
             ("cloudsmith_gen_generators", &[], Value::Gauge(3.0)),
-            ("cloudsmith_gen_manifest_reloads_total", &[("result", "ok")], Value::Counter(1.0)),
-            ("cloudsmith_gen_manifest_reloads_total", &[("result", "failed")], Value::Counter(1.0)),
+            (
+                "cloudsmith_gen_manifest_reloads_total",
+                &[("result", "ok")],
+                Value::Counter(1.0),
+            ),
+            (
+                "cloudsmith_gen_manifest_reloads_total",
+                &[("result", "failed")],
+                Value::Counter(1.0),
+            ),
             ("cloudsmith_gen_reviews_in_flight", &[], Value::Gauge(2.0)),
             ("cloudsmith_gen_reviews_in_progress", &[], Value::Gauge(1.0)),
             ("cloudsmith_gen_reviews_cached", &[], Value::Gauge(7.0)),
@@ -346,7 +370,8 @@ mod tests {
             .collect();
         assert!(wrong.is_empty(), "{wrong:#?}");
         // The histogram: cumulative buckets, the one observation in 0.025 and above.
-        let Some(Value::Histogram(buckets)) = value(&scrape, "cloudsmith_gen_exchange_duration_seconds", &[]) else {
+        let Some(Value::Histogram(buckets)) = value(&scrape, "cloudsmith_gen_exchange_duration_seconds", &[])
+        else {
             panic!("no histogram in {:?}", scrape.samples)
         };
         let counts: Vec<(f64, f64)> = buckets.iter().map(|b| (b.less_than, b.count)).collect();
@@ -355,7 +380,10 @@ mod tests {
         assert_eq!(counts.last(), Some(&(f64::INFINITY, 1.0)));
         drop(in_flight);
         let after = scrape_after(&m);
-        assert_eq!(value(&after, "cloudsmith_gen_calls_in_flight", &[]), Some(Value::Gauge(0.0)));
+        assert_eq!(
+            value(&after, "cloudsmith_gen_calls_in_flight", &[]),
+            Some(Value::Gauge(0.0))
+        );
     }
 
     fn scrape_after(m: &Metrics) -> Scrape {
@@ -371,6 +399,7 @@ mod tests {
             m.call(&format!("g{n}"), "apps", "ok");
         }
         let text = m.render(Reviews::default());
-        assert!(text.contains(r#"cloudsmith_gen_calls_total{generator="(other)",namespace="(other)",case="ok"} 6"#));
+        assert!(text
+            .contains(r#"cloudsmith_gen_calls_total{generator="(other)",namespace="(other)",case="ok"} 6"#));
     }
 }

@@ -175,4 +175,3 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
         }
     })
 }
-

@@ -25,7 +25,11 @@ fn the_one_wasm_layer_is_found_and_every_other_manifest_refused() {
     // (case, manifest, the error's words; empty: the layer is found)
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("a Wasm component", manifest(|_| {}), ""),
-        ("not JSON", b"<html>".to_vec(), "the registry served no OCI image manifest"),
+        (
+            "not JSON",
+            b"<html>".to_vec(),
+            "the registry served no OCI image manifest",
+        ),
         (
             "another media type",
             manifest(|m| m["mediaType"] = json!("application/vnd.oci.image.index.v1+json")),
@@ -137,7 +141,13 @@ fn each_registry_failure_is_classified_for_its_exit_and_named() {
     };
     // (case, error, credentials sent, kind, words)
     let cases: Vec<(&str, E, bool, &str, &str)> = vec![
-        ("token flow refused", E::AuthenticationFailure("bad".into()), true, "refused", "refused the credentials (bad)"),
+        (
+            "token flow refused",
+            E::AuthenticationFailure("bad".into()),
+            true,
+            "refused",
+            "refused the credentials (bad)",
+        ),
         (
             "401 with credentials",
             E::UnauthorizedError { url: "u".into() },
@@ -152,15 +162,51 @@ fn each_registry_failure_is_classified_for_its_exit_and_named() {
             "refused",
             "gives none for it",
         ),
-        ("DENIED", envelope(OciErrorCode::Denied), true, "refused", "the registry refused: Denied: no"),
-        ("MANIFEST_UNKNOWN", envelope(OciErrorCode::ManifestUnknown), false, "not found", "not found in the registry"),
-        ("NAME_UNKNOWN", envelope(OciErrorCode::NameUnknown), false, "not found", "NameUnknown"),
-        ("another code", envelope(OciErrorCode::Unsupported), false, "invalid", "answered an error"),
-        ("no manifest", E::ImageManifestNotFoundError("x".into()), false, "not found", "not found"),
+        (
+            "DENIED",
+            envelope(OciErrorCode::Denied),
+            true,
+            "refused",
+            "the registry refused: Denied: no",
+        ),
+        (
+            "MANIFEST_UNKNOWN",
+            envelope(OciErrorCode::ManifestUnknown),
+            false,
+            "not found",
+            "not found in the registry",
+        ),
+        (
+            "NAME_UNKNOWN",
+            envelope(OciErrorCode::NameUnknown),
+            false,
+            "not found",
+            "NameUnknown",
+        ),
+        (
+            "another code",
+            envelope(OciErrorCode::Unsupported),
+            false,
+            "invalid",
+            "answered an error",
+        ),
+        (
+            "no manifest",
+            E::ImageManifestNotFoundError("x".into()),
+            false,
+            "not found",
+            "not found",
+        ),
         ("403", server(403), true, "refused", "answered 403: down"),
         ("404", server(404), false, "not found", "(404)"),
         ("503", server(503), false, "unreachable", "answered 503: down"),
-        ("not a manifest", E::ManifestParsingError("eof".into()), false, "invalid", "served no OCI manifest (eof)"),
+        (
+            "not a manifest",
+            E::ManifestParsingError("eof".into()),
+            false,
+            "invalid",
+            "served no OCI manifest (eof)",
+        ),
         (
             "another media type",
             E::UnsupportedMediaTypeError("text/html".into()),
@@ -168,8 +214,20 @@ fn each_registry_failure_is_classified_for_its_exit_and_named() {
             "invalid",
             "media type text/html",
         ),
-        ("a spec violation", E::SpecViolationError("no".into()), false, "invalid", "broke the OCI distribution spec"),
-        ("anything else", E::GenericError(Some("odd".into())), false, "unreachable", "odd"),
+        (
+            "a spec violation",
+            E::SpecViolationError("no".into()),
+            false,
+            "invalid",
+            "broke the OCI distribution spec",
+        ),
+        (
+            "anything else",
+            E::GenericError(Some("odd".into())),
+            false,
+            "unreachable",
+            "odd",
+        ),
     ];
     let mut wrong = Vec::new();
     for (case, error, sent, want, words) in cases {

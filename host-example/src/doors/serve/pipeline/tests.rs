@@ -45,7 +45,10 @@ impl Reviewer for FakeReviewer {
             "platform" => authenticated("platform-admin", asked),
             "person" => authenticated("jane", asked),
             // An authenticator that ignored the audiences asked for.
-            "elsewhere" => authenticated("system:serviceaccount:apps:eso", vec!["https://elsewhere.example".into()]),
+            "elsewhere" => authenticated(
+                "system:serviceaccount:apps:eso",
+                vec!["https://elsewhere.example".into()],
+            ),
             "down" => {
                 return Err(kube::Error::Api(
                     kube::core::Status {
@@ -218,14 +221,30 @@ fn rows() -> Vec<Row> {
         get("metrics", "/metrics", 200, ""),
         Row {
             headers: &[("allow", "GET, HEAD")],
-            ..post("health by POST", "/healthz", None, NONE, 405, "method-not-allowed", 0)
+            ..post(
+                "health by POST",
+                "/healthz",
+                None,
+                NONE,
+                405,
+                "method-not-allowed",
+                0,
+            )
         },
         Row {
             headers: &[("allow", "POST")],
             ..get("generate by GET", GEN, 405, "method-not-allowed")
         },
         // Never 404: ESO reads 404 as "no secret".
-        post("another path", "/v2/anything", Some("apps-eso"), NONE, 400, "unknown-path", 0),
+        post(
+            "another path",
+            "/v2/anything",
+            Some("apps-eso"),
+            NONE,
+            400,
+            "unknown-path",
+            0,
+        ),
         post(
             "a namespace that is no namespace name",
             "/v1/namespaces/Apps/generators/gen",
@@ -242,7 +261,15 @@ fn rows() -> Vec<Row> {
         },
         Row {
             headers: &[("www-authenticate", "Bearer")],
-            ..post("a token TokenReview refuses", UNKNOWN, Some("forged"), BIG, 401, "unauthenticated", 0)
+            ..post(
+                "a token TokenReview refuses",
+                UNKNOWN,
+                Some("forged"),
+                BIG,
+                401,
+                "unauthenticated",
+                0,
+            )
         },
         Row {
             headers: &[("www-authenticate", "Bearer")],
@@ -258,11 +285,27 @@ fn rows() -> Vec<Row> {
         },
         Row {
             headers: &[("retry-after", "10")],
-            ..post("TokenReview fails", UNKNOWN, Some("down"), BIG, 503, "unavailable", 0)
+            ..post(
+                "TokenReview fails",
+                UNKNOWN,
+                Some("down"),
+                BIG,
+                503,
+                "unavailable",
+                0,
+            )
         },
         Row {
             headers: &[("retry-after", "10")],
-            ..post("TokenReview never answers", UNKNOWN, Some("hung"), BIG, 503, "unavailable", 0)
+            ..post(
+                "TokenReview never answers",
+                UNKNOWN,
+                Some("hung"),
+                BIG,
+                503,
+                "unavailable",
+                0,
+            )
         },
         post(
             "a service account of another namespace",
@@ -273,16 +316,48 @@ fn rows() -> Vec<Row> {
             "forbidden",
             0,
         ),
-        post("a person SubjectAccessReview refuses", GEN, Some("person"), NONE, 403, "forbidden", 0),
-        post("a person SubjectAccessReview allows", GEN, Some("platform"), NONE, 200, "", 1),
+        post(
+            "a person SubjectAccessReview refuses",
+            GEN,
+            Some("person"),
+            NONE,
+            403,
+            "forbidden",
+            0,
+        ),
+        post(
+            "a person SubjectAccessReview allows",
+            GEN,
+            Some("platform"),
+            NONE,
+            200,
+            "",
+            1,
+        ),
         Row {
             earlier: 1,
             headers: &[("retry-after", "1000")],
-            ..post("past the caller's rate", UNKNOWN, Some("apps-eso"), BIG, 429, "too-many-requests", 1)
+            ..post(
+                "past the caller's rate",
+                UNKNOWN,
+                Some("apps-eso"),
+                BIG,
+                429,
+                "too-many-requests",
+                1,
+            )
         },
         Row {
             tweak: no_places,
-            ..post("a body too large", UNKNOWN, Some("apps-eso"), BIG, 413, "payload-too-large", 0)
+            ..post(
+                "a body too large",
+                UNKNOWN,
+                Some("apps-eso"),
+                BIG,
+                413,
+                "payload-too-large",
+                0,
+            )
         },
         Row {
             tweak: no_places,
@@ -298,12 +373,28 @@ fn rows() -> Vec<Row> {
         },
         Row {
             tweak: no_places,
-            ..post("an unknown generator", UNKNOWN, Some("apps-eso"), NONE, 422, "unknown-generator", 0)
+            ..post(
+                "an unknown generator",
+                UNKNOWN,
+                Some("apps-eso"),
+                NONE,
+                422,
+                "unknown-generator",
+                0,
+            )
         },
         Row {
             tweak: no_places,
             headers: &[("retry-after", "10")],
-            ..post("no place in the queue", GEN, Some("apps-eso"), NONE, 503, "busy", 0)
+            ..post(
+                "no place in the queue",
+                GEN,
+                Some("apps-eso"),
+                NONE,
+                503,
+                "busy",
+                0,
+            )
         },
         // The mint port's answers.
         post("minted", GEN, Some("apps-eso"), Sent::Bytes(100), 200, "", 1),
@@ -424,7 +515,13 @@ fn rows() -> Vec<Row> {
             "sandbox-limit-exceeded",
             &[],
         ),
-        fails("trap", || host_error(HostError::Trap("unreachable".into())), 500, "trap", &[]),
+        fails(
+            "trap",
+            || host_error(HostError::Trap("unreachable".into())),
+            500,
+            "trap",
+            &[],
+        ),
         fails(
             "instantiate",
             || host_error(HostError::Instantiate("pool".into())),
@@ -439,11 +536,25 @@ fn rows() -> Vec<Row> {
             "invalid-output",
             &[],
         ),
-        fails("the component", || Failure::usage("bad component"), 500, "internal", &[]),
+        fails(
+            "the component",
+            || Failure::usage("bad component"),
+            500,
+            "internal",
+            &[],
+        ),
         Row {
             minting: Minting::Stalls,
             headers: &[("retry-after", "10")],
-            ..post("a call past its bound", GEN, Some("apps-eso"), NONE, 503, "deadline-exceeded", 1)
+            ..post(
+                "a call past its bound",
+                GEN,
+                Some("apps-eso"),
+                NONE,
+                503,
+                "deadline-exceeded",
+                1,
+            )
         },
     ]
 }
@@ -496,7 +607,11 @@ async fn run(row: &Row, manifest: &std::path::Path) -> (String, usize) {
         shown.push_str(&format!(" {case}"));
     }
     if status == 200 && row.path == GEN {
-        assert!(json["auth"].is_string() && json["expiry"].is_string(), "{}: {json}", row.name);
+        assert!(
+            json["auth"].is_string() && json["expiry"].is_string(),
+            "{}: {json}",
+            row.name
+        );
     }
     for (name, _) in row.headers {
         if let Some(value) = headers.get(*name) {
@@ -571,4 +686,3 @@ fn bearer_tokens() {
     assert_eq!(bearer(Some(&h("Bearer a b"))), None);
     assert_eq!(bearer(None), None);
 }
-
