@@ -64,6 +64,9 @@ pub enum AuthorityError {
     /// A host that is neither a DNS name nor an IP address.
     #[error("{0:?} is not a host name or IP address")]
     Host(String),
+    /// `[` without its `]`.
+    #[error("{0:?}: missing ']'")]
+    Bracket(String),
 }
 
 impl FromStr for Authority {
@@ -113,12 +116,23 @@ impl Server {
         };
         let written = rest.split(['/', '?', '#']).next().unwrap_or_default();
         let not = || AuthorityError::NotHostPort(s.into());
-        if written.is_empty() || written.ends_with(':') || written.contains(['@', ' ', '\t', '\n', '\r']) {
+        if written.is_empty() || written.contains(['@', ' ', '\t', '\n', '\r']) {
             return Err(not());
+        }
+        if written.starts_with('[') && !written.contains(']') {
+            return Err(AuthorityError::Bracket(s.into()));
+        }
+        // `host:` or `[v6]:` has an empty port (a bare IPv6 address may end in `::`).
+        let bare_v6 = !written.starts_with('[') && written.matches(':').count() > 1;
+        if written.ends_with(':') && !bare_v6 {
+            return Err(AuthorityError::Port {
+                port: String::new(),
+                text: s.into(),
+            });
         }
         // A bare IPv6 address (several colons, no brackets) has no port.
         let bracketed;
-        let written = if !written.starts_with('[') && written.matches(':').count() > 1 {
+        let written = if bare_v6 {
             bracketed = format!("[{written}]");
             bracketed.as_str()
         } else {
@@ -191,6 +205,36 @@ mod tests {
     }
 
     #[test]
+    fn each_error_names_what_is_wrong() {
+        for (bad, message) in [
+            ("", "empty host"),
+            (
+                "https://x.io",
+                "\"https://x.io\" is a URL; give HOST[:PORT], e.g. api.cloudsmith.io:443",
+            ),
+            ("a/b", "\"a/b\" is not HOST[:PORT]"),
+            ("user@x.io", "\"user@x.io\" is not HOST[:PORT]"),
+            ("x.io:", "port \"\" in \"x.io:\" is not a port number (1-65535)"),
+            (
+                "x.io:99999",
+                "port \"99999\" in \"x.io:99999\" is not a port number (1-65535)",
+            ),
+            (
+                "x.io:abc",
+                "port \"abc\" in \"x.io:abc\" is not a port number (1-65535)",
+            ),
+            ("[::1", "\"[::1\": missing ']'"),
+            ("bad_host", "\"bad_host\" is not a host name or IP address"),
+        ] {
+            let got = bad
+                .parse::<Authority>()
+                .map(|a| a.to_string())
+                .map_err(|e| e.to_string());
+            assert_eq!(got, Err(message.to_string()), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn servers_in_every_form() {
         let read = |s: &str| Server::parse(s).map(|v| (v.scheme, v.host, v.port));
         let some = |s: Option<&str>, h: &str, p: Option<u16>| Ok((s.map(str::to_string), h.to_string(), p));
@@ -206,6 +250,7 @@ mod tests {
             ),
             ("http://[::1]:5000/v2/", some(Some("http"), "::1", Some(5000))),
             ("::1", some(None, "::1", None)),
+            ("fe80::", some(None, "fe80::", None)),
             ("127.0.0.1:8080?x#y", some(None, "127.0.0.1", Some(8080))),
         ] {
             assert_eq!(read(text), want, "{text:?}");
