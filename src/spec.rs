@@ -141,6 +141,11 @@ impl ApiBase {
         format!("{}://{}", self.scheme.as_str(), self.authority)
     }
 
+    /// `scheme://authority/path`: the API as the exchange calls it.
+    pub fn url(&self) -> String {
+        format!("{}{}", self.origin(), self.path)
+    }
+
     /// The authority with its port always present, as host allowlists write it.
     pub fn authority_with_port(&self) -> String {
         if has_port(&self.authority) {
@@ -286,6 +291,64 @@ struct Fields {
 /// The kind ESO gives generators that serve every namespace.
 pub const CLUSTER_GENERATOR_KIND: &str = "ClusterGenerator";
 
+/// Where a manifest keeps its spec: the rule every reader of a manifest follows (this
+/// crate's parser, and a host's own view of the same fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// No `apiVersion`, `kind` or `spec`: the manifest is the spec itself.
+    Bare,
+    /// A resource: the spec is under `spec`.
+    Resource,
+    /// ESO's ClusterGenerator: the spec is under `spec.generator.cloudsmithAccessTokenSpec`.
+    ClusterGenerator,
+}
+
+impl Form {
+    /// The form of a manifest whose top level sets (not null) `apiVersion`, `kind` or
+    /// `spec` (`resource`), with `kind`'s text.
+    pub fn of(resource: bool, kind: Option<&str>) -> Form {
+        match (resource, kind) {
+            (false, _) => Form::Bare,
+            (true, Some(CLUSTER_GENERATOR_KIND)) => Form::ClusterGenerator,
+            (true, _) => Form::Resource,
+        }
+    }
+
+    /// The keys from the manifest down to its spec object.
+    pub fn path(self) -> &'static [&'static str] {
+        match self {
+            Form::Bare => &[],
+            Form::Resource => &["spec"],
+            Form::ClusterGenerator => &["spec", "generator", "cloudsmithAccessTokenSpec"],
+        }
+    }
+}
+
+/// The API a spec names: `apiUrl` (the field ESO's controller reads, so it wins), else
+/// `apiHost`, else [`DEFAULT_API`]. An empty field is an unset one. `at` is where the
+/// spec is (`spec`), for errors.
+pub fn choose_api(api_url: Option<&str>, api_host: Option<&str>, at: &str) -> Result<ApiBase, SpecError> {
+    fn set(v: Option<&str>) -> Option<&str> {
+        v.filter(|v| !v.is_empty())
+    }
+    match (set(api_url), set(api_host)) {
+        (Some(url), _) => ApiBase::parse(url, &format!("{at}.apiUrl")),
+        (None, Some(host)) => ApiBase::parse(host, &format!("{at}.apiHost")),
+        (None, None) => ApiBase::parse(DEFAULT_API, "default API"),
+    }
+}
+
+/// The audiences a service account token is requested with: the spec's, else the
+/// API's origin (Cloudsmith rejects the cluster's default audience, the API server, so
+/// an empty list asks for the audience Cloudsmith does accept).
+pub fn audiences_or_default(audiences: Vec<String>, api: &ApiBase) -> Vec<String> {
+    if audiences.is_empty() {
+        vec![api.origin()]
+    } else {
+        audiences
+    }
+}
+
 /// Parses `manifest` (JSON: a `CloudsmithAccessToken` resource, a
 /// `ClusterGenerator` wrapping one, or just the spec) into a validated [`Spec`].
 pub fn parse_manifest(manifest: &str) -> Result<Spec, SpecError> {
@@ -308,10 +371,10 @@ pub fn parse_manifest(manifest: &str) -> Result<Spec, SpecError> {
         Some(Object::Not) => return Err(SpecError::new("spec must be an object".into())),
         None => return Err(SpecError::new("spec is required".into())),
     };
-    match kind.as_deref() {
-        Some(CLUSTER_GENERATOR_KIND) => parse_cluster_generator(spec),
-        None | Some(KIND) => parse_spec(spec, "spec"),
-        Some(other) => Err(SpecError::new(format!(
+    match (Form::of(true, kind.as_deref()), kind.as_deref()) {
+        (Form::ClusterGenerator, _) => parse_cluster_generator(spec),
+        (_, None | Some(KIND)) => parse_spec(spec, "spec"),
+        (_, Some(other)) => Err(SpecError::new(format!(
             "kind {} is not {KIND} or {CLUSTER_GENERATOR_KIND}",
             quoted(other)
         ))),
@@ -388,11 +451,7 @@ fn parse_spec(raw: Fields, field: &str) -> Result<Spec, SpecError> {
     // behaves the same here as in ESO.
     let api_url = string(raw.api_url, &at("apiUrl"))?;
     let api_host = string(raw.api_host, &at("apiHost"))?;
-    let api = match (api_url, api_host) {
-        (Some(url), _) => ApiBase::parse(&url, &at("apiUrl"))?,
-        (None, Some(host)) => ApiBase::parse(&host, &at("apiHost"))?,
-        (None, None) => ApiBase::parse(DEFAULT_API, "default API")?,
-    };
+    let api = choose_api(api_url.as_deref(), api_host.as_deref(), field)?;
     let org_slug = slug(raw.org_slug, &at("orgSlug"))?;
     let service_slug = slug(raw.service_slug, &at("serviceSlug"))?;
     let service_account = match raw.service_account_ref {
@@ -423,14 +482,7 @@ fn service_account_ref(r: Fields, api: &ApiBase, field: &str) -> Result<ServiceA
     if let Some(ns) = &namespace {
         validate_namespace(ns, &namespace_field)?;
     }
-    let audiences = audiences(r.audiences, &format!("{field}.audiences"))?;
-    // Cloudsmith rejects the cluster's default audience (the API server), so an
-    // empty list asks for the audience Cloudsmith does accept: its own origin.
-    let audiences = if audiences.is_empty() {
-        vec![api.origin()]
-    } else {
-        audiences
-    };
+    let audiences = audiences_or_default(audiences(r.audiences, &format!("{field}.audiences"))?, api);
     Ok(ServiceAccountRef {
         name,
         namespace,

@@ -19,6 +19,7 @@
 //! | [`token_cache`] | access tokens on disk, for the pull-time doors |
 //! | [`flight`] | single flight across processes (`flock`) |
 //! | [`dirs`] | the cache directory, created private |
+//! | [`files`] | writing a file whole or not at all, with its mode |
 //! | [`authority`] | `host:port`, as the outbound policy reads it |
 //! | [`registries`] | which registries a door answers for; reading a server URL |
 //! | [`registry_auth`] | registry credentials as Docker clients read them (`config.json`, credential helpers), for OCI components |
@@ -29,6 +30,7 @@
 pub mod authority;
 pub mod dirs;
 pub mod docker;
+pub mod files;
 pub mod flight;
 pub mod identity;
 pub mod jwt;

@@ -1,7 +1,7 @@
 //! Which registries a door answers for, and the one reading of a server URL that the
 //! doors share (a client sends `host`, `host:port`, `https://host/v1/` or an image name).
 
-use crate::authority::Authority;
+use crate::authority::Server;
 
 /// Cloudsmith's registry, always one of ours.
 pub const DEFAULT_REGISTRY: &str = "docker.cloudsmith.io";
@@ -49,32 +49,11 @@ impl Registries {
     }
 }
 
-/// The scheme (when there is one) and the authority of `host[:port]`,
-/// `scheme://host[:port][/path]` or `host[:port]/path`: the one reading of a server URL,
-/// registry or API host that the doors share. `None` when there is no sensible authority.
-pub fn split_server(server: &str) -> Option<(Option<&str>, &str)> {
-    let s = server.trim();
-    let (scheme, rest) = match s.split_once("://") {
-        Some((scheme, rest)) if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric()) => {
-            (Some(scheme), rest)
-        }
-        _ => (None, s),
-    };
-    let authority = rest.split(['/', '?', '#']).next()?;
-    if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
-        return None;
-    }
-    Some((scheme, authority))
-}
-
-/// The host (lowercased) and port of a server URL or registry ([`split_server`]); port
-/// 443, the registry default, counts as none.
+/// The host (lowercased) and port of a server URL or registry, in any form a client
+/// sends ([`Server::parse`]); port 443, the registry default, counts as none.
 pub fn host_port(server: &str) -> Option<(String, Option<u16>)> {
-    let (_, authority) = split_server(server)?;
-    let parsed: Authority = authority.parse().ok()?;
-    // Authority parsing defaults the port to 443, which is also the registry default.
-    let port = (parsed.port() != 443).then_some(parsed.port());
-    Some((parsed.host().to_string(), port))
+    let server = Server::parse(server).ok()?;
+    Some((server.host, server.port.filter(|p| *p != 443)))
 }
 
 #[cfg(test)]

@@ -9,8 +9,12 @@
 //! reader, so a form the component accepts is not misread by one of them.
 //!
 //! The view is lenient where the component is strict: a field of the wrong type reads as
-//! absent, and the component, which validates the spec, reports it.
+//! absent, and the component, which validates the spec, reports it. The rules themselves
+//! (where the spec lives, which API a spec names, which audiences a token is asked for)
+//! are the component's own, read from its crate ([`cloudsmith_access_token::spec`]), so a
+//! change to them changes every host reader with them.
 
+use cloudsmith_access_token::spec::{self as rules, ApiBase, Form, SpecError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -64,9 +68,41 @@ impl GeneratorSpec {
         GeneratorSpec::of(&serde_json::from_str(manifest).ok()?)
     }
 
-    /// The API as written: `apiUrl` when set, else `apiHost` (the component's order).
+    /// The API as written: `apiUrl` when set, else `apiHost` (the component's order; an
+    /// empty field is unset).
     pub fn api(&self) -> Option<&str> {
-        self.api_url.as_deref().or(self.api_host.as_deref())
+        fn set(v: &Option<String>) -> Option<&str> {
+            v.as_deref().filter(|v| !v.is_empty())
+        }
+        set(&self.api_url).or(set(&self.api_host))
+    }
+
+    /// The API the component calls for this spec, or why it refuses the field that names it.
+    pub fn api_base(&self) -> Result<ApiBase, SpecError> {
+        rules::choose_api(self.api_url.as_deref(), self.api_host.as_deref(), "spec")
+    }
+
+    /// The API the component calls, as a URL (`scheme://authority/path`); the field as
+    /// written when the component would refuse it.
+    pub fn effective_api(&self) -> String {
+        match self.api_base() {
+            Ok(base) => base.url(),
+            Err(_) => self.api().unwrap_or_default().to_string(),
+        }
+    }
+
+    /// The audiences the component asks the token source for: the spec's, else the
+    /// API's origin. Empty only when neither can be told (an API the component refuses).
+    pub fn audiences(&self) -> Vec<String> {
+        let written = self
+            .service_account_ref
+            .as_ref()
+            .map(|r| r.audiences.clone())
+            .unwrap_or_default();
+        match self.api_base() {
+            Ok(base) => rules::audiences_or_default(written, &base),
+            Err(_) => written,
+        }
     }
 
     /// An `apiHost` that ESO would never see, when it names another API than ESO's
@@ -86,17 +122,15 @@ impl GeneratorSpec {
             return None;
         }
         let written = set(&self.api_host)?;
-        let api = if written.contains("://") {
-            written.trim_end_matches('/').to_string()
-        } else {
-            format!("https://{}", written.trim_end_matches('/'))
-        };
+        // An apiHost the component refuses fails the call with that field's error.
+        let api = rules::choose_api(None, Some(&written), "spec").ok()?.url();
         (api != ESO_DEFAULT_API).then_some(DroppedApiHost { written, api })
     }
 }
 
-/// The API ESO's Cloudsmith generator calls when `apiUrl` is unset.
-pub const ESO_DEFAULT_API: &str = "https://api.cloudsmith.io";
+/// The API ESO's Cloudsmith generator calls when `apiUrl` is unset: the component's
+/// default too.
+pub const ESO_DEFAULT_API: &str = rules::DEFAULT_API;
 
 /// An `apiHost` an API server with ESO's CRD would drop ([`GeneratorSpec::api_host_eso_drops`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,53 +219,32 @@ pub fn drop_account_namespace(manifest: &mut Value) {
     }
 }
 
-/// The kind ESO gives generators that serve every namespace.
-const CLUSTER_GENERATOR: &str = "ClusterGenerator";
-
 /// The spec object of `manifest` as JSON, or `None` when the manifest has none where the
 /// component would look.
 fn spec(manifest: &Value) -> Option<&Value> {
-    let spec = match form(manifest)? {
-        Form::Bare => manifest,
-        Form::Resource => manifest.get("spec")?,
-        Form::ClusterGenerator => manifest
-            .get("spec")?
-            .get("generator")?
-            .get("cloudsmithAccessTokenSpec")?,
-    };
+    let mut spec = manifest;
+    for key in form(manifest)?.path() {
+        spec = spec.get(key)?;
+    }
     spec.is_object().then_some(spec)
 }
 
 /// [`spec`], for changing it.
 fn spec_mut(manifest: &mut Value) -> Option<&mut Map<String, Value>> {
-    let spec = match form(manifest)? {
-        Form::Bare => manifest,
-        Form::Resource => manifest.get_mut("spec")?,
-        Form::ClusterGenerator => manifest
-            .get_mut("spec")?
-            .get_mut("generator")?
-            .get_mut("cloudsmithAccessTokenSpec")?,
-    };
+    let mut spec = manifest;
+    for key in form(spec)?.path() {
+        spec = spec.get_mut(key)?;
+    }
     spec.as_object_mut()
 }
 
-enum Form {
-    Bare,
-    Resource,
-    ClusterGenerator,
-}
-
+/// The component's [`Form`] of `manifest`, which must be an object.
 fn form(manifest: &Value) -> Option<Form> {
     let top = manifest.as_object()?;
     // null is unset, for these keys as for every other (the component's rule).
     let set = |k: &str| top.get(k).is_some_and(|v| !v.is_null());
-    Some(if !(set("spec") || set("kind") || set("apiVersion")) {
-        Form::Bare
-    } else if top.get("kind").and_then(Value::as_str) == Some(CLUSTER_GENERATOR) {
-        Form::ClusterGenerator
-    } else {
-        Form::Resource
-    })
+    let resource = set("spec") || set("kind") || set("apiVersion");
+    Some(Form::of(resource, top.get("kind").and_then(Value::as_str)))
 }
 
 #[cfg(test)]
@@ -353,5 +366,92 @@ mod tests {
             json!({"orgSlug": "o", "serviceAccountRef": {"name": "puller"}})
         );
         assert!(!set(&mut json!([1]), Field::OrgSlug, None));
+    }
+
+    /// Over generated manifests (every form, every way of setting or not setting the API
+    /// fields and the audiences), the host's view finds what the component parses: the
+    /// same spec, API and audiences; and a field written where the view writes it is the
+    /// one the component reads.
+    #[test]
+    fn the_view_agrees_with_the_component_over_generated_manifests() {
+        use cloudsmith_access_token::spec::parse_manifest;
+        let apis: [Option<Value>; 6] = [
+            None,
+            Some(Value::Null),
+            Some(json!("")),
+            Some(json!("https://API.Example:443/base/")),
+            Some(json!("http://127.0.0.1:8080")),
+            Some(json!("h.example:8443")),
+        ];
+        let audiences = [None, Some(json!([])), Some(json!(["https://aud.example", "b"]))];
+        let namespaces = [None, Some(json!("team")), Some(json!(""))];
+        let mut checked = 0;
+        for api_url in &apis {
+            for api_host in &apis {
+                for aud in &audiences {
+                    for ns in &namespaces {
+                        let mut account = json!({"name": "puller"});
+                        if let Some(aud) = aud {
+                            account["audiences"] = aud.clone();
+                        }
+                        if let Some(ns) = ns {
+                            account["namespace"] = ns.clone();
+                        }
+                        let mut inner =
+                            json!({"orgSlug": "org", "serviceSlug": "svc", "serviceAccountRef": account});
+                        if let Some(v) = api_url {
+                            inner["apiUrl"] = v.clone();
+                        }
+                        if let Some(v) = api_host {
+                            inner["apiHost"] = v.clone();
+                        }
+                        let forms = [
+                            inner.clone(),
+                            json!({"kind": "CloudsmithAccessToken", "spec": inner.clone()}),
+                            json!({"apiVersion": "generators.external-secrets.io/v1alpha1", "spec": inner.clone()}),
+                            json!({"kind": "ClusterGenerator", "spec": {"kind": "CloudsmithAccessToken",
+                                "generator": {"cloudsmithAccessTokenSpec": inner.clone()}}}),
+                        ];
+                        for manifest in forms {
+                            let text = manifest.to_string();
+                            let view = GeneratorSpec::of_json(&text).expect("the view finds the spec");
+                            let parsed = parse_manifest(&text);
+                            match &parsed {
+                                Ok(spec) => {
+                                    let account = view.service_account_ref.clone().unwrap_or_default();
+                                    assert_eq!(
+                                        (
+                                            view.effective_api(),
+                                            view.audiences(),
+                                            view.org_slug.as_deref(),
+                                            account.name.as_deref(),
+                                            account.namespace.as_deref().filter(|n| !n.is_empty()),
+                                        ),
+                                        (
+                                            spec.api.url(),
+                                            spec.service_account.audiences.clone(),
+                                            Some(spec.org_slug.as_str()),
+                                            Some(spec.service_account.name.as_str()),
+                                            spec.service_account.namespace.as_deref(),
+                                        ),
+                                        "{text}"
+                                    );
+                                    checked += 1;
+                                }
+                                // What the component refuses, the view cannot name an API for.
+                                Err(e) => assert!(view.api_base().is_err(), "{text}: {e}"),
+                            }
+                            // Written where the view writes, read where the component reads.
+                            let mut changed = manifest.clone();
+                            assert!(set(&mut changed, Field::OrgSlug, Some(json!("other-org"))));
+                            if let (Ok(_), Ok(spec)) = (&parsed, parse_manifest(&changed.to_string())) {
+                                assert_eq!(spec.org_slug, "other-org", "{text}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 200, "only {checked} manifests parsed");
     }
 }

@@ -26,7 +26,7 @@
 //! the file permissions protect and what they do not.
 
 use std::fs;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +35,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::files::Atomic;
 use crate::flight::{self, Flight};
 use crate::secret::{Credentials, Secret};
 use crate::spec::GeneratorSpec;
@@ -294,15 +295,8 @@ impl TokenCache {
             exp: token.exp,
         };
         let path = self.entry_path(key);
-        // tempfile creates the file 0600 (O_EXCL, a random name): never world-readable,
-        // not even between create and rename.
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)
-            .with_context(|| format!("creating a temporary file in {}", self.dir.display()))?;
         let json = serde_json::to_vec(&entry).context("encoding the entry")?;
-        tmp.write_all(&json)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
+        Atomic::private("token cache directory").write(&path, &[&json])?;
         Ok(path)
     }
 

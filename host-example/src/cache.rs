@@ -24,7 +24,7 @@
 
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,7 @@ use wasmtime::Engine;
 use crate::flight::{self, Flight};
 use crate::sandbox::wasm_err;
 use host_core::dirs::create_private_dir;
+use host_core::files::{Atomic, Dir};
 
 /// How long a process waits for another's compile of the same component before
 /// compiling itself: a cold compile takes seconds (release) to tens of seconds (debug).
@@ -268,17 +269,13 @@ impl ArtifactCache {
 
     fn store(&self, path: &Path, key: &[u8; DIGEST_LEN], component: &Component) -> anyhow::Result<()> {
         let payload = component.serialize().map_err(wasm_err)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)
-            .with_context(|| format!("creating a temporary file in {}", self.dir.display()))?;
-        tmp.write_all(MAGIC)?;
-        tmp.write_all(key)?;
-        tmp.write_all(&entry_digest(key, &payload))?;
-        tmp.write_all(&payload)?;
-        tmp.as_file().sync_all()?;
-        // Rename is atomic: a concurrent reader sees the old entry or the whole new one.
-        tmp.persist(path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+        // The directory was made and checked by `load`. A concurrent reader sees the old
+        // entry or the whole new one.
+        let write = Atomic {
+            dir: Dir::Exists,
+            ..Atomic::private("cache directory")
+        };
+        write.write(path, &[MAGIC, key, &entry_digest(key, &payload), &payload])
     }
 }
 

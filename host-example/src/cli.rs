@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use host_core::authority::AuthorityError;
 use host_example::oci::ComponentRef;
 use host_example::policy::TimeoutCaps;
 use host_example::{Authority, Limits, NamespacePolicy, OutboundPolicy, WasiGrants};
@@ -604,7 +605,7 @@ pub struct DemoArgs {
 }
 
 fn parse_authority(s: &str) -> Result<Authority, String> {
-    s.parse()
+    s.parse().map_err(|e: AuthorityError| e.to_string())
 }
 
 /// Where `--allow-http` allows plain http.
@@ -620,7 +621,7 @@ fn parse_plain_http(s: &str) -> Result<PlainHttp, String> {
     if s.trim().is_empty() {
         return Ok(PlainHttp::Loopback);
     }
-    let authority: Authority = s.parse()?;
+    let authority: Authority = parse_authority(s)?;
     // `Authority` defaults to 443; plain http's port is 80.
     let explicit_port = s.trim().rsplit_once(':').is_some_and(|(host, port)| {
         !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()) && !host.ends_with(':')

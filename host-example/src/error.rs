@@ -5,6 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use cloudsmith_access_token::error as guest;
+
 /// An HTTP status and Cloudsmith's explanation of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamStatus {
@@ -145,72 +147,75 @@ impl GenerateError {
     }
 }
 
-impl fmt::Display for GenerateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl GenerateError {
+    /// The component's own error for this one: the same case, with the words the
+    /// component writes, without what only the host knows.
+    fn guest(&self) -> guest::GenerateError {
+        let status = |s: &UpstreamStatus| guest::UpstreamStatus {
+            status: s.status,
+            detail: s.detail.clone(),
+        };
         match self {
-            GenerateError::InvalidSpec(m) => write!(f, "invalid spec: {m}"),
-            GenerateError::TokenSource(m) => write!(f, "token source failed: {m}"),
-            GenerateError::PolicyDenied { message, host_reason } => {
-                write!(f, "refused by host policy: {message}")?;
-                if let Some(reason) = host_reason {
-                    write!(f, "; {reason}")?;
-                }
-                Ok(())
+            GenerateError::InvalidSpec(m) => guest::GenerateError::InvalidSpec(m.clone()),
+            GenerateError::TokenSource(m) => guest::GenerateError::TokenSource(m.clone()),
+            GenerateError::PolicyDenied { message, .. } => {
+                guest::GenerateError::PolicyDenied(message.clone())
             }
-            GenerateError::Unauthorized(s) => {
-                write!(
-                    f,
-                    "Cloudsmith rejected the credentials ({}): {}",
-                    s.status, s.detail
-                )?;
-                match &s.token {
-                    Some(token @ PresentedToken::Claims { .. }) => {
-                        write!(
-                            f,
-                            "; {token}: the Cloudsmith OIDC service must trust this issuer and subject"
-                        )?;
-                        if s.status == 403 {
-                            write!(f, ", and have permission on the repositories")?;
-                        }
-                    }
-                    Some(token) => write!(f, "; {token}")?,
-                    None => {}
-                }
-                Ok(())
-            }
-            GenerateError::Rejected(s) => {
-                write!(f, "Cloudsmith rejected the request ({}): {}", s.status, s.detail)
-            }
+            GenerateError::Unauthorized(s) => guest::GenerateError::Unauthorized(status(s)),
+            GenerateError::Rejected(s) => guest::GenerateError::Rejected(status(s)),
             GenerateError::RateLimited {
                 retry_after_seconds,
                 detail,
-            } => {
-                write!(f, "Cloudsmith rate limit (429)")?;
-                if let Some(s) = retry_after_seconds {
-                    write!(f, ", retry after {s}s")?;
-                }
-                if !detail.is_empty() {
-                    write!(f, ": {detail}")?;
-                }
-                Ok(())
-            }
+            } => guest::GenerateError::RateLimited {
+                retry_after_seconds: *retry_after_seconds,
+                detail: detail.clone(),
+            },
             GenerateError::Upstream {
                 status,
                 detail,
                 attempts,
-                host_note,
-            } => {
-                write!(f, "Cloudsmith exchange failed after {attempts} attempt(s)")?;
-                if let Some(s) = status {
-                    write!(f, " ({s})")?;
-                }
-                write!(f, ": {detail}")?;
-                if let Some(note) = host_note {
-                    write!(f, "; {note}")?;
+                ..
+            } => guest::GenerateError::Upstream(guest::UpstreamFailure {
+                status: *status,
+                detail: detail.clone(),
+                attempts: *attempts,
+            }),
+            GenerateError::InvalidToken(m) => guest::GenerateError::InvalidToken(m.clone()),
+        }
+    }
+}
+
+/// The component's words ([`cloudsmith_access_token::error`]), then what the host adds.
+impl fmt::Display for GenerateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.guest())?;
+        match self {
+            GenerateError::PolicyDenied {
+                host_reason: Some(reason),
+                ..
+            } => write!(f, "; {reason}"),
+            GenerateError::Unauthorized(UpstreamStatus {
+                status,
+                token: Some(token @ PresentedToken::Claims { .. }),
+                ..
+            }) => {
+                write!(
+                    f,
+                    "; {token}: the Cloudsmith OIDC service must trust this issuer and subject"
+                )?;
+                if *status == 403 {
+                    write!(f, ", and have permission on the repositories")?;
                 }
                 Ok(())
             }
-            GenerateError::InvalidToken(m) => write!(f, "invalid token answer: {m}"),
+            GenerateError::Unauthorized(UpstreamStatus {
+                token: Some(token), ..
+            }) => write!(f, "; {token}"),
+            GenerateError::Upstream {
+                host_note: Some(note),
+                ..
+            } => write!(f, "; {note}"),
+            _ => Ok(()),
         }
     }
 }
@@ -218,16 +223,18 @@ impl fmt::Display for GenerateError {
 impl std::error::Error for GenerateError {}
 
 /// A failure the host detected or imposed, outside the generator's own logic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HostError {
     /// The call ran past its overall deadline (epoch interruption, or a host call that
     /// did not return in time).
+    #[error("the generator did not finish within its {}s deadline", deadline.as_secs_f64())]
     DeadlineExceeded {
         /// The deadline that was exceeded.
         deadline: Duration,
     },
     /// The guest ran over the call's memory budget: its linear memories and tables
     /// together, or the host resources it holds (see `sandbox::Budget`).
+    #[error("the generator exceeded its memory limit of {} MiB", limit_bytes / (1024 * 1024))]
     MemoryLimitExceeded {
         /// The limit, in bytes.
         limit_bytes: usize,
@@ -235,50 +242,33 @@ pub enum HostError {
     /// The guest went past one of the sandbox's counts or bounds: more core instances,
     /// linear memories or tables than a call may create, or too much data passed to the
     /// host at once. The text names which.
+    #[error("the generator exceeded its sandbox limits: {0}")]
     SandboxLimitExceeded(String),
     /// The guest trapped (a panic, `unreachable`, an out-of-bounds access...).
+    #[error("the generator crashed (wasm trap): {0}")]
     Trap(String),
     /// The component could not be linked or instantiated (it imports something this host
     /// does not provide, or the instance pool is exhausted).
+    #[error("could not instantiate the component: {0}")]
     Instantiate(String),
     /// The generator succeeded but its outputs are not ESO's `auth` and `expiry`.
+    #[error("the generator returned unusable outputs: {0}")]
     InvalidOutput(String),
     /// The host's token source did not answer in time (a hung Kubernetes API server);
     /// the guest reported it as a token-source failure. Worth a retry.
+    #[error("token source unavailable: {0}")]
     TokenSourceUnavailable(String),
 }
 
-impl fmt::Display for HostError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HostError::DeadlineExceeded { deadline } => write!(
-                f,
-                "the generator did not finish within its {}s deadline",
-                deadline.as_secs_f64()
-            ),
-            HostError::MemoryLimitExceeded { limit_bytes } => write!(
-                f,
-                "the generator exceeded its memory limit of {} MiB",
-                limit_bytes / (1024 * 1024)
-            ),
-            HostError::SandboxLimitExceeded(m) => write!(f, "the generator exceeded its sandbox limits: {m}"),
-            HostError::Trap(m) => write!(f, "the generator crashed (wasm trap): {m}"),
-            HostError::Instantiate(m) => write!(f, "could not instantiate the component: {m}"),
-            HostError::InvalidOutput(m) => write!(f, "the generator returned unusable outputs: {m}"),
-            HostError::TokenSourceUnavailable(m) => write!(f, "token source unavailable: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for HostError {}
-
 /// Why a call failed: the generator said so, or the host stopped it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The generator's own failure.
-    Generate(GenerateError),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
     /// A host-side failure.
-    Host(HostError),
+    #[error(transparent)]
+    Host(#[from] HostError),
 }
 
 impl Error {
@@ -289,36 +279,6 @@ impl Error {
             Error::Generate(e) => e.is_transient(),
             Error::Host(e) => matches!(e, HostError::DeadlineExceeded { .. }),
         }
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Generate(e) => e.fmt(f),
-            Error::Host(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Generate(e) => Some(e),
-            Error::Host(e) => Some(e),
-        }
-    }
-}
-
-impl From<GenerateError> for Error {
-    fn from(e: GenerateError) -> Self {
-        Error::Generate(e)
-    }
-}
-
-impl From<HostError> for Error {
-    fn from(e: HostError) -> Self {
-        Error::Host(e)
     }
 }
 

@@ -53,10 +53,6 @@
 //! | [`sandbox`] | the engine, [`Limits`] (memory, deadline), [`WasiGrants`] |
 //! | [`token_source`] | [`TokenSource`]: a file, a variable, Kubernetes TokenRequest, a fixed token |
 //! | [`cache`] | compiled components on disk |
-//! | [`token_cache`] | access tokens on disk, for the pull-time doors |
-//! | [`flight`] | single flight across processes for both caches (`flock`) |
-//! | [`spec`] | the typed view of the generator spec, where the component finds it |
-//! | [`jwt`] | the claims of a JWT, read unverified, to describe a token |
 //! | [`error`] | [`Error`]: the generator's failures (the WIT `generate-error`) and the host's |
 //! | [`secret`] | [`Secret`], [`Credentials`]: values that redact themselves; one-line messages |
 //! | [`output`] | ESO's JSON, a Docker config, a dockerconfigjson Secret |
@@ -75,9 +71,10 @@ pub mod sandbox;
 pub mod token_source;
 
 // The Wasm-free modules, kept in host-core so that the lean Docker helper links no wasmtime.
-pub use host_core::{
-    authority, dirs, flight, identity, jwt, manifest, registries, secret, spec, token_cache,
-};
+// Only `secret` is part of this library's interface; the others serve its insides (and
+// the CLI reaches them in host-core directly).
+pub use host_core::secret;
+use host_core::{flight, jwt, spec};
 
 pub use error::{Error, GenerateError, HostError, PresentedToken, UpstreamStatus};
 pub use generator::{CallReport, CallTokens, Generator, GeneratorInfo, GeneratorOptions, Traced};

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
-use host_example::token_cache::TokenCache;
+use host_core::token_cache::TokenCache;
 
 use crate::cli::{Cli, Command, ComponentCommand, InstallCommand};
 use crate::doors::docker::{self, DockerConfig};
@@ -140,10 +140,14 @@ fn command(cli: Cli, started: Instant) -> Result<Reply, Failure> {
         }
         Command::Info(args) => {
             let runtime = RuntimeConfig::try_from(&args.runtime)?;
-            block_on(generate::info(&runtime, verbose))
+            block_on(generate::info(&Minter::new(runtime, None, verbose)))
         }
         #[cfg(feature = "demo")]
-        Command::Demo(args) => block_on(doors::demo::run(&args.namespace, (&args.output).into(), verbose)),
+        Command::Demo(args) => block_on(async {
+            let demo = doors::demo::Demo::start(&args.namespace, verbose).await?;
+            let minter = Minter::new(demo.runtime()?, None, verbose);
+            demo.handle(&minter, (&args.output).into()).await
+        }),
         Command::KubeletCredentialProvider(args) => {
             let config = args.config(started, verbose)?;
             let runtime = RuntimeConfig::try_from(&args.runtime)?;
@@ -160,9 +164,11 @@ fn command(cli: Cli, started: Instant) -> Result<Reply, Failure> {
         Command::DockerCredentialHelper(args) => docker_action(&args.action, verbose),
         Command::Serve(args) => {
             let config = serve::ServeConfig::try_from(&*args)?;
+            // One pooled engine for every caller.
+            let minter = Minter::pooled(config.runtime.clone(), config.max_concurrent_calls, verbose);
             // Many callers at once: a worker per core.
             run_on(tokio::runtime::Builder::new_multi_thread(), async {
-                serve::run(config, verbose).await.map(|()| Reply::ok(""))
+                serve::run(config, minter).await.map(|()| Reply::ok(""))
             })
         }
         Command::Install(InstallCommand::DockerCredentialHelper(args)) => {

@@ -1,29 +1,35 @@
 //! The mint port: every door asks it for credentials, the same way.
 //!
-//! A [`Minter`] holds the runtime configuration, the token cache and the verbosity, and
-//! answers [`Mint::mint`]: the token cache first (a hit runs no Wasm and makes no network
-//! call), else the sandboxed generator, whose answer then fills the cache. It builds its
-//! [`Generator`] once, on the first miss, and keeps it: a long-lived door (`serve`) makes
-//! one [`Minter::pooled`] and so one pooled engine for all its calls. Each request brings
-//! its own token source ([`CallTokens`]), so one generator serves them all.
+//! A [`Minter`] holds the token cache and the verbosity, and answers [`Mint::mint`]: the
+//! token cache first (a hit runs no Wasm and makes no network call), else an
+//! [`Exchange`] (the sandboxed [`Generator`]), whose answer then fills the cache. It
+//! builds its exchange once, on the first miss ([`Load`]), and keeps it: a long-lived
+//! door (`serve`) is handed one [`Minter::pooled`] and so one pooled engine for all its
+//! calls. Each request brings its own token source ([`CallTokens`]), so one generator
+//! serves them all.
 //!
-//! Doors take `&impl Mint`, so their tests drive the real door with a fake.
+//! Two seams, each with a fake for tests: doors take `&impl Mint`, so their tests drive
+//! the real door with a fake mint; the minter runs over `Exchange`, so its tests drive
+//! the real cache, single flight and fill with a fake exchange.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use host_example::flight::{Flight, FlightLock};
-use host_example::identity;
-use host_example::spec::GeneratorSpec;
-use host_example::token_cache::{now_unix, CacheKey, CachedToken, Lookup, TokenCache, DEFAULT_MARGIN};
+use host_core::flight::{Flight, FlightLock};
+use host_core::identity;
+use host_core::spec::GeneratorSpec;
+use host_core::token_cache::{now_unix, CacheKey, CachedToken, Lookup, TokenCache, DEFAULT_MARGIN};
 use host_example::token_source::{EnvTokenSource, FileTokenSource, KubernetesTokenSource};
-use host_example::{CallTokens, Credentials, Generator, NamespacePolicy, Secret, TokenSource};
+use host_example::{
+    CallTokens, Credentials, Error, Generator, GeneratorInfo, NamespacePolicy, Secret, TokenRequest,
+    TokenSource, TokenSourceError, Traced,
+};
 
 use crate::failure::Failure;
-use crate::setup::{self, note, RuntimeConfig};
+use crate::setup::{self, note, Component, RuntimeConfig};
 
 /// Where a request's OIDC token comes from.
 #[derive(Clone)]
@@ -109,6 +115,79 @@ pub trait Mint: Sync {
     fn cached(&self, _request: &MintRequest) -> Option<Minted> {
         None
     }
+
+    /// The service account token `request`'s token source gives for `wanted`: what the
+    /// generator would be handed (`check` looks at it before any exchange).
+    fn token(
+        &self,
+        request: &MintRequest,
+        wanted: &TokenRequest,
+    ) -> impl Future<Output = SourcedToken> + Send;
+
+    /// Loads the generator now, so that a long-lived door fails at start on a bad
+    /// component rather than at its first call.
+    fn ready(&self) -> impl Future<Output = Result<(), Failure>> + Send {
+        async { Ok(()) }
+    }
+
+    /// What the generator says about itself (`info`).
+    fn info(&self) -> impl Future<Output = Result<GeneratorInfo, Failure>> + Send;
+}
+
+/// A token as a token source gave it ([`Mint::token`]).
+pub struct SourcedToken {
+    /// The source, in words (`token file /var/run/...`), never a secret.
+    pub source: String,
+    /// The token, or why the source gave none.
+    pub token: Result<Secret, TokenSourceError>,
+}
+
+/// The sandboxed call under the mint port: what a [`Minter`] runs on a cache miss. The
+/// [`Generator`] is the one implementation; the mint port's tests use a fake.
+pub trait Exchange: Send + Sync {
+    /// Runs the generator for `manifest` in `namespace` with the call's own token source.
+    fn exchange(
+        &self,
+        manifest: &str,
+        namespace: &str,
+        tokens: &CallTokens,
+    ) -> impl Future<Output = Traced<Credentials>> + Send;
+
+    /// What the generator says about itself.
+    fn info(&self) -> impl Future<Output = Result<GeneratorInfo, Error>> + Send;
+}
+
+impl Exchange for Generator {
+    async fn exchange(&self, manifest: &str, namespace: &str, tokens: &CallTokens) -> Traced<Credentials> {
+        self.generate_traced_with(manifest, namespace, Some(tokens)).await
+    }
+
+    async fn info(&self) -> Result<GeneratorInfo, Error> {
+        Generator::info(self).await
+    }
+}
+
+/// How a [`Minter`] gets its [`Exchange`]: built on the first call that needs it, then
+/// kept, so a cache hit loads no component ([`crate::setup::Component`]).
+pub trait Load: Send + Sync {
+    /// What it builds.
+    type Exchange: Exchange;
+
+    /// Builds it (loads and links the component).
+    fn load(&self) -> impl Future<Output = Result<Self::Exchange, Failure>> + Send;
+}
+
+/// An exchange already built, for a minter over a fake.
+#[cfg(test)]
+pub struct Ready<E>(pub E);
+
+#[cfg(test)]
+impl<E: Exchange + Clone> Load for Ready<E> {
+    type Exchange = E;
+
+    async fn load(&self) -> Result<E, Failure> {
+        Ok(self.0.clone())
+    }
 }
 
 /// What a process does after a cache miss ([`Minter::lead`]).
@@ -120,15 +199,32 @@ enum Lead {
     Exchange(Option<FlightLock>),
 }
 
+/// How long a process waits for another's exchange of the same token: half the time
+/// left before `deadline`, so that its own exchange still fits in the other half.
+pub fn wait_until(now: Instant, deadline: Instant) -> Instant {
+    now + deadline.saturating_duration_since(now) / 2
+}
+
+/// A [`Minter`]'s settings besides what it loads.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The token cache; `None`: every call exchanges.
+    pub cache: Option<TokenCache>,
+    /// Whether every token a call uses passes through this host
+    /// ([`RuntimeConfig::host_sees_tokens`]): otherwise the cache cannot key an answer.
+    pub host_sees_tokens: bool,
+    /// A call's deadline, for a request that names none.
+    pub deadline: Duration,
+    /// `-v`: notes on stderr.
+    pub verbose: bool,
+}
+
 /// The mint port's one implementation: token cache, then the sandboxed generator.
-pub struct Minter {
-    config: RuntimeConfig,
-    cache: Option<TokenCache>,
-    verbose: bool,
-    /// A pooled engine with this many slots (a long-lived server), else one call.
-    slots: Option<u32>,
-    /// Built on the first miss, then reused.
-    generator: Mutex<Option<Generator>>,
+pub struct Minter<L: Load = Component> {
+    load: L,
+    /// Built by `load` on the first call that needs it, then reused.
+    exchange: tokio::sync::OnceCell<L::Exchange>,
+    settings: Settings,
     /// Whether the one warning about an unusable token cache has been printed.
     warned: AtomicBool,
 }
@@ -136,51 +232,65 @@ pub struct Minter {
 impl Minter {
     /// A minter for a one-shot door.
     pub fn new(config: RuntimeConfig, cache: Option<TokenCache>, verbose: bool) -> Self {
-        Minter {
-            config,
-            cache,
-            verbose,
-            slots: None,
-            generator: Mutex::new(None),
-            warned: AtomicBool::new(false),
-        }
+        Minter::component(config, None, cache, verbose)
     }
 
     /// A minter for a long-lived door: no token cache (each caller gets a fresh token,
     /// as ESO expects of a generator), one pooled engine with `slots` call slots.
-    /// [`Minter::prepare`] builds it up front.
+    /// [`Mint::ready`] builds it up front.
     pub fn pooled(config: RuntimeConfig, slots: u32, verbose: bool) -> Self {
+        Minter::component(config, Some(slots), None, verbose)
+    }
+
+    fn component(
+        config: RuntimeConfig,
+        slots: Option<u32>,
+        cache: Option<TokenCache>,
+        verbose: bool,
+    ) -> Self {
+        let settings = Settings {
+            cache,
+            host_sees_tokens: config.host_sees_tokens(),
+            deadline: config.limits.deadline,
+            verbose,
+        };
+        Minter::over(
+            Component {
+                config,
+                slots,
+                verbose,
+            },
+            settings,
+        )
+    }
+}
+
+impl<L: Load> Minter<L> {
+    /// A minter over what `load` builds.
+    pub fn over(load: L, settings: Settings) -> Self {
         Minter {
-            slots: Some(slots),
-            ..Minter::new(config, None, verbose)
+            load,
+            exchange: tokio::sync::OnceCell::new(),
+            settings,
+            warned: AtomicBool::new(false),
         }
     }
 
-    /// Loads the component and links the generator now, so the first call does not pay
-    /// for it and a bad component fails at start; `tokens` is the source of calls that
-    /// bring none.
-    pub async fn prepare(&self, tokens: Arc<dyn TokenSource>) -> Result<Generator, Failure> {
-        if let Some(generator) = &*self.generator.lock().unwrap_or_else(|p| p.into_inner()) {
-            return Ok(generator.clone());
+    /// The exchange, built on first use.
+    async fn exchange(&self) -> Result<&L::Exchange, Failure> {
+        self.exchange.get_or_try_init(|| self.load.load()).await
+    }
+
+    fn note(&self, line: impl FnOnce() -> String) {
+        if self.settings.verbose {
+            note(&line());
         }
-        // Not held across the load: the one caller that races another (none today: serve
-        // prepares once at start, one-shot doors call once) would only build twice.
-        let generator = setup::load(
-            &self.config,
-            tokens,
-            NamespacePolicy::TargetOnly,
-            self.slots,
-            self.verbose,
-        )
-        .await?;
-        *self.generator.lock().unwrap_or_else(|p| p.into_inner()) = Some(generator.clone());
-        Ok(generator)
     }
 
     /// The cache key of `request`, when the request may use the cache.
     fn cache_key(&self, request: &MintRequest, identity: Option<&str>) -> Option<CacheKey> {
-        self.cache.as_ref()?;
-        if !self.config.host_sees_tokens() {
+        self.settings.cache.as_ref()?;
+        if !self.settings.host_sees_tokens {
             return None;
         }
         let cross = request.namespaces == NamespacePolicy::AllowCrossNamespace;
@@ -200,23 +310,17 @@ impl Minter {
     /// After a miss: waits for another process exchanging for `key`, and either finds
     /// its entry or goes ahead (holding the lock when it could take it).
     fn lead(&self, cache: &TokenCache, key: &CacheKey, deadline: Instant) -> Lead {
-        let now = Instant::now();
-        let until = now + deadline.saturating_duration_since(now) / 2;
         // A blocking wait: one-shot doors run one call on their thread, nothing else.
-        match cache.lock(key, until) {
+        match cache.lock(key, wait_until(Instant::now(), deadline)) {
             Flight::Leader(lock) => match cache.get(key) {
                 Lookup::Hit(token) => {
-                    if self.verbose {
-                        note("token cache: filled by another process while this one waited");
-                    }
+                    self.note(|| "token cache: filled by another process while this one waited".into());
                     Lead::Filled(token)
                 }
                 _ => Lead::Exchange(Some(lock)),
             },
             Flight::TimedOut => {
-                if self.verbose {
-                    note("token cache: another process is still exchanging; exchanging too");
-                }
+                self.note(|| "token cache: another process is still exchanging; exchanging too".into());
                 Lead::Exchange(None)
             }
             Flight::Alone(why) => {
@@ -227,7 +331,10 @@ impl Minter {
     }
 
     fn margin(&self) -> Duration {
-        self.cache.as_ref().map_or(DEFAULT_MARGIN, TokenCache::margin)
+        self.settings
+            .cache
+            .as_ref()
+            .map_or(DEFAULT_MARGIN, TokenCache::margin)
     }
 
     fn minted(&self, credentials: Credentials, token: Option<CachedToken>) -> Minted {
@@ -244,44 +351,39 @@ impl Minter {
             usable_for,
         }
     }
-}
 
-impl Minter {
     /// The request's token source, its cache key (when it may be cached) and the cache's
     /// answer (on a hit).
     fn lookup(&self, request: &MintRequest) -> (Arc<dyn TokenSource>, Option<CacheKey>, Option<Minted>) {
-        let (source, identity) = token_source(&request.tokens, &request.manifest, &request.namespace);
+        let (source, identity) = request.tokens.resolve(&request.manifest, &request.namespace);
         let key = self.cache_key(request, identity.as_deref());
-        let (Some(cache), Some(found)) = (&self.cache, &key) else {
-            if self.verbose {
-                note(match &self.cache {
+        let (Some(cache), Some(found)) = (&self.settings.cache, &key) else {
+            self.note(|| {
+                match &self.settings.cache {
                     None => "token cache: off",
                     Some(_) => "token cache: not used (no identity for this token source)",
-                });
-            }
+                }
+                .into()
+            });
             return (source, key, None);
         };
         let hit = match cache.get(found) {
             Lookup::Hit(token) => {
-                if self.verbose {
-                    note(&format!(
+                self.note(|| {
+                    format!(
                         "token cache: hit {} (expiry {})",
                         cache.entry_path(found).display(),
                         token.expiry
-                    ));
-                }
+                    )
+                });
                 Some(self.minted(token.credentials(), Some(token)))
             }
             Lookup::Miss => {
-                if self.verbose {
-                    note("token cache: miss");
-                }
+                self.note(|| "token cache: miss".into());
                 None
             }
             Lookup::Unusable(why) => {
-                if self.verbose {
-                    note(&format!("token cache: entry ignored ({why})"));
-                }
+                self.note(|| format!("token cache: entry ignored ({why})"));
                 None
             }
         };
@@ -289,7 +391,7 @@ impl Minter {
     }
 }
 
-impl Mint for Minter {
+impl<L: Load> Mint for Minter<L> {
     fn cached(&self, request: &MintRequest) -> Option<Minted> {
         self.lookup(request).2
     }
@@ -299,11 +401,11 @@ impl Mint for Minter {
         if let Some(minted) = hit {
             return Ok(minted);
         }
-        let _flight = match (&self.cache, &key) {
+        let _flight = match (&self.settings.cache, &key) {
             (Some(cache), Some(key)) => {
                 let deadline = request
                     .deadline
-                    .unwrap_or_else(|| Instant::now() + self.config.limits.deadline);
+                    .unwrap_or_else(|| Instant::now() + self.settings.deadline);
                 match self.lead(cache, key, deadline) {
                     Lead::Filled(token) => return Ok(self.minted(token.credentials(), Some(token))),
                     Lead::Exchange(lock) => lock,
@@ -311,49 +413,70 @@ impl Mint for Minter {
             }
             _ => None,
         };
-        if self.verbose {
-            note(&format!("token source: {}", source.describe()));
-        }
-        let generator = self.prepare(source.clone()).await?;
+        self.note(|| format!("token source: {}", source.describe()));
+        let exchange = self.exchange().await?;
         let tokens = CallTokens {
             source,
             namespaces: request.namespaces,
         };
-        let traced = generator
-            .generate_traced_with(&request.manifest, &request.namespace, Some(&tokens))
+        let traced = exchange
+            .exchange(&request.manifest, &request.namespace, &tokens)
             .await;
-        let credentials = setup::settle(traced, self.verbose)?;
+        let credentials = setup::settle(traced, self.settings.verbose)?;
         let token = CachedToken::from_credentials(&credentials);
-        if let (Some(cache), Some(key), Some(token)) = (&self.cache, &key, &token) {
+        if let (Some(cache), Some(key), Some(token)) = (&self.settings.cache, &key, &token) {
             // A cache that cannot be written costs the next call an exchange, nothing more.
             match cache.put(key, token) {
-                Ok(path) if self.verbose => note(&format!("token cache: stored {}", path.display())),
-                Ok(_) => {}
+                Ok(path) => self.note(|| format!("token cache: stored {}", path.display())),
                 Err(e) => self.warn_cache(&format!("not stored: {e:#}")),
             }
         }
         Ok(self.minted(credentials, token))
     }
+
+    async fn token(&self, request: &MintRequest, wanted: &TokenRequest) -> SourcedToken {
+        let (source, _) = request.tokens.resolve(&request.manifest, &request.namespace);
+        SourcedToken {
+            source: source.describe(),
+            token: source.token(wanted).await,
+        }
+    }
+
+    async fn ready(&self) -> Result<(), Failure> {
+        self.exchange().await.map(|_| ())
+    }
+
+    async fn info(&self) -> Result<GeneratorInfo, Failure> {
+        self.exchange().await?.info().await.map_err(Failure::Call)
+    }
 }
 
-/// The token source a choice names, and its identity for the token cache: the claims of
-/// the token it holds now (read locally, never sent anywhere), or for Kubernetes the
-/// cluster, user and service account. `None` when it cannot be told without a secret
-/// or a network call (the request is then not cached).
-pub fn token_source(
-    choice: &TokenChoice,
-    manifest: &str,
-    namespace: &str,
-) -> (Arc<dyn TokenSource>, Option<String>) {
-    match choice {
-        TokenChoice::File(path) => (Arc::new(FileTokenSource::new(path)), identity::file(path)),
-        TokenChoice::Env(var) => (Arc::new(EnvTokenSource::new(var)), identity::env(var)),
-        // Built lazily: a composed component that never asks needs no kubeconfig.
-        TokenChoice::Kubernetes(kubeconfig) => (
-            Arc::new(KubernetesTokenSource::new(kubeconfig.clone())),
-            kubernetes_identity(kubeconfig.as_deref(), manifest, namespace),
-        ),
-        TokenChoice::Given { source, identity } => (source.clone(), identity.clone()),
+impl TokenChoice {
+    /// The token source this choice names.
+    pub fn source(&self) -> Arc<dyn TokenSource> {
+        match self {
+            TokenChoice::File(path) => Arc::new(FileTokenSource::new(path)),
+            TokenChoice::Env(var) => Arc::new(EnvTokenSource::new(var)),
+            // Built lazily: a composed component that never asks needs no kubeconfig.
+            TokenChoice::Kubernetes(kubeconfig) => Arc::new(KubernetesTokenSource::new(kubeconfig.clone())),
+            TokenChoice::Given { source, .. } => source.clone(),
+        }
+    }
+
+    /// The token source this choice names, and its identity for the token cache: the
+    /// claims of the token it holds now (read locally, never sent anywhere), or for
+    /// Kubernetes the cluster, user and service account. `None` when it cannot be told
+    /// without a secret or a network call (the request is then not cached).
+    pub fn resolve(&self, manifest: &str, namespace: &str) -> (Arc<dyn TokenSource>, Option<String>) {
+        let identity = match self {
+            TokenChoice::File(path) => identity::file(path),
+            TokenChoice::Env(var) => identity::env(var),
+            TokenChoice::Kubernetes(kubeconfig) => {
+                kubernetes_identity(kubeconfig.as_deref(), manifest, namespace)
+            }
+            TokenChoice::Given { identity, .. } => identity.clone(),
+        };
+        (self.source(), identity)
     }
 }
 
@@ -398,9 +521,16 @@ fn kubernetes_identity(kubeconfig: Option<&Path>, manifest: &str, namespace: &st
 
 #[cfg(test)]
 pub mod fake {
-    //! A [`Mint`] for door tests: a fixed access token, and a record of the requests.
+    //! A [`Mint`] for door tests: a fixed access token (or a failure), a fixed OIDC
+    //! token for [`Mint::token`], and a record of the requests.
+
+    use std::sync::Mutex;
 
     use super::*;
+
+    /// What [`FakeMint::mint`] answers for a request: `None` the access token, else
+    /// this failure.
+    pub type Outcome = Box<dyn Fn(&MintRequest) -> Option<Failure> + Send + Sync>;
 
     /// Answers every request with `token`, usable for `usable_for`.
     pub struct FakeMint {
@@ -412,6 +542,12 @@ pub mod fake {
         pub seen: Mutex<Vec<(String, String, String)>>,
         /// Whether [`Mint::cached`] answers (a warm cache), or says ask `mint`.
         pub warm: bool,
+        /// Failures in place of the token, by request.
+        pub outcome: Outcome,
+        /// What [`Mint::token`] answers: the OIDC token, or the source's error.
+        pub oidc: Result<String, String>,
+        /// Whether `mint` never answers (a call that outlives its bound).
+        pub stalls: bool,
     }
 
     impl FakeMint {
@@ -422,7 +558,26 @@ pub mod fake {
                 usable_for: Duration::from_secs(seconds),
                 seen: Mutex::new(Vec::new()),
                 warm: false,
+                outcome: Box::new(|_| None),
+                oidc: Err("no OIDC token in this fake".into()),
+                stalls: false,
             }
+        }
+
+        /// The same fake, failing as `outcome` says.
+        pub fn failing(
+            self,
+            outcome: impl Fn(&MintRequest) -> Option<Failure> + Send + Sync + 'static,
+        ) -> Self {
+            FakeMint {
+                outcome: Box::new(outcome),
+                ..self
+            }
+        }
+
+        /// The number of `mint` calls so far.
+        pub fn calls(&self) -> usize {
+            self.seen.lock().unwrap().len()
         }
 
         fn answer(&self) -> Minted {
@@ -441,16 +596,43 @@ pub mod fake {
 
     impl Mint for FakeMint {
         async fn mint(&self, request: MintRequest) -> Result<Minted, Failure> {
-            let (source, _) = token_source(&request.tokens, &request.manifest, &request.namespace);
+            let (source, _) = request.tokens.resolve(&request.manifest, &request.namespace);
+            let failed = (self.outcome)(&request);
             self.seen
                 .lock()
                 .unwrap()
                 .push((request.manifest, request.namespace, source.describe()));
-            Ok(self.answer())
+            if self.stalls {
+                std::future::pending::<()>().await;
+            }
+            match failed {
+                Some(failure) => Err(failure),
+                None => Ok(self.answer()),
+            }
         }
 
         fn cached(&self, _request: &MintRequest) -> Option<Minted> {
             self.warm.then(|| self.answer())
         }
+
+        async fn token(&self, request: &MintRequest, _wanted: &TokenRequest) -> SourcedToken {
+            let (source, _) = request.tokens.resolve(&request.manifest, &request.namespace);
+            SourcedToken {
+                source: source.describe(),
+                token: self.oidc.clone().map(Secret::new).map_err(TokenSourceError::new),
+            }
+        }
+
+        async fn info(&self) -> Result<GeneratorInfo, Failure> {
+            Ok(GeneratorInfo {
+                kind: "CloudsmithAccessToken".into(),
+                api_version: "generators.external-secrets.io/v1alpha1".into(),
+                output_keys: vec!["auth".into(), "expiry".into()],
+                version: "0.0.0-fake".into(),
+            })
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -18,8 +18,8 @@ use host_example::oci::{self, ComponentRef, ComponentStore, OciError, Registry, 
 use host_example::policy::read_ca_file;
 use host_example::sandbox::{self, EngineOptions};
 use host_example::{
-    CallReport, Credentials, Generator, GeneratorOptions, Limits, NamespacePolicy, OutboundPolicy,
-    TokenSource, Traced, WasiGrants, COMPONENT,
+    CallReport, Credentials, Generator, GeneratorOptions, Limits, NamespacePolicy, OutboundPolicy, Secret,
+    TokenRequest, TokenSource, TokenSourceError, Traced, WasiGrants, COMPONENT,
 };
 
 use crate::failure::Failure;
@@ -93,21 +93,49 @@ impl RuntimeConfig {
     }
 }
 
+/// The component a [`crate::mint::Minter`] runs: loaded and linked on its first miss,
+/// then kept.
+pub struct Component {
+    /// What runs a call.
+    pub config: RuntimeConfig,
+    /// A pooled engine with this many call slots (a long-lived server), else one call.
+    pub slots: Option<u32>,
+    /// `-v`: the load's notes.
+    pub verbose: bool,
+}
+
+impl crate::mint::Load for Component {
+    type Exchange = Generator;
+
+    async fn load(&self) -> Result<Generator, Failure> {
+        load(&self.config, self.slots, self.verbose).await
+    }
+}
+
+/// The generator's own token source: none. Every call through the mint port brings its
+/// own ([`host_example::CallTokens`]), and `info` asks for none.
+struct CallsBringTheirOwn;
+
+#[async_trait::async_trait]
+impl TokenSource for CallsBringTheirOwn {
+    async fn token(&self, _request: &TokenRequest) -> Result<Secret, TokenSourceError> {
+        Err(TokenSourceError::new("this call brought no token source"))
+    }
+
+    fn describe(&self) -> String {
+        "none (each call brings its own)".into()
+    }
+}
+
 /// Builds the engine (pooled with `slots` call slots for a long-lived server, else one
 /// call per process), loads the component through the compile cache, and links the
 /// generator.
-pub async fn load(
-    config: &RuntimeConfig,
-    tokens: Arc<dyn TokenSource>,
-    namespaces: NamespacePolicy,
-    slots: Option<u32>,
-    verbose: bool,
-) -> Result<Generator, Failure> {
+async fn load(config: &RuntimeConfig, slots: Option<u32>, verbose: bool) -> Result<Generator, Failure> {
     let options = GeneratorOptions {
         policy: config.policy.clone(),
         limits: config.limits.clone(),
         wasi: config.wasi.clone(),
-        namespaces,
+        namespaces: NamespacePolicy::TargetOnly,
         max_concurrent_calls: 1,
     };
     let engine = sandbox::engine(&EngineOptions {
@@ -142,7 +170,7 @@ pub async fn load(
             started.elapsed()
         ));
     }
-    let generator = Generator::new(&engine, &component, tokens, options)
+    let generator = Generator::new(&engine, &component, Arc::new(CallsBringTheirOwn), options)
         .with_context(|| format!("component {origin}"))
         .map_err(Failure::Usage)?;
     if verbose {
@@ -369,10 +397,11 @@ pub fn note(line: &str) {
     eprintln!("cloudsmith-gen: {line}");
 }
 
-/// Whether warnings are JSON log lines (`serve` logs JSON) rather than text.
+/// Whether warnings are `tracing` events (`serve` logs every event as a JSON line)
+/// rather than text.
 static JSON_WARNINGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Makes [`warn`] write JSON log lines, as `serve`'s log does.
+/// Makes [`warn`] a `tracing` event, which `serve`'s log writes as a JSON line.
 pub fn warn_as_json() {
     JSON_WARNINGS.store(true, std::sync::atomic::Ordering::SeqCst);
 }
@@ -382,11 +411,7 @@ pub fn warn_as_json() {
 pub fn warn(line: &str) {
     let line = host_example::secret::one_line(line, 1000);
     if JSON_WARNINGS.load(std::sync::atomic::Ordering::SeqCst) {
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        let entry = serde_json::json!({"ts": (ts * 1000.0).round() / 1000.0, "level": "warn", "msg": line});
-        eprintln!("{entry}");
+        tracing::warn!(target: "cloudsmith_gen", "{line}");
     } else {
         eprintln!("cloudsmith-gen: warning: {line}");
     }

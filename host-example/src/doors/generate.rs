@@ -1,15 +1,11 @@
 //! `generate` and `info`: ESO's outputs for one manifest, printed as JSON, a Docker
 //! config or a ready-to-apply Secret; and the generator's own description.
 
-use std::sync::Arc;
-
-use host_example::token_source::KubernetesTokenSource;
 use host_example::{output, Credentials, NamespacePolicy};
 
 use super::Reply;
 use crate::failure::Failure;
 use crate::mint::{Mint, MintRequest, TokenChoice};
-use crate::setup::{self, RuntimeConfig};
 
 /// How to print the credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +55,10 @@ pub struct GenerateConfig {
 
 /// What `generate` warns of, after minting for `manifest` (the generator document as
 /// JSON), in one line: an `apiHost` that ESO would never see
-/// ([`host_example::spec::GeneratorSpec::api_host_eso_drops`]), so that a manifest that
+/// ([`host_core::spec::GeneratorSpec::api_host_eso_drops`]), so that a manifest that
 /// works here is not taken to work in ESO.
 pub fn warning(manifest: &str) -> Option<String> {
-    let dropped = host_example::spec::GeneratorSpec::of_json(manifest)?.api_host_eso_drops()?;
+    let dropped = host_core::spec::GeneratorSpec::of_json(manifest)?.api_host_eso_drops()?;
     Some(format!("{}; {}", dropped.problem(), dropped.fix()))
 }
 
@@ -96,12 +92,8 @@ pub fn render(credentials: &Credentials, output: &OutputConfig, namespace: &str)
 }
 
 /// The generator's description (`info`), as pretty JSON.
-pub async fn info(config: &RuntimeConfig, verbose: bool) -> Result<Reply, Failure> {
-    // `info` never asks for a token (the host refuses outside `generate`), and this
-    // source connects only when asked, so no kubeconfig is needed.
-    let tokens = Arc::new(KubernetesTokenSource::new(None));
-    let generator = setup::load(config, tokens, NamespacePolicy::TargetOnly, None, verbose).await?;
-    let info = generator.info().await.map_err(Failure::Call)?;
+pub async fn info(mint: &impl Mint) -> Result<Reply, Failure> {
+    let info = mint.info().await?;
     let json = serde_json::to_string_pretty(&info).map_err(|e| Failure::Other(e.into()))?;
     Ok(Reply::ok(json))
 }
@@ -142,5 +134,13 @@ mod tests {
             (seen[0].1.as_str(), seen[0].2.as_str()),
             ("apps", "environment variable TOKEN")
         );
+    }
+
+    #[tokio::test]
+    async fn info_is_the_generators_own_description() {
+        let reply = info(&FakeMint::new("t", 1)).await.unwrap();
+        let json: serde_json::Value = serde_json::from_str(&reply.stdout).unwrap();
+        assert_eq!(json["kind"], "CloudsmithAccessToken");
+        assert_eq!(json["outputKeys"], serde_json::json!(["auth", "expiry"]));
     }
 }

@@ -17,7 +17,7 @@
 //! Unlike docker/cli, the temporary file is made beside the target rather than beside
 //! the link, so the rename works when the two are on different file systems.
 
-use std::io::Write as _;
+use host_core::files::{Atomic, Dir, Mode};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -149,26 +149,13 @@ fn place(path: &Path, content: &[u8], mode: u32, replace: bool) -> anyhow::Resul
         Err(e) => return Err(anyhow!("reading {name}: {e}")),
     }
     let existed = path.exists();
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| anyhow!("creating {}: {e}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".cloudsmith-gen.")
-        .tempfile_in(dir)
-        .map_err(|e| anyhow!("creating a temporary file in {}: {e}", dir.display()))?;
-    tmp.write_all(content)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| anyhow!("writing {}: {e}", tmp.path().display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
-            .map_err(|e| anyhow!("setting the mode of {}: {e}", tmp.path().display()))?;
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
     // A rename: the kubelet execs either the old binary or the new one, never half of one.
-    tmp.persist(path)
-        .map_err(|e| anyhow!("writing {name}: {}", e.error))?;
+    let write = Atomic {
+        dir: Dir::Create,
+        mode: Mode::Exactly(mode),
+        prefix: ".cloudsmith-gen.",
+    };
+    write.write(path, &[content])?;
     Ok(format!(
         "{} {name}",
         if existed { "replaced" } else { "installed" }
@@ -226,18 +213,12 @@ pub fn add_cred_helpers(path: &Path, registries: &[&str]) -> anyhow::Result<()> 
     if old.as_deref() == Some(text.as_bytes()) {
         return Ok(());
     }
-    let dir = target.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".config.json.")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(text.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    copy_file_permissions(&target, tmp.path());
-    tmp.persist(&target)
-        .with_context(|| format!("writing {}", target.display()))?;
-    Ok(())
+    let write = Atomic {
+        dir: Dir::Create,
+        mode: Mode::Like(&target),
+        prefix: ".config.json.",
+    };
+    write.write(&target, &[text.as_bytes()])
 }
 
 /// `path` with every symlink followed, as Go's `filepath.EvalSymlinks`; for a dangling
@@ -261,23 +242,6 @@ fn resolve_symlinks(path: &Path) -> std::io::Result<PathBuf> {
         }
     }
     Err(std::io::Error::other("too many levels of symbolic links"))
-}
-
-/// The mode and owner of the file at `src`, if any, given to `dst`; 0600 otherwise.
-/// Errors are ignored, as docker/cli's `copyFilePermissions` (`file_unix.go`) does.
-fn copy_file_permissions(src: &Path, dst: &Path) {
-    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    let meta = std::fs::metadata(src).ok();
-    let mode = meta
-        .as_ref()
-        .filter(|m| m.is_file())
-        .map_or(0o600, |m| m.mode() & 0o7777);
-    if std::fs::set_permissions(dst, std::fs::Permissions::from_mode(mode)).is_err() {
-        return;
-    }
-    if let Some(meta) = meta.filter(|m| m.uid() > 0 && m.gid() > 0) {
-        let _ = std::os::unix::fs::chown(dst, Some(meta.uid()), Some(meta.gid()));
-    }
 }
 
 /// Editing a JSON object in place: members added or a value replaced, every other byte

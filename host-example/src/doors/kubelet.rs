@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use host_example::jwt::Claims;
+use host_core::jwt::Claims;
 use host_example::secret::shown;
 use host_example::{NamespacePolicy, Secret};
 use serde::{Deserialize, Serialize};
@@ -247,7 +247,7 @@ fn with_service_account(manifest: &str, account: &str) -> String {
     let Ok(mut value) = serde_json::from_str::<Value>(manifest) else {
         return manifest.to_string();
     };
-    host_example::spec::default_account(&mut value, account);
+    host_core::spec::default_account(&mut value, account);
     value.to_string()
 }
 

@@ -25,34 +25,24 @@ pub mod kubelet;
 pub mod publish;
 pub mod serve;
 
+use host_core::authority::Server;
 use host_example::secret::shown;
 use host_example::Authority;
 
-pub use host_core::registries::{host_port, split_server, Registries, DEFAULT_REGISTRY};
+pub use host_core::registries::{host_port, Registries, DEFAULT_REGISTRY};
 pub use host_core::Reply;
 
 /// The authority the policy must allow for an API host or URL, and whether it is plain
 /// http (allowed only when the user wrote `http://`, as the generator requires).
 pub fn api_authority(api: &str) -> Result<(Authority, bool), String> {
-    let bad = || format!("{:?} is not an http(s) URL or a host", shown(api));
-    let (scheme, authority) = split_server(api).ok_or_else(bad)?;
-    let plain = match scheme {
+    let server = Server::parse(api).map_err(|e| format!("API host {:?}: {e}", shown(api)))?;
+    let plain = match server.scheme.as_deref() {
         Some("http") => true,
         Some("https") | None => false,
-        Some(_) => return Err(bad()),
+        Some(_) => return Err(format!("{:?} is not an http(s) URL or a host", shown(api))),
     };
-    let parsed: Authority = authority
-        .parse()
-        .map_err(|e: String| format!("API host {:?}: {e}", shown(api)))?;
-    let explicit_port = authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()));
-    let port = match (explicit_port, plain) {
-        (true, _) => parsed.port(),
-        (false, true) => 80,
-        (false, false) => 443,
-    };
-    Ok((Authority::new(parsed.host(), port), plain))
+    let port = server.port.unwrap_or(if plain { 80 } else { 443 });
+    Ok((Authority::new(&server.host, port), plain))
 }
 
 /// A Go `time.Duration` string for whole seconds, as `Duration.String()` prints it

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use host_core::authority::Authority;
+use host_core::authority::{Authority, AuthorityError};
 
 /// The scheme that marks a `--component` value as a registry reference.
 pub const SCHEME: &str = "oci://";
@@ -35,7 +35,7 @@ impl ComponentRef {
             .ok_or_else(|| bad("no repository after the registry"))?;
         let authority: Authority = registry
             .parse()
-            .map_err(|e: String| bad(&format!("registry: {e}")))?;
+            .map_err(|e: AuthorityError| bad(&format!("registry: {e}")))?;
         // Docker's rule for "is this a registry?" (a dot, a port, or localhost): anything
         // else would be a Docker Hub namespace, which we refuse to guess.
         if !(registry.contains('.') || registry.contains(':') || authority.host() == "localhost") {

@@ -8,12 +8,11 @@
 //! its manifest: a manifest present means its whole blob is.
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context as _;
 use host_core::dirs::create_private_dir;
+use host_core::files::Atomic;
 use host_core::flight::{self, Flight};
 use sha2::{Digest as _, Sha256};
 
@@ -79,15 +78,7 @@ fn read_verified(path: &Path, digest: &str) -> Option<Vec<u8>> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().expect("an entry has a directory");
-    create_private_dir(dir, "component store")?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    Atomic::private("component store").write(path, &[bytes])
 }
 
 /// `sha256:<hex>` of `bytes`.

@@ -19,9 +19,9 @@ use self::cloudsmith::{service_account_claims, DemoCloudsmith, DemoKey};
 use super::generate::{self, GenerateConfig, OutputConfig};
 use super::Reply;
 use crate::failure::Failure;
-use crate::mint::{Minter, TokenChoice};
+use crate::mint::{Mint, TokenChoice};
 use crate::setup::{note, RuntimeConfig};
-use host_example::manifest;
+use host_core::manifest;
 
 /// The documentation's example generator, byte for byte.
 pub const DOCUMENTED_MANIFEST: &str = include_str!("../../../../examples/generator.yaml");
@@ -63,51 +63,78 @@ fn demo_manifest(api: &str, namespace: &str) -> String {
         .replace("namespace: default", &format!("namespace: {quoted}"))
 }
 
-/// Runs `generate` against a demo Cloudsmith started here, for `namespace`.
-pub async fn run(namespace: &str, output: OutputConfig, verbose: bool) -> Result<Reply, Failure> {
-    let key = DemoKey::generate().map_err(Failure::Other)?;
-    let cloudsmith = DemoCloudsmith::start(key.clone())
-        .await
-        .map_err(|e| Failure::Other(e.context("starting the demo Cloudsmith")))?;
-    eprintln!(
-        "demo: Cloudsmith is played by a demo stand-in at {} (not the real service; no account needed); \
-         the service account token comes from a demo issuer",
-        cloudsmith.url()
-    );
-    let manifest =
-        manifest::to_json(&demo_manifest(&cloudsmith.url(), namespace), None).map_err(Failure::Other)?;
-    if verbose {
-        note(&format!("manifest: {manifest}"));
+/// A demo Cloudsmith started in this process, and the `generate` call to run against
+/// it. The binary builds the minter from [`Demo::runtime`], as for every door.
+pub struct Demo {
+    cloudsmith: DemoCloudsmith,
+    key: DemoKey,
+    namespace: String,
+    manifest: String,
+}
+
+impl Demo {
+    /// Starts the demo Cloudsmith with a key drawn for this run, for `namespace`.
+    pub async fn start(namespace: &str, verbose: bool) -> Result<Demo, Failure> {
+        let key = DemoKey::generate().map_err(Failure::Other)?;
+        let cloudsmith = DemoCloudsmith::start(key.clone())
+            .await
+            .map_err(|e| Failure::Other(e.context("starting the demo Cloudsmith")))?;
+        eprintln!(
+            "demo: Cloudsmith is played by a demo stand-in at {} (not the real service; no account needed); \
+             the service account token comes from a demo issuer",
+            cloudsmith.url()
+        );
+        let manifest =
+            manifest::to_json(&demo_manifest(&cloudsmith.url(), namespace), None).map_err(Failure::Other)?;
+        if verbose {
+            note(&format!("manifest: {manifest}"));
+        }
+        Ok(Demo {
+            cloudsmith,
+            key,
+            namespace: namespace.to_string(),
+            manifest,
+        })
     }
-    let demo_authority = cloudsmith
-        .authority()
-        .parse()
-        .map_err(|e: String| Failure::Other(anyhow::anyhow!(e)))?;
-    let runtime = RuntimeConfig {
-        policy: OutboundPolicy::default()
-            .allow(demo_authority)
-            .allow_http(true)
-            .timeouts(TimeoutCaps {
-                connect: Duration::from_secs(5),
-                first_byte: Duration::from_secs(10),
-                between_bytes: Duration::from_secs(10),
-            }),
-        limits: Limits {
-            deadline: Duration::from_secs(30),
-            ..Limits::default()
-        },
-        ..RuntimeConfig::default()
-    };
-    let config = GenerateConfig {
-        namespace: namespace.to_string(),
-        tokens: TokenChoice::Given {
-            source: Arc::new(DemoTokens(key)),
-            identity: None,
-        },
-        namespaces: NamespacePolicy::TargetOnly,
-        output,
-    };
-    generate::handle(manifest, &Minter::new(runtime, None, verbose), &config).await
+
+    /// What a call to the demo runs with: the demo Cloudsmith allowed (plain http, on
+    /// loopback), short timeouts.
+    pub fn runtime(&self) -> Result<RuntimeConfig, Failure> {
+        let demo_authority = self
+            .cloudsmith
+            .authority()
+            .parse()
+            .map_err(|e: host_core::authority::AuthorityError| Failure::Other(e.into()))?;
+        Ok(RuntimeConfig {
+            policy: OutboundPolicy::default()
+                .allow(demo_authority)
+                .allow_http(true)
+                .timeouts(TimeoutCaps {
+                    connect: Duration::from_secs(5),
+                    first_byte: Duration::from_secs(10),
+                    between_bytes: Duration::from_secs(10),
+                }),
+            limits: Limits {
+                deadline: Duration::from_secs(30),
+                ..Limits::default()
+            },
+            ..RuntimeConfig::default()
+        })
+    }
+
+    /// Runs `generate` through `mint`, with the demo issuer as the token source.
+    pub async fn handle(&self, mint: &impl Mint, output: OutputConfig) -> Result<Reply, Failure> {
+        let config = GenerateConfig {
+            namespace: self.namespace.clone(),
+            tokens: TokenChoice::Given {
+                source: Arc::new(DemoTokens(self.key.clone())),
+                identity: None,
+            },
+            namespaces: NamespacePolicy::TargetOnly,
+            output,
+        };
+        generate::handle(self.manifest.clone(), mint, &config).await
+    }
 }
 
 #[cfg(test)]
@@ -133,5 +160,25 @@ mod tests {
         assert_eq!(manifest.matches("namespace: \"team-a\"").count(), 2, "{manifest}");
         assert!(!manifest.contains("namespace: default"), "{manifest}");
         assert!(!manifest.contains("namespace: \"default\""), "{manifest}");
+    }
+
+    #[tokio::test]
+    async fn the_demo_mints_through_the_port_with_its_issuer_and_its_cloudsmith() {
+        let demo = Demo::start("team-a", false).await.unwrap();
+        let mint = crate::mint::fake::FakeMint::new("t", 1);
+        demo.handle(&mint, OutputConfig::default()).await.unwrap();
+        let seen = mint.seen.lock().unwrap();
+        let (manifest, namespace, source) = &seen[0];
+        assert_eq!(
+            (namespace.as_str(), source.as_str()),
+            ("team-a", DemoTokens(demo.key.clone()).describe().as_str())
+        );
+        let spec: serde_json::Value = serde_json::from_str(manifest).unwrap();
+        assert_eq!(spec["spec"]["apiHost"], demo.cloudsmith.url());
+        // The policy lets the call reach the demo Cloudsmith over plain http.
+        let policy = demo.runtime().unwrap().policy;
+        let url: http::Uri = demo.cloudsmith.url().parse().unwrap();
+        assert_eq!(url.scheme_str(), Some("http"));
+        assert!(policy.decide(url.scheme(), url.authority()).is_ok());
     }
 }

@@ -52,6 +52,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use kube::api::{Api, PostParams};
@@ -120,6 +122,35 @@ impl Refusal {
     }
 }
 
+/// The Kubernetes API's two review endpoints, under [`Access`]: kube's [`Client`], or a
+/// test's fake. Each answers the review it is sent (its `status` filled in), or fails as
+/// kube's client does.
+pub trait Reviewer: Send + Sync {
+    /// `POST /apis/authentication.k8s.io/v1/tokenreviews`.
+    fn token_review(
+        &self,
+        review: &TokenReview,
+    ) -> impl Future<Output = Result<TokenReview, kube::Error>> + Send;
+
+    /// `POST /apis/authorization.k8s.io/v1/subjectaccessreviews`.
+    fn access_review(
+        &self,
+        review: &SubjectAccessReview,
+    ) -> impl Future<Output = Result<SubjectAccessReview, kube::Error>> + Send;
+}
+
+impl Reviewer for Client {
+    async fn token_review(&self, review: &TokenReview) -> Result<TokenReview, kube::Error> {
+        let api: Api<TokenReview> = Api::all(self.clone());
+        api.create(&PostParams::default(), review).await
+    }
+
+    async fn access_review(&self, review: &SubjectAccessReview) -> Result<SubjectAccessReview, kube::Error> {
+        let api: Api<SubjectAccessReview> = Api::all(self.clone());
+        api.create(&PostParams::default(), review).await
+    }
+}
+
 /// Which pool of review places a review takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pool {
@@ -130,8 +161,8 @@ enum Pool {
 }
 
 /// The TokenReview and SubjectAccessReview client.
-pub struct Access {
-    client: Client,
+pub struct Access<R> {
+    reviewer: R,
     audiences: Vec<String>,
     timeout: Duration,
     /// How long an authenticating review is reused, at most.
@@ -151,19 +182,19 @@ pub struct Access {
 /// How long a token is remembered as known when its `exp` cannot be read.
 const KNOWN_FOR: Duration = Duration::from_secs(3600);
 
-impl Access {
-    /// Reviews with `client`, each within `timeout`, at most `max_pending` at once in
+impl<R: Reviewer> Access<R> {
+    /// Reviews with `reviewer`, each within `timeout`, at most `max_pending` at once in
     /// each pool; tokens must carry one of `audiences` (empty: the API server's own);
     /// an authenticating review is reused for `allowed_for` at most.
     pub fn new(
-        client: Client,
+        reviewer: R,
         audiences: Vec<String>,
         timeout: Duration,
         max_pending: usize,
         allowed_for: Duration,
     ) -> Self {
         Access {
-            client,
+            reviewer,
             audiences,
             timeout,
             allowed_for,
@@ -187,22 +218,13 @@ impl Access {
         self.tokens.in_flight() + self.decisions.in_flight()
     }
 
-    /// The review gauges, in Prometheus' text format.
-    pub fn render_metrics(&self) -> String {
-        format!(
-            "# HELP cloudsmith_gen_reviews_in_flight TokenReviews and SubjectAccessReviews waiting for the API server.\n\
-             # TYPE cloudsmith_gen_reviews_in_flight gauge\n\
-             cloudsmith_gen_reviews_in_flight {}\n\
-             # HELP cloudsmith_gen_reviews_in_progress Reviews under way or waited for, by key (single flight).\n\
-             # TYPE cloudsmith_gen_reviews_in_progress gauge\n\
-             cloudsmith_gen_reviews_in_progress {}\n\
-             # HELP cloudsmith_gen_reviews_cached Review answers held for reuse.\n\
-             # TYPE cloudsmith_gen_reviews_cached gauge\n\
-             cloudsmith_gen_reviews_cached {}\n",
-            self.pending(),
-            self.in_progress(),
-            self.tokens.len() + self.decisions.len()
-        )
+    /// The review gauges, for the metrics.
+    pub fn gauges(&self) -> super::metrics::Reviews {
+        super::metrics::Reviews {
+            in_flight: self.pending(),
+            in_progress: self.in_progress(),
+            cached: self.tokens.len() + self.decisions.len(),
+        }
     }
 
     /// Who `token` belongs to: a cached review, else a TokenReview.
@@ -240,9 +262,9 @@ impl Access {
     /// Remembers a token that authenticated, until its `exp`.
     fn remember(&self, key: reviews::Key, token: &str) {
         let now = std::time::Instant::now();
-        let for_ = match host_example::jwt::Claims::read(token).and_then(|c| c.exp) {
+        let for_ = match host_core::jwt::Claims::read(token).and_then(|c| c.exp) {
             Some(exp) => KNOWN_FOR.min(Duration::from_secs(
-                exp.saturating_sub(host_example::token_cache::now_unix()),
+                exp.saturating_sub(host_core::token_cache::now_unix()),
             )),
             None => KNOWN_FOR,
         };
@@ -294,10 +316,8 @@ impl Access {
             },
             ..Default::default()
         };
-        let api: Api<TokenReview> = Api::all(self.client.clone());
-        let params = PostParams::default();
         let answer = self
-            .bounded("TokenReview", pool, api.create(&params, &review))
+            .bounded("TokenReview", pool, self.reviewer.token_review(&review))
             .await?;
         let status = answer.status.unwrap_or_default();
         let user = status.user.unwrap_or_default();
@@ -333,8 +353,8 @@ impl Access {
             }
         }
         // Never past the token's own expiry (unknown: a short reuse only).
-        let now = host_example::token_cache::now_unix();
-        let reuse_for = match host_example::jwt::Claims::read(token).and_then(|c| c.exp) {
+        let now = host_core::token_cache::now_unix();
+        let reuse_for = match host_core::jwt::Claims::read(token).and_then(|c| c.exp) {
             Some(exp) => self.allowed_for.min(Duration::from_secs(exp.saturating_sub(now))),
             None => REFUSED_FOR.min(self.allowed_for),
         };
@@ -398,11 +418,13 @@ impl Access {
             },
             ..Default::default()
         };
-        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
-        let params = PostParams::default();
         // Only an authenticated caller gets here: the known callers' pool.
         let answer = self
-            .bounded("SubjectAccessReview", Pool::Known, api.create(&params, &review))
+            .bounded(
+                "SubjectAccessReview",
+                Pool::Known,
+                self.reviewer.access_review(&review),
+            )
             .await?;
         if answer.status.is_some_and(|s| s.allowed) {
             return Ok(());

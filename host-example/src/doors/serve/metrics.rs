@@ -1,15 +1,24 @@
-//! Prometheus metrics in the text exposition format, kept by hand: a few counters and
-//! one histogram do not need a metrics crate.
+//! `serve`'s metrics: one [`prometheus_client`] registry, rendered in Prometheus' text
+//! format (version 0.0.4) for `/metrics`.
 //!
 //! Label values come only from requests that passed authentication and authorization
 //! (namespace, generator) or from a fixed set (case), so an anonymous client cannot grow
 //! the series; the table is still capped as a second line of defence.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of [`Metrics::render`]'s text: the format's version, as `serve`
+/// has always sent it (the text is UTF-8 either way).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// Upper bounds of the exchange latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -20,210 +29,233 @@ const BUCKETS: [f64; 12] = [
 /// `generator="(other)"`.
 const MAX_SERIES: usize = 10_000;
 
-/// The server's metrics.
-#[derive(Default)]
-pub struct Metrics {
-    calls: Mutex<BTreeMap<(String, String, String), u64>>,
-    refused: Mutex<BTreeMap<&'static str, u64>>,
-    latency: Mutex<Histogram>,
-    in_flight: AtomicI64,
-    abandoned: AtomicU64,
-    reloads_ok: AtomicU64,
-    reloads_failed: AtomicU64,
-    generators: AtomicI64,
-    connections: AtomicI64,
-    connections_refused: AtomicU64,
-    accept_errors: AtomicU64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Call {
+    generator: String,
+    namespace: String,
+    case: String,
 }
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Case {
+    case: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    result: &'static str,
+}
+
+/// The reviews' gauges, read from [`super::access::Access`] when metrics are rendered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reviews {
+    /// Reviews waiting for the API server.
+    pub in_flight: usize,
+    /// Reviews under way or waited for, by key.
+    pub in_progress: usize,
+    /// Review answers held for reuse.
+    pub cached: usize,
+}
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    calls: Family<Call, Counter>,
+    /// The series `calls` holds, for the cap (`Family` tells its size only to tests).
+    series: Mutex<HashSet<Call>>,
+    refused: Family<Case, Counter>,
+    latency: Histogram,
+    in_flight: Gauge,
+    abandoned: Counter,
+    reloads: Family<Outcome, Counter>,
+    generators: Gauge,
+    connections: Gauge,
+    connections_refused: Counter,
+    accept_errors: Counter,
+    reviews_in_flight: Gauge,
+    reviews_in_progress: Gauge,
+    reviews_cached: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let metrics = Metrics {
+            registry: Registry::default(),
+            calls: Family::default(),
+            series: Mutex::default(),
+            refused: Family::default(),
+            latency: Histogram::new(BUCKETS),
+            in_flight: Gauge::default(),
+            abandoned: Counter::default(),
+            reloads: Family::default(),
+            generators: Gauge::default(),
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            accept_errors: Counter::default(),
+            reviews_in_flight: Gauge::default(),
+            reviews_in_progress: Gauge::default(),
+            reviews_cached: Gauge::default(),
+        };
+        // Both results are shown from the start, at 0.
+        for result in ["ok", "failed"] {
+            drop(metrics.reloads.get_or_create(&Outcome { result }));
+        }
+        let mut registry = Registry::default();
+        // Counters get `_total` appended; help texts get a period.
+        registry.register(
+            "cloudsmith_gen_calls",
+            "Generator calls by generator, namespace and result case (ok, or the generate-error case)",
+            metrics.calls.clone(),
+        );
+        registry.register(
+            "cloudsmith_gen_refused",
+            "Requests refused before a generator ran, by case",
+            metrics.refused.clone(),
+        );
+        registry.register(
+            "cloudsmith_gen_exchange_duration_seconds",
+            "Time in the sandboxed generator call (token request and Cloudsmith exchange)",
+            metrics.latency.clone(),
+        );
+        registry.register(
+            "cloudsmith_gen_calls_in_flight",
+            "Generate calls in flight: in review, queued or in the sandbox",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "cloudsmith_gen_calls_abandoned",
+            "Generate calls whose caller hung up before the answer",
+            metrics.abandoned.clone(),
+        );
+        registry.register(
+            "cloudsmith_gen_connections",
+            "Connections open now",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "cloudsmith_gen_connections_refused",
+            "Connections closed at once: --max-connections were open",
+            metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "cloudsmith_gen_accept_errors",
+            "Failures to accept a connection (each followed by a pause)",
+            metrics.accept_errors.clone(),
+        );
+        registry.register(
+            "cloudsmith_gen_generators",
+            "Generators served from the manifests",
+            metrics.generators.clone(),
+        );
+        registry.register(
+            "cloudsmith_gen_manifest_reloads",
+            "Manifest reloads by result",
+            metrics.reloads.clone(),
+        );
+        registry.register(
+            "cloudsmith_gen_reviews_in_flight",
+            "TokenReviews and SubjectAccessReviews waiting for the API server",
+            metrics.reviews_in_flight.clone(),
+        );
+        registry.register(
+            "cloudsmith_gen_reviews_in_progress",
+            "Reviews under way or waited for, by key (single flight)",
+            metrics.reviews_in_progress.clone(),
+        );
+        registry.register(
+            "cloudsmith_gen_reviews_cached",
+            "Review answers held for reuse",
+            metrics.reviews_cached.clone(),
+        );
+        Metrics { registry, ..metrics }
+    }
 }
 
 impl Metrics {
     /// A call for `generator` in `namespace` ended with `case` (`ok` on success).
     pub fn call(&self, generator: &str, namespace: &str, case: &str) {
-        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (generator.to_string(), namespace.to_string(), case.to_string());
-        let key = if calls.len() >= MAX_SERIES && !calls.contains_key(&key) {
-            ("(other)".to_string(), "(other)".to_string(), case.to_string())
-        } else {
-            key
+        let mut key = Call {
+            generator: generator.to_string(),
+            namespace: namespace.to_string(),
+            case: case.to_string(),
         };
-        *calls.entry(key).or_default() += 1;
+        {
+            let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            if series.len() >= MAX_SERIES && !series.contains(&key) {
+                key.generator = "(other)".into();
+                key.namespace = "(other)".into();
+            }
+            series.insert(key.clone());
+        }
+        self.calls.get_or_create(&key).inc();
     }
 
     /// A request was turned away before reaching a generator (`case` is fixed text).
     pub fn refused(&self, case: &'static str) {
-        *self
-            .refused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(case)
-            .or_default() += 1;
+        self.refused.get_or_create(&Case { case }).inc();
     }
 
     /// One exchange (a sandboxed generator call) took `elapsed`.
     pub fn exchange(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        let mut h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        for (bound, count) in BUCKETS.iter().zip(h.counts.iter_mut()) {
-            if seconds <= *bound {
-                *count += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += seconds;
+        self.latency.observe(elapsed.as_secs_f64());
     }
 
     /// Counts a generate call from its arrival until the guard is dropped: when it is
     /// answered, or when its caller hangs up and hyper drops the call. A guard, never a
     /// pair of calls, so no path can leave the gauge up.
     pub fn arrived(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.inc();
         InFlight(self)
     }
 
     /// A generate call was dropped before its answer: its caller hung up.
     pub fn abandoned(&self) {
-        self.abandoned.fetch_add(1, Ordering::Relaxed);
+        self.abandoned.inc();
     }
 
     /// The generate calls in flight now (in review, queued or in the sandbox).
     pub fn in_flight_now(&self) -> i64 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.get()
     }
 
     /// Counts an open connection until the guard is dropped.
     pub fn connection(&self) -> Connection<'_> {
-        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.connections.inc();
         Connection(self)
     }
 
     /// A connection was closed at once: the server had `--max-connections` open.
     pub fn connection_refused(&self) {
-        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+        self.connections_refused.inc();
     }
 
     /// Accepting a connection failed (out of file descriptors, most often).
     pub fn accept_error(&self) {
-        self.accept_errors.fetch_add(1, Ordering::Relaxed);
+        self.accept_errors.inc();
     }
 
     /// A manifest reload succeeded with `generators` generators, or failed.
     pub fn reload(&self, generators: Option<usize>) {
-        match generators {
+        let result = match generators {
             Some(n) => {
-                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                self.generators.store(n as i64, Ordering::Relaxed);
+                self.generators.set(n as i64);
+                "ok"
             }
-            None => {
-                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+            None => "failed",
+        };
+        self.reloads.get_or_create(&Outcome { result }).inc();
     }
 
-    /// The exposition text.
-    pub fn render(&self) -> String {
+    /// The exposition text ([`CONTENT_TYPE`]), with the reviews' gauges as they are now.
+    pub fn render(&self, reviews: Reviews) -> String {
+        self.reviews_in_flight.set(reviews.in_flight as i64);
+        self.reviews_in_progress.set(reviews.in_progress as i64);
+        self.reviews_cached.set(reviews.cached as i64);
         let mut out = String::new();
-        out.push_str("# HELP cloudsmith_gen_calls_total Generator calls by generator, namespace and result case (ok, or the generate-error case).\n");
-        out.push_str("# TYPE cloudsmith_gen_calls_total counter\n");
-        for ((generator, namespace, case), n) in self.calls.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(
-                out,
-                "cloudsmith_gen_calls_total{{generator=\"{}\",namespace=\"{}\",case=\"{}\"}} {n}",
-                escape(generator),
-                escape(namespace),
-                escape(case)
-            );
-        }
-        out.push_str(
-            "# HELP cloudsmith_gen_refused_total Requests refused before a generator ran, by case.\n",
-        );
-        out.push_str("# TYPE cloudsmith_gen_refused_total counter\n");
-        for (case, n) in self.refused.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "cloudsmith_gen_refused_total{{case=\"{case}\"}} {n}");
-        }
-        let h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        out.push_str("# HELP cloudsmith_gen_exchange_duration_seconds Time in the sandboxed generator call (token request and Cloudsmith exchange).\n");
-        out.push_str("# TYPE cloudsmith_gen_exchange_duration_seconds histogram\n");
-        for (bound, count) in BUCKETS.iter().zip(h.counts.iter()) {
-            let _ = writeln!(
-                out,
-                "cloudsmith_gen_exchange_duration_seconds_bucket{{le=\"{bound}\"}} {count}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "cloudsmith_gen_exchange_duration_seconds_bucket{{le=\"+Inf\"}} {}",
-            h.count
-        );
-        let _ = writeln!(out, "cloudsmith_gen_exchange_duration_seconds_sum {}", h.sum);
-        let _ = writeln!(out, "cloudsmith_gen_exchange_duration_seconds_count {}", h.count);
-        drop(h);
-        out.push_str("# HELP cloudsmith_gen_calls_in_flight Generate calls in flight: in review, queued or in the sandbox.\n");
-        out.push_str("# TYPE cloudsmith_gen_calls_in_flight gauge\n");
-        let _ = writeln!(out, "cloudsmith_gen_calls_in_flight {}", self.in_flight_now());
-        out.push_str("# HELP cloudsmith_gen_calls_abandoned_total Generate calls whose caller hung up before the answer.\n");
-        out.push_str("# TYPE cloudsmith_gen_calls_abandoned_total counter\n");
-        let _ = writeln!(
-            out,
-            "cloudsmith_gen_calls_abandoned_total {}",
-            self.abandoned.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP cloudsmith_gen_connections Connections open now.\n");
-        out.push_str("# TYPE cloudsmith_gen_connections gauge\n");
-        let _ = writeln!(
-            out,
-            "cloudsmith_gen_connections {}",
-            self.connections.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP cloudsmith_gen_connections_refused_total Connections closed at once: --max-connections were open.\n");
-        out.push_str("# TYPE cloudsmith_gen_connections_refused_total counter\n");
-        let _ = writeln!(
-            out,
-            "cloudsmith_gen_connections_refused_total {}",
-            self.connections_refused.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP cloudsmith_gen_accept_errors_total Failures to accept a connection (each followed by a pause).\n");
-        out.push_str("# TYPE cloudsmith_gen_accept_errors_total counter\n");
-        let _ = writeln!(
-            out,
-            "cloudsmith_gen_accept_errors_total {}",
-            self.accept_errors.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP cloudsmith_gen_generators Generators served from the manifests.\n");
-        out.push_str("# TYPE cloudsmith_gen_generators gauge\n");
-        let _ = writeln!(
-            out,
-            "cloudsmith_gen_generators {}",
-            self.generators.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP cloudsmith_gen_manifest_reloads_total Manifest reloads by result.\n");
-        out.push_str("# TYPE cloudsmith_gen_manifest_reloads_total counter\n");
-        let _ = writeln!(
-            out,
-            "cloudsmith_gen_manifest_reloads_total{{result=\"ok\"}} {}",
-            self.reloads_ok.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "cloudsmith_gen_manifest_reloads_total{{result=\"failed\"}} {}",
-            self.reloads_failed.load(Ordering::Relaxed)
-        );
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
     }
-}
-
-/// Escapes a label value as the exposition format requires.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// An open connection ([`Metrics::connection`]).
@@ -232,7 +264,7 @@ pub struct Connection<'a>(&'a Metrics);
 
 impl Drop for Connection<'_> {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.connections.dec();
     }
 }
 
@@ -242,31 +274,132 @@ pub struct InFlight<'a>(&'a Metrics);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.dec();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use prometheus_parse::{Scrape, Value};
+
     use super::*;
 
+    /// The exposition, parsed as a scraper parses it.
+    fn scrape(metrics: &Metrics, reviews: Reviews) -> Scrape {
+        let text = metrics.render(reviews);
+        Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("the exposition parses")
+    }
+
+    /// The value of `name` with `labels`, and its type.
+    fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<Value> {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| s.value.clone())
+    }
+
     #[test]
-    fn renders_counters_and_a_cumulative_histogram() {
+    fn every_metric_parses_with_its_type_labels_and_value() {
         let m = Metrics::default();
         m.call("gen", "apps", "ok");
         m.call("gen", "apps", "ok");
         m.call("gen", "apps", "unauthorized");
         m.refused("unauthenticated");
         m.exchange(Duration::from_millis(20));
-        let text = m.render();
-        assert!(
-            text.contains("cloudsmith_gen_calls_total{generator=\"gen\",namespace=\"apps\",case=\"ok\"} 2\n"),
-            "{text}"
+        m.reload(Some(3));
+        m.reload(None);
+        let _open = m.connection();
+        let in_flight = m.arrived();
+        m.abandoned();
+        m.connection_refused();
+        m.accept_error();
+        let scrape = scrape(
+            &m,
+            Reviews {
+                in_flight: 2,
+                in_progress: 1,
+                cached: 7,
+            },
         );
-        assert!(text.contains("case=\"unauthorized\"} 1\n"));
-        assert!(text.contains("cloudsmith_gen_refused_total{case=\"unauthenticated\"} 1\n"));
-        assert!(text.contains("_bucket{le=\"0.01\"} 0\n") && text.contains("_bucket{le=\"0.025\"} 1\n"));
-        assert!(text.contains("_bucket{le=\"+Inf\"} 1\n"));
-        assert_eq!(escape("a\"b\\"), "a\\\"b\\\\");
+        let gen_ok = [("generator", "gen"), ("namespace", "apps"), ("case", "ok")];
+        // (name, labels, the parsed value)
+        type Want<'a> = (&'a str, &'a [(&'a str, &'a str)], Value);
+        let want: Vec<Want> = vec![
+            ("cloudsmith_gen_calls_total", &gen_ok, Value::Counter(2.0)),
+            (
+                "cloudsmith_gen_calls_total",
+                &[("case", "unauthorized")],
+                Value::Counter(1.0),
+            ),
+            (
+                "cloudsmith_gen_refused_total",
+                &[("case", "unauthenticated")],
+                Value::Counter(1.0),
+            ),
+            ("cloudsmith_gen_calls_in_flight", &[], Value::Gauge(1.0)),
+            ("cloudsmith_gen_calls_abandoned_total", &[], Value::Counter(1.0)),
+            ("cloudsmith_gen_connections", &[], Value::Gauge(1.0)),
+            (
+                "cloudsmith_gen_connections_refused_total",
+                &[],
+                Value::Counter(1.0),
+            ),
+            ("cloudsmith_gen_accept_errors_total", &[], Value::Counter(1.0)),
+            ("cloudsmith_gen_generators", &[], Value::Gauge(3.0)),
+            (
+                "cloudsmith_gen_manifest_reloads_total",
+                &[("result", "ok")],
+                Value::Counter(1.0),
+            ),
+            (
+                "cloudsmith_gen_manifest_reloads_total",
+                &[("result", "failed")],
+                Value::Counter(1.0),
+            ),
+            ("cloudsmith_gen_reviews_in_flight", &[], Value::Gauge(2.0)),
+            ("cloudsmith_gen_reviews_in_progress", &[], Value::Gauge(1.0)),
+            ("cloudsmith_gen_reviews_cached", &[], Value::Gauge(7.0)),
+        ];
+        let wrong: Vec<String> = want
+            .into_iter()
+            .filter_map(|(name, labels, value)| {
+                let got = self::value(&scrape, name, labels);
+                (got.as_ref() != Some(&value)).then(|| format!("{name}{labels:?}: {got:?}, want {value:?}"))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        // The histogram: cumulative buckets, the one observation in 0.025 and above.
+        let Some(Value::Histogram(buckets)) = value(&scrape, "cloudsmith_gen_exchange_duration_seconds", &[])
+        else {
+            panic!("no histogram in {:?}", scrape.samples)
+        };
+        let counts: Vec<(f64, f64)> = buckets.iter().map(|b| (b.less_than, b.count)).collect();
+        assert_eq!(counts[1], (0.01, 0.0));
+        assert_eq!(counts[2], (0.025, 1.0));
+        assert_eq!(counts.last(), Some(&(f64::INFINITY, 1.0)));
+        drop(in_flight);
+        let after = scrape_after(&m);
+        assert_eq!(
+            value(&after, "cloudsmith_gen_calls_in_flight", &[]),
+            Some(Value::Gauge(0.0))
+        );
+    }
+
+    fn scrape_after(m: &Metrics) -> Scrape {
+        scrape(m, Reviews::default())
+    }
+
+    #[test]
+    fn label_values_are_escaped_and_series_capped() {
+        let m = Metrics::default();
+        m.call("a\"b\\", "apps", "ok");
+        assert!(m.render(Reviews::default()).contains(r#"generator="a\"b\\""#));
+        for n in 0..MAX_SERIES + 5 {
+            m.call(&format!("g{n}"), "apps", "ok");
+        }
+        let text = m.render(Reviews::default());
+        assert!(text
+            .contains(r#"cloudsmith_gen_calls_total{generator="(other)",namespace="(other)",case="ok"} 6"#));
     }
 }

@@ -1,270 +1,22 @@
-//! The core of `cloudsmith-gen check`: the report of each step `generate` takes
-//! (manifest, token source, outbound policy, exchange, registry), each step's analysis
-//! as a function of plain inputs, the report's text and JSON renderings and the exit
-//! rule. Every failed step names the fix and, where one applies, the documentation's
-//! troubleshooting item ("Token Exchange Fails", "Invalid Audience", "Network Issues",
-//! "Registry Domain Issues", "Permissions").
-//!
-//! [`handle`] walks the path `generate` takes, step by step, with the same token source
-//! and the same mint port, and reports instead of stopping at the first failure.
+//! `check`'s steps, each an analysis of plain inputs: the manifest, the token, the
+//! outbound policy, the exchange's answer and the registry. Every failed step names the
+//! fix and, where one applies, the documentation's troubleshooting item.
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use host_core::registry_auth::DockerConfigFile;
-use host_example::jwt::Claims;
-use host_example::spec::GeneratorSpec;
-use host_example::token_source::StaticTokenSource;
+use host_core::jwt::Claims;
+use host_core::spec::GeneratorSpec;
 use host_example::token_source::TOKEN_SOURCE_FIX;
 use host_example::{Error, GenerateError, HostError, OutboundPolicy, PresentedToken};
-use host_example::{NamespacePolicy, TokenRequest};
-use serde::Serialize;
 
-use super::{Reply, DEFAULT_REGISTRY};
-use crate::failure::Failure;
-use crate::mint::{self as mint_port, Mint, MintRequest, TokenChoice};
-use crate::setup::RuntimeConfig;
-
-/// The API when the spec names none.
-pub const DEFAULT_API: &str = "https://api.cloudsmith.io";
-
-/// The documentation's troubleshooting items, by their titles.
-pub mod item {
-    /// The OIDC service does not trust the cluster's issuer (or subject).
-    pub const TOKEN_EXCHANGE_FAILS: &str = "Token Exchange Fails";
-    /// The service account token lacks the audience Cloudsmith expects.
-    pub const INVALID_AUDIENCE: &str = "Invalid Audience";
-    /// The Cloudsmith API host is out of reach.
-    pub const NETWORK_ISSUES: &str = "Network Issues";
-    /// Images or Docker configuration name another registry than the credentials'.
-    pub const REGISTRY_DOMAIN_ISSUES: &str = "Registry Domain Issues";
-    /// The OIDC service lacks permissions on the repositories.
-    pub const PERMISSIONS: &str = "Permissions";
-}
-
-/// The steps, in the order `generate` takes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StepName {
-    /// The generator document and its spec.
-    Manifest,
-    /// The service account token.
-    TokenSource,
-    /// Whether the API host may be reached.
-    OutboundPolicy,
-    /// Cloudsmith's OIDC exchange.
-    Exchange,
-    /// The registry the credentials are for.
-    Registry,
-}
-
-impl StepName {
-    /// The step as the text report names it.
-    pub fn label(self) -> &'static str {
-        match self {
-            StepName::Manifest => "manifest",
-            StepName::TokenSource => "token source",
-            StepName::OutboundPolicy => "outbound policy",
-            StepName::Exchange => "exchange",
-            StepName::Registry => "registry",
-        }
-    }
-}
-
-/// How a step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Nothing to fix.
-    Pass,
-    /// It works now but will not for long (a token about to expire).
-    Warn,
-    /// `generate` would fail here.
-    Fail,
-    /// Not run: asked not to (`--no-exchange`) or an earlier step failed.
-    Skipped,
-}
-
-impl Status {
-    /// The text report's mark.
-    pub fn mark(self) -> &'static str {
-        match self {
-            Status::Pass => "ok",
-            Status::Warn => "WARN",
-            Status::Fail => "FAIL",
-            Status::Skipped => "skip",
-        }
-    }
-}
-
-/// One fact a step found (`iss`, `https://...`). Never a secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Fact {
-    /// What it is.
-    pub name: String,
-    /// Its value.
-    pub value: String,
-}
-
-/// One step's result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Step {
-    /// Which step.
-    pub step: StepName,
-    /// How it ended.
-    pub status: Status,
-    /// What it found, in order.
-    pub facts: Vec<Fact>,
-    /// What is wrong (a failure or warning), one line.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub problem: Option<String>,
-    /// The documentation's troubleshooting item this is, when one applies.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub item: Option<&'static str>,
-    /// What to do about it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
-}
-
-impl Step {
-    fn new(step: StepName, status: Status, facts: Vec<Fact>) -> Step {
-        Step {
-            step,
-            status,
-            facts,
-            problem: None,
-            item: None,
-            fix: None,
-        }
-    }
-
-    fn failed(step: StepName, facts: Vec<Fact>, problem: impl Into<String>, fix: impl Into<String>) -> Step {
-        Step {
-            problem: Some(problem.into()),
-            fix: Some(fix.into()),
-            ..Step::new(step, Status::Fail, facts)
-        }
-    }
-
-    fn item(mut self, item: &'static str) -> Step {
-        self.item = Some(item);
-        self
-    }
-
-    /// A step not run, and why (`--no-exchange`, or the step it needs failed).
-    pub fn skipped(step: StepName, why: &str) -> Step {
-        Step {
-            problem: Some(why.to_string()),
-            ..Step::new(step, Status::Skipped, Vec::new())
-        }
-    }
-}
-
-fn fact(name: &str, value: impl Into<String>) -> Fact {
-    Fact {
-        name: name.to_string(),
-        value: value.into(),
-    }
-}
-
-/// The whole report, in step order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Report {
-    /// Whether `check` exits 0 ([`Report::passed`]).
-    pub ok: bool,
-    /// Each step.
-    pub steps: Vec<Step>,
-}
-
-impl Report {
-    /// A report of `steps`.
-    pub fn new(steps: Vec<Step>) -> Report {
-        let ok = steps
-            .iter()
-            .all(|s| matches!(s.status, Status::Pass | Status::Skipped));
-        Report { ok, steps }
-    }
-
-    /// The exit rule: every step that ran passed. A step skipped on request
-    /// (`--no-exchange`) does not count against it; a warning does, since the next
-    /// call may fail.
-    pub fn passed(&self) -> bool {
-        self.ok
-    }
-
-    /// The exit code: 0 when [`Report::passed`], else 1.
-    pub fn exit_code(&self) -> u8 {
-        u8::from(!self.passed())
-    }
-
-    /// One line per step (`ok manifest: ...`), then, for a step that did not pass, its
-    /// problem and fix on the next lines, indented.
-    pub fn render_text(&self) -> String {
-        let mut out = String::new();
-        for step in &self.steps {
-            let facts: Vec<String> = step
-                .facts
-                .iter()
-                .map(|f| format!("{}={}", f.name, f.value))
-                .collect();
-            out.push_str(&format!("{:<4} {}", step.status.mark(), step.step.label()));
-            if !facts.is_empty() {
-                out.push_str(&format!(": {}", facts.join(", ")));
-            }
-            out.push('\n');
-            if let Some(problem) = &step.problem {
-                out.push_str(&format!("     {problem}\n"));
-            }
-            if let Some(fix) = &step.fix {
-                match step.item {
-                    Some(item) => out.push_str(&format!("     fix ({item}): {fix}\n")),
-                    None => out.push_str(&format!("     fix: {fix}\n")),
-                }
-            }
-        }
-        out
-    }
-
-    /// The report as JSON (`--output json`): `{"ok": bool, "steps": [...]}`.
-    pub fn render_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("a report serializes")
-    }
-}
-
-/// The API a spec names, as the component reads it: `apiUrl`, else `apiHost` (a bare
-/// host is https), else [`DEFAULT_API`]; without a trailing slash.
-pub fn effective_api(spec: &GeneratorSpec) -> String {
-    let api = spec.api().unwrap_or(DEFAULT_API);
-    let api = if api.contains("://") {
-        api.to_string()
-    } else {
-        format!("https://{api}")
-    };
-    api.trim_end_matches('/').to_string()
-}
-
-/// `scheme://authority` of an API URL: the audience Cloudsmith expects by default.
-pub fn origin(api: &str) -> String {
-    let (scheme, rest) = api.split_once("://").unwrap_or(("https", api));
-    let authority = rest.split('/').next().unwrap_or(rest);
-    format!("{scheme}://{authority}")
-}
-
-/// The audiences the token must carry: the spec's, else the API's origin.
-pub fn wanted_audiences(spec: &GeneratorSpec) -> Vec<String> {
-    match spec.service_account_ref.as_ref().map(|r| &r.audiences) {
-        Some(audiences) if !audiences.is_empty() => audiences.clone(),
-        _ => vec![origin(&effective_api(spec))],
-    }
-}
+use super::report::{fact, item, Status, Step, StepName};
 
 /// The manifest step: the generator document chosen (`document`, e.g.
 /// `CloudsmithAccessToken/my-cloudsmith-token`) and its effective API, org, service and
 /// audiences; fails on a missing slug or service account; warns of an `apiHost` ESO
 /// would never see ([`GeneratorSpec::api_host_eso_drops`]).
 pub fn manifest_step(document: &str, spec: &GeneratorSpec) -> Step {
-    let mut facts = vec![fact("document", document), fact("api", effective_api(spec))];
+    let mut facts = vec![fact("document", document), fact("api", spec.effective_api())];
     let mut missing = Vec::new();
     for (name, field, value) in [
         ("org", "spec.orgSlug", spec.org_slug.as_deref()),
@@ -280,7 +32,7 @@ pub fn manifest_step(document: &str, spec: &GeneratorSpec) -> Step {
             None => missing.push(field),
         }
     }
-    facts.push(fact("audiences", wanted_audiences(spec).join(",")));
+    facts.push(fact("audiences", spec.audiences().join(",")));
     if missing.is_empty() {
         // generate works with it, but the same manifest in ESO would not: WARN.
         if let Some(dropped) = spec.api_host_eso_drops() {
@@ -393,7 +145,7 @@ pub fn token_step(
 
 /// `host:port` of an API URL, the port from the scheme when it has none.
 fn authority_with_port(api: &str) -> String {
-    super::api_authority(api).map_or_else(|_| origin(api), |(authority, _)| authority.to_string())
+    super::super::api_authority(api).map_or_else(|_| api.to_string(), |(authority, _)| authority.to_string())
 }
 
 /// The outbound policy step: whether `policy` lets the guest reach `api`, and the flag
@@ -447,7 +199,7 @@ pub fn exchange_passed(expiry: &str) -> Step {
 /// The exchange step for a failed `generate`: `error` mapped to the documentation's
 /// troubleshooting item and its fix; `spec` for the API, slugs and audiences it names.
 pub fn exchange_failed(error: &Error, spec: &GeneratorSpec) -> Step {
-    let api = effective_api(spec);
+    let api = spec.effective_api();
     let org = spec.org_slug.as_deref().unwrap_or("(none)");
     let service = spec.service_slug.as_deref().unwrap_or("(none)");
     let facts = vec![
@@ -477,7 +229,7 @@ pub fn exchange_failed(error: &Error, spec: &GeneratorSpec) -> Step {
                 ),
                 _ => ("the token's issuer".into(), "subject".into(), None),
             };
-            let wanted = wanted_audiences(spec);
+            let wanted = spec.audiences();
             if let Some(aud) = aud.filter(|aud| wanted.iter().any(|w| !aud.contains(w))) {
                 return fail(format!(
                     "mint the token with audience {} (it has {})",
@@ -519,7 +271,7 @@ pub fn exchange_failed(error: &Error, spec: &GeneratorSpec) -> Step {
 /// A registry name as Docker compares it: no scheme, no path, lower case
 /// (`https://Docker.Cloudsmith.io/v1/` is `docker.cloudsmith.io`).
 pub fn registry_host(name: &str) -> String {
-    match super::host_port(name) {
+    match super::super::host_port(name) {
         Some((host, Some(port))) => format!("{host}:{port}"),
         Some((host, None)) => host,
         None => name.trim().to_ascii_lowercase(),
@@ -528,7 +280,7 @@ pub fn registry_host(name: &str) -> String {
 
 /// The registry step: the host the credentials are for (`registry`), the registries the
 /// pulls use (`flags`, `--registry`; else `registry`), and whether the Docker config's
-/// registries (`docker_config`, from [`DockerConfigFile::registries`], when a config
+/// registries (`docker_config`, from [`host_core::registry_auth::DockerConfigFile::registries`], when a config
 /// was given) name each of those. A `--registry` other than `registry` is a warning, not a
 /// failure: it is right only for a custom domain of the Cloudsmith organization, which
 /// this host cannot tell.
@@ -580,197 +332,13 @@ pub fn registry_step(registry: &str, flags: &[String], docker_config: Option<&[S
     Step::new(StepName::Registry, Status::Pass, facts)
 }
 
-/// How `check` prints its report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReportFormat {
-    /// One line per step, the fix under a failed one.
-    Text,
-    /// [`Report::render_json`].
-    Json,
-}
-
-/// `check`'s configuration (its flags).
-#[derive(Clone)]
-pub struct CheckConfig {
-    /// Where the manifest came from (a path, or `-`), for the report.
-    pub manifest: String,
-    /// The target namespace.
-    pub namespace: String,
-    /// The token source, as `generate` would use it.
-    pub tokens: TokenChoice,
-    /// The namespace rule.
-    pub namespaces: NamespacePolicy,
-    /// The runtime `generate` would run with (its policy is checked, its deadline is
-    /// the bound a token must outlive).
-    pub runtime: RuntimeConfig,
-    /// `--registry` values: registries the pulls use.
-    pub registries: Vec<String>,
-    /// A Docker `config.json` to check for the registry.
-    pub docker_config: Option<PathBuf>,
-    /// Stop before the exchange.
-    pub no_exchange: bool,
-    /// How to print the report.
-    pub format: ReportFormat,
-}
-
-/// Runs every step and renders the report; the exit code is the report's (0 only when
-/// every step passed). Only a manifest that cannot be read at all is an error: every
-/// later failure is a step of the report.
-pub async fn handle(
-    manifest: Result<String, Failure>,
-    mint: &impl Mint,
-    config: &CheckConfig,
-) -> Result<Reply, Failure> {
-    let mut steps = Vec::new();
-    let manifest = match manifest {
-        Ok(manifest) => manifest,
-        Err(failure) => {
-            steps.push(Step::failed(
-                StepName::Manifest,
-                vec![fact("file", config.manifest.clone())],
-                failure.message(),
-                "give the CloudsmithAccessToken manifest (YAML or JSON); with several generator documents, --generator NAME",
-            ));
-            return Ok(reply(Report::new(steps), config.format));
-        }
-    };
-    let spec = GeneratorSpec::of_json(&manifest).unwrap_or_default();
-    steps.push(manifest_step(&document_name(&manifest), &spec));
-
-    let (source, _) = mint_port::token_source(&config.tokens, &manifest, &config.namespace);
-    let described = source.describe();
-    let token = match token_request(&spec, &config.namespace, config.namespaces) {
-        Ok(request) => source.token(&request).await.map_err(|e| e.to_string()),
-        Err(why) => Err(why),
-    };
-    let token = match token {
-        Ok(token) => {
-            let claims = Claims::read(token.expose());
-            steps.push(token_step(
-                &described,
-                claims.as_ref(),
-                &wanted_audiences(&spec),
-                config.runtime.limits.deadline,
-                host_example::token_cache::now_unix(),
-            ));
-            Some(token)
-        }
-        Err(why) => {
-            steps.push(token_source_failed(&described, &why));
-            None
-        }
-    };
-
-    let api = effective_api(&spec);
-    let policy = policy_step(&api, &config.runtime.policy);
-    let policy_passed = policy.status == Status::Pass;
-    steps.push(policy);
-
-    steps.push(match (&token, config.no_exchange) {
-        (_, true) => Step::skipped(StepName::Exchange, "not run (--no-exchange)"),
-        (None, false) => Step::skipped(StepName::Exchange, "not run: no token"),
-        (Some(_), false) if !policy_passed => {
-            Step::skipped(StepName::Exchange, "not run: the policy refuses the API host")
-        }
-        (Some(token), false) => {
-            let request = MintRequest {
-                manifest,
-                namespace: config.namespace.clone(),
-                // The token already read: one TokenRequest per check, not two.
-                tokens: TokenChoice::Given {
-                    source: Arc::new(StaticTokenSource::new(token.clone())),
-                    identity: None,
-                },
-                namespaces: NamespacePolicy::AllowCrossNamespace,
-                deadline: None,
-            };
-            match mint.mint(request).await {
-                Ok(minted) => exchange_passed(minted.credentials.expiry()),
-                Err(Failure::Call(e)) => exchange_failed(&e, &spec),
-                Err(other) => Step::failed(
-                    StepName::Exchange,
-                    Vec::new(),
-                    other.message(),
-                    "see the message; run with -v for the call's report",
-                ),
-            }
-        }
-    });
-
-    let docker = match &config.docker_config {
-        None => None,
-        Some(path) => match read_docker_config(path) {
-            Ok(names) => Some(names),
-            Err(why) => {
-                steps.push(Step::failed(
-                    StepName::Registry,
-                    vec![fact("docker config", path.display().to_string())],
-                    why,
-                    "give Docker's config.json (JSON with auths or credHelpers)",
-                ));
-                return Ok(reply(Report::new(steps), config.format));
-            }
-        },
-    };
-    steps.push(registry_step(
-        DEFAULT_REGISTRY,
-        &config.registries,
-        docker.as_deref(),
-    ));
-    Ok(reply(Report::new(steps), config.format))
-}
-
-fn reply(report: Report, format: ReportFormat) -> Reply {
-    Reply {
-        stdout: match format {
-            ReportFormat::Text => report.render_text().trim_end().to_string(),
-            ReportFormat::Json => report.render_json(),
-        },
-        exit: report.exit_code(),
-    }
-}
-
-/// `Kind/name` of the generator document (JSON).
-fn document_name(manifest: &str) -> String {
-    let value: serde_json::Value = serde_json::from_str(manifest).unwrap_or_default();
-    let text = |pointer: &str| value.pointer(pointer).and_then(serde_json::Value::as_str);
-    match (text("/kind"), text("/metadata/name")) {
-        (Some(kind), Some(name)) => format!("{kind}/{name}"),
-        (Some(kind), None) => kind.to_string(),
-        _ => "a bare spec".to_string(),
-    }
-}
-
-/// The TokenRequest `generate` would make for the spec's service account.
-fn token_request(
-    spec: &GeneratorSpec,
-    target: &str,
-    namespaces: NamespacePolicy,
-) -> Result<TokenRequest, String> {
-    let account = spec.service_account_ref.clone().unwrap_or_default();
-    let name = account
-        .name
-        .ok_or("the manifest names no spec.serviceAccountRef.name")?;
-    let namespace = namespaces
-        .resolve(&name, account.namespace.as_deref(), target)
-        .map_err(|e| e.to_string())?;
-    Ok(TokenRequest {
-        service_account: name,
-        namespace,
-        audiences: wanted_audiences(spec),
-    })
-}
-
-/// The registries Docker's `config.json` at `path` names, read by the same reader that
-/// finds registry credentials, so `check` and a pull agree on what the file says.
-fn read_docker_config(path: &std::path::Path) -> Result<Vec<String>, String> {
-    let config = DockerConfigFile::load(path)?;
-    Ok(config.registries().map(str::to_string).collect())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::report::Report;
     use super::*;
+    use crate::doors::DEFAULT_REGISTRY;
+    use host_core::registry_auth::DockerConfigFile;
+    use host_core::spec::ESO_DEFAULT_API as DEFAULT_API;
     use host_example::policy::DEFAULT_AUTHORITY;
     use host_example::{Authority, UpstreamStatus};
 
@@ -1117,7 +685,7 @@ mod tests {
         let warned = Report::new(vec![token_step(
             "t",
             Some(&claims(&["https://api.cloudsmith.io"], Some(NOW + 10))),
-            &wanted_audiences(&spec),
+            &spec.audiences(),
             BOUND,
             NOW,
         )]);
