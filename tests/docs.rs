@@ -359,13 +359,21 @@ fn help(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("--help is UTF-8")
 }
 
-/// The long flags of the options list of a `--help` text (its `Options:` section, lines
+/// The long flags of the options lists of a `--help` text (its option sections, lines
 /// `  -v, --flag …` or `      --flag …`), not those its prose names (the kubelet's own).
 fn options_in(help: &str) -> BTreeSet<String> {
+    // clap's option sections: `Options:` and each `help_heading`, a heading at the margin
+    // ending in ':', up to the next line at the margin (`--help` puts blank lines between
+    // options).
+    let mut in_options = false;
     help.lines()
-        .skip_while(|line| line.trim_end() != "Options:")
-        .skip(1)
-        .take_while(|line| !line.trim().is_empty())
+        .filter(|line| {
+            if !line.is_empty() && !line.starts_with(' ') {
+                in_options = line.ends_with(':') && !["Commands:", "Usage:"].contains(&line.trim_end());
+                return false;
+            }
+            in_options
+        })
         .filter_map(|line| {
             let line = line.trim_start();
             let line = match line.split_once(", ") {
