@@ -1650,10 +1650,26 @@ async fn connections_past_the_cap_are_refused_at_once() {
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
     assert!(answer.contains("too many connections"), "{answer}");
     drop(idle);
+    drop(extra);
+    // The places come back as the server sees those connections close; until then a new
+    // connection is itself answered 503 at once, so poll with a raw request that reads
+    // whatever comes back.
     wait_until(|| async {
-        gauge(server.addr, "cloudsmith_gen_connections_refused_total")
+        let mut stream = send_raw(
+            server.addr,
+            "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        read_all(&mut stream, Duration::from_secs(10))
             .await
-            .is_some_and(|n| n >= 1)
+            .is_some_and(|answer| {
+                answer.starts_with("HTTP/1.1 200 ")
+                    && answer.lines().any(|line| {
+                        line.strip_prefix("cloudsmith_gen_connections_refused_total ")
+                            .and_then(|n| n.trim().parse::<u64>().ok())
+                            .is_some_and(|n| n >= 1)
+                    })
+            })
     })
     .await;
     let token = world.caller("apps", "eso");
