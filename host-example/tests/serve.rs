@@ -294,6 +294,12 @@ impl World {
     }
 }
 
+/// The `cloudsmith-gen` the servers run: `CLOUDSMITH_GEN` runs another build (a figure
+/// for an older server, say), else this package's.
+fn serve_bin() -> String {
+    std::env::var("CLOUDSMITH_GEN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// A running `cloudsmith-gen serve`; killed on drop.
 struct Server {
     child: Child,
@@ -308,11 +314,15 @@ impl Server {
 
     /// [`Server::start`] with these variables set for the server.
     fn start_with_env(args: &[String], env: &[(&str, &Path)]) -> Server {
-        // CLOUDSMITH_GEN runs another build (a figure for an older server, say).
-        let bin = std::env::var("CLOUDSMITH_GEN").unwrap_or_else(|_| BIN.to_string());
-        let mut child = Command::new(bin)
-            .args(args)
-            .envs(env.iter().copied())
+        let mut command = Command::new(serve_bin());
+        command.args(args).envs(env.iter().copied());
+        Server::spawn(command)
+    }
+
+    /// Runs `command` (a `serve`, or a shell that execs one) and waits for its
+    /// "listening" log line; its stderr is kept as the server's log.
+    fn spawn(mut command: Command) -> Server {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -1692,38 +1702,11 @@ async fn accept_errors_pause_and_the_server_recovers() {
     let world = World::new(Duration::from_secs(10)).await;
     let args = serve_args(&world, &["--read-timeout", "60"]);
     // The server with few descriptors: its own shell sets the limit, then execs it.
-    let bin = std::env::var("CLOUDSMITH_GEN").unwrap_or_else(|_| BIN.to_string());
-    let mut shell: Vec<String> = vec!["-c".into(), "ulimit -n 64 && exec \"$0\" \"$@\"".into(), bin];
-    shell.extend(args);
-    let mut server = {
-        let mut child = Command::new("bash")
-            .args(&shell)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("bash starts serve");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if v["msg"] == "listening" {
-                        let _ = tx.send(v["address"].as_str().unwrap_or_default().to_string());
-                    }
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(300))
-            .expect("serve starts")
-            .parse()
-            .unwrap();
-        Server { child, addr, log }
-    };
+    let mut shell = Command::new("bash");
+    shell
+        .args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\"", &serve_bin()])
+        .args(args);
+    let mut server = Server::spawn(shell);
     let addr = server.addr;
     // More connections than the server has descriptors for; the rest wait in the backlog
     // while every accept fails.
@@ -1871,7 +1854,7 @@ async fn a_manifest_cannot_widen_the_outbound_policy() {
 /// connection task.)
 #[test]
 fn a_tiny_rate_limit_is_refused_at_start() {
-    let bin = std::env::var("CLOUDSMITH_GEN").unwrap_or_else(|_| BIN.to_string());
+    let bin = serve_bin();
     for rate in ["1e-300", "-1", "NaN"] {
         let out = Command::new(&bin)
             .args([
