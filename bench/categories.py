@@ -24,10 +24,10 @@ CATEGORIES = [
     ("page faults in guest memory", r"asm_exc_page_fault"),
     ("guest code (Cranelift-compiled) and its trampolines", r"^wasm\[|^\[perf-|component-trampolines"),
     ("instantiation, Store and WASI context set-up",
-     r"instantiate|host_example::Generator::start|Store<.*>::new|WasiCtxBuilder|ComponentInstance::new|wasmtime_fiber_start"),
+     r"instantiate|cloudsmith_gen::Generator::start|Store<.*>::new|WasiCtxBuilder|ComponentInstance::new|wasmtime_fiber_start"),
     ("TCP socket and connect", r"TcpStream::connect|TcpStream::new|net::tcp::stream"),
     ("HTTP/1.1 (hyper)", r"^hyper::|<hyper::"),
-    ("host-example's own work (policy, report, redact)", r"host_example::"),
+    ("host-example's own work (policy, report, redact)", r"cloudsmith_gen::"),
     ("tokio: scheduling, wake-ups, parking", r"park|schedule|wake|futex|epoll|tokio::runtime"),
 ]
 COMPILED = [(name, re.compile(pattern)) for name, pattern in CATEGORIES]

@@ -1,4 +1,4 @@
-//! Builds the generator component and embeds it, so `cargo run -p host-example -- demo`
+//! Builds the generator component and embeds it, so `cargo run -p cloudsmith-gen -- demo`
 //! works on a fresh clone with nothing built beforehand.
 //!
 //! The component is built by a nested `cargo build --target wasm32-wasip2 --release` into

@@ -46,7 +46,7 @@ if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check "matplotlib==$MATPLOTLIB_VERSION"
 fi
 
-cargo build --release --locked -p host-example --bin cloudsmith-gen --bin docker-credential-cloudsmith
+cargo build --release --locked -p cloudsmith-gen --bin cloudsmith-gen --bin docker-credential-cloudsmith
 
 export CARGO_PROFILE_BENCH_OPT_LEVEL=3
 export CARGO_PROFILE_BENCH_LTO=false

@@ -56,7 +56,7 @@ if [[ -z $binary ]]; then
   # Target-only flags: proc-macros, build scripts and the nested wasm build keep theirs.
   export CC_x86_64_unknown_linux_musl=musl-gcc
   export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="--remap-path-prefix=$PWD=/src --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
-  cargo build --locked -q -p host-example --bin cloudsmith-gen --no-default-features \
+  cargo build --locked -q -p cloudsmith-gen --bin cloudsmith-gen --no-default-features \
     --target "$target" --profile "$profile" >&2
   out=$profile
   [[ $profile != dev ]] || out=debug

@@ -40,7 +40,7 @@ source scripts/harness.sh
 # The image's static binary, built once (without fat LTO: profile image-test)
 # and packaged by every test that needs an image.
 rustup target add x86_64-unknown-linux-musl >/dev/null
-CC_x86_64_unknown_linux_musl=musl-gcc cargo build --locked -q -p host-example --bin cloudsmith-gen \
+CC_x86_64_unknown_linux_musl=musl-gcc cargo build --locked -q -p cloudsmith-gen --bin cloudsmith-gen \
   --no-default-features --target x86_64-unknown-linux-musl --profile image-test
 export CLOUDSMITH_GEN_STATIC="$PWD/target/x86_64-unknown-linux-musl/image-test/cloudsmith-gen"
 

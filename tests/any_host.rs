@@ -452,7 +452,7 @@ fn plug_grants(
 
 /// `cloudsmith-gen --output json` prints ESO's outputs object on success;
 /// on failure it prints one line, `error: <cause>`, and an exit code per
-/// class. The cause's wording is `host_example::GenerateError`'s `Display`,
+/// class. The cause's wording is `cloudsmith_gen::GenerateError`'s `Display`,
 /// so the cases these tests provoke are read back from it.
 fn cloudsmith_gen_answer(out: &Output) -> Result<Value, String> {
     if out.success() {

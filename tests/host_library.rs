@@ -10,10 +10,10 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use host_example::token_source::{FileTokenSource, KubernetesTokenSource};
-use host_example::wasmtime::component::Component;
-use host_example::wasmtime::Engine;
-use host_example::{
+use cloudsmith_gen::token_source::{FileTokenSource, KubernetesTokenSource};
+use cloudsmith_gen::wasmtime::component::Component;
+use cloudsmith_gen::wasmtime::Engine;
+use cloudsmith_gen::{
     cache, sandbox, EngineOptions, Error, GenerateError, Generator, GeneratorOptions, PresentedToken,
     TimeoutCaps, TokenSource, UpstreamStatus, COMPONENT,
 };

@@ -36,10 +36,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use host_example::token_source::StaticTokenSource;
-use host_example::wasmtime::component::Component;
-use host_example::wasmtime::Engine;
-use host_example::{
+use cloudsmith_gen::token_source::StaticTokenSource;
+use cloudsmith_gen::wasmtime::component::Component;
+use cloudsmith_gen::wasmtime::Engine;
+use cloudsmith_gen::{
     cache, sandbox, Authority, Credentials, EngineOptions, Error, GenerateError, Generator, GeneratorOptions,
     HostError, Limits, OutboundPolicy, Secret, Traced,
 };
@@ -83,7 +83,7 @@ impl Setup {
                     ..Default::default()
                 })
                 .expect("engine");
-                let good = cache::compile(&engine, host_example::COMPONENT).expect("compile the generator");
+                let good = cache::compile(&engine, cloudsmith_gen::COMPONENT).expect("compile the generator");
                 let bytes = std::fs::read(hostile_wasm()).expect("read hostile.wasm");
                 let hostile = cache::compile(&engine, &bytes).expect("compile hostile.wasm");
                 (engine, good, hostile)

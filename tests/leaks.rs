@@ -17,10 +17,12 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use host_example::token_source::{EnvTokenSource, FileTokenSource, KubernetesTokenSource, StaticTokenSource};
-use host_example::wasmtime::component::Component;
-use host_example::wasmtime::Engine;
-use host_example::{
+use cloudsmith_gen::token_source::{
+    EnvTokenSource, FileTokenSource, KubernetesTokenSource, StaticTokenSource,
+};
+use cloudsmith_gen::wasmtime::component::Component;
+use cloudsmith_gen::wasmtime::Engine;
+use cloudsmith_gen::{
     cache, sandbox, Authority, CallReport, Credentials, EngineOptions, Error, Generator, GeneratorOptions,
     Limits, OutboundPolicy, Secret, TimeoutCaps, TokenSource,
 };
@@ -185,7 +187,7 @@ async fn no_token_leaks_from_the_library_on_any_failure() {
                 ..Default::default()
             })
             .expect("engine");
-            let good = cache::compile(&engine, host_example::COMPONENT).expect("compile the generator");
+            let good = cache::compile(&engine, cloudsmith_gen::COMPONENT).expect("compile the generator");
             let bytes = std::fs::read(hostile_wasm()).expect("read hostile.wasm");
             let hostile = cache::compile(&engine, &bytes).expect("compile hostile.wasm");
             (engine, good, hostile)

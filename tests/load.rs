@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine as _;
-use host_example::{
+use cloudsmith_gen::{
     cache, sandbox, Authority, EngineOptions, Error, GenerateError, Generator, GeneratorOptions,
     OutboundPolicy, PresentedToken, Secret, TokenRequest, TokenSource, TokenSourceError, UpstreamStatus,
 };
@@ -132,7 +132,7 @@ fn manifest(api: &str, i: usize) -> String {
 }
 
 /// Checks call `i`'s own result; returns what was wrong.
-fn check(i: usize, result: &Result<host_example::Credentials, Error>) -> Result<(), String> {
+fn check(i: usize, result: &Result<cloudsmith_gen::Credentials, Error>) -> Result<(), String> {
     let kind = Kind::of(i);
     let status = |status: u16, detail: &str| UpstreamStatus {
         status,
@@ -228,7 +228,7 @@ async fn concurrent_calls_each_get_their_own_result_and_memory_stays_flat() {
         ..Default::default()
     })
     .expect("engine");
-    let component = cache::compile(&engine, host_example::COMPONENT).expect("compile the generator");
+    let component = cache::compile(&engine, cloudsmith_gen::COMPONENT).expect("compile the generator");
     let policy = OutboundPolicy::default()
         .allow_only([stand_in.authority().parse::<Authority>().expect("authority")])
         .allow_http(true);

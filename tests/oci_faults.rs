@@ -462,7 +462,7 @@ async fn a_container_image_is_not_a_component() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_layer_over_the_bound_is_never_downloaded() {
     let w = World::new().await;
-    let max = host_example::oci::MAX_COMPONENT_BYTES;
+    let max = cloudsmith_gen::oci::MAX_COMPONENT_BYTES;
     let artifact = WasmArtifact::new(generator())
         .declared_layer_size(max + 1)
         .build();
@@ -700,7 +700,7 @@ async fn a_manifest_without_end() {
         &[
             &reference,
             "manifest over the bound",
-            &host_example::oci::MAX_MANIFEST_BYTES.to_string(),
+            &cloudsmith_gen::oci::MAX_MANIFEST_BYTES.to_string(),
         ],
         &cache,
         "a manifest without end",

@@ -19,9 +19,11 @@ use benchmarks::native::NativeClient;
 use benchmarks::report::{human, verdict, Report};
 use benchmarks::standin::StandInThread;
 use benchmarks::{doors, serve};
-use host_example::cache::{self, ArtifactCache, CacheOutcome};
-use host_example::token_source::StaticTokenSource;
-use host_example::{sandbox, Authority, EngineOptions, Generator, GeneratorOptions, OutboundPolicy, Secret};
+use cloudsmith_gen::cache::{self, ArtifactCache, CacheOutcome};
+use cloudsmith_gen::token_source::StaticTokenSource;
+use cloudsmith_gen::{
+    sandbox, Authority, EngineOptions, Generator, GeneratorOptions, OutboundPolicy, Secret,
+};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
@@ -157,7 +159,7 @@ fn main() -> anyhow::Result<()> {
     if runs("doors") || runs("serve") {
         ensure!(
             cloudsmith_gen.is_file(),
-            "cloudsmith-gen not found at {} (build it: cargo build --release -p host-example)",
+            "cloudsmith-gen not found at {} (build it: cargo build --release -p cloudsmith-gen)",
             cloudsmith_gen.display()
         );
     }
@@ -929,7 +931,7 @@ fn cloudsmith_gen(setup: &Setup, work: &Path) -> anyhow::Result<Option<CliUnderT
     let bin = serve::cloudsmith_gen_path();
     if !bin.is_file() {
         eprintln!(
-            "cloudsmith-gen not found at {} (build it: cargo build --release -p host-example)",
+            "cloudsmith-gen not found at {} (build it: cargo build --release -p cloudsmith-gen)",
             bin.display()
         );
         return Ok(None);

@@ -1,11 +1,10 @@
-//! The host's parts that need no Wasm: values that redact themselves, the typed spec,
-//! manifests, JWT claims, the token cache and its single flight, and the Docker
-//! credential helper's configuration.
+//! What the lean `docker-credential-cloudsmith` helper needs, and so links no wasmtime:
+//! values that redact themselves, the typed spec, manifests, JWT claims, the token cache
+//! and its single flight, and the Docker credential helper's configuration.
 //!
-//! `host-example` (the wasmtime host) builds on this crate and re-exports its modules.
-//! They live apart so that a program can answer from the token cache without linking
-//! wasmtime: the lean `docker-credential-cloudsmith` helper starts about as fast as
-//! `cat`, which a 25 MB binary with a JIT cannot (BENCHMARKS.md, issue 17).
+//! `cloudsmith-gen` (the wasmtime host) builds on this crate. The two live apart so that
+//! a program can answer from the token cache without linking wasmtime: the lean helper
+//! starts about as fast as `cat`, which a 25 MB binary with a JIT cannot (BENCHMARKS.md).
 //!
 //! # Index
 //!
@@ -22,7 +21,6 @@
 //! | [`files`] | writing a file whole or not at all, with its mode |
 //! | [`authority`] | `host:port`, as the outbound policy reads it |
 //! | [`registries`] | which registries a door answers for; reading a server URL |
-//! | [`registry_auth`] | registry credentials as Docker clients read them (`config.json`, credential helpers), for OCI components |
 //! | [`docker`] | the Docker credential helper's environment and warm path |
 
 #![deny(missing_docs)]
@@ -37,7 +35,6 @@ pub mod jwt;
 mod lenient;
 pub mod manifest;
 pub mod registries;
-pub mod registry_auth;
 pub mod secret;
 pub mod spec;
 pub mod token_cache;

@@ -35,8 +35,8 @@ use wasmtime::Engine;
 
 use crate::flight::{self, Flight};
 use crate::sandbox::wasm_err;
-use host_core::dirs::create_private_dir;
-use host_core::files::{Atomic, Dir};
+use cloudsmith_gen_core::dirs::create_private_dir;
+use cloudsmith_gen_core::files::{Atomic, Dir};
 
 /// How long a process waits for another's compile of the same component before
 /// compiling itself: a cold compile takes seconds (release) to tens of seconds (debug).
@@ -104,7 +104,7 @@ impl ArtifactCache {
     /// The conventional location: `$XDG_CACHE_HOME/cloudsmith-gen`, else
     /// `~/.cache/cloudsmith-gen`; `None` when neither variable is set.
     pub fn default_dir() -> Option<PathBuf> {
-        host_core::dirs::cache_dir()
+        cloudsmith_gen_core::dirs::cache_dir()
     }
 
     /// The cache directory.

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use host_core::authority::AuthorityError;
-use host_example::oci::ComponentRef;
-use host_example::policy::TimeoutCaps;
-use host_example::{Authority, Limits, NamespacePolicy, OutboundPolicy, WasiGrants};
+use cloudsmith_gen::oci::ComponentRef;
+use cloudsmith_gen::policy::TimeoutCaps;
+use cloudsmith_gen::{Authority, Limits, NamespacePolicy, OutboundPolicy, WasiGrants};
+use cloudsmith_gen_core::authority::AuthorityError;
 
 use crate::doors::check::{CheckConfig, ReportFormat};
 use crate::doors::generate::{Format, GenerateConfig, OutputConfig};
@@ -567,11 +567,11 @@ pub struct OutputArgs {
     pub output: OutputFormat,
 
     /// The Secret's name (with --output secret).
-    #[arg(long, value_name = "NAME", default_value = host_example::output::DEFAULT_SECRET_NAME)]
+    #[arg(long, value_name = "NAME", default_value = cloudsmith_gen::output::DEFAULT_SECRET_NAME)]
     pub secret_name: String,
 
     /// The registry the credentials are for (with --output secret or dockerconfigjson).
-    #[arg(long, value_name = "HOST", default_value = host_example::output::DEFAULT_REGISTRY)]
+    #[arg(long, value_name = "HOST", default_value = cloudsmith_gen::output::DEFAULT_REGISTRY)]
     pub registry: String,
 }
 
@@ -631,7 +631,7 @@ fn parse_plain_http(s: &str) -> Result<PlainHttp, String> {
     } else {
         Authority::new(authority.host(), 80)
     };
-    if host_example::policy::is_default_host(authority.host()) {
+    if cloudsmith_gen::policy::is_default_host(authority.host()) {
         return Err(format!(
             "plain http to {authority} is never allowed: the exchange would carry the OIDC token in clear"
         ));

@@ -4,8 +4,8 @@
 //! [`Failure`], and only `main` turns one into the process's exit (one `error:` line
 //! and [`Failure::exit_code`]). `serve` maps the same classification to HTTP statuses.
 
-use host_example::oci::OciError;
-use host_example::{Error, GenerateError, HostError};
+use cloudsmith_gen::oci::OciError;
+use cloudsmith_gen::{Error, GenerateError, HostError};
 
 /// The exit codes, for `--help`. docs/cli.md's table gives the same meanings and names
 /// the classes of each; the tests below hold the two to [`Failure::exit_code`].
@@ -92,7 +92,7 @@ impl Failure {
             Failure::OutOfTime(m) => m.clone(),
             Failure::Registry(e) => e.message().to_string(),
         };
-        host_example::secret::one_line(&text, MAX_MESSAGE_CHARS)
+        cloudsmith_gen::secret::one_line(&text, MAX_MESSAGE_CHARS)
     }
 }
 
@@ -101,7 +101,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
     use std::time::Duration;
 
-    use host_example::{Error, GenerateError, HostError, UpstreamStatus};
+    use cloudsmith_gen::{Error, GenerateError, HostError, UpstreamStatus};
 
     use super::*;
 

@@ -13,7 +13,7 @@
 //!   the same arguments and the same stdin.
 //!
 //! Both read the environment, key the cache, write the answer and report a failure
-//! through [`host_core::docker`], so they cannot disagree.
+//! through [`cloudsmith_gen_core::docker`], so they cannot disagree.
 
 use std::ffi::OsString;
 use std::io::{Read as _, Seek as _, Write as _};
@@ -21,8 +21,8 @@ use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 
-use host_core::docker::{self, HelperCall, HelperEnv, HELPER_NAME, MAX_INPUT_BYTES};
-use host_core::token_cache::{CacheKey, Lookup, TokenCache};
+use cloudsmith_gen_core::docker::{self, HelperCall, HelperEnv, HELPER_NAME, MAX_INPUT_BYTES};
+use cloudsmith_gen_core::token_cache::{CacheKey, Lookup, TokenCache};
 
 /// The full host, expected in this binary's directory.
 const FULL: &str = "cloudsmith-gen";
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
 }
 
 /// The cached token for `call`, as `cloudsmith-gen`'s mint port keys it.
-fn cached(call: &HelperCall) -> Option<host_core::token_cache::CachedToken> {
+fn cached(call: &HelperCall) -> Option<cloudsmith_gen_core::token_cache::CachedToken> {
     let cache = TokenCache::configured(true, None)?;
     let key = CacheKey::for_call(&call.manifest, &call.tokens.identity()?, false)?;
     match cache.get(&key) {
@@ -106,7 +106,7 @@ fn full_host() -> Option<PathBuf> {
 /// helper client reads it, and `error:` on stderr ([`docker::report_failure`]).
 fn fail(message: &str) -> ExitCode {
     docker::report_failure(
-        &host_core::secret::one_line(message, 300),
+        &cloudsmith_gen_core::secret::one_line(message, 300),
         &mut std::io::stdout().lock(),
         &mut std::io::stderr().lock(),
     );

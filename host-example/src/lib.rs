@@ -20,8 +20,8 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use host_example::{cache, sandbox, Generator, GeneratorOptions, OutboundPolicy, COMPONENT};
-//! use host_example::token_source::FileTokenSource;
+//! use cloudsmith_gen::{cache, sandbox, Generator, GeneratorOptions, OutboundPolicy, COMPONENT};
+//! use cloudsmith_gen::token_source::FileTokenSource;
 //!
 //! # async fn run() -> anyhow::Result<()> {
 //! let engine = sandbox::engine(&sandbox::EngineOptions::default())?;
@@ -57,6 +57,7 @@
 //! | [`secret`] | [`Secret`], [`Credentials`]: values that redact themselves; one-line messages |
 //! | [`output`] | ESO's JSON, a Docker config, a dockerconfigjson Secret |
 //! | [`oci`] | the component as an OCI artifact: push, fetch by digest (verified), the component store |
+//! | [`registry_auth`] | registry credentials as Docker clients read them (`config.json`, credential helpers), for [`oci`] |
 
 #![deny(missing_docs)]
 
@@ -67,14 +68,15 @@ mod host;
 pub mod oci;
 pub mod output;
 pub mod policy;
+pub mod registry_auth;
 pub mod sandbox;
 pub mod token_source;
 
-// The Wasm-free modules, kept in host-core so that the lean Docker helper links no wasmtime.
+// The Wasm-free modules, kept in cloudsmith-gen-core (host-core/) so that the lean Docker helper links no wasmtime.
 // Only `secret` is part of this library's interface; the others serve its insides (and
-// the CLI reaches them in host-core directly).
-pub use host_core::secret;
-use host_core::{flight, jwt, spec};
+// the CLI reaches them in cloudsmith-gen-core directly).
+pub use cloudsmith_gen_core::secret;
+use cloudsmith_gen_core::{flight, jwt, spec};
 
 pub use error::{Error, GenerateError, HostError, PresentedToken, UpstreamStatus};
 pub use generator::{CallReport, CallTokens, Generator, GeneratorInfo, GeneratorOptions, Traced};

@@ -10,7 +10,7 @@
 //! - [`setup`]: loading the component and manifests, `-v` reports;
 //! - [`failure`]: why a command failed, and its exit code.
 //!
-//! The library (`host_example`) is what any embedder of the component needs: the
+//! The library (`cloudsmith_gen`) is what any embedder of the component needs: the
 //! generator, its policy and sandbox, token sources, the caches, the output formats, the
 //! typed spec. The layers above stay in the binary because they are this program's
 //! choices (flags, the doors' protocols, exit codes, stderr notes), not an embedder's.
@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
-use host_core::token_cache::TokenCache;
+use cloudsmith_gen_core::token_cache::TokenCache;
 
 use crate::cli::{Cli, Command, ComponentCommand, InstallCommand};
 use crate::doors::docker::{self, DockerConfig};
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
             .unwrap_or_else(|| "panic".into());
         fail(&format!(
             "internal error: {}",
-            host_example::secret::one_line(&what, 300)
+            cloudsmith_gen::secret::one_line(&what, 300)
         ));
     }));
     // Invoked through a `docker-credential-cloudsmith` link or copy: the helper protocol,
@@ -99,10 +99,10 @@ fn main() -> ExitCode {
 }
 
 /// The one `error:` line on stderr; as the Docker helper, the reason on stdout as well,
-/// the one stream Docker's helper client reads ([`host_core::docker::report_failure`]).
+/// the one stream Docker's helper client reads ([`cloudsmith_gen_core::docker::report_failure`]).
 fn fail(message: &str) {
     if HELPER.load(Ordering::Relaxed) {
-        host_core::docker::report_failure(
+        cloudsmith_gen_core::docker::report_failure(
             message,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),

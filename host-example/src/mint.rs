@@ -18,15 +18,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use host_core::flight::{Flight, FlightLock};
-use host_core::identity;
-use host_core::spec::GeneratorSpec;
-use host_core::token_cache::{now_unix, CacheKey, CachedToken, Lookup, TokenCache, DEFAULT_MARGIN};
-use host_example::token_source::{EnvTokenSource, FileTokenSource, KubernetesTokenSource};
-use host_example::{
+use cloudsmith_gen::token_source::{EnvTokenSource, FileTokenSource, KubernetesTokenSource};
+use cloudsmith_gen::{
     CallTokens, Credentials, Error, Generator, GeneratorInfo, NamespacePolicy, Secret, TokenRequest,
     TokenSource, TokenSourceError, Traced,
 };
+use cloudsmith_gen_core::flight::{Flight, FlightLock};
+use cloudsmith_gen_core::identity;
+use cloudsmith_gen_core::spec::GeneratorSpec;
+use cloudsmith_gen_core::token_cache::{now_unix, CacheKey, CachedToken, Lookup, TokenCache, DEFAULT_MARGIN};
 
 use crate::failure::Failure;
 use crate::setup::{self, note, Component, RuntimeConfig};
@@ -57,7 +57,7 @@ impl TokenChoice {
     pub fn kubelet_token(token: Secret) -> TokenChoice {
         let identity = identity::kubelet_token(token.expose());
         TokenChoice::Given {
-            source: Arc::new(host_example::token_source::StaticTokenSource::new(token)),
+            source: Arc::new(cloudsmith_gen::token_source::StaticTokenSource::new(token)),
             identity,
         }
     }
@@ -302,7 +302,7 @@ impl<L: Load> Minter<L> {
         if !self.warned.swap(true, Ordering::Relaxed) {
             eprintln!(
                 "warning: token cache: {}; minting without it",
-                host_example::secret::one_line(why, 300)
+                cloudsmith_gen::secret::one_line(why, 300)
             );
         }
     }

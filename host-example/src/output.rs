@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::secret::Credentials;
 
-pub use host_core::registries::DEFAULT_REGISTRY;
+pub use cloudsmith_gen_core::registries::DEFAULT_REGISTRY;
 /// The Secret name the seed documentation's ExternalSecret uses.
 pub const DEFAULT_SECRET_NAME: &str = "cloudsmith-credentials";
 /// The Secret type kubelet reads image pull credentials from.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
-pub use host_core::authority::Authority;
+pub use cloudsmith_gen_core::authority::Authority;
 use http::uri::Scheme;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};

@@ -11,20 +11,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use host_core::docker::{env::COMPONENT as COMPONENT_VAR, CRED_HELPER};
-use host_core::registry_auth::{DockerConfigFile, ExecHelpers, Login};
-use host_example::cache::{self, ArtifactCache, CacheOutcome};
-use host_example::oci::{self, ComponentRef, ComponentStore, OciError, Registry, RegistryOptions};
-use host_example::policy::read_ca_file;
-use host_example::sandbox::{self, EngineOptions};
-use host_example::{
+use cloudsmith_gen::cache::{self, ArtifactCache, CacheOutcome};
+use cloudsmith_gen::oci::{self, ComponentRef, ComponentStore, OciError, Registry, RegistryOptions};
+use cloudsmith_gen::policy::read_ca_file;
+use cloudsmith_gen::registry_auth::{DockerConfigFile, ExecHelpers, Login};
+use cloudsmith_gen::sandbox::{self, EngineOptions};
+use cloudsmith_gen::{
     CallReport, Credentials, Generator, GeneratorOptions, Limits, NamespacePolicy, OutboundPolicy, Secret,
     TokenRequest, TokenSource, TokenSourceError, Traced, WasiGrants, COMPONENT,
 };
+use cloudsmith_gen_core::docker::{env::COMPONENT as COMPONENT_VAR, CRED_HELPER};
 
 use crate::failure::Failure;
 
-pub use host_core::manifest::{self, read_file as read_manifest_file, MAX_MANIFEST_BYTES};
+pub use cloudsmith_gen_core::manifest::{self, read_file as read_manifest_file, MAX_MANIFEST_BYTES};
 
 /// Where compiled components are kept between processes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -113,7 +113,7 @@ impl crate::mint::Load for Component {
 }
 
 /// The generator's own token source: none. Every call through the mint port brings its
-/// own ([`host_example::CallTokens`]), and `info` asks for none.
+/// own ([`cloudsmith_gen::CallTokens`]), and `info` asks for none.
 struct CallsBringTheirOwn;
 
 #[async_trait::async_trait]
@@ -276,7 +276,7 @@ pub fn component_store(cache: &CompileCache) -> Option<ComponentStore> {
     let dir = match cache {
         CompileCache::Off => return None,
         CompileCache::Dir(dir) => dir.clone(),
-        CompileCache::Default => host_core::dirs::cache_dir()?,
+        CompileCache::Default => cloudsmith_gen_core::dirs::cache_dir()?,
     };
     Some(ComponentStore::new(dir.join("oci")))
 }
@@ -326,9 +326,9 @@ fn describe_cache(outcome: &CacheOutcome) -> String {
     }
 }
 
-/// [`host_core::read_bounded`], failing as a usage error: stdin of every door.
+/// [`cloudsmith_gen_core::read_bounded`], failing as a usage error: stdin of every door.
 pub fn read_bounded(input: impl Read, max: u64, what: &str) -> Result<Vec<u8>, Failure> {
-    host_core::read_bounded(input, max, what).map_err(Failure::usage)
+    cloudsmith_gen_core::read_bounded(input, max, what).map_err(Failure::usage)
 }
 
 /// [`manifest::read_to_json`], failing as a usage error.
@@ -409,7 +409,7 @@ pub fn warn_as_json() {
 /// A warning on stderr, with or without `-v`: something did not work as configured, and
 /// the command carried on without it. One line, nothing shaped like a token.
 pub fn warn(line: &str) {
-    let line = host_example::secret::one_line(line, 1000);
+    let line = cloudsmith_gen::secret::one_line(line, 1000);
     if JSON_WARNINGS.load(std::sync::atomic::Ordering::SeqCst) {
         tracing::warn!(target: "cloudsmith_gen", "{line}");
     } else {

@@ -283,7 +283,7 @@ fn demo_prints_eso_outputs() {
     );
 }
 
-/// What `cargo install --path host-example` and `cargo build --release -p host-example` link
+/// What `cargo install --path host-example` and `cargo build --release -p cloudsmith-gen` link
 /// is what this build links: the same default features (the profile changes no crate).
 /// Before the demo became product code, both binaries held testkit's stand-ins and its test
 /// signing key. The debug build keeps symbol names, so a linked testkit would show here.

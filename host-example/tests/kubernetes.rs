@@ -2,7 +2,7 @@
 //! `serve`'s service account under the RBAC `deploy/` ships: what it asks for (read back
 //! from the token the server signed), and how the server's refusals read.
 
-use host_example::token_source::{KubernetesTokenSource, TokenRequest, TokenSource};
+use cloudsmith_gen::token_source::{KubernetesTokenSource, TokenRequest, TokenSource};
 use testkit::cluster::Cluster;
 use testkit::relying_party::RelyingParty;
 

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use host_example::cache::{ArtifactCache, CacheOutcome};
-use host_example::sandbox::{self, EngineOptions};
-use host_example::token_source::{StaticTokenSource, TokenRequest, TokenSource, TokenSourceError};
-use host_example::{
+use cloudsmith_gen::cache::{ArtifactCache, CacheOutcome};
+use cloudsmith_gen::sandbox::{self, EngineOptions};
+use cloudsmith_gen::token_source::{StaticTokenSource, TokenRequest, TokenSource, TokenSourceError};
+use cloudsmith_gen::{
     output, Credentials, Error, GenerateError, Generator, GeneratorOptions, HostError, Secret,
 };
 use tokio::sync::OnceCell;
@@ -147,7 +147,7 @@ fn generator_is_clone_send_sync() {
 async fn component(engine: &Engine) -> Component {
     static COMPILED: OnceCell<Component> = OnceCell::const_new();
     COMPILED
-        .get_or_init(|| async { host_example::cache::compile(engine, host_example::COMPONENT).unwrap() })
+        .get_or_init(|| async { cloudsmith_gen::cache::compile(engine, cloudsmith_gen::COMPONENT).unwrap() })
         .await
         .clone()
 }
@@ -299,10 +299,10 @@ async fn an_ordinary_call_never_grows_the_guests_memory() {
     // The budget covers the host resources reserved up front too; what is left for
     // memories and tables is the 6 pages and 32 KiB for the component's tables, less
     // than the one page a growth would take.
-    let reserved = host_example::sandbox::Budget::new(8 << 20).reserved();
+    let reserved = cloudsmith_gen::sandbox::Budget::new(8 << 20).reserved();
     assert_eq!(
         reserved,
-        host_example::sandbox::Budget::new(reserved + (6 << 16)).reserved()
+        cloudsmith_gen::sandbox::Budget::new(reserved + (6 << 16)).reserved()
     );
     let generator = generator_for(&stand_in, |o| {
         o.limits.memory_bytes = reserved + 6 * 64 * 1024 + 32 * 1024
@@ -393,7 +393,7 @@ async fn generators_sharing_a_pooled_engine_wait_for_its_slots() {
         ..Default::default()
     })
     .unwrap();
-    let component = host_example::cache::compile(&engine, host_example::COMPONENT).unwrap();
+    let component = cloudsmith_gen::cache::compile(&engine, cloudsmith_gen::COMPONENT).unwrap();
     let make = || {
         let mut options = GeneratorOptions::default();
         options.policy = options

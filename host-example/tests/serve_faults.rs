@@ -7,14 +7,14 @@
 //! Not part of the default test run (it is `#[ignore]`d); run it with its own command:
 //!
 //! ```text
-//! cargo test --release -p host-example --test serve_faults -- --ignored --nocapture
+//! cargo test --release -p cloudsmith-gen --test serve_faults -- --ignored --nocapture
 //! ```
 //!
 //! or, with a `cloudsmith-gen` already built (the server is what is measured):
 //!
 //! ```text
 //! CLOUDSMITH_GEN=target/release/cloudsmith-gen SOAK_CALLS=10000 \
-//!     cargo test -p host-example --test serve_faults -- --ignored --nocapture
+//!     cargo test -p cloudsmith-gen --test serve_faults -- --ignored --nocapture
 //! ```
 //!
 //! Set-up: `serve --timeout 3 --max-concurrent-calls 16 --max-queued-calls 256`; 64
@@ -206,7 +206,7 @@ fn gauge(metrics: &str) -> Option<i64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the soak under faults: cargo test --release -p host-example --test serve_faults -- --ignored --nocapture"]
+#[ignore = "the soak under faults: cargo test --release -p cloudsmith-gen --test serve_faults -- --ignored --nocapture"]
 async fn soak_under_faults() {
     let calls: usize = std::env::var("SOAK_CALLS")
         .ok()

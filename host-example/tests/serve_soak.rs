@@ -6,7 +6,7 @@
 //! in the release profile (the server as shipped):
 //!
 //! ```text
-//! SOAK_CALLS=50000 cargo test --release -p host-example --test serve_soak -- --ignored --nocapture
+//! SOAK_CALLS=50000 cargo test --release -p cloudsmith-gen --test serve_soak -- --ignored --nocapture
 //! ```
 //!
 //! or, with a release `cloudsmith-gen` already built (the server is what is measured;
@@ -14,9 +14,9 @@
 //! release:
 //!
 //! ```text
-//! cargo build --release -p host-example --bin cloudsmith-gen
+//! cargo build --release -p cloudsmith-gen --bin cloudsmith-gen
 //! CLOUDSMITH_GEN=target/release/cloudsmith-gen SOAK_CALLS=50000 \
-//!     cargo test -p host-example --test serve_soak -- --ignored --nocapture
+//!     cargo test -p cloudsmith-gen --test serve_soak -- --ignored --nocapture
 //! ```
 //!
 //! 64 client tasks, each on one keep-alive connection (as Go's client reuses them),
@@ -66,7 +66,7 @@ impl Drop for Killed {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the soak: SOAK_CALLS=50000 cargo test --release -p host-example --test serve_soak -- --ignored --nocapture"]
+#[ignore = "the soak: SOAK_CALLS=50000 cargo test --release -p cloudsmith-gen --test serve_soak -- --ignored --nocapture"]
 async fn soak() {
     let calls: usize = std::env::var("SOAK_CALLS")
         .ok()

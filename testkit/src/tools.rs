@@ -121,7 +121,7 @@ fn built(var: &str, name: &str) -> PathBuf {
     match beside {
         Some(path) if path.is_file() => path,
         other => panic!(
-            "{name} not found (looked at {}); build it with `cargo build -p host-example` \
+            "{name} not found (looked at {}); build it with `cargo build -p cloudsmith-gen` \
              or set {var}",
             other.map_or_else(|| var.to_string(), |p| p.display().to_string())
         ),

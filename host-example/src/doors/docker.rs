@@ -8,7 +8,7 @@
 //!   stdout; for any other, the sentinel `credentials not found in native keychain` on
 //!   stdout and exit 1, so the client falls back to an anonymous pull.
 //! - a failure: its one line on stdout, where Docker's helper client reads it, and
-//!   `error: <line>` on stderr (`host_core::docker::report_failure`, written by `main`).
+//!   `error: <line>` on stderr (`cloudsmith_gen_core::docker::report_failure`, written by `main`).
 //! - `store` and `erase` read their input and do nothing (credentials are minted, not
 //!   stored); `list` prints `{}`; `version` prints the version.
 //!
@@ -27,16 +27,16 @@
 //! `SSL_CERT_FILE`. A manifest's `apiUrl` or `apiHost` is what the guest calls, and
 //! is refused unless the environment allows it.
 
-use host_core::docker::{self, env, ConfigError, HelperCall, HelperEnv, TokenOrigin};
-use host_example::secret::shown;
-use host_example::NamespacePolicy;
+use cloudsmith_gen::secret::shown;
+use cloudsmith_gen::NamespacePolicy;
+use cloudsmith_gen_core::docker::{self, env, ConfigError, HelperCall, HelperEnv, TokenOrigin};
 
 use super::{api_authority, Registries, Reply};
 use crate::failure::Failure;
 use crate::mint::{Mint, MintRequest, TokenChoice};
 use crate::setup::{ComponentSource, RuntimeConfig};
 
-pub use host_core::docker::{CRED_HELPER, HELPER_NAME, MAX_INPUT_BYTES};
+pub use cloudsmith_gen_core::docker::{CRED_HELPER, HELPER_NAME, MAX_INPUT_BYTES};
 
 /// The helper's configuration: its environment ([`HelperEnv`]) and the runtime that
 /// environment configures.
@@ -177,7 +177,7 @@ mod tests {
 
     use super::*;
     use crate::mint::fake::FakeMint;
-    use host_core::docker::NOT_FOUND;
+    use cloudsmith_gen_core::docker::NOT_FOUND;
 
     const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2lnbmF0dXJl";
 

@@ -1,7 +1,7 @@
 //! `generate` and `info`: ESO's outputs for one manifest, printed as JSON, a Docker
 //! config or a ready-to-apply Secret; and the generator's own description.
 
-use host_example::{output, Credentials, NamespacePolicy};
+use cloudsmith_gen::{output, Credentials, NamespacePolicy};
 
 use super::Reply;
 use crate::failure::Failure;
@@ -55,10 +55,10 @@ pub struct GenerateConfig {
 
 /// What `generate` warns of, after minting for `manifest` (the generator document as
 /// JSON), in one line: an `apiHost` that ESO would never see
-/// ([`host_core::spec::GeneratorSpec::api_host_eso_drops`]), so that a manifest that
+/// ([`cloudsmith_gen_core::spec::GeneratorSpec::api_host_eso_drops`]), so that a manifest that
 /// works here is not taken to work in ESO.
 pub fn warning(manifest: &str) -> Option<String> {
-    let dropped = host_core::spec::GeneratorSpec::of_json(manifest)?.api_host_eso_drops()?;
+    let dropped = cloudsmith_gen_core::spec::GeneratorSpec::of_json(manifest)?.api_host_eso_drops()?;
     Some(format!("{}; {}", dropped.problem(), dropped.fix()))
 }
 

@@ -17,7 +17,7 @@
 //! Unlike docker/cli, the temporary file is made beside the target rather than beside
 //! the link, so the rename works when the two are on different file systems.
 
-use host_core::files::{Atomic, Dir, Mode};
+use cloudsmith_gen_core::files::{Atomic, Dir, Mode};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -186,7 +186,7 @@ fn link_helper(exe: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`: where Docker reads it.
 pub fn docker_config_path() -> anyhow::Result<PathBuf> {
-    host_core::registry_auth::DockerConfigFile::default_path()
+    cloudsmith_gen::registry_auth::DockerConfigFile::default_path()
         .ok_or_else(|| anyhow!("neither DOCKER_CONFIG nor HOME is set: cannot find Docker's config.json"))
 }
 

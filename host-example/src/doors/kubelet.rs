@@ -25,9 +25,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use host_core::jwt::Claims;
-use host_example::secret::shown;
-use host_example::{NamespacePolicy, Secret};
+use cloudsmith_gen::secret::shown;
+use cloudsmith_gen::{NamespacePolicy, Secret};
+use cloudsmith_gen_core::jwt::Claims;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -247,7 +247,7 @@ fn with_service_account(manifest: &str, account: &str) -> String {
     let Ok(mut value) = serde_json::from_str::<Value>(manifest) else {
         return manifest.to_string();
     };
-    host_core::spec::default_account(&mut value, account);
+    cloudsmith_gen_core::spec::default_account(&mut value, account);
     value.to_string()
 }
 

@@ -25,12 +25,12 @@ pub mod kubelet;
 pub mod publish;
 pub mod serve;
 
-use host_core::authority::Server;
-use host_example::secret::shown;
-use host_example::Authority;
+use cloudsmith_gen::secret::shown;
+use cloudsmith_gen::Authority;
+use cloudsmith_gen_core::authority::Server;
 
-pub use host_core::registries::{host_port, Registries, DEFAULT_REGISTRY};
-pub use host_core::Reply;
+pub use cloudsmith_gen_core::registries::{host_port, Registries, DEFAULT_REGISTRY};
+pub use cloudsmith_gen_core::Reply;
 
 /// The authority the policy must allow for an API host or URL, and whether it is plain
 /// http (allowed only when the user wrote `http://`, as the generator requires).

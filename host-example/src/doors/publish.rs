@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use host_core::registry_auth::Login;
-use host_example::oci::{self, annotation, Artifact, ComponentRef, Publication, Registry, RegistryOptions};
-use host_example::COMPONENT;
+use cloudsmith_gen::oci::{self, annotation, Artifact, ComponentRef, Publication, Registry, RegistryOptions};
+use cloudsmith_gen::registry_auth::Login;
+use cloudsmith_gen::COMPONENT;
 
 use super::Reply;
 use crate::failure::Failure;

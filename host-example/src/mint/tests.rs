@@ -5,12 +5,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use host_core::flight::Flight;
-use host_core::token_cache::{now_unix, CacheKey, CachedToken, Lookup, TokenCache};
-use host_example::token_source::StaticTokenSource;
-use host_example::{
+use cloudsmith_gen::token_source::StaticTokenSource;
+use cloudsmith_gen::{
     CallReport, Credentials, Error, GenerateError, GeneratorInfo, HostError, Secret, UpstreamStatus,
 };
+use cloudsmith_gen_core::flight::Flight;
+use cloudsmith_gen_core::token_cache::{now_unix, CacheKey, CachedToken, Lookup, TokenCache};
 
 use super::*;
 

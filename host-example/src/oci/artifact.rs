@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use host_core::secret::one_line;
+use cloudsmith_gen_core::secret::one_line;
 use oci_client::client::{Config, ImageLayer};
 use oci_client::manifest::{OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
 use oci_wasm::{ToConfig as _, WasmConfig};

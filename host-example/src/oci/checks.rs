@@ -1,7 +1,7 @@
 //! The pure checks of what a registry serves (is it a manifest, the one Wasm layer, a
 //! component), and oci-client's errors classified as ours.
 
-use host_core::secret::one_line;
+use cloudsmith_gen_core::secret::one_line;
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
 use oci_wasm::{WASM_LAYER_MEDIA_TYPE, WASM_MANIFEST_CONFIG_MEDIA_TYPE};

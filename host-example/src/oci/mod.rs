@@ -26,8 +26,8 @@ mod reference;
 mod registry;
 mod store;
 
+use crate::registry_auth::Login;
 use futures_util::StreamExt as _;
-use host_core::registry_auth::Login;
 use oci_client::errors::DigestError;
 use oci_client::manifest::{OciDescriptor, OCI_IMAGE_MEDIA_TYPE};
 use oci_client::secrets::RegistryAuth;
@@ -184,7 +184,7 @@ pub async fn fetch(
                 });
             }
             match flight {
-                Some(host_core::flight::Flight::Leader(lock)) => Some(lock),
+                Some(cloudsmith_gen_core::flight::Flight::Leader(lock)) => Some(lock),
                 _ => None,
             }
         }

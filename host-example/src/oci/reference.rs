@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use host_core::authority::{Authority, AuthorityError};
+use cloudsmith_gen_core::authority::{Authority, AuthorityError};
 
 /// The scheme that marks a `--component` value as a registry reference.
 pub const SCHEME: &str = "oci://";

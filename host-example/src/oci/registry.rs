@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use host_core::registry_auth::Login;
+use crate::registry_auth::Login;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciEnvelope};
 use oci_client::manifest::OCI_IMAGE_MEDIA_TYPE;

@@ -11,9 +11,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use host_core::dirs::create_private_dir;
-use host_core::files::Atomic;
-use host_core::flight::{self, Flight};
+use cloudsmith_gen_core::dirs::create_private_dir;
+use cloudsmith_gen_core::files::Atomic;
+use cloudsmith_gen_core::flight::{self, Flight};
 use sha2::{Digest as _, Sha256};
 
 /// A store of verified components, by manifest digest.

@@ -14,11 +14,11 @@ pub mod steps;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use host_core::jwt::Claims;
-use host_core::registry_auth::DockerConfigFile;
-use host_core::spec::GeneratorSpec;
-use host_example::token_source::StaticTokenSource;
-use host_example::{NamespacePolicy, TokenRequest};
+use cloudsmith_gen::registry_auth::DockerConfigFile;
+use cloudsmith_gen::token_source::StaticTokenSource;
+use cloudsmith_gen::{NamespacePolicy, TokenRequest};
+use cloudsmith_gen_core::jwt::Claims;
+use cloudsmith_gen_core::spec::GeneratorSpec;
 
 use self::report::fact;
 pub use self::report::{Report, Status, Step, StepName};
@@ -109,7 +109,7 @@ pub async fn handle(
                 claims.as_ref(),
                 &spec.audiences(),
                 config.runtime.limits.deadline,
-                host_core::token_cache::now_unix(),
+                cloudsmith_gen_core::token_cache::now_unix(),
             ));
             Some(token)
         }

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use host_core::jwt::Claims;
-use host_core::spec::GeneratorSpec;
-use host_example::token_source::TOKEN_SOURCE_FIX;
-use host_example::{Error, GenerateError, HostError, OutboundPolicy, PresentedToken};
+use cloudsmith_gen::token_source::TOKEN_SOURCE_FIX;
+use cloudsmith_gen::{Error, GenerateError, HostError, OutboundPolicy, PresentedToken};
+use cloudsmith_gen_core::jwt::Claims;
+use cloudsmith_gen_core::spec::GeneratorSpec;
 
 use super::report::{fact, item, Status, Step, StepName};
 
@@ -170,7 +170,7 @@ pub fn policy_step(api: &str, policy: &OutboundPolicy) -> Step {
             vec![fact("api", api), fact("allowed", target.authority.to_string())],
         ),
         Err(denial) => {
-            use host_example::policy::Rule;
+            use cloudsmith_gen::policy::Rule;
             let fix = match denial.rule {
                 // Plain http is allowed per host (and to loopback), never to Cloudsmith.
                 Rule::PlainHttp => format!(
@@ -280,7 +280,7 @@ pub fn registry_host(name: &str) -> String {
 
 /// The registry step: the host the credentials are for (`registry`), the registries the
 /// pulls use (`flags`, `--registry`; else `registry`), and whether the Docker config's
-/// registries (`docker_config`, from [`host_core::registry_auth::DockerConfigFile::registries`], when a config
+/// registries (`docker_config`, from [`cloudsmith_gen::registry_auth::DockerConfigFile::registries`], when a config
 /// was given) name each of those. A `--registry` other than `registry` is a warning, not a
 /// failure: it is right only for a custom domain of the Cloudsmith organization, which
 /// this host cannot tell.
@@ -337,10 +337,10 @@ mod tests {
     use super::super::report::Report;
     use super::*;
     use crate::doors::DEFAULT_REGISTRY;
-    use host_core::registry_auth::DockerConfigFile;
-    use host_core::spec::ESO_DEFAULT_API as DEFAULT_API;
-    use host_example::policy::DEFAULT_AUTHORITY;
-    use host_example::{Authority, UpstreamStatus};
+    use cloudsmith_gen::policy::DEFAULT_AUTHORITY;
+    use cloudsmith_gen::registry_auth::DockerConfigFile;
+    use cloudsmith_gen::{Authority, UpstreamStatus};
+    use cloudsmith_gen_core::spec::ESO_DEFAULT_API as DEFAULT_API;
 
     fn names_in(config_json: &str) -> Vec<String> {
         let config = DockerConfigFile::from_json(config_json).unwrap();

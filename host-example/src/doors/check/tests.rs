@@ -3,7 +3,7 @@
 
 use base64::Engine as _;
 
-use host_example::{Error, GenerateError, UpstreamStatus};
+use cloudsmith_gen::{Error, GenerateError, UpstreamStatus};
 
 use super::*;
 use crate::mint::fake::FakeMint;
@@ -24,7 +24,7 @@ const CLOUDSMITH: &str = "https://api.cloudsmith.io";
 fn jwt(aud: &str, expires_in: u64) -> String {
     let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
     let claims = serde_json::json!({"iss": "https://k8s.example", "sub": "system:serviceaccount:apps:puller",
-        "aud": [aud], "exp": host_core::token_cache::now_unix() + expires_in});
+        "aud": [aud], "exp": cloudsmith_gen_core::token_cache::now_unix() + expires_in});
     format!("{}.{}.c2ln", b64(serde_json::json!({"alg": "none"})), b64(claims))
 }
 

@@ -11,9 +11,9 @@ mod cloudsmith;
 use std::sync::Arc;
 use std::time::Duration;
 
-use host_example::policy::TimeoutCaps;
-use host_example::token_source::{TokenRequest, TokenSource, TokenSourceError};
-use host_example::{Limits, NamespacePolicy, OutboundPolicy, Secret};
+use cloudsmith_gen::policy::TimeoutCaps;
+use cloudsmith_gen::token_source::{TokenRequest, TokenSource, TokenSourceError};
+use cloudsmith_gen::{Limits, NamespacePolicy, OutboundPolicy, Secret};
 
 use self::cloudsmith::{service_account_claims, DemoCloudsmith, DemoKey};
 use super::generate::{self, GenerateConfig, OutputConfig};
@@ -21,7 +21,7 @@ use super::Reply;
 use crate::failure::Failure;
 use crate::mint::{Mint, TokenChoice};
 use crate::setup::{note, RuntimeConfig};
-use host_core::manifest;
+use cloudsmith_gen_core::manifest;
 
 /// The documentation's example generator, byte for byte.
 pub const DOCUMENTED_MANIFEST: &str = include_str!("../../../../examples/generator.yaml");
@@ -104,7 +104,7 @@ impl Demo {
             .cloudsmith
             .authority()
             .parse()
-            .map_err(|e: host_core::authority::AuthorityError| Failure::Other(e.into()))?;
+            .map_err(|e: cloudsmith_gen_core::authority::AuthorityError| Failure::Other(e.into()))?;
         Ok(RuntimeConfig {
             policy: OutboundPolicy::default()
                 .allow(demo_authority)

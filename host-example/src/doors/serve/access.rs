@@ -262,9 +262,9 @@ impl<R: Reviewer> Access<R> {
     /// Remembers a token that authenticated, until its `exp`.
     fn remember(&self, key: reviews::Key, token: &str) {
         let now = std::time::Instant::now();
-        let for_ = match host_core::jwt::Claims::read(token).and_then(|c| c.exp) {
+        let for_ = match cloudsmith_gen_core::jwt::Claims::read(token).and_then(|c| c.exp) {
             Some(exp) => KNOWN_FOR.min(Duration::from_secs(
-                exp.saturating_sub(host_core::token_cache::now_unix()),
+                exp.saturating_sub(cloudsmith_gen_core::token_cache::now_unix()),
             )),
             None => KNOWN_FOR,
         };
@@ -345,7 +345,7 @@ impl<R: Reviewer> Access<R> {
                     "TokenReview authenticated the bearer token for audiences [{}], none of them {}",
                     granted
                         .iter()
-                        .map(|a| host_example::secret::one_line(a, 100))
+                        .map(|a| cloudsmith_gen::secret::one_line(a, 100))
                         .collect::<Vec<_>>()
                         .join(", "),
                     expected()
@@ -353,8 +353,8 @@ impl<R: Reviewer> Access<R> {
             }
         }
         // Never past the token's own expiry (unknown: a short reuse only).
-        let now = host_core::token_cache::now_unix();
-        let reuse_for = match host_core::jwt::Claims::read(token).and_then(|c| c.exp) {
+        let now = cloudsmith_gen_core::token_cache::now_unix();
+        let reuse_for = match cloudsmith_gen_core::jwt::Claims::read(token).and_then(|c| c.exp) {
             Some(exp) => self.allowed_for.min(Duration::from_secs(exp.saturating_sub(now))),
             None => REFUSED_FOR.min(self.allowed_for),
         };

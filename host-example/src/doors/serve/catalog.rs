@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::setup::read_manifest_file;
-use host_core::manifest;
+use cloudsmith_gen_core::manifest;
 
 /// Generator name → the JSON manifest handed to the guest.
 pub type Generators = HashMap<String, Arc<str>>;
@@ -115,7 +115,7 @@ fn for_any_namespace(mut resource: Map<String, Value>) -> Value {
         metadata.remove("namespace");
     }
     let mut resource = Value::Object(resource);
-    host_core::spec::drop_account_namespace(&mut resource);
+    cloudsmith_gen_core::spec::drop_account_namespace(&mut resource);
     resource
 }
 

@@ -4,7 +4,7 @@
 
 use hyper::StatusCode;
 
-use host_example::{Error, GenerateError, HostError};
+use cloudsmith_gen::{Error, GenerateError, HostError};
 
 use super::access::Refusal;
 use crate::failure::Failure;

@@ -14,7 +14,7 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
 
-use host_example::secret::one_line;
+use cloudsmith_gen::secret::one_line;
 
 /// The target of `serve`'s own events.
 const TARGET: &str = "cloudsmith_gen";

@@ -50,8 +50,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use host_example::token_source::KubernetesTokenSource;
-use host_example::TokenSource;
+use cloudsmith_gen::token_source::KubernetesTokenSource;
+use cloudsmith_gen::TokenSource;
 
 use self::catalog::Catalog;
 use self::log::log;

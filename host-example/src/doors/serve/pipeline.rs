@@ -22,8 +22,8 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use host_example::secret::shown;
-use host_example::{Error, HostError, NamespacePolicy, TokenSource};
+use cloudsmith_gen::secret::shown;
+use cloudsmith_gen::{Error, HostError, NamespacePolicy, TokenSource};
 
 use super::access::{Access, Reviewer};
 use super::catalog::Catalog;
@@ -418,7 +418,7 @@ where
     server.metrics.exchange(started.elapsed());
     let (answer, case) = match result {
         Ok(minted) => {
-            let body = host_example::output::eso_json(&minted.credentials);
+            let body = cloudsmith_gen::output::eso_json(&minted.credentials);
             (text(StatusCode::OK, "application/json", body), "ok".to_string())
         }
         Err(failure) => {

@@ -10,8 +10,8 @@ use http_body_util::StreamBody;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewStatus, UserInfo};
 use k8s_openapi::api::authorization::v1::{SubjectAccessReview, SubjectAccessReviewStatus};
 
-use host_example::token_source::StaticTokenSource;
-use host_example::{GenerateError, Secret, UpstreamStatus};
+use cloudsmith_gen::token_source::StaticTokenSource;
+use cloudsmith_gen::{GenerateError, Secret, UpstreamStatus};
 
 use super::*;
 use crate::mint::fake::FakeMint;
@@ -109,7 +109,7 @@ fn config(manifest: std::path::PathBuf) -> ServeConfig {
         shutdown_timeout: Duration::from_secs(1),
         // Its deadline bounds a call, the wait for a sandbox slot included.
         runtime: RuntimeConfig {
-            limits: host_example::Limits {
+            limits: cloudsmith_gen::Limits {
                 deadline: Duration::from_secs(30),
                 ..Default::default()
             },

@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 
 use super::config::{first_json_value, go_string, member};
 use super::{CredentialHelpers, DEFAULT_HELPER_TIMEOUT, HELPER_PREFIX, MAX_HELPER_OUTPUT_BYTES};
-use crate::docker::NOT_FOUND;
 use crate::secret::{one_line, shown, Secret};
+use cloudsmith_gen_core::docker::NOT_FOUND;
 
 /// Runs credential helper programs (`docker-credential-NAME get`) found on a search path,
 /// as docker-credential-helpers' client/client.go `Get` does: the server on stdin, the
@@ -168,7 +168,11 @@ fn run_get<'a>(
     let stdout = child.stdout.take().expect("stdout is piped");
     let (sender, receiver) = mpsc::channel();
     thread::spawn(move || {
-        let _ = sender.send(crate::read_bounded(stdout, MAX_HELPER_OUTPUT_BYTES, "its output"));
+        let _ = sender.send(cloudsmith_gen_core::read_bounded(
+            stdout,
+            MAX_HELPER_OUTPUT_BYTES,
+            "its output",
+        ));
     });
     // Stdout closes when the helper exits. A process the helper started that keeps it open
     // outlives the deadline only in that thread, which ends when that process does.

@@ -132,7 +132,7 @@ impl DockerConfigFile {
     }
 
     fn read(path: &Path, file: File) -> Result<Self, String> {
-        let bytes = crate::read_bounded(file, MAX_CONFIG_BYTES, &path.display().to_string())?;
+        let bytes = cloudsmith_gen_core::read_bounded(file, MAX_CONFIG_BYTES, &path.display().to_string())?;
         let text = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", path.display()))?;
         Self::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
