@@ -77,11 +77,13 @@ pub mod env {
 }
 
 /// Why the helper's configuration cannot serve a `get`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// A variable is missing or wrong (the usage exit).
+    /// A variable, or the input, is missing or wrong (the usage exit).
+    #[error("{0}")]
     Usage(String),
     /// No variable names an OIDC token (the token source exit).
+    #[error("{0}")]
     NoTokenSource(String),
 }
 
@@ -160,15 +162,17 @@ impl HelperEnv {
     }
 
     /// docker.cloudsmith.io and `CLOUDSMITH_REGISTRIES`.
-    pub fn registries(&self) -> Result<Registries, String> {
+    pub fn registries(&self) -> Result<Registries, ConfigError> {
         let extra = self.var(env::REGISTRIES).unwrap_or_default();
-        Registries::with_default(extra.split(',')).map_err(|m| format!("{}: {m}", env::REGISTRIES))
+        Registries::with_default(extra.split(','))
+            .map_err(|e| ConfigError::Usage(format!("{}: {e}", env::REGISTRIES)))
     }
 
     /// The manifest (`CLOUDSMITH_GENERATOR_MANIFEST` with the variables' overrides, or
     /// the variables alone) and the API it names. Errors are usage errors.
-    pub fn manifest(&self) -> Result<(Value, Option<String>), String> {
-        self.manifest.get_or_init(|| self.read_manifest()).clone()
+    pub fn manifest(&self) -> Result<(Value, Option<String>), ConfigError> {
+        let read = self.manifest.get_or_init(|| self.read_manifest());
+        read.clone().map_err(ConfigError::Usage)
     }
 
     fn read_manifest(&self) -> Result<(Value, Option<String>), String> {
@@ -204,7 +208,7 @@ impl HelperEnv {
     /// What a `get` mints with, from the variables (the runtime they also configure is
     /// the host's to check).
     pub fn call(&self) -> Result<HelperCall, ConfigError> {
-        let (mut manifest, _) = self.manifest().map_err(ConfigError::Usage)?;
+        let (mut manifest, _) = self.manifest()?;
         let view = GeneratorSpec::of(&manifest).unwrap_or_default();
         for (field, variable, value) in [
             (Field::OrgSlug, env::ORG, &view.org_slug),
@@ -256,12 +260,12 @@ impl HelperEnv {
 
 /// The server URL on stdin, trimmed (blank: [`MISSING_SERVER_URL`], as
 /// `credentials.Get` answers).
-pub fn server(input: &[u8]) -> Result<&str, String> {
-    let server =
-        std::str::from_utf8(input).map_err(|_| "the server URL on stdin is not UTF-8".to_string())?;
+pub fn server(input: &[u8]) -> Result<&str, ConfigError> {
+    let usage = |message: &str| ConfigError::Usage(message.to_string());
+    let server = std::str::from_utf8(input).map_err(|_| usage("the server URL on stdin is not UTF-8"))?;
     let server = server.trim();
     if server.is_empty() {
-        return Err(MISSING_SERVER_URL.into());
+        return Err(usage(MISSING_SERVER_URL));
     }
     Ok(server)
 }
@@ -420,7 +424,7 @@ mod tests {
             String::from_utf8(err).unwrap(),
             "error: Cloudsmith rejected the credentials (401): no\n"
         );
-        assert_eq!(server(b" \n").unwrap_err(), MISSING_SERVER_URL);
+        assert_eq!(server(b" \n").unwrap_err().to_string(), MISSING_SERVER_URL);
     }
 
     #[test]

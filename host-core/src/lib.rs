@@ -41,16 +41,44 @@ pub mod token_cache;
 
 use std::io::Read;
 
+/// Why [`read_bounded`] read nothing; the message names what was read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Reading failed.
+    // The cause is in the one line, not a `source`: `{:#}` would print it twice.
+    #[error("reading {what}: {error}")]
+    Io {
+        /// What was read (a file's path, "stdin").
+        what: String,
+        /// The operating system's error.
+        error: std::io::Error,
+    },
+    /// There was more than the bound.
+    #[error("{what} is larger than {max} bytes")]
+    TooLarge {
+        /// What was read.
+        what: String,
+        /// The bound, in bytes.
+        max: u64,
+    },
+}
+
 /// Reads at most `max` bytes of `input`; more is an error naming `what`. The one bounded
 /// reader: stdin of every door, and manifest files.
-pub fn read_bounded(input: impl Read, max: u64, what: &str) -> Result<Vec<u8>, String> {
+pub fn read_bounded(input: impl Read, max: u64, what: &str) -> Result<Vec<u8>, ReadError> {
     let mut bytes = Vec::new();
     input
         .take(max + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("reading {what}: {e}"))?;
+        .map_err(|error| ReadError::Io {
+            what: what.to_string(),
+            error,
+        })?;
     if bytes.len() as u64 > max {
-        return Err(format!("{what} is larger than {max} bytes"));
+        return Err(ReadError::TooLarge {
+            what: what.to_string(),
+            max,
+        });
     }
     Ok(bytes)
 }

@@ -57,7 +57,7 @@ pub fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
         bail!("{name}: not a regular file");
     }
     let file = std::fs::File::open(path).with_context(|| name.clone())?;
-    crate::read_bounded(file, MAX_MANIFEST_BYTES, &name).map_err(|e| anyhow!(e))
+    Ok(crate::read_bounded(file, MAX_MANIFEST_BYTES, &name)?)
 }
 
 /// [`read_to_json`] of bytes already read (`name` says where from, for errors).

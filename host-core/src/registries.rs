@@ -6,6 +6,11 @@ use crate::authority::Server;
 /// Cloudsmith's registry, always one of ours.
 pub const DEFAULT_REGISTRY: &str = "docker.cloudsmith.io";
 
+/// A registry given to [`Registries::with_default`] that is not `host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("registry {0:?} is not HOST[:PORT]")]
+pub struct NotARegistry(pub String);
+
 /// The registries the doors answer for, matched on host (case-insensitive) and port
 /// (443, the registry default, is the same as no port).
 #[derive(Debug, Clone)]
@@ -15,15 +20,14 @@ pub struct Registries {
 
 impl Registries {
     /// [`DEFAULT_REGISTRY`] plus `extra` (each `host[:port]`, a scheme or path tolerated).
-    pub fn with_default<'a>(extra: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+    pub fn with_default<'a>(extra: impl IntoIterator<Item = &'a str>) -> Result<Self, NotARegistry> {
         let mut entries = Vec::new();
         for raw in std::iter::once(DEFAULT_REGISTRY).chain(extra) {
             let raw = raw.trim();
             if raw.is_empty() {
                 continue;
             }
-            let (host, port) =
-                host_port(raw).ok_or_else(|| format!("registry {raw:?} is not HOST[:PORT]"))?;
+            let (host, port) = host_port(raw).ok_or_else(|| NotARegistry(raw.to_string()))?;
             let shown = match port {
                 Some(p) => format!("{host}:{p}"),
                 None => host.clone(),
@@ -90,6 +94,6 @@ mod tests {
     #[test]
     fn a_bad_registry_is_named() {
         let err = Registries::with_default(["bad host"]).unwrap_err();
-        assert_eq!(err, "registry \"bad host\" is not HOST[:PORT]");
+        assert_eq!(err.to_string(), "registry \"bad host\" is not HOST[:PORT]");
     }
 }

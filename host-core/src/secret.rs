@@ -57,6 +57,26 @@ pub struct Credentials {
     outputs: Vec<(String, Secret)>,
 }
 
+/// Why a guest's outputs are not credentials.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutputsError {
+    /// More than [`MAX_OUTPUT_KEYS`] outputs.
+    #[error("{0} outputs, more than the {MAX_OUTPUT_KEYS} allowed")]
+    TooMany(usize),
+    /// More than [`MAX_OUTPUT_BYTES`] in all.
+    #[error("outputs total {0} bytes, more than the {MAX_OUTPUT_BYTES} allowed")]
+    TooLarge(usize),
+    /// An output's value is not UTF-8.
+    #[error("output `{0}` is not UTF-8")]
+    NotUtf8(String),
+    /// `auth` or `expiry` is missing.
+    #[error("output `{0}` is missing")]
+    Missing(&'static str),
+    /// `expiry` is not decimal UNIX seconds.
+    #[error("output `expiry` is not decimal UNIX seconds")]
+    ExpiryNotSeconds,
+}
+
 /// ESO's outputs are two short strings; a plugin returning more is refused before the
 /// host renders or stores anything.
 pub const MAX_OUTPUT_KEYS: usize = 16;
@@ -66,33 +86,34 @@ pub const MAX_OUTPUT_BYTES: usize = 128 * 1024;
 impl Credentials {
     /// Builds credentials from the guest's output map. Fails, naming the problem, when
     /// `auth` or `expiry` is missing or not UTF-8, or `expiry` is not decimal seconds.
-    pub fn from_outputs(outputs: Vec<(String, Vec<u8>)>) -> Result<Self, String> {
+    pub fn from_outputs(outputs: Vec<(String, Vec<u8>)>) -> Result<Self, OutputsError> {
         if outputs.len() > MAX_OUTPUT_KEYS {
-            return Err(format!(
-                "{} outputs, more than the {MAX_OUTPUT_KEYS} allowed",
-                outputs.len()
-            ));
+            return Err(OutputsError::TooMany(outputs.len()));
         }
         let total: usize = outputs.iter().map(|(k, v)| k.len() + v.len()).sum();
         if total > MAX_OUTPUT_BYTES {
-            return Err(format!(
-                "outputs total {total} bytes, more than the {MAX_OUTPUT_BYTES} allowed"
-            ));
+            return Err(OutputsError::TooLarge(total));
         }
         let mut entries = Vec::with_capacity(outputs.len());
         for (key, value) in outputs {
-            let value = String::from_utf8(value).map_err(|_| format!("output `{key}` is not UTF-8"))?;
+            let value = match String::from_utf8(value) {
+                Ok(value) => value,
+                Err(_) => return Err(OutputsError::NotUtf8(key)),
+            };
             entries.push((key, Secret::new(value)));
         }
-        let find = |key: &str| entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-        let auth = find("auth").ok_or("output `auth` is missing")?;
-        let expiry = find("expiry").ok_or("output `expiry` is missing")?;
+        let find = |key: &'static str| {
+            let value = entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+            value.ok_or(OutputsError::Missing(key))
+        };
+        let auth = find("auth")?;
+        let expiry = find("expiry")?;
         let expiry = expiry.expose().to_string();
         // ESO prints a fractional `exp` as Go does ("1700000000.5"): digits, at most one point.
         let (whole, fraction) = expiry.split_once('.').unwrap_or((&expiry, "0"));
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         if !digits(whole) || !digits(fraction) {
-            return Err("output `expiry` is not decimal UNIX seconds".into());
+            return Err(OutputsError::ExpiryNotSeconds);
         }
         Ok(Credentials {
             auth,
@@ -261,13 +282,13 @@ mod tests {
     #[test]
     fn credentials_need_both_keys() {
         let err = Credentials::from_outputs(vec![("auth".into(), b"x".to_vec())]).unwrap_err();
-        assert!(err.contains("expiry"));
+        assert!(err.to_string().contains("expiry"));
         let err = Credentials::from_outputs(vec![
             ("auth".into(), b"x".to_vec()),
             ("expiry".into(), b"soon".to_vec()),
         ])
         .unwrap_err();
-        assert!(err.contains("decimal"));
+        assert!(err.to_string().contains("decimal"));
     }
 
     #[test]
@@ -295,13 +316,16 @@ mod tests {
             (0..MAX_OUTPUT_KEYS).map(|i| (format!("k{i}"), vec![])).collect();
         many.push(("auth".into(), b"x".to_vec()));
         let err = Credentials::from_outputs(many).unwrap_err();
-        assert_eq!(err, "17 outputs, more than the 16 allowed");
+        assert_eq!(err.to_string(), "17 outputs, more than the 16 allowed");
         let huge = vec![
             ("auth".into(), vec![b'a'; MAX_OUTPUT_BYTES]),
             ("expiry".into(), b"1".to_vec()),
         ];
         let err = Credentials::from_outputs(huge).unwrap_err();
-        assert_eq!(err, "outputs total 131083 bytes, more than the 131072 allowed");
+        assert_eq!(
+            err.to_string(),
+            "outputs total 131083 bytes, more than the 131072 allowed"
+        );
     }
 
     #[test]

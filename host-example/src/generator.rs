@@ -245,7 +245,7 @@ impl Generator {
         };
         let result = match result {
             Ok(Ok(outputs)) => {
-                Credentials::from_outputs(outputs).map_err(|m| HostError::InvalidOutput(m).into())
+                Credentials::from_outputs(outputs).map_err(|e| HostError::InvalidOutput(e.to_string()).into())
             }
             // The guest can only say "token source"; the host knows it was a timeout.
             Ok(Err(wit::GenerateError::TokenSource(_))) if call.store.data().tokens.unavailable.is_some() => {

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use cloudsmith_gen::cache::{self, ArtifactCache, CacheOutcome};
 use cloudsmith_gen::oci::{self, ComponentRef, ComponentStore, OciError, Registry, RegistryOptions};
 use cloudsmith_gen::policy::read_ca_file;
-use cloudsmith_gen::registry_auth::{DockerConfigFile, ExecHelpers, Login};
+use cloudsmith_gen::registry_auth::{AuthError, DockerConfigFile, ExecHelpers, Login};
 use cloudsmith_gen::sandbox::{self, EngineOptions};
 use cloudsmith_gen::{
     CallReport, Credentials, Generator, GeneratorOptions, Limits, NamespacePolicy, OutboundPolicy, Secret,
@@ -48,12 +48,23 @@ pub enum ComponentSource {
     Oci(ComponentRef),
 }
 
+/// A `--component` value that names no component.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadComponentSource {
+    /// `oci://` and not a reference.
+    #[error(transparent)]
+    Reference(#[from] oci::BadReference),
+    /// Nothing.
+    #[error("an empty component path")]
+    Empty,
+}
+
 impl ComponentSource {
     /// `oci://…` is a registry reference; anything else a file.
-    pub fn parse(text: &str) -> Result<ComponentSource, String> {
+    pub fn parse(text: &str) -> Result<ComponentSource, BadComponentSource> {
         match ComponentRef::parse_uri(text) {
-            Some(reference) => reference.map(ComponentSource::Oci),
-            None if text.is_empty() => Err("an empty component path".into()),
+            Some(reference) => Ok(ComponentSource::Oci(reference?)),
+            None if text.is_empty() => Err(BadComponentSource::Empty),
             None => Ok(ComponentSource::File(text.into())),
         }
     }
@@ -237,11 +248,15 @@ async fn fetch(config: &RuntimeConfig, reference: &ComponentRef) -> Result<oci::
         let registry = reference.registry().to_string();
         tokio::task::spawn_blocking(move || registry_login(&registry))
             .await
-            .unwrap_or_else(|e| Err(format!("asking for the registry's credentials: {e}")))
+            .unwrap_or_else(|e| {
+                Err(AuthError::Helper(format!(
+                    "asking for the registry's credentials: {e}"
+                )))
+            })
     };
     if reference.digest().is_none() {
         let resolve = async {
-            let login = login().await.map_err(OciError::Refused)?;
+            let login = login().await?;
             oci::resolve(&registry, reference, &login).await
         };
         let resolved = tokio::time::timeout(bound, resolve)
@@ -309,7 +324,7 @@ pub fn registry_options(
 /// `credsStore`, `auths`); anonymous without a config. Our own helper is run without
 /// `CLOUDSMITH_GENERATOR_COMPONENT`, so it mints with the embedded generator: the
 /// credentials to fetch a component never come from that component.
-pub fn registry_login(registry: &str) -> Result<Login, String> {
+pub fn registry_login(registry: &str) -> Result<Login, AuthError> {
     let helpers = ExecHelpers::from_process().without_env_for(CRED_HELPER, COMPONENT_VAR);
     let (_, config) = DockerConfigFile::from_environment(&helpers)?;
     config.login_for(registry, &helpers)

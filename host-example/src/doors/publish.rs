@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use cloudsmith_gen::oci::{self, annotation, Artifact, ComponentRef, Publication, Registry, RegistryOptions};
-use cloudsmith_gen::registry_auth::Login;
+use cloudsmith_gen::registry_auth::{AuthError, Login};
 use cloudsmith_gen::COMPONENT;
 
 use super::Reply;
@@ -41,7 +41,7 @@ pub const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
 pub async fn push(
     config: &PushConfig,
     source_date_epoch: Option<&str>,
-    login: impl FnOnce(&str) -> Result<Login, String>,
+    login: impl FnOnce(&str) -> Result<Login, AuthError>,
 ) -> Result<Reply, Failure> {
     let (bytes, title) = match &config.component {
         Some(path) => (
@@ -57,7 +57,7 @@ pub async fn push(
         Some(path) => Failure::usage(format!("component {}: {why}", path.display())),
         None => Failure::Other(anyhow::anyhow!("the embedded component: {why}")),
     })?;
-    let login = login(config.target.registry()).map_err(|m| Failure::Registry(oci::OciError::Refused(m)))?;
+    let login = login(config.target.registry()).map_err(|e| Failure::Registry(e.into()))?;
     let registry = Registry::new(&config.registry).map_err(Failure::usage)?;
     let digest = oci::push(&registry, &config.target, &artifact, &login)
         .await

@@ -8,7 +8,7 @@ use oci_client::manifest::{OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
 use oci_wasm::{ToConfig as _, WasmConfig};
 
 use super::checks::not_a_component;
-use super::sha256;
+use super::{sha256, OciError};
 
 /// What a component's publication says about it (the manifest's annotations) and when it
 /// was made (the config's `created`, which decides the digest).
@@ -31,29 +31,31 @@ pub struct Artifact {
 
 impl Artifact {
     /// The artifact of `component`; refused when it is not a component (a core module,
-    /// not Wasm) or its WIT cannot be read.
-    pub fn of(component: &[u8], publication: &Publication) -> Result<Artifact, String> {
+    /// not Wasm) or its WIT cannot be read ([`OciError::Invalid`]).
+    pub fn of(component: &[u8], publication: &Publication) -> Result<Artifact, OciError> {
+        let invalid = OciError::Invalid;
         if !wasmparser::Parser::is_component(component) {
-            return Err(not_a_component(component));
+            return Err(invalid(not_a_component(component)));
         }
         let (mut config, layer) = WasmConfig::from_raw_component(component.to_vec(), None).map_err(|e| {
-            format!(
+            invalid(format!(
                 "reading the component's WIT: {}",
                 one_line(&format!("{e:#}"), 200)
-            )
+            ))
         })?;
         config.created = chrono::DateTime::from_timestamp(publication.created, 0)
-            .ok_or_else(|| format!("created time {} is out of range", publication.created))?;
+            .ok_or_else(|| invalid(format!("created time {} is out of range", publication.created)))?;
         let config = config
             .to_config()
-            .map_err(|e| format!("writing the config: {e}"))?;
+            .map_err(|e| invalid(format!("writing the config: {e}")))?;
         let mut manifest = OciImageManifest::build(
             std::slice::from_ref(&layer),
             &config,
             Some(publication.annotations.clone()),
         );
         manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
-        let manifest = serde_json::to_vec(&manifest).map_err(|e| format!("writing the manifest: {e}"))?;
+        let manifest =
+            serde_json::to_vec(&manifest).map_err(|e| invalid(format!("writing the manifest: {e}")))?;
         Ok(Artifact {
             manifest,
             config,

@@ -9,15 +9,17 @@ use oci_wasm::{WASM_LAYER_MEDIA_TYPE, WASM_MANIFEST_CONFIG_MEDIA_TYPE};
 use super::{parse_digest, OciError, MAX_COMPONENT_BYTES};
 
 /// The one `application/wasm` layer of a Wasm component manifest, checked: media types,
-/// one layer, a size within [`MAX_COMPONENT_BYTES`].
-pub fn wasm_layer(manifest: &[u8]) -> Result<OciDescriptor, String> {
+/// one layer, a size within [`MAX_COMPONENT_BYTES`]. Anything else is
+/// [`OciError::Invalid`], saying what the artifact is instead.
+pub fn wasm_layer(manifest: &[u8]) -> Result<OciDescriptor, OciError> {
+    let invalid = OciError::Invalid;
     let manifest: OciImageManifest = serde_json::from_slice(manifest)
-        .map_err(|e| format!("the registry served no OCI image manifest ({e})"))?;
+        .map_err(|e| invalid(format!("the registry served no OCI image manifest ({e})")))?;
     let media_type = manifest.media_type.as_deref().unwrap_or("none");
     if media_type != OCI_IMAGE_MEDIA_TYPE {
-        return Err(format!(
+        return Err(invalid(format!(
             "the manifest's media type is {media_type}, not {OCI_IMAGE_MEDIA_TYPE}"
-        ));
+        )));
     }
     let config = manifest.config.media_type.as_str();
     if config != WASM_MANIFEST_CONFIG_MEDIA_TYPE {
@@ -28,29 +30,29 @@ pub fn wasm_layer(manifest: &[u8]) -> Result<OciDescriptor, String> {
         } else {
             "an artifact of another kind"
         };
-        return Err(format!(
+        return Err(invalid(format!(
             "it is {what} (config {config}), not a Wasm component ({WASM_MANIFEST_CONFIG_MEDIA_TYPE})"
-        ));
+        )));
     }
     let [layer] = manifest.layers.as_slice() else {
-        return Err(format!(
+        return Err(invalid(format!(
             "a Wasm component has one layer; this manifest has {}",
             manifest.layers.len()
-        ));
+        )));
     };
     if layer.media_type != WASM_LAYER_MEDIA_TYPE {
-        return Err(format!(
+        return Err(invalid(format!(
             "its layer is {}, not {WASM_LAYER_MEDIA_TYPE}",
             layer.media_type
-        ));
+        )));
     }
     if layer.size < 0 || layer.size as u64 > MAX_COMPONENT_BYTES {
-        return Err(format!(
+        return Err(invalid(format!(
             "its layer of {} bytes is over the bound of {MAX_COMPONENT_BYTES} bytes",
             layer.size
-        ));
+        )));
     }
-    parse_digest(&layer.digest)?;
+    parse_digest(&layer.digest).map_err(|e| invalid(e.to_string()))?;
     Ok(layer.clone())
 }
 

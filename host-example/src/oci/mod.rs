@@ -26,7 +26,7 @@ mod reference;
 mod registry;
 mod store;
 
-use crate::registry_auth::Login;
+use crate::registry_auth::{AuthError, Login};
 use futures_util::StreamExt as _;
 use oci_client::errors::DigestError;
 use oci_client::manifest::{OciDescriptor, OCI_IMAGE_MEDIA_TYPE};
@@ -35,8 +35,8 @@ use sha2::{Digest as _, Sha256};
 
 pub use artifact::{Artifact, Publication};
 pub use checks::wasm_layer;
-pub use reference::{parse_digest, ComponentRef, SCHEME};
-pub use registry::{Registry, RegistryOptions};
+pub use reference::{parse_digest, BadDigest, BadReference, ComponentRef, SCHEME};
+pub use registry::{ClientError, Registry, RegistryOptions};
 pub use store::{sha256, ComponentStore};
 
 use checks::{cause, classify, is_manifest, not_a_component, not_a_manifest};
@@ -85,6 +85,13 @@ pub enum OciError {
     /// a connection cut mid-blob, 5xx).
     #[error("{0}")]
     Unreachable(String),
+}
+
+/// Credentials that cannot be read refuse the registry call, as `docker pull` fails.
+impl From<AuthError> for OciError {
+    fn from(e: AuthError) -> OciError {
+        OciError::Refused(e.to_string())
+    }
 }
 
 impl OciError {
@@ -156,7 +163,7 @@ pub async fn resolve(
 pub async fn fetch(
     registry: &Registry,
     reference: &ComponentRef,
-    login: impl AsyncFnOnce() -> Result<Login, String>,
+    login: impl AsyncFnOnce() -> Result<Login, AuthError>,
     store: Option<&ComponentStore>,
     wait_until: std::time::Instant,
 ) -> Result<Fetched, OciError> {
@@ -190,7 +197,7 @@ pub async fn fetch(
         }
         None => None,
     };
-    let login = login().await.map_err(OciError::Refused)?;
+    let login = login().await?;
     let (manifest, layer, bytes) =
         download(registry, reference, digest, &auth(&login, reference.registry())?).await?;
     if let Some(store) = store {

@@ -8,6 +8,19 @@ use cloudsmith_gen_core::authority::{Authority, AuthorityError};
 /// The scheme that marks a `--component` value as a registry reference.
 pub const SCHEME: &str = "oci://";
 
+/// A text that is not a component reference, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST]: {why}")]
+pub struct BadReference {
+    text: String,
+    why: String,
+}
+
+/// A digest that is not `sha256:` and 64 lower-case hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("digest {0:?} is not sha256:<64 hex digits>")]
+pub struct BadDigest(pub String);
+
 /// A component in a registry. The registry is always named: Docker's default of
 /// `docker.io` for a bare `name/name` would send a credential plugin's bytes (and the
 /// user's registry credentials) somewhere the user did not write.
@@ -21,13 +34,16 @@ pub struct ComponentRef {
 
 impl ComponentRef {
     /// Parses `REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST]` (no scheme).
-    pub fn parse(text: &str) -> Result<ComponentRef, String> {
-        let bad = |why: &str| format!("{text:?} is not REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST]: {why}");
+    pub fn parse(text: &str) -> Result<ComponentRef, BadReference> {
+        let bad = |why: &str| BadReference {
+            text: text.to_string(),
+            why: why.to_string(),
+        };
         if text.contains("://") {
             return Err(bad("no scheme here"));
         }
         let (rest, digest) = match text.split_once('@') {
-            Some((rest, digest)) => (rest, Some(parse_digest(digest).map_err(|why| bad(&why))?)),
+            Some((rest, digest)) => (rest, Some(parse_digest(digest).map_err(|e| bad(&e.to_string()))?)),
             None => (text, None),
         };
         let (registry, path) = rest
@@ -82,7 +98,7 @@ impl ComponentRef {
     }
 
     /// Parses `oci://REGISTRY/REPOSITORY…`; `None` when `text` has another form.
-    pub fn parse_uri(text: &str) -> Option<Result<ComponentRef, String>> {
+    pub fn parse_uri(text: &str) -> Option<Result<ComponentRef, BadReference>> {
         text.strip_prefix(SCHEME).map(ComponentRef::parse)
     }
 
@@ -154,16 +170,16 @@ impl fmt::Display for ComponentRef {
 }
 
 /// `sha256:` and 64 lower-case hex digits: the one algorithm every registry serves.
-pub fn parse_digest(text: &str) -> Result<String, String> {
+pub fn parse_digest(text: &str) -> Result<String, BadDigest> {
     let hex = text
         .strip_prefix("sha256:")
-        .ok_or_else(|| format!("digest {text:?} is not sha256:<64 hex digits>"))?;
+        .ok_or_else(|| BadDigest(text.to_string()))?;
     if hex.len() != 64
         || !hex
             .chars()
             .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
     {
-        return Err(format!("digest {text:?} is not sha256:<64 hex digits>"));
+        return Err(BadDigest(text.to_string()));
     }
     Ok(text.to_string())
 }
@@ -211,7 +227,7 @@ mod tests {
             ("https://registry.acme.com/x", "no scheme"),
             ("bad host/x", "registry"),
         ] {
-            let err = ComponentRef::parse(text).unwrap_err();
+            let err = ComponentRef::parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
     }

@@ -16,6 +16,17 @@ use super::{OciError, MAX_MANIFEST_BYTES};
 /// How much of an error answer is read, for its message.
 const MAX_ERROR_BYTES: usize = 64 * 1024;
 
+/// Why a registry client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A CA certificate given that TLS cannot use.
+    #[error("a CA certificate (SSL_CERT_FILE, --ca-file) that TLS cannot use: {0}")]
+    Certificate(String),
+    /// The HTTP client could not be built.
+    #[error("setting up the registry client: {0}")]
+    Setup(String),
+}
+
 /// How the host reaches registries.
 #[derive(Debug, Clone)]
 pub struct RegistryOptions {
@@ -48,23 +59,17 @@ pub struct Registry {
 
 impl Registry {
     /// A client with these options; fails when TLS cannot use a CA certificate given.
-    pub fn new(options: &RegistryOptions) -> Result<Registry, String> {
+    pub fn new(options: &RegistryOptions) -> Result<Registry, ClientError> {
         let mut http = reqwest::Client::builder()
             .connect_timeout(options.timeout)
             .read_timeout(options.timeout)
             .user_agent(USER_AGENT);
         for der in &options.extra_roots {
-            let certificate = reqwest::Certificate::from_der(der).map_err(|e| {
-                format!(
-                    "a CA certificate (SSL_CERT_FILE, --ca-file) that TLS cannot use: {}",
-                    cause(&e)
-                )
-            })?;
+            let certificate =
+                reqwest::Certificate::from_der(der).map_err(|e| ClientError::Certificate(cause(&e)))?;
             http = http.add_root_certificate(certificate);
         }
-        let http = http
-            .build()
-            .map_err(|e| format!("setting up the registry client: {}", cause(&e)))?;
+        let http = http.build().map_err(|e| ClientError::Setup(cause(&e)))?;
         let config = ClientConfig {
             protocol: if options.plain_http {
                 ClientProtocol::Http
@@ -88,8 +93,7 @@ impl Registry {
             ..ClientConfig::default()
         };
         // `try_from`, not `new`: `new` falls back to a client without the CA files.
-        let client = oci_client::Client::try_from(config)
-            .map_err(|e| format!("setting up the registry client: {}", cause(&e)))?;
+        let client = oci_client::Client::try_from(config).map_err(|e| ClientError::Setup(cause(&e)))?;
         Ok(Registry {
             client,
             http,

@@ -12,7 +12,8 @@ use serde_json::{Map, Value};
 use super::exec::ExecHelpers;
 use super::go_url::convert_to_hostname;
 use super::{
-    auth_key, CredentialHelpers, Login, AUTH_CONFIG_ENV, CONFIG_DIR_ENV, MAX_CONFIG_BYTES, TOKEN_USERNAME,
+    auth_key, AuthError, CredentialHelpers, Login, AUTH_CONFIG_ENV, CONFIG_DIR_ENV, MAX_CONFIG_BYTES,
+    TOKEN_USERNAME,
 };
 use crate::secret::{shown, Secret};
 
@@ -88,7 +89,7 @@ impl DockerConfigFile {
     /// The file at [`DockerConfigFile::default_path`], read; `Ok(None)` when there is none
     /// (config/config.go `load`: a missing file is no configuration, any other failure to
     /// open or parse it is an error).
-    pub fn load_default() -> Result<Option<(PathBuf, Self)>, String> {
+    pub fn load_default() -> Result<Option<(PathBuf, Self)>, AuthError> {
         let Some(path) = Self::default_path() else {
             return Ok(None);
         };
@@ -102,7 +103,7 @@ impl DockerConfigFile {
     /// ([`DockerConfigFile::detect_default_store`]). A `DOCKER_AUTH_CONFIG` that cannot be
     /// read is an error, where Docker warns and goes on without it: a typo in a CI secret
     /// should not turn into an anonymous push.
-    pub fn from_environment(helpers: &ExecHelpers) -> Result<(Option<PathBuf>, Self), String> {
+    pub fn from_environment(helpers: &ExecHelpers) -> Result<(Option<PathBuf>, Self), AuthError> {
         let (path, mut config) = match Self::load_default()? {
             Some((path, config)) => (Some(path), config),
             None => (None, Self::default()),
@@ -110,7 +111,7 @@ impl DockerConfigFile {
         if let Some(value) = std::env::var_os(AUTH_CONFIG_ENV) {
             let value = value
                 .into_string()
-                .map_err(|_| format!("{AUTH_CONFIG_ENV} is not UTF-8"))?;
+                .map_err(|_| AuthError::Config(format!("{AUTH_CONFIG_ENV} is not UTF-8")))?;
             config.apply_auth_config_env(&value)?;
         }
         config.detect_default_store(helpers);
@@ -118,31 +119,37 @@ impl DockerConfigFile {
     }
 
     /// Reads `path`: at most [`MAX_CONFIG_BYTES`] of UTF-8 JSON. Errors name the file.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::read(path, file)
+    pub fn load(path: &Path) -> Result<Self, AuthError> {
+        let file = File::open(path).map_err(|e| AuthError::Config(format!("{}: {e}", path.display())))?;
+        Self::read(path, file).map_err(AuthError::Config)
     }
 
-    pub(super) fn load_if_present(path: &Path) -> Result<Option<Self>, String> {
+    pub(super) fn load_if_present(path: &Path) -> Result<Option<Self>, AuthError> {
         match File::open(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-            Ok(file) => Self::read(path, file).map(Some),
+            Err(e) => Err(AuthError::Config(format!("{}: {e}", path.display()))),
+            Ok(file) => Self::read(path, file).map(Some).map_err(AuthError::Config),
         }
     }
 
     fn read(path: &Path, file: File) -> Result<Self, String> {
-        let bytes = cloudsmith_gen_core::read_bounded(file, MAX_CONFIG_BYTES, &path.display().to_string())?;
+        let bytes = cloudsmith_gen_core::read_bounded(file, MAX_CONFIG_BYTES, &path.display().to_string())
+            .map_err(|e| e.to_string())?;
         let text = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", path.display()))?;
-        Self::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Parses the text of a `config.json` as configfile/file.go `LoadFromReader` does:
     /// Go's `encoding/json` (field names matched ignoring case, `null` as absent, the
     /// first JSON value only, an empty text as an empty file), then each entry's `auth`
     /// decoded as `decodeAuth` decodes it, replacing its `username` and `password`. A
-    /// bad entry fails the whole file, as in Go. Errors are one line without any value.
-    pub fn from_json(text: &str) -> Result<Self, String> {
+    /// bad entry fails the whole file, as in Go. Errors ([`AuthError::Config`]) are one
+    /// line without any value.
+    pub fn from_json(text: &str) -> Result<Self, AuthError> {
+        Self::parse(text).map_err(AuthError::Config)
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
         let object = match first_json_value(text).map_err(|e| format!("not JSON ({e})"))? {
             None | Some(Value::Null) => return Ok(Self::default()),
             Some(Value::Object(object)) => object,
@@ -169,11 +176,12 @@ impl DockerConfigFile {
     /// The value is read as `parseEnvConfig` reads it: one JSON object with nothing but
     /// `auths`, each entry nothing but a non-empty `auth`. On an error `self` is left as it
     /// was: Docker prints a warning and goes on without the variable; the caller chooses.
-    pub fn apply_auth_config_env(&mut self, value: &str) -> Result<(), String> {
+    pub fn apply_auth_config_env(&mut self, value: &str) -> Result<(), AuthError> {
         if value.is_empty() {
             return Ok(());
         }
-        self.env_auths = parse_env_config(value).map_err(|e| format!("{AUTH_CONFIG_ENV}: {e}"))?;
+        self.env_auths =
+            parse_env_config(value).map_err(|e| AuthError::Config(format!("{AUTH_CONFIG_ENV}: {e}")))?;
         Ok(())
     }
 
@@ -224,9 +232,9 @@ impl DockerConfigFile {
     /// The login Docker would use for `registry` (`host[:port]` as in an image reference:
     /// `docker.io`, `ghcr.io`, `localhost:5000`), running a helper through `helpers` when
     /// one is configured (configfile/file.go `GetAuthConfig`). Errors are a helper's.
-    pub fn login_for(&self, registry: &str, helpers: &dyn CredentialHelpers) -> Result<Login, String> {
+    pub fn login_for(&self, registry: &str, helpers: &dyn CredentialHelpers) -> Result<Login, AuthError> {
         if registry.is_empty() {
-            return Err("no registry to find credentials for".into());
+            return Err(AuthError::NoRegistry);
         }
         let key = auth_key(registry);
         // memorystore/store.go Get: the variable's entry for exactly the key, else the store.

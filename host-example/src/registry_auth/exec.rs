@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::config::{first_json_value, go_string, member};
-use super::{CredentialHelpers, DEFAULT_HELPER_TIMEOUT, HELPER_PREFIX, MAX_HELPER_OUTPUT_BYTES};
+use super::{AuthError, CredentialHelpers, DEFAULT_HELPER_TIMEOUT, HELPER_PREFIX, MAX_HELPER_OUTPUT_BYTES};
 use crate::secret::{one_line, shown, Secret};
 use cloudsmith_gen_core::docker::NOT_FOUND;
 
@@ -100,9 +100,15 @@ impl ExecHelpers {
 }
 
 impl CredentialHelpers for ExecHelpers {
-    fn get(&self, helper: &str, server: &str) -> Result<Option<(String, Secret)>, String> {
+    fn get(&self, helper: &str, server: &str) -> Result<Option<(String, Secret)>, AuthError> {
         let name = format!("{HELPER_PREFIX}{helper}");
-        let fail = |why: String| format!("credential helper {} for {}: {why}", shown(&name), shown(server));
+        let fail = |why: String| {
+            AuthError::Helper(format!(
+                "credential helper {} for {}: {why}",
+                shown(&name),
+                shown(server)
+            ))
+        };
         let program = self
             .find(helper)
             .ok_or_else(|| fail("not found on PATH".into()))?;
@@ -180,7 +186,7 @@ fn run_get<'a>(
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => {
             kill(&mut child);
-            return Err(e);
+            return Err(e.to_string());
         }
         Err(_) => {
             kill(&mut child);

@@ -101,14 +101,30 @@ impl fmt::Display for Login {
     }
 }
 
+/// Why the credentials for a registry could not be read. Each is one line that names the
+/// file, variable or helper, and holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// A `config.json` or `DOCKER_AUTH_CONFIG` cannot be read or is not what Docker
+    /// reads (`config/config.go` `load` fails on it too).
+    #[error("{0}")]
+    Config(String),
+    /// A credential helper failed, as it fails `docker pull`.
+    #[error("{0}")]
+    Helper(String),
+    /// No registry was named.
+    #[error("no registry to find credentials for")]
+    NoRegistry,
+}
+
 /// Runs a credential helper's `get` for a server; a trait so that the host can answer
 /// for its own helper (`docker-credential-cloudsmith`) in-process, and tests can fake it.
 pub trait CredentialHelpers {
     /// The user name and secret that `docker-credential-<helper> get` answers for
     /// `server` (the key, [`auth_key`]); `None` for the protocol's "credentials not
-    /// found". The error is one line that names the helper and the server and holds no
-    /// secret.
-    fn get(&self, helper: &str, server: &str) -> Result<Option<(String, Secret)>, String>;
+    /// found". The error ([`AuthError::Helper`]) is one line that names the helper and the
+    /// server and holds no secret.
+    fn get(&self, helper: &str, server: &str) -> Result<Option<(String, Secret)>, AuthError>;
 }
 
 /// The key Docker stores and looks up `registry`'s credentials under: `docker.io` and

@@ -35,7 +35,7 @@ fn with_key(key: &str, entry: &str) -> DockerConfigFile {
 /// Helpers that must not run.
 struct NoHelpers;
 impl CredentialHelpers for NoHelpers {
-    fn get(&self, helper: &str, server: &str) -> Result<Option<(String, Secret)>, String> {
+    fn get(&self, helper: &str, server: &str) -> Result<Option<(String, Secret)>, AuthError> {
         panic!("helper {helper} ran for {server}")
     }
 }
@@ -50,7 +50,7 @@ struct FakeHelpers {
     calls: RefCell<Vec<(String, String)>>,
 }
 impl CredentialHelpers for FakeHelpers {
-    fn get(&self, helper: &str, server: &str) -> Result<Option<(String, Secret)>, String> {
+    fn get(&self, helper: &str, server: &str) -> Result<Option<(String, Secret)>, AuthError> {
         self.calls.borrow_mut().push((helper.into(), server.into()));
         let (_, _, answer) = self
             .answers
@@ -59,7 +59,7 @@ impl CredentialHelpers for FakeHelpers {
             .unwrap_or_else(|| panic!("no answer for {helper} {server}"));
         answer
             .map(|found| found.map(|(u, s)| (u.to_string(), Secret::new(s))))
-            .map_err(str::to_string)
+            .map_err(|e| AuthError::Helper(e.to_string()))
     }
 }
 
@@ -213,7 +213,7 @@ fn auth_decodes_as_docker_decodes_it() {
         );
         let result =
             DockerConfigFile::from_json(&text).map(|c| c.login_for("r.example", &NoHelpers).unwrap());
-        let expected = expected.map_err(|e| format!("auths[\"r.example\"]: {e}"));
+        let expected = expected.map_err(|e| AuthError::Config(format!("auths[\"r.example\"]: {e}")));
         assert_eq!(result, expected, "{auth:?}");
     }
 }
@@ -321,7 +321,11 @@ fn files_parse_as_go_decodes_them() {
             "credHelpers[\"r\"] is not a string",
         ),
     ] {
-        assert_eq!(DockerConfigFile::from_json(text).unwrap_err(), error, "{text}");
+        assert_eq!(
+            DockerConfigFile::from_json(text).unwrap_err(),
+            AuthError::Config(error.into()),
+            "{text}"
+        );
     }
 }
 
@@ -408,7 +412,7 @@ fn a_helper_keeps_the_files_registry_token_and_its_errors_are_the_answer() {
     );
     assert_eq!(
         config.login_for("broken.example", &helpers).unwrap_err(),
-        "credential helper docker-credential-s for broken.example: boom"
+        AuthError::Helper("credential helper docker-credential-s for broken.example: boom".into())
     );
     assert!(config.login_for("", &helpers).is_err());
 }
@@ -472,7 +476,11 @@ fn docker_auth_config_is_strict_and_an_error_changes_nothing() {
         let mut config = DockerConfigFile::default();
         config.apply_auth_config_env(&good).unwrap();
         let err = config.apply_auth_config_env(&value).unwrap_err();
-        assert_eq!(err, format!("DOCKER_AUTH_CONFIG: {error}"), "{value}");
+        assert_eq!(
+            err,
+            AuthError::Config(format!("DOCKER_AUTH_CONFIG: {error}")),
+            "{value}"
+        );
         assert_eq!(
             config.login_for("ghcr.io", &NoHelpers).unwrap(),
             basic("env", "1")
@@ -486,7 +494,7 @@ fn docker_auth_config_is_strict_and_an_error_changes_nothing() {
         r#"{{"auths": {{"r": {{"auth": "{}", "x": 1}}}}}}"#,
         b64("u:hunter2-secret")
     );
-    let err = config.apply_auth_config_env(&secret).unwrap_err();
+    let err = config.apply_auth_config_env(&secret).unwrap_err().to_string();
     assert!(
         !err.contains("hunter2") && !err.contains(&b64("u:hunter2-secret")),
         "{err}"
@@ -524,6 +532,7 @@ fn files_are_read_bounded_and_errors_name_them() {
     );
     assert!(DockerConfigFile::load(&path)
         .unwrap_err()
+        .to_string()
         .starts_with(&path.display().to_string()));
     std::fs::write(
         &path,
@@ -533,15 +542,17 @@ fn files_are_read_bounded_and_errors_name_them() {
     let config = DockerConfigFile::load_if_present(&path).unwrap().unwrap();
     assert_eq!(config.login_for("ghcr.io", &NoHelpers).unwrap(), basic("a", "b"));
     std::fs::write(&path, "not json, password=hunter2").unwrap();
-    let err = DockerConfigFile::load(&path).unwrap_err();
+    let err = DockerConfigFile::load(&path).unwrap_err().to_string();
     assert_eq!(
         err,
         format!("{}: not JSON (expected ident at line 1 column 2)", path.display())
     );
     std::fs::write(&path, vec![b' '; MAX_CONFIG_BYTES as usize + 1]).unwrap();
-    let err = DockerConfigFile::load(&path).unwrap_err();
+    let err = DockerConfigFile::load(&path).unwrap_err().to_string();
     assert!(err.contains("larger than"), "{err}");
-    let err = DockerConfigFile::load_if_present(dir.path()).unwrap_err();
+    let err = DockerConfigFile::load_if_present(dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains(&dir.path().display().to_string()),
         "a directory: {err}"
@@ -609,7 +620,7 @@ esac
 
     fn exec_get(exec: &ExecHelpers, helper: &str, server: &str) -> Result<Option<(String, Secret)>, String> {
         let _running = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
-        exec.get(helper, server)
+        exec.get(helper, server).map_err(|e| e.to_string())
     }
 
     fn exec_in(dir: &tempfile::TempDir) -> ExecHelpers {

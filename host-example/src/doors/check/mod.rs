@@ -14,7 +14,7 @@ pub mod steps;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cloudsmith_gen::registry_auth::DockerConfigFile;
+use cloudsmith_gen::registry_auth::{AuthError, DockerConfigFile};
 use cloudsmith_gen::token_source::StaticTokenSource;
 use cloudsmith_gen::{NamespacePolicy, TokenRequest};
 use cloudsmith_gen_core::jwt::Claims;
@@ -163,7 +163,7 @@ pub async fn handle(
                 steps.push(Step::failed(
                     StepName::Registry,
                     vec![fact("docker config", path.display().to_string())],
-                    why,
+                    why.to_string(),
                     "give Docker's config.json (JSON with auths or credHelpers)",
                 ));
                 return Ok(reply(Report::new(steps), config.format));
@@ -221,7 +221,7 @@ fn token_request(
 
 /// The registries Docker's `config.json` at `path` names, read by the same reader that
 /// finds registry credentials, so `check` and a pull agree on what the file says.
-fn read_docker_config(path: &std::path::Path) -> Result<Vec<String>, String> {
+fn read_docker_config(path: &std::path::Path) -> Result<Vec<String>, AuthError> {
     let config = DockerConfigFile::load(path)?;
     Ok(config.registries().map(str::to_string).collect())
 }
