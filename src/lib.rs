@@ -84,7 +84,7 @@ pub fn generate_with(
     let oidc_token = platform
         .service_account_token(&spec.service_account, namespace)
         .map_err(|why| GenerateError::TokenSource(one_line(&why, 300)))?;
-    let oidc_token = Secret::new(oidc_token.expose().trim().into());
+    let oidc_token = Secret::new(oidc_token.expose().trim());
     if oidc_token.expose().is_empty() {
         return Err(GenerateError::TokenSource(format!(
             "empty token for service account {}",

@@ -33,7 +33,7 @@ mod tests {
 
     #[test]
     fn eso_vector_outputs() {
-        let out = outputs(&Secret::new(ESO_TOKEN.into())).unwrap();
+        let out = outputs(&Secret::new(ESO_TOKEN)).unwrap();
         assert_eq!(out[0].0, "auth");
         let decoded = STANDARD.decode(&out[0].1).unwrap();
         assert_eq!(decoded, format!("token:{ESO_TOKEN}").into_bytes());
@@ -43,7 +43,7 @@ mod tests {
     #[test]
     fn auth_is_padded_standard_base64() {
         // "token:" + 1 byte = 7 bytes: needs "=" padding, and '+'/'/' stay standard.
-        let out = outputs(&Secret::new("a.eyJleHAiOjF9.c".into())).unwrap();
+        let out = outputs(&Secret::new("a.eyJleHAiOjF9.c")).unwrap();
         let auth = String::from_utf8(out[0].1.clone()).unwrap();
         assert_eq!(STANDARD.decode(&auth).unwrap(), b"token:a.eyJleHAiOjF9.c");
         assert_eq!(auth.len() % 4, 0);
@@ -51,6 +51,6 @@ mod tests {
 
     #[test]
     fn token_without_exp_gives_no_outputs() {
-        assert_eq!(outputs(&Secret::new("a.e30.c".into())), Err(JwtError::MissingExp));
+        assert_eq!(outputs(&Secret::new("a.e30.c")), Err(JwtError::MissingExp));
     }
 }

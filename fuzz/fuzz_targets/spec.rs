@@ -137,7 +137,7 @@ fn check_spec(spec: &Spec, text: &str) {
     // members, each reading back as what went in.
     let head: String = text.chars().take(64).collect();
     for token in [OIDC, AWKWARD_TOKEN, head.as_str()] {
-        let request = build_request(spec, &Secret::new(token.into()));
+        let request = build_request(spec, &Secret::new(token));
         assert_eq!(request.path, format!("{}/openid/{}/", api.path, spec.org_slug));
         assert!(!request.path.contains(['?', '#']) && !request.path.contains("/../"));
         let body = members::<serde_json::Value>(&request.body, &["oidc_token", "service_slug"])

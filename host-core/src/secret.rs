@@ -3,47 +3,10 @@
 
 use std::fmt;
 
-/// A secret string (a JWT, an access token, an `auth` value).
-///
-/// `Debug` and `Display` print `[redacted]`; [`Secret::expose`] is the only way to the
-/// value, so every place that reveals it is easy to find.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps `value`.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret value itself.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether the value is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Secret(value)
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+/// A secret string: the component's own type, whose `Debug` and `Display` print
+/// `[redacted]`; [`Secret::expose`] is the only way to the value, so every place that
+/// reveals it is easy to find.
+pub use cloudsmith_access_token::secret::Secret;
 
 /// What a successful `generate` returns: exactly ESO's outputs.
 ///

@@ -91,7 +91,7 @@ fn header<'a>(r: &'a Request, name: &str) -> Option<&'a str> {
 
 #[test]
 fn request_is_a_post_to_openid_org_with_the_json_body() {
-    let token = Secret::new(OIDC.into());
+    let token = Secret::new(OIDC);
     for (api_url, scheme, authority, path) in [
         (None, Scheme::Https, "api.cloudsmith.io", "/openid/my-org/"),
         (
@@ -121,7 +121,7 @@ fn request_is_a_post_to_openid_org_with_the_json_body() {
 
 #[test]
 fn request_headers() {
-    let r = build_request(&spec(None), &Secret::new(OIDC.into()));
+    let r = build_request(&spec(None), &Secret::new(OIDC));
     assert_eq!(header(&r, "content-type"), Some("application/json"));
     assert_eq!(header(&r, "accept"), Some("application/json"));
     // Gateways compare it with the bytes sent: it must be exact.
@@ -151,7 +151,7 @@ fn request_body_escapes_any_token_text() {
         "ünï©ødé",
         "</script>",
     ] {
-        let r = build_request(&spec(None), &Secret::new(odd.into()));
+        let r = build_request(&spec(None), &Secret::new(odd));
         assert_eq!(
             body_members(&r),
             members(&[("oidc_token", odd), ("service_slug", "my-svc")]),
@@ -166,7 +166,7 @@ fn request_body_escapes_any_token_text() {
 
 #[test]
 fn request_debug_never_shows_the_token() {
-    let r = build_request(&spec(None), &Secret::new(OIDC.into()));
+    let r = build_request(&spec(None), &Secret::new(OIDC));
     let debug = format!("{r:?}");
     assert!(!debug.contains(OIDC), "{debug}");
     assert!(!debug.contains("c2lnbmF0dXJl"), "{debug}");
@@ -181,14 +181,14 @@ fn success_statuses_give_the_token() {
     for s in [200, 201] {
         assert_eq!(
             verdict(&answer(s, r#"{"token":"eyJ.access.tok"}"#)),
-            Verdict::Token(Secret::new("eyJ.access.tok".into())),
+            Verdict::Token(Secret::new("eyJ.access.tok")),
             "{s}"
         );
     }
     // Extra fields (Cloudsmith may add some) do not matter.
     assert_eq!(
         verdict(&answer(201, r#"{"token":"t","expires_in":3600}"#)),
-        Verdict::Token(Secret::new("t".into()))
+        Verdict::Token(Secret::new("t"))
     );
 }
 
@@ -223,7 +223,7 @@ fn success_without_a_usable_token_is_invalid_token() {
 /// (tests/eso_parity.rs runs ESO's generator on the same bodies).
 #[test]
 fn token_is_read_as_gos_decoder_fills_esos_field() {
-    let token = |t: &str| Verdict::Token(Secret::new(t.into()));
+    let token = |t: &str| Verdict::Token(Secret::new(t));
     let cases: [(&str, Verdict); 9] = [
         // Names match case-insensitively, the Kelvin sign for k too.
         (r#"{"Token":"a"}"#, token("a")),
