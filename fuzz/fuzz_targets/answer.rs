@@ -157,50 +157,8 @@ fn expected_token(body: &[u8]) -> Option<String> {
 /// The values of the top-level members named like `token` (see above), in order;
 /// `Ok(None)` for a document that is not an object.
 fn token_members(body: &[u8]) -> Result<Option<Vec<serde_json::Value>>, serde_json::Error> {
-    struct Members;
-    impl<'de> serde::de::Visitor<'de> for Members {
-        type Value = Option<Vec<serde_json::Value>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("any JSON value")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(k) = map.next_key::<String>()? {
-                if k.to_lowercase() == "token" {
-                    out.push(map.next_value::<serde_json::Value>()?);
-                } else {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
-            }
-            Ok(Some(out))
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-            Ok(None)
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let out = serde::Deserializer::deserialize_any(&mut de, Members)?;
-    de.end()?;
-    Ok(out)
+    let members = members_where::<serde_json::Value>(body, &|k| k.to_lowercase() == "token")?;
+    Ok(members.map(|m| m.into_iter().filter_map(|(_, v)| v).collect()))
 }
 
 /// The text an error answer's detail quotes: a non-blank string `detail`,

@@ -66,9 +66,17 @@ pub fn is_dns_label(s: &str) -> bool {
 /// fields (so a number beyond f64 there is not an error, as it is not for
 /// the crate).
 pub fn members<V: DeserializeOwned>(bytes: &[u8], keys: &[&str]) -> Result<MemberList<V>, serde_json::Error> {
+    members_where(bytes, &|k| keys.contains(&k))
+}
+
+/// [`members`], reading as `V` the members whose name `wanted` accepts.
+pub fn members_where<V: DeserializeOwned>(
+    bytes: &[u8],
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<MemberList<V>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let out = Members::<V> {
-        keys,
+        wanted,
         _v: PhantomData,
     }
     .deserialize(&mut de)?;
@@ -86,7 +94,7 @@ pub fn all<'a, V>(members: &'a [(String, Option<V>)], key: &str) -> Vec<&'a V> {
 }
 
 struct Members<'a, V> {
-    keys: &'a [&'a str],
+    wanted: &'a dyn Fn(&str) -> bool,
     _v: PhantomData<V>,
 }
 
@@ -107,7 +115,7 @@ impl<'de, V: DeserializeOwned> Visitor<'de> for Members<'_, V> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::new();
         while let Some(k) = map.next_key::<String>()? {
-            let v = if self.keys.contains(&k.as_str()) {
+            let v = if (self.wanted)(&k) {
                 Some(map.next_value::<V>()?)
             } else {
                 map.next_value::<IgnoredAny>()?;
