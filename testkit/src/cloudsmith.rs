@@ -563,13 +563,7 @@ impl StandIn {
         });
         let scheme = if config.tls { "https" } else { "http" };
         #[cfg(feature = "tls")]
-        let (ca, tls) = if config.tls {
-            let ca = crate::tls::TestCa::try_new()?;
-            let tls = ca.server_config()?;
-            (Some(ca), Some(tls))
-        } else {
-            (None, None)
-        };
+        let (ca, tls) = crate::tls::optional(config.tls)?;
         #[cfg(not(feature = "tls"))]
         let tls = if config.tls {
             anyhow::bail!("testkit was built without the `tls` feature")

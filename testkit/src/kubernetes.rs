@@ -199,11 +199,9 @@ impl StandIn {
     pub async fn start(config: StandInConfig) -> anyhow::Result<StandIn> {
         let scheme = if config.tls { "https" } else { "http" };
         #[cfg(feature = "tls")]
-        let (ca_pem, tls) = if config.tls {
-            let ca = crate::tls::TestCa::try_new()?;
-            (Some(ca.ca_pem().to_string()), Some(ca.server_config()?))
-        } else {
-            (None, None)
+        let (ca_pem, tls) = {
+            let (ca, tls) = crate::tls::optional(config.tls)?;
+            (ca.map(|ca| ca.ca_pem().to_string()), tls)
         };
         #[cfg(not(feature = "tls"))]
         let (ca_pem, tls) = if config.tls {

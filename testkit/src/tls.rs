@@ -142,3 +142,14 @@ impl TestCa {
         Ok(Arc::new(config))
     }
 }
+
+/// For a stand-in that serves HTTPS when `tls` is set: a fresh [`TestCa`] and the server
+/// configuration presenting its certificate; neither for plain HTTP.
+pub fn optional(tls: bool) -> anyhow::Result<(Option<TestCa>, Option<Arc<rustls::ServerConfig>>)> {
+    if !tls {
+        return Ok((None, None));
+    }
+    let ca = TestCa::try_new()?;
+    let config = ca.server_config()?;
+    Ok((Some(ca), Some(config)))
+}

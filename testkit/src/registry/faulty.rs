@@ -213,13 +213,7 @@ impl FaultyRegistry {
 
     /// Starts with every option.
     pub async fn start_with(config: FaultyRegistryConfig) -> anyhow::Result<FaultyRegistry> {
-        let (ca, tls) = if config.tls {
-            let ca = crate::tls::TestCa::try_new()?;
-            let tls = ca.server_config()?;
-            (Some(ca), Some(tls))
-        } else {
-            (None, None)
-        };
+        let (ca, tls) = crate::tls::optional(config.tls)?;
         let state = Arc::new(State {
             content: config.content,
             fault: config.fault,

@@ -242,13 +242,7 @@ impl TokenServer {
         let (signer, root_pem) = make_signer(config.signing)?;
         let dir = tempfile::Builder::new().prefix("testkit-token-").tempdir()?;
         std::fs::write(dir.path().join("root-cert-bundle.pem"), &root_pem)?;
-        let (ca, tls) = if config.tls {
-            let ca = crate::tls::TestCa::try_new()?;
-            let tls = ca.server_config()?;
-            (Some(ca), Some(tls))
-        } else {
-            (None, None)
-        };
+        let (ca, tls) = crate::tls::optional(config.tls)?;
         let state = Arc::new(State {
             config,
             signer,
