@@ -77,7 +77,7 @@ impl DockerConfig {
         // the policy is what stops input from sending the OIDC token elsewhere.
         if let Some(api) = self.env.var(env::API_HOST) {
             let usage = |why: String| Failure::usage(format!("{}: {why}", env::API_HOST));
-            let (authority, plain) = api_authority(api).map_err(usage)?;
+            let (authority, plain) = api_authority(api).map_err(|e| usage(e.to_string()))?;
             config.policy = if plain {
                 config
                     .policy

@@ -63,34 +63,46 @@ struct RawRequest {
     service_account_token: Option<String>,
 }
 
-/// Parses and checks a request; the error is one line and never holds the token.
-pub fn parse_request(bytes: &[u8]) -> Result<ProviderRequest, String> {
-    let raw: RawRequest = serde_json::from_slice(bytes).map_err(|e| {
-        // serde's message quotes no input, only positions and expectations.
-        format!("CredentialProviderRequest on stdin is not valid JSON: {e}")
-    })?;
+/// Why stdin is not a request this provider answers. One line, never the token.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRequest {
+    /// Not JSON, or a field of the wrong type (serde's message quotes no input, only
+    /// positions and expectations).
+    #[error("CredentialProviderRequest on stdin is not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// Another `apiVersion` (shown redacted).
+    #[error("CredentialProviderRequest apiVersion {0:?} is not {API_VERSION}")]
+    ApiVersion(String),
+    /// No `apiVersion`.
+    #[error("CredentialProviderRequest has no apiVersion (expected {API_VERSION})")]
+    NoApiVersion,
+    /// Another `kind` (shown redacted).
+    #[error("kind {0:?} is not {REQUEST_KIND}")]
+    Kind(String),
+    /// No `kind`.
+    #[error("request has no kind (expected {REQUEST_KIND})")]
+    NoKind,
+    /// No image, or a blank one.
+    #[error("CredentialProviderRequest has no image")]
+    NoImage,
+}
+
+/// Parses and checks a request.
+pub fn parse_request(bytes: &[u8]) -> Result<ProviderRequest, BadRequest> {
+    let raw: RawRequest = serde_json::from_slice(bytes).map_err(BadRequest::NotJson)?;
     match raw.api_version.as_deref() {
         Some(API_VERSION) => {}
-        Some(other) => {
-            return Err(format!(
-                "CredentialProviderRequest apiVersion {:?} is not {API_VERSION}",
-                shown(other)
-            ))
-        }
-        None => {
-            return Err(format!(
-                "CredentialProviderRequest has no apiVersion (expected {API_VERSION})"
-            ))
-        }
+        Some(other) => return Err(BadRequest::ApiVersion(shown(other))),
+        None => return Err(BadRequest::NoApiVersion),
     }
     match raw.kind.as_deref() {
         Some(REQUEST_KIND) => {}
-        Some(other) => return Err(format!("kind {:?} is not {REQUEST_KIND}", shown(other))),
-        None => return Err(format!("request has no kind (expected {REQUEST_KIND})")),
+        Some(other) => return Err(BadRequest::Kind(shown(other))),
+        None => return Err(BadRequest::NoKind),
     }
     let image = raw.image.map(|i| i.trim().to_string()).unwrap_or_default();
     if image.is_empty() {
-        return Err("CredentialProviderRequest has no image".into());
+        return Err(BadRequest::NoImage);
     }
     Ok(ProviderRequest {
         image,
@@ -456,7 +468,7 @@ mod tests {
                 "not valid JSON",
             ),
         ] {
-            let err = parse_request(request.as_bytes()).unwrap_err();
+            let err = parse_request(request.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(needle), "{err} vs {needle}");
             assert!(!err.contains('\n'), "{err}");
             assert!(!err.contains("c2VjcmV0"), "{err}");

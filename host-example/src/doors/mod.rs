@@ -32,14 +32,25 @@ use cloudsmith_gen_core::authority::Server;
 pub use cloudsmith_gen_core::registries::{host_port, Registries, DEFAULT_REGISTRY};
 pub use cloudsmith_gen_core::Reply;
 
+/// An API host or URL that names no authority (shown redacted).
+#[derive(Debug, thiserror::Error)]
+pub enum BadApi {
+    /// Not a host, `host:port` or URL.
+    #[error("API host {0:?}: {1}")]
+    NotHost(String, cloudsmith_gen_core::authority::AuthorityError),
+    /// A URL of another scheme than http or https.
+    #[error("{0:?} is not an http(s) URL or a host")]
+    Scheme(String),
+}
+
 /// The authority the policy must allow for an API host or URL, and whether it is plain
 /// http (allowed only when the user wrote `http://`, as the generator requires).
-pub fn api_authority(api: &str) -> Result<(Authority, bool), String> {
-    let server = Server::parse(api).map_err(|e| format!("API host {:?}: {e}", shown(api)))?;
+pub fn api_authority(api: &str) -> Result<(Authority, bool), BadApi> {
+    let server = Server::parse(api).map_err(|e| BadApi::NotHost(shown(api), e))?;
     let plain = match server.scheme.as_deref() {
         Some("http") => true,
         Some("https") | None => false,
-        Some(_) => return Err(format!("{:?} is not an http(s) URL or a host", shown(api))),
+        Some(_) => return Err(BadApi::Scheme(shown(api))),
     };
     let port = server.port.unwrap_or(if plain { 80 } else { 443 });
     Ok((Authority::new(&server.host, port), plain))
