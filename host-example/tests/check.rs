@@ -424,7 +424,13 @@ async fn a_real_clusters_token_names_the_issuer_and_subject_to_trust() {
         std::fs::write(&manifest, generator).unwrap();
         let mut command = Command::new(BIN);
         command
-            .args(["check", "--manifest", manifest.to_str().unwrap(), "--namespace", &ns])
+            .args([
+                "check",
+                "--manifest",
+                manifest.to_str().unwrap(),
+                "--namespace",
+                &ns,
+            ])
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args(["--allow-http", "--allow-host", &stand_in.authority()]);

@@ -298,7 +298,12 @@ fn strs(v: &[String]) -> Vec<&str> {
 
 /// A case that needs no stand-in: `args` as given, with this test's compile cache.
 fn plain(name: &str, args: &[&str], stdin: Option<&str>, expect: Expect) -> Case {
-    let mut case = Case::new(name, args.iter().map(|a| a.to_string()).collect(), expect, Vec::new());
+    let mut case = Case::new(
+        name,
+        args.iter().map(|a| a.to_string()).collect(),
+        expect,
+        Vec::new(),
+    );
     case.env = vec![("XDG_CACHE_HOME".into(), Some(cache_dir().display().to_string()))];
     case.stdin = stdin.map(|s| s.as_bytes().to_vec());
     case
@@ -959,22 +964,57 @@ async fn bad_inputs() {
         ("manifest missing", None, 2, vec![&missing_path]),
         ("invalid YAML", Some("spec: [unclosed\n".into()), 2, vec!["YAML"]),
         ("not a mapping", Some("- a\n- b\n".into()), 2, vec!["mapping"]),
-        ("wrong kind", Some(wrong_kind), 2, vec!["kind", "ECRAuthorizationToken"]),
+        (
+            "wrong kind",
+            Some(wrong_kind),
+            2,
+            vec!["kind", "ECRAuthorizationToken"],
+        ),
         ("no spec", Some(no_spec), 2, vec!["spec"]),
         ("org slug with /", field("orgSlug", "my/org"), 2, vec!["orgSlug"]),
         ("org slug with ..", field("orgSlug", ".."), 2, vec!["orgSlug"]),
-        ("service slug with ?", field("serviceSlug", "svc?x=1"), 2, vec!["serviceSlug"]),
-        ("empty service slug", field("serviceSlug", ""), 2, vec!["serviceSlug"]),
+        (
+            "service slug with ?",
+            field("serviceSlug", "svc?x=1"),
+            2,
+            vec!["serviceSlug"],
+        ),
+        (
+            "empty service slug",
+            field("serviceSlug", ""),
+            2,
+            vec!["serviceSlug"],
+        ),
         (
             "no service account",
             Some(with_field("serviceAccountRef", Value::Null)),
             2,
             vec!["serviceAccountRef"],
         ),
-        ("apiHost with a query", field("apiHost", &query), 2, vec!["apiHost", "query"]),
-        ("apiHost with userinfo", field("apiHost", &userinfo), 2, vec!["apiHost", "userinfo"]),
-        ("apiHost with another scheme", field("apiHost", &scheme), 2, vec!["apiHost", "scheme"]),
-        ("host not in the allowlist", field("apiHost", "http://127.0.0.1:9"), 4, vec!["127.0.0.1:9"]),
+        (
+            "apiHost with a query",
+            field("apiHost", &query),
+            2,
+            vec!["apiHost", "query"],
+        ),
+        (
+            "apiHost with userinfo",
+            field("apiHost", &userinfo),
+            2,
+            vec!["apiHost", "userinfo"],
+        ),
+        (
+            "apiHost with another scheme",
+            field("apiHost", &scheme),
+            2,
+            vec!["apiHost", "scheme"],
+        ),
+        (
+            "host not in the allowlist",
+            field("apiHost", "http://127.0.0.1:9"),
+            4,
+            vec!["127.0.0.1:9"],
+        ),
     ];
     let mut cases = Vec::new();
     for (i, (name, text, code, needles)) in table.into_iter().enumerate() {
@@ -1014,18 +1054,68 @@ async fn bad_inputs() {
     let with_m = |flag, value| vec!["generate", "--manifest", m, flag, value];
     // (case, arguments, stdin, exit code, what the one `error:` line names)
     let table: Vec<(&str, Vec<&str>, Option<&str>, i32, &str)> = vec![
-        ("invalid YAML on stdin", stdin(), Some("spec: [1,\n"), 2, "invalid YAML"),
-        ("not a mapping, on stdin", stdin(), Some("- a\n- b\n"), 2, "not a mapping"),
-        ("--allow-host a URL", allow_host("https://x.io"), None, 2, "is a URL"),
-        ("--allow-host port 0", allow_host("x.io:0"), None, 2, "not a port number"),
-        ("--allow-host not a host", allow_host("bad_host"), None, 2, "not a host name"),
+        (
+            "invalid YAML on stdin",
+            stdin(),
+            Some("spec: [1,\n"),
+            2,
+            "invalid YAML",
+        ),
+        (
+            "not a mapping, on stdin",
+            stdin(),
+            Some("- a\n- b\n"),
+            2,
+            "not a mapping",
+        ),
+        (
+            "--allow-host a URL",
+            allow_host("https://x.io"),
+            None,
+            2,
+            "is a URL",
+        ),
+        (
+            "--allow-host port 0",
+            allow_host("x.io:0"),
+            None,
+            2,
+            "not a port number",
+        ),
+        (
+            "--allow-host not a host",
+            allow_host("bad_host"),
+            None,
+            2,
+            "not a host name",
+        ),
         ("an unknown flag", vec!["generate", "--bogus"], None, 2, "--bogus"),
         ("--timeout 0", with_m("--timeout", "0"), None, 2, "out of range"),
-        ("--memory-limit x", with_m("--memory-limit", "x"), None, 2, "memory-limit"),
-        ("--wasi-dir without ::", with_m("--wasi-dir", "nodoublecolon"), None, 2, "HOST_DIR::GUEST_DIR"),
+        (
+            "--memory-limit x",
+            with_m("--memory-limit", "x"),
+            None,
+            2,
+            "memory-limit",
+        ),
+        (
+            "--wasi-dir without ::",
+            with_m("--wasi-dir", "nodoublecolon"),
+            None,
+            2,
+            "HOST_DIR::GUEST_DIR",
+        ),
         (
             "a token file and a token variable",
-            vec!["generate", "--manifest", m, "--oidc-token-file", t, "--oidc-token-env", "X"],
+            vec![
+                "generate",
+                "--manifest",
+                m,
+                "--oidc-token-file",
+                t,
+                "--oidc-token-env",
+                "X",
+            ],
             None,
             2,
             "cannot be used with",
@@ -1566,14 +1656,32 @@ async fn component_push_refuses_bad_input_before_the_registry() {
     let push = |component| vec!["component", "push", "127.0.0.1:9/x:1", "--component", component];
     // (case, arguments, what the one `error:` line names)
     let table: [(&str, Vec<&str>, &str); 6] = [
-        ("a core module", push(core), "is a core Wasm module, not a component"),
+        (
+            "a core module",
+            push(core),
+            "is a core Wasm module, not a component",
+        ),
         ("not Wasm", push(text), "is not a Wasm component"),
         ("a missing file", push("/nonexistent.wasm"), "/nonexistent.wasm"),
-        ("no registry host", vec!["component", "push", "plugins/x:1"], "is not a registry host"),
-        ("to a digest", vec!["component", "push", &digest_target], "push to a tag, not a digest"),
+        (
+            "no registry host",
+            vec!["component", "push", "plugins/x:1"],
+            "is not a registry host",
+        ),
+        (
+            "to a digest",
+            vec!["component", "push", &digest_target],
+            "push to a tag, not a digest",
+        ),
         (
             "generate from a short digest",
-            vec!["generate", "--manifest", "-", "--component", "oci://127.0.0.1:9/x@sha256:12"],
+            vec![
+                "generate",
+                "--manifest",
+                "-",
+                "--component",
+                "oci://127.0.0.1:9/x@sha256:12",
+            ],
             "64 hex digits",
         ),
     ];
@@ -1597,11 +1705,23 @@ async fn ca_files_that_tls_cannot_use_are_named() {
     let (m, t) = (m.to_str().unwrap(), t.to_str().unwrap());
     let mut cases = Vec::new();
     for (what, ca, needle) in [
-        ("not a CA", &bad, "certificate 1 is not a CA certificate TLS can use"),
+        (
+            "not a CA",
+            &bad,
+            "certificate 1 is not a CA certificate TLS can use",
+        ),
         ("empty", &empty, "no certificate found"),
     ] {
         let ca = ca.to_str().unwrap();
-        let generate = ["generate", "--manifest", m, "--oidc-token-file", t, "--ca-file", ca];
+        let generate = [
+            "generate",
+            "--manifest",
+            m,
+            "--oidc-token-file",
+            t,
+            "--ca-file",
+            ca,
+        ];
         let push = ["component", "push", "127.0.0.1:9/x:1", "--ca-file", ca];
         for (command, args) in [("generate", &generate[..]), ("component push", &push[..])] {
             let name = format!("{command}, a CA file {what}");
@@ -1743,17 +1863,39 @@ async fn plain_http_is_per_host_and_never_to_cloudsmith() {
     // To a named host: allowed by name, and only there (no other port).
     let to_named = local_manifest("m-plain-named.yaml", "http://127.0.0.1:9");
     let generate = |manifest: &Path, flags: &[&str]| {
-        let mut args = vec!["generate", "--manifest", manifest.to_str().unwrap(), "--oidc-token-file", t];
+        let mut args = vec![
+            "generate",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--oidc-token-file",
+            t,
+        ];
         args.extend(flags);
         args.into_iter().map(String::from).collect::<Vec<_>>()
     };
     let flag_only = |flag: &str| generate(Path::new("-"), &[flag]);
-    let (named, host_only) = (flag_only("--allow-http=api.cloudsmith.io"), flag_only("--allow-http=api.cloudsmith.io:443"));
-    let forced = generate(&to_cloudsmith, &["--allow-http", "--allow-host", "api.cloudsmith.io:443"]);
+    let (named, host_only) = (
+        flag_only("--allow-http=api.cloudsmith.io"),
+        flag_only("--allow-http=api.cloudsmith.io:443"),
+    );
+    let forced = generate(
+        &to_cloudsmith,
+        &["--allow-http", "--allow-host", "api.cloudsmith.io:443"],
+    );
     let other_port = generate(&to_named, &["--allow-http", "127.0.0.1:10"]);
     let cases = vec![
-        plain("--allow-http=api.cloudsmith.io", &strs(&named), Some(SEED), fail(2, &["is never allowed"])),
-        plain("--allow-http=api.cloudsmith.io:443", &strs(&host_only), Some(SEED), fail(2, &["is never allowed"])),
+        plain(
+            "--allow-http=api.cloudsmith.io",
+            &strs(&named),
+            Some(SEED),
+            fail(2, &["is never allowed"]),
+        ),
+        plain(
+            "--allow-http=api.cloudsmith.io:443",
+            &strs(&host_only),
+            Some(SEED),
+            fail(2, &["is never allowed"]),
+        ),
         plain(
             "http://api.cloudsmith.io:443 with --allow-http",
             &strs(&forced),

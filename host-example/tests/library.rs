@@ -21,8 +21,8 @@ use cloudsmith_gen::token_source::{
     FileTokenSource, KubernetesTokenSource, TokenRequest, TokenSource, TokenSourceError,
 };
 use cloudsmith_gen::{
-    cache, output, Credentials, Error, GenerateError, Generator, GeneratorOptions, HostError,
-    PresentedToken, Secret, TimeoutCaps, UpstreamStatus, COMPONENT,
+    cache, output, Credentials, Error, GenerateError, Generator, GeneratorOptions, HostError, PresentedToken,
+    Secret, TimeoutCaps, UpstreamStatus, COMPONENT,
 };
 use serde_json::{json, Value};
 use testkit::cloudsmith::{access_token_for, auth_for, Scenario, StandIn, StandInConfig};
