@@ -929,6 +929,9 @@ async fn output_formats() {
     }
 }
 
+/// A row of [`bad_inputs`]' flag table: case, arguments, stdin, exit code, needle.
+type FlagRow<'a> = (&'a str, Vec<&'a str>, Option<&'a str>, i32, &'a str);
+
 /// Flag, manifest and spec errors, and the outbound policy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs() {
@@ -1053,7 +1056,7 @@ async fn bad_inputs() {
     let allow_host = |value| vec!["generate", "--manifest", "-", "--allow-host", value];
     let with_m = |flag, value| vec!["generate", "--manifest", m, flag, value];
     // (case, arguments, stdin, exit code, what the one `error:` line names)
-    let table: Vec<(&str, Vec<&str>, Option<&str>, i32, &str)> = vec![
+    let table: Vec<FlagRow> = vec![
         (
             "invalid YAML on stdin",
             stdin(),

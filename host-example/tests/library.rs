@@ -472,6 +472,12 @@ enum Place {
     Payload(Box<dyn Fn(usize) -> String>),
 }
 
+/// The manifest: `template` (`SPEC` for the flat spec) with `outer` levels open around
+/// its hole.
+fn in_manifest(template: &'static str, outer: usize) -> Place {
+    Place::Manifest(Box::new(move |d| nested(template, outer, d)))
+}
+
 /// Cloudsmith's answer: `template` with its hole nested `depth` levels in all.
 fn answer(template: String) -> Place {
     Place::Answer(Box::new(move |d| nested(&template, 1, d)))
@@ -515,13 +521,10 @@ async fn the_deepest_inputs_fit_the_guest_stack() {
             // too (for the service account it may hand a token for), within
             // serde_json's limit, and refuses what it cannot read.
             "manifest: an unknown field",
-            Place::Manifest(Box::new(|d| {
-                nested(
-                    r#"{"spec": {SPEC, "serviceAccountRef": {"name": "builder"}, "future": {}}}"#,
-                    2,
-                    d,
-                )
-            })),
+            in_manifest(
+                r#"{"spec": {SPEC, "serviceAccountRef": {"name": "builder"}, "future": {}}}"#,
+                2,
+            ),
             "ok 1700000000",
             "token refused",
         ),
@@ -535,13 +538,10 @@ async fn the_deepest_inputs_fit_the_guest_stack() {
         ),
         (
             "manifest: audiences (lenient field)",
-            Place::Manifest(Box::new(|d| {
-                nested(
-                    r#"{"spec": {SPEC, "serviceAccountRef": {"name": "builder", "audiences": {}}}}"#,
-                    3,
-                    d,
-                )
-            })),
+            in_manifest(
+                r#"{"spec": {SPEC, "serviceAccountRef": {"name": "builder", "audiences": {}}}}"#,
+                3,
+            ),
             "invalid spec",
             "invalid spec",
         ),
