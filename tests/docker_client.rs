@@ -23,10 +23,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use e2e_tests::{cloudsmith_registry, now};
 use serde_json::{json, Value};
 use testkit::cloudsmith::{access_token_for, Scenario, StandIn, StandInConfig, PRODUCTION_AUDIENCE};
 use testkit::process::{find_secret, Output};
-use testkit::registry::{Artifact, Distribution, DistributionConfig, TokenServer};
+use testkit::registry::{Artifact, Distribution};
 
 const ORG: &str = "my-organization";
 const SERVICE: &str = "my-oidc-service";
@@ -35,13 +36,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// docker-credential-helpers v0.9.13 `credentials/error.go` `errCredentialsNotFoundMessage`.
 const NOT_FOUND: &str = "credentials not found in native keychain";
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// The stand-in, a scratch directory with the helper installed as a user installs it,
 /// and an OIDC token file.
@@ -154,23 +148,6 @@ impl World {
         secrets.extend(orgs.iter().map(|org| self.access_token(org)));
         secrets
     }
-}
-
-/// A registry that accepts the stand-in's access tokens for their organisation's
-/// repositories, with `repository:1` pushed.
-async fn cloudsmith_registry(repository: &str) -> (TokenServer, Distribution, Artifact) {
-    let tokens = TokenServer::trusting_cloudsmith().await.expect("token server");
-    let registry = Distribution::start(DistributionConfig {
-        auth: tokens.auth("cloudsmith-test-registry"),
-        ..Default::default()
-    })
-    .await;
-    let image = Artifact::container_image();
-    registry
-        .push(repository, "1", &image, Some(("testkit", "testkit-password")))
-        .await
-        .unwrap_or_else(|e| panic!("push: {e:#}\n{}", registry.log()));
-    (tokens, registry, image)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -40,7 +40,7 @@ use cloudsmith_gen::token_source::StaticTokenSource;
 use cloudsmith_gen::wasmtime::component::Component;
 use cloudsmith_gen::wasmtime::Engine;
 use cloudsmith_gen::{
-    cache, sandbox, Authority, Credentials, EngineOptions, Error, GenerateError, Generator, GeneratorOptions,
+    sandbox, Authority, Credentials, EngineOptions, Error, GenerateError, Generator, GeneratorOptions,
     HostError, Limits, OutboundPolicy, Secret, Traced,
 };
 use testkit::cloudsmith::{access_token_for, auth_for, StandIn, StandInConfig};
@@ -83,9 +83,7 @@ impl Setup {
                     ..Default::default()
                 })
                 .expect("engine");
-                let good = cache::compile(&engine, cloudsmith_gen::COMPONENT).expect("compile the generator");
-                let bytes = std::fs::read(hostile_wasm()).expect("read hostile.wasm");
-                let hostile = cache::compile(&engine, &bytes).expect("compile hostile.wasm");
+                let (good, hostile) = e2e_tests::generator_and_hostile(&engine);
                 (engine, good, hostile)
             })
         };

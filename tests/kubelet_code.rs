@@ -42,10 +42,11 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use e2e_tests::now;
 use serde_json::{json, Value};
 use testkit::cloudsmith::{access_token_for, Faults, StandIn, StandInConfig, FAULTS_ORG};
 use testkit::cluster::Cluster;
-use testkit::registry::{Artifact, Distribution, DistributionConfig, TokenServer};
+use testkit::registry::{Artifact, Distribution, TokenServer};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::OnceCell;
@@ -62,13 +63,6 @@ const SHIPPED_RBAC: &str = include_str!("../deploy/kubelet/rbac.yaml");
 /// A Lookup that runs the provider against a stalled Cloudsmith takes the provider's
 /// 50 s; the kubelet's own bound is 1 minute.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// A Pod bound to [`NODE`] and its ServiceAccount, in the real API server.
 #[derive(Debug, Clone)]
@@ -342,22 +336,7 @@ impl World {
         config.token_exp = now() + 6 * 3600;
         configure(&mut config);
         let cloudsmith = StandIn::start(config).await.expect("stand-in");
-        let tokens = TokenServer::trusting_cloudsmith().await.expect("token server");
-        let registry = Distribution::start(DistributionConfig {
-            auth: tokens.auth("cloudsmith-test-registry"),
-            ..Default::default()
-        })
-        .await;
-        let image = Artifact::container_image();
-        registry
-            .push(
-                &format!("{ORG}/app"),
-                "1",
-                &image,
-                Some(("testkit", "testkit-password")),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("push: {e:#}\n{}", registry.log()));
+        let (tokens, registry, image) = e2e_tests::cloudsmith_registry(&format!("{ORG}/app")).await;
         World {
             cluster,
             namespace,

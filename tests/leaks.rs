@@ -23,8 +23,8 @@ use cloudsmith_gen::token_source::{
 use cloudsmith_gen::wasmtime::component::Component;
 use cloudsmith_gen::wasmtime::Engine;
 use cloudsmith_gen::{
-    cache, sandbox, Authority, CallReport, Credentials, EngineOptions, Error, Generator, GeneratorOptions,
-    Limits, OutboundPolicy, Secret, TimeoutCaps, TokenSource,
+    sandbox, Authority, CallReport, Credentials, EngineOptions, Error, Generator, GeneratorOptions, Limits,
+    OutboundPolicy, Secret, TimeoutCaps, TokenSource,
 };
 use testkit::cloudsmith::{access_token_for, auth_for, Scenario, StandIn, StandInConfig};
 use testkit::process::assert_no_secret;
@@ -117,6 +117,20 @@ struct Kube {
 }
 
 impl Kube {
+    /// The stand-in Cloudsmith, trusting this cluster's service accounts; `slow` answers
+    /// after 5 s.
+    async fn cloudsmith(&self) -> StandIn {
+        StandIn::start(
+            StandInConfig {
+                slow_delay: Duration::from_secs(5),
+                ..Default::default()
+            }
+            .also_trusting(self.cluster, "system:serviceaccount:*"),
+        )
+        .await
+        .expect("cloudsmith stand-in")
+    }
+
     fn new() -> Kube {
         let cluster = testkit::cluster::Cluster::shared();
         let kubeconfig = cluster.deployed_service().to_path_buf();
@@ -187,22 +201,12 @@ async fn no_token_leaks_from_the_library_on_any_failure() {
                 ..Default::default()
             })
             .expect("engine");
-            let good = cache::compile(&engine, cloudsmith_gen::COMPONENT).expect("compile the generator");
-            let bytes = std::fs::read(hostile_wasm()).expect("read hostile.wasm");
-            let hostile = cache::compile(&engine, &bytes).expect("compile hostile.wasm");
+            let (good, hostile) = e2e_tests::generator_and_hostile(&engine);
             (engine, good, hostile)
         })
     };
     let kube = Kube::new();
-    let stand_in = StandIn::start(
-        StandInConfig {
-            slow_delay: Duration::from_secs(5),
-            ..Default::default()
-        }
-        .also_trusting(kube.cluster, "system:serviceaccount:*"),
-    )
-    .await
-    .expect("cloudsmith stand-in");
+    let stand_in = kube.cloudsmith().await;
     let api = stand_in.url();
     let oidc_token = testkit::oidc::token(SUBJECT, &[&stand_in.origin()]);
     let policy = OutboundPolicy::default()
@@ -531,15 +535,7 @@ impl CliCase {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_leaks_from_the_cli_on_any_failure() {
     let kube = Kube::new();
-    let stand_in = StandIn::start(
-        StandInConfig {
-            slow_delay: Duration::from_secs(5),
-            ..Default::default()
-        }
-        .also_trusting(kube.cluster, "system:serviceaccount:*"),
-    )
-    .await
-    .expect("cloudsmith stand-in");
+    let stand_in = kube.cloudsmith().await;
     // A TLS stand-in whose CA the CLI is not told about.
     let untrusted = StandIn::start(StandInConfig {
         tls: true,

@@ -20,6 +20,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use e2e_tests::now;
 use serde_json::{json, Value};
 use testkit::cloudsmith::{access_token_for, auth_for, StandIn, StandInConfig, Trusted, PRODUCTION_AUDIENCE};
 use testkit::process::{find_secret, Output};
@@ -30,13 +31,6 @@ const SUBJECT: &str = "system:serviceaccount:apps:puller";
 /// The stand-in's default (past) expiry: a token that is never served from a cache.
 const PAST_EXP: u64 = 1_700_000_000;
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// A stand-in, a scratch directory, an OIDC token (file) for `SUBJECT`.
 struct World {
@@ -1076,36 +1070,42 @@ async fn a_broken_token_cache_never_fails_a_pull() {
     check("under a regular file", &out);
     assert_eq!(out.stderr_lines().len(), 1, "it says why once: {}", out.stderr);
 
-    // A read-only bind mount (root ignores permission bits, not a read-only mount).
-    let ro = w.path("read-only");
-    std::fs::create_dir_all(&ro).unwrap();
-    let before = w.requests();
-    let out = run_mounted(
-        "mount --bind \"$D\" \"$D\"; mount -o remount,bind,ro \"$D\"",
-        &ro,
-        &bin,
-        &args_with(&ro.join("tokens")),
-        &request,
-        &home,
-    )
-    .await;
-    check("read-only mount", &out);
-    assert_eq!(w.requests(), before + 1, "it exchanged");
-
-    // A full tmpfs: the directory and lock file fit, the entry does not.
-    let full = w.path("full");
-    std::fs::create_dir_all(&full).unwrap();
-    let out = run_mounted(
-        "mount -t tmpfs -o size=12k tmpfs \"$D\"; mkdir -m 0700 \"$D/tokens\"; head -c 1048576 /dev/zero > \"$D/fill\" 2>/dev/null || true",
-        &full,
-        &bin,
-        &args_with(&full.join("tokens")),
-        &request,
-        &home,
-    )
-    .await;
-    check("full tmpfs", &out);
-    assert!(!full.join("fill").exists(), "the tmpfs was private to the run");
+    // Mounts private to one run: (case, directory, setup in the run's mount namespace).
+    let table = [
+        // Root ignores permission bits, not a read-only mount.
+        (
+            "read-only mount",
+            "read-only",
+            "mount --bind \"$D\" \"$D\"; mount -o remount,bind,ro \"$D\"",
+        ),
+        // The directory and lock file fit, the entry does not.
+        (
+            "full tmpfs",
+            "full",
+            "mount -t tmpfs -o size=12k tmpfs \"$D\"; mkdir -m 0700 \"$D/tokens\"; \
+             head -c 1048576 /dev/zero > \"$D/fill\" 2>/dev/null || true",
+        ),
+    ];
+    for (what, name, setup) in table {
+        let dir = w.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let before = w.requests();
+        let out = run_mounted(
+            setup,
+            &dir,
+            &bin,
+            &args_with(&dir.join("tokens")),
+            &request,
+            &home,
+        )
+        .await;
+        check(what, &out);
+        assert_eq!(w.requests(), before + 1, "{what}: it exchanged");
+        assert!(
+            !dir.join("fill").exists(),
+            "{what}: the mount was private to the run"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

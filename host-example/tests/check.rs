@@ -2,11 +2,13 @@
 //! pass and each failure case, with the fix and the documentation's troubleshooting
 //! item it names, in text and JSON; no token in any output.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-use testkit::cloudsmith::{StandIn, StandInConfig, Trusted, PRODUCTION_AUDIENCE};
+use testkit::cloudsmith::{StandIn, StandInConfig, PRODUCTION_AUDIENCE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloudsmith-gen");
 const SUBJECT: &str = "system:serviceaccount:apps:puller";
@@ -18,15 +20,7 @@ struct World {
 
 impl World {
     async fn new() -> World {
-        let stand_in = StandIn::start(StandInConfig {
-            trusted: vec![Trusted::new(
-                testkit::oidc::ISSUER,
-                "system:serviceaccount:apps:*",
-            )],
-            ..StandInConfig::default()
-        })
-        .await
-        .expect("stand-in");
+        let stand_in = common::stand_in_trusting_apps().await;
         World {
             stand_in,
             dir: tempfile::tempdir().expect("temp dir"),
@@ -60,23 +54,42 @@ impl World {
             args.extend(["--allow-http", "--allow-host", &authority]);
         }
         let args: Vec<&str> = args.into_iter().filter(|a| *a != "--no-policy").collect();
-        let out = Command::new(BIN)
-            .args(&args)
-            .env("CHECK_TOKEN", &token)
-            .env("XDG_CACHE_HOME", self.dir.path().join("cache"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("cloudsmith-gen runs");
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut command = Command::new(BIN);
+        command.args(&args).env("CHECK_TOKEN", &token);
+        let (out, all) = run(command, &self.dir.path().join("cache"));
         for part in token.split('.') {
             assert!(!all.contains(part), "a part of the token in: {all}");
         }
         (out, all)
     }
+}
+
+/// Runs `command` with `cache` as its compile cache and no stdin; returns its output
+/// and both streams as one text.
+fn run(mut command: Command, cache: &Path) -> (Output, String) {
+    let out = command
+        .env("XDG_CACHE_HOME", cache)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cloudsmith-gen runs");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, all)
+}
+
+/// The report on stdout of a run that must pass (exit 0).
+fn passed(out: &Output) -> String {
+    let text = stdout(out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
 }
 
 fn stdout(out: &Output) -> String {
@@ -115,13 +128,7 @@ async fn every_step_passes_and_the_token_step_names_what_to_trust() {
             docker.to_str().unwrap(),
         ],
     );
-    let text = stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = passed(&out);
     for label in [
         "manifest",
         "token source",
@@ -415,7 +422,8 @@ async fn a_real_clusters_token_names_the_issuer_and_subject_to_trust() {
                 );
         let manifest = dir.path().join(format!("{}.yaml", stand_in.port()));
         std::fs::write(&manifest, generator).unwrap();
-        let out = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args([
                 "check",
                 "--manifest",
@@ -425,17 +433,9 @@ async fn a_real_clusters_token_names_the_issuer_and_subject_to_trust() {
             ])
             .arg("--kubeconfig")
             .arg(&kubeconfig)
-            .args(["--allow-http", "--allow-host", &stand_in.authority()])
-            .env("XDG_CACHE_HOME", dir.path().join("cache"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("cloudsmith-gen runs");
+            .args(["--allow-http", "--allow-host", &stand_in.authority()]);
+        let (out, all) = run(command, &dir.path().join("cache"));
         // No token in any output: the one minted for this run reached Cloudsmith.
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
         let sent: Vec<String> = stand_in
             .requests()
             .iter()
@@ -451,13 +451,7 @@ async fn a_real_clusters_token_names_the_issuer_and_subject_to_trust() {
         .await
         .unwrap();
     let out = run(&trusting);
-    let text = stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = passed(&out);
     let token = line(&text, "token source");
     assert!(token.starts_with("ok "), "{token}");
     assert!(token.contains(&format!("iss={iss},")), "{token}");

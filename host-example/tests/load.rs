@@ -11,7 +11,7 @@
 //! and 100 % of the calls and fails if it grows too much in the second half:
 //!
 //! ```text
-//! SOAK_CALLS=10000 cargo test --release -p e2e-tests --test load -- --nocapture
+//! SOAK_CALLS=10000 cargo test --release -p cloudsmith-gen --test load -- --nocapture
 //! ```
 
 use std::collections::BTreeMap;
