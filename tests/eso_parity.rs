@@ -13,10 +13,9 @@
 //! and ESO's line that causes it; docs/eso-webhook.md#compatibility lists the same rows.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -24,6 +23,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use testkit::cloudsmith::{StandIn, StandInConfig, PRODUCTION_AUDIENCE};
 use testkit::cluster::Cluster;
+use testkit::process::Listening;
 use testkit::real_eso::{self, Generate, Generated, Objects};
 
 /// The account whose token is exchanged.
@@ -420,10 +420,8 @@ fn jco_bare() -> PathBuf {
 /// ServiceAccount's identity), on port 8443 of a loopback address of its own; killed on
 /// drop.
 struct Serve {
-    child: Child,
-    ip: Ipv4Addr,
+    server: Listening,
     ca: testkit::tls::TestCa,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Serve {
@@ -452,65 +450,13 @@ impl Serve {
         for (_, s) in &rows.rows {
             args.extend(["--allow-host".into(), s.authority()]);
         }
-        for _ in 0..5 {
-            let ip = fresh_loopback();
-            let mut child = Command::new(testkit::tools::cloudsmith_gen())
-                .args(&args)
-                .arg("--listen")
-                .arg(format!("{ip}:8443"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start cloudsmith-gen serve");
-            let log = Arc::new(Mutex::new(Vec::new()));
-            let (tx, rx) = std::sync::mpsc::channel();
-            let stderr = child.stderr.take().unwrap();
-            let lines = log.clone();
-            std::thread::spawn(move || {
-                use std::io::BufRead as _;
-                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains("\"msg\":\"listening\"") {
-                        let _ = tx.send(true);
-                    }
-                    lines.lock().unwrap().push(line);
-                }
-                let _ = tx.send(false);
-            });
-            if rx.recv_timeout(Duration::from_secs(300)) == Ok(true) {
-                return Serve { child, ip, ca, log };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            let logs = log.lock().unwrap().join("\n");
-            assert!(logs.contains("in use"), "serve did not start: {logs}");
-        }
-        panic!("no free loopback address for port 8443");
+        let server = Listening::start_on_own_loopback(|ip| {
+            let mut command = Command::new(testkit::tools::cloudsmith_gen());
+            command.args(&args).arg("--listen").arg(format!("{ip}:8443"));
+            command
+        });
+        Serve { server, ca }
     }
-
-    fn logs(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn fresh_loopback() -> Ipv4Addr {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    let n = h.finish();
-    Ipv4Addr::new(
-        127,
-        1 + (n % 250) as u8,
-        (n >> 8) as u8,
-        1 + ((n >> 16) % 250) as u8,
-    )
 }
 
 /// What ESO's Webhook generator needs in the namespace to ask serve for every row: a
@@ -559,7 +505,7 @@ async fn ours_serve(name: &str, serve: &Serve, kube: &Kube) -> Outcome {
         &format!("{name}-webhook"),
         Objects::Cluster(kube.eso.clone()),
     );
-    run.resolve = vec![(SERVICE_HOST.into(), IpAddr::V4(serve.ip))];
+    run.resolve = vec![(SERVICE_HOST.into(), serve.server.addr().ip())];
     real_eso::generate(&run).await.into()
 }
 
@@ -639,7 +585,7 @@ async fn our_component_gives_what_esos_cloudsmith_generator_gives() {
         failures.is_empty(),
         "{}\nserve:\n{}",
         failures.join("\n"),
-        serve.logs()
+        serve.server.logs()
     );
     for (_, stand_in) in &rows.rows {
         assert!(stand_in.rejections().is_empty(), "{:?}", stand_in.rejections());

@@ -18,10 +18,9 @@
 //! keeps them), and every answer must be a 200 carrying the `auth` the stand-ins imply.
 
 use std::convert::Infallible;
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +34,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use testkit::cloudsmith::{access_token_for, auth_for, PRODUCTION_AUDIENCE};
 use testkit::kubernetes;
+use testkit::process::Listening;
 use tokio::net::TcpListener;
 
 use crate::load::{self, LoadRun};
@@ -131,7 +131,7 @@ fn measure_in(
         ),
         (
             "cloudsmith-gen serve",
-            Client::new(served.addr, &path, &caller_token),
+            Client::new(served.addr(), &path, &caller_token),
         ),
     ];
     runtime.block_on(async {
@@ -268,10 +268,7 @@ impl Client {
 }
 
 /// `cloudsmith-gen serve` as a child process; killed on drop.
-struct ServeProcess {
-    child: Child,
-    addr: SocketAddr,
-}
+struct ServeProcess(Listening);
 
 impl ServeProcess {
     fn start(
@@ -284,7 +281,8 @@ impl ServeProcess {
         let manifest_file = work.join("generators.json");
         std::fs::write(&manifest_file, manifest)?;
         let kubeconfig = kube.write_kubeconfig(work)?;
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--manifest"])
             .arg(&manifest_file)
@@ -299,49 +297,25 @@ impl ServeProcess {
             .arg(work.join("compiled"))
             // The per-caller limit would throttle the load itself (one caller here).
             .args(["--rate-limit", "0", "--max-concurrent-calls", "64"])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
+            .env_remove("RUST_LOG");
+        let server = Listening::try_start(command, Duration::from_secs(120))
             .with_context(|| format!("starting {} serve", bin.display()))?;
-        let stderr = child.stderr.take().context("stderr is piped")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the address, then keeps draining the per-request log lines so the
-        // server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if v["msg"] == "listening" {
-                        let _ = tx.send(v["address"].as_str().unwrap_or_default().to_string());
-                    }
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(addr) => addr.parse().context("listening address")?,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("cloudsmith-gen serve did not report its address");
-            }
-        };
-        Ok(ServeProcess { child, addr })
+        // The per-request log lines are read (the server never blocks on a full pipe),
+        // not kept.
+        server.forget_log();
+        Ok(ServeProcess(server))
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.0.addr()
     }
 
     /// Fails if the server exited during the run (a crash would void the figures).
     fn check_alive(mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
+        if let Some(status) = self.0.exited() {
             bail!("cloudsmith-gen serve exited during the run: {status}");
         }
         Ok(())
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

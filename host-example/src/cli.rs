@@ -917,6 +917,40 @@ mod tests {
         assert_eq!(format!("{from_flags:?}"), format!("{default:?}"));
     }
 
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    /// Every `serve` flag a process test no longer sets reaches the configuration the
+    /// pipeline's tables run with (src/doors/serve/pipeline/tests.rs).
+    #[test]
+    fn the_serve_flags_reach_its_config() {
+        let args = Serve::try_parse_from([
+            "x",
+            "--manifest",
+            "m.yaml",
+            "--audience",
+            "https://cloudsmith-gen.example",
+            "--read-timeout",
+            "1",
+            "--rate-limit",
+            "0.001",
+            "--rate-burst",
+            "2",
+            "--max-body-bytes",
+            "1024",
+        ])
+        .unwrap()
+        .serve;
+        let config = ServeConfig::try_from(&args).unwrap();
+        assert_eq!(config.audiences, ["https://cloudsmith-gen.example"]);
+        assert_eq!(config.read_timeout, Duration::from_secs(1));
+        assert_eq!((config.rate_limit, config.rate_burst), (0.001, 2));
+        assert_eq!(config.max_body_bytes, 1024);
+    }
+
     #[test]
     fn rate_limits_are_off_or_in_range() {
         for ok in ["0", "0.001", "5", "1000000"] {

@@ -20,8 +20,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -29,6 +28,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use testkit::cloudsmith::{self, access_token_for, auth_for};
 use testkit::cluster::Cluster;
+use testkit::process::Listening;
 use testkit::real_eso::{self, Generate, Generated, Objects};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloudsmith-gen");
@@ -89,110 +89,57 @@ fn apps_objects(namespace: &str) -> Vec<Value> {
     out
 }
 
-/// A loopback address of this test's own (127.x.y.z), so port 8443 is free on it.
-fn fresh_loopback() -> Ipv4Addr {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    let n = h.finish();
-    Ipv4Addr::new(
-        127,
-        1 + (n % 250) as u8,
-        (n >> 8) as u8,
-        1 + ((n >> 16) % 250) as u8,
-    )
-}
-
-/// `cloudsmith-gen serve` on `ADDR:8443`; killed on drop.
+/// `cloudsmith-gen serve` on port 8443 of a loopback address of its own; killed on drop.
 struct Serve {
-    child: Child,
-    ip: Ipv4Addr,
+    server: Listening,
     args: Vec<String>,
-    log: Arc<Mutex<Vec<String>>>,
+    /// The log of the servers this one restarted from.
+    earlier: String,
 }
 
 impl Serve {
-    /// Starts serve with `args` on a fresh loopback address (another, if one is taken).
-    fn start(args: &[String]) -> Serve {
-        for _ in 0..5 {
-            if let Some(serve) = Serve::start_on(fresh_loopback(), args) {
-                return serve;
-            }
-        }
-        panic!("no free loopback address for port {SERVICE_PORT}");
-    }
-
-    /// serve on `ip:8443`; `None` when that address is taken.
-    fn start_on(ip: Ipv4Addr, args: &[String]) -> Option<Serve> {
-        let mut child = Command::new(BIN)
+    /// serve with `args` on `ip:8443`.
+    fn command(ip: Ipv4Addr, args: &[String]) -> Command {
+        let mut command = Command::new(BIN);
+        command
             .arg("serve")
             .arg("--listen")
             .arg(format!("{ip}:{SERVICE_PORT}"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start cloudsmith-gen serve");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("\"msg\":\"listening\"") {
-                    let _ = tx.send(true);
-                }
-                lines.lock().unwrap().push(line);
-            }
-            let _ = tx.send(false);
-        });
-        if rx.recv_timeout(Duration::from_secs(300)) == Ok(true) {
-            return Some(Serve {
-                child,
-                ip,
-                args: args.to_vec(),
-                log,
-            });
+            .args(args);
+        command
+    }
+
+    fn start(args: &[String]) -> Serve {
+        Serve {
+            server: Listening::start_on_own_loopback(|ip| Serve::command(ip, args)),
+            args: args.to_vec(),
+            earlier: String::new(),
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        let logs = log.lock().unwrap().join("\n");
-        assert!(logs.contains("in use"), "serve did not start: {logs}");
-        None
+    }
+
+    fn ip(&self) -> IpAddr {
+        self.server.addr().ip()
     }
 
     /// Stops this serve with `signal` and starts it again on the same address, keeping
     /// what it logged.
     fn restart(&mut self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let _ = self.child.wait();
-        let old = self.logs();
+        self.server.stop(signal);
+        self.earlier = self.logs();
         // The address is free again once the process is gone.
-        let mut next = Serve::start_on(self.ip, &self.args).expect("serve restarts on its address");
-        std::mem::swap(self, &mut next);
-        self.log.lock().unwrap().insert(0, old);
+        let IpAddr::V4(ip) = self.ip() else {
+            unreachable!("an IPv4 loopback address")
+        };
+        self.server = Listening::start(Serve::command(ip, &self.args));
     }
 
     fn logs(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        format!("{}\n{}", self.earlier, self.server.logs())
     }
 
     /// The DNS answer ESO's process needs for the Service's name.
     fn resolve(&self) -> Vec<(String, IpAddr)> {
-        vec![(SERVICE_HOST.to_string(), IpAddr::V4(self.ip))]
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        vec![(SERVICE_HOST.to_string(), self.ip())]
     }
 }
 

@@ -7,15 +7,15 @@
 //! The static binary is built once by scripts/test.sh and passed as
 //! `CLOUDSMITH_GEN_STATIC`; every test here packages and runs that one file.
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
 use testkit::cloudsmith::{self, access_token_for, auth_for};
+use testkit::process::Listening;
 
 const STATIC_ENV: &str = "CLOUDSMITH_GEN_STATIC";
 const NAME: &str = "localhost/cloudsmith-gen:test";
@@ -247,14 +247,21 @@ async fn serve_answers_eso_by_host_name() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut container = Container::start(podman(&[(dir.path(), "/etc/cloudsmith-gen")], &args));
+    // SIGTERM to podman is forwarded to the container (--sig-proxy); a SIGKILL would
+    // leave the container running.
+    let mut container = Listening::try_start(
+        podman(&[(dir.path(), "/etc/cloudsmith-gen")], &args),
+        Duration::from_secs(120),
+    )
+    .unwrap_or_else(|e| panic!("serve did not start in the container: {e}"))
+    .terminate_on_drop();
 
-    let health = http(container.addr, "GET", "/healthz", None).await;
+    let health = http(container.addr(), "GET", "/healthz", None).await;
     assert_eq!(health.0, 200, "{}", health.1);
 
     let caller = cluster.token(&ns, "default", &[]);
     let (status, body) = http(
-        container.addr,
+        container.addr(),
         "POST",
         &format!("/v1/namespaces/{ns}/generators/cloudsmith-access-token"),
         Some(&caller),
@@ -271,7 +278,7 @@ async fn serve_answers_eso_by_host_name() {
         1_700_000_000,
     );
     assert_eq!(v["auth"], auth_for(&token));
-    container.stop();
+    container.stop("TERM");
 }
 
 /// deploy/kubelet/daemonset.yaml's install step, run in the image as the DaemonSet runs
@@ -441,64 +448,6 @@ async fn the_daemonset_install_step_installs_a_provider_that_answers() {
         String::from_utf8_lossy(&second.stderr)
     );
     assert_eq!(snapshot(), before, "a second run changed the node");
-}
-
-/// A container running `serve`; stopped on drop.
-struct Container {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Container {
-    fn start(mut cmd: Command) -> Container {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("podman run");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut log = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if v["msg"] == "listening" {
-                        let _ = tx.send(Ok(v["address"].as_str().unwrap_or_default().to_string()));
-                    }
-                }
-                log.push(line);
-            }
-            let _ = tx.send(Err(log.join("\n")));
-        });
-        match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(Ok(addr)) => Container {
-                child,
-                addr: addr.parse().expect("listening address"),
-            },
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("serve did not start in the container: {other:?}");
-            }
-        }
-    }
-
-    fn stop(&mut self) {
-        // SIGTERM to podman is forwarded to the container (--sig-proxy).
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.stop();
-        }
-    }
 }
 
 /// One plain-HTTP request; (status, body).

@@ -13,10 +13,9 @@
 //! over observable state, never assertions about time.
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use serde_json::{json, Value};
 use testkit::cloudsmith::{self, access_token_for, auth_for};
 use testkit::cluster::Cluster;
 use testkit::kubernetes;
+use testkit::process::Listening;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloudsmith-gen");
 
@@ -240,7 +240,7 @@ impl World {
 
     /// Starts `serve` with the world's settings and `extra` flags.
     fn serve(&self, extra: &[&str]) -> Server {
-        Server::start(&serve_args(self, extra))
+        start_serve(&serve_args(self, extra), &[])
     }
 
     /// `serve` over HTTPS with a certificate of `ca`, written into the world's dir
@@ -294,95 +294,16 @@ impl World {
     }
 }
 
-/// The `cloudsmith-gen` the servers run: `CLOUDSMITH_GEN` runs another build (a figure
-/// for an older server, say), else this package's.
-fn serve_bin() -> String {
-    std::env::var("CLOUDSMITH_GEN").unwrap_or_else(|_| BIN.to_string())
-}
+/// A running `cloudsmith-gen serve` (its log kept); killed on drop.
+type Server = Listening;
 
-/// A running `cloudsmith-gen serve`; killed on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(args: &[String]) -> Server {
-        Server::start_with_env(args, &[])
-    }
-
-    /// [`Server::start`] with these variables set for the server.
-    fn start_with_env(args: &[String], env: &[(&str, &Path)]) -> Server {
-        let mut command = Command::new(serve_bin());
-        command.args(args).envs(env.iter().copied());
-        Server::spawn(command)
-    }
-
-    /// Runs `command` (a `serve`, or a shell that execs one) and waits for its
-    /// "listening" log line; its stderr is kept as the server's log.
-    fn spawn(mut command: Command) -> Server {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start cloudsmith-gen serve");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if v["msg"] == "listening" {
-                        let _ = tx.send(v["address"].as_str().unwrap_or_default().to_string());
-                    }
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(300)) {
-            Ok(addr) => addr.parse().expect("listening address"),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("serve did not start: {}", log.lock().unwrap().join("\n"));
-            }
-        };
-        Server { child, addr, log }
-    }
-
-    fn logs(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// Log lines as JSON (every line must be JSON).
-    fn log_json(&self) -> Vec<Value> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON log line: {l}")))
-            .collect()
-    }
-
-    /// Sends SIGTERM and waits for the exit.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        self.child.wait().expect("serve exits")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `cloudsmith-gen serve` with `args` and the variables `env` set for it, and
+/// waits for its listening line. The binary is `CLOUDSMITH_GEN` when set (a figure for
+/// an older server, say), else this package's.
+fn start_serve(args: &[String], env: &[(&str, &Path)]) -> Server {
+    let mut command = Command::new(testkit::tools::cloudsmith_gen());
+    command.args(args).envs(env.iter().copied());
+    Listening::start(command)
 }
 
 /// An answer as a client sees it.
@@ -497,7 +418,7 @@ async fn unauthenticated_requests_are_401_and_mint_nothing() {
             headers.push(("authorization", h.as_str()));
         }
         let reply = request(
-            server.addr,
+            server.addr(),
             "POST",
             &world.path("apps", "cloudsmith-access-token"),
             &headers,
@@ -513,7 +434,7 @@ async fn unauthenticated_requests_are_401_and_mint_nothing() {
         );
     }
     // An unknown generator is not revealed to an unauthenticated caller either.
-    let reply = request(server.addr, "POST", &world.path("apps", "nope"), &[], b"").await;
+    let reply = request(server.addr(), "POST", &world.path("apps", "nope"), &[], b"").await;
     assert_eq!(reply.status, 401);
     assert_eq!(
         world.cluster.request_count("serviceaccounts/token", "POST"),
@@ -526,7 +447,7 @@ async fn unauthenticated_requests_are_401_and_mint_nothing() {
         access_before
     );
     // Counted without a namespace label (the path comes from an unauthenticated client).
-    let metrics = request(server.addr, "GET", "/metrics", &[], b"").await.body;
+    let metrics = request(server.addr(), "GET", "/metrics", &[], b"").await.body;
     let line = format!(
         "cloudsmith_gen_refused_total{{case=\"unauthenticated\"}} {}\n",
         cases.len() + 1
@@ -597,7 +518,7 @@ async fn other_namespaces_need_a_subject_access_review() {
         ),
     ];
     for (what, ns, generator, token) in forbidden {
-        let reply = world.ask(server.addr, ns, generator, token).await;
+        let reply = world.ask(server.addr(), ns, generator, token).await;
         assert_eq!(reply.status, 403, "{what}: {}", reply.body);
         assert_eq!(reply.case(), "forbidden", "{what}");
     }
@@ -608,7 +529,7 @@ async fn other_namespaces_need_a_subject_access_review() {
     );
     assert!(world.cloudsmith.requests().is_empty());
     // Forbidden callers learn nothing about which generators exist.
-    let reply = world.ask(server.addr, "apps", "nope", &team_b).await;
+    let reply = world.ask(server.addr(), "apps", "nope", &team_b).await;
     assert_eq!(reply.status, 403);
     // One SubjectAccessReview per refusal, one TokenReview per caller, on the API
     // server's own count. (What each review asked is shown by the answers: the grant
@@ -625,7 +546,7 @@ async fn other_namespaces_need_a_subject_access_review() {
 
     // With the grant: the answer is for the URL's namespace, never the caller's.
     let reply = world
-        .ask(server.addr, "team-b", "cloudsmith-access-token", &platform)
+        .ask(server.addr(), "team-b", "cloudsmith-access-token", &platform)
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["auth"], expected_auth(&team_b_ns));
@@ -635,7 +556,7 @@ async fn other_namespaces_need_a_subject_access_review() {
     );
     // Own namespace: allowed without a review.
     let reply = world
-        .ask(server.addr, "team-b", "cloudsmith-access-token", &team_b)
+        .ask(server.addr(), "team-b", "cloudsmith-access-token", &team_b)
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(
@@ -650,7 +571,7 @@ async fn other_namespaces_need_a_subject_access_review() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_failure_has_its_status_and_case() {
     let world = World::new(Duration::from_secs(10)).await;
-    let server = world.serve(&["--max-body-bytes", "1024"]);
+    let server = world.serve(&[]);
     let token = world.caller("apps", "eso");
     let apps = world.ns("apps");
     let cases: [(&str, &str, u16, &str, Option<&str>); 8] = [
@@ -673,7 +594,7 @@ async fn every_failure_has_its_status_and_case() {
         } else {
             world.caller(ns, "eso")
         };
-        let reply = world.ask(server.addr, ns, generator, &token).await;
+        let reply = world.ask(server.addr(), ns, generator, &token).await;
         assert_eq!(reply.status, status, "{ns}/{generator}: {}", reply.body);
         if status != 200 {
             assert_eq!(reply.case(), case, "{ns}/{generator}");
@@ -711,37 +632,8 @@ async fn every_failure_has_its_status_and_case() {
         }
         assert_eq!(reply.headers["cache-control"], "no-store");
     }
-    // Requests that are not the contract's.
-    let auth = format!("Bearer {token}");
-    let path = world.path("apps", "cloudsmith-access-token");
-    let path = path.as_str();
-    let big = vec![b'x'; 2048];
-    for (method, path, body, status, case) in [
-        ("GET", path, &b""[..], 405, "method-not-allowed"),
-        ("POST", path, &big[..], 413, "payload-too-large"),
-        (
-            "POST",
-            "/v1/namespaces/Apps/generators/x",
-            &b""[..],
-            400,
-            "bad-request",
-        ),
-        (
-            "POST",
-            "/v1/namespaces/apps/generators/a%2Fb",
-            &b""[..],
-            400,
-            "bad-request",
-        ),
-        ("POST", "/v2/anything", &b""[..], 400, "unknown-path"),
-        ("POST", "/healthz", &b""[..], 405, "method-not-allowed"),
-    ] {
-        let reply = request(server.addr, method, path, &[("authorization", &auth)], body).await;
-        assert_eq!(reply.status, status, "{method} {path}: {}", reply.body);
-        assert_eq!(reply.case(), case, "{method} {path}");
-    }
     // echo-401 quotes the whole exchange request, OIDC token included: redacted.
-    let echo = world.ask(server.addr, "apps", "echo", &token).await;
+    let echo = world.ask(server.addr(), "apps", "echo", &token).await;
     let minted: Vec<String> = world
         .cloudsmith
         .requests_for("echo-401")
@@ -768,7 +660,7 @@ async fn load_at_concurrency_64() {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..64 {
         let (ns, token) = namespaces[i % namespaces.len()].clone();
-        let addr = server.addr;
+        let addr = server.addr();
         tasks.spawn(async move {
             let mut answers = Vec::new();
             for _ in 0..4 {
@@ -790,7 +682,7 @@ async fn load_at_concurrency_64() {
     }
     assert_eq!(answered, 256);
     assert_eq!(world.cloudsmith.requests().len(), 256);
-    let metrics = request(server.addr, "GET", "/metrics", &[], b"").await.body;
+    let metrics = request(server.addr(), "GET", "/metrics", &[], b"").await.body;
     for (ns, _) in namespaces {
         let line = format!("cloudsmith_gen_calls_total{{generator=\"cloudsmith-access-token\",namespace=\"{ns}\",case=\"ok\"}} 64");
         assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
@@ -800,49 +692,6 @@ async fn load_at_concurrency_64() {
         "{metrics}"
     );
     assert_logs_clean(&server, &world, &[]);
-}
-
-/// The per-caller rate limit: a burst, then 429 with Retry-After, for that caller only.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_caller_has_a_rate_limit() {
-    let world = World::new(Duration::from_secs(10)).await;
-    let server = world.serve(&["--rate-limit", "0.001", "--rate-burst", "2"]);
-    let busy = world.caller("apps", "busy");
-    for _ in 0..2 {
-        assert_eq!(
-            world
-                .ask(server.addr, "apps", "cloudsmith-access-token", &busy)
-                .await
-                .status,
-            200
-        );
-    }
-    let reply = world
-        .ask(server.addr, "apps", "cloudsmith-access-token", &busy)
-        .await;
-    assert_eq!(reply.status, 429, "{}", reply.body);
-    assert_eq!(reply.case(), "too-many-requests");
-    assert!(
-        reply.headers["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= 1
-    );
-    assert_eq!(
-        world.cloudsmith.requests().len(),
-        2,
-        "the refused call made no exchange"
-    );
-    let other = world.caller("apps", "other");
-    assert_eq!(
-        world
-            .ask(server.addr, "apps", "cloudsmith-access-token", &other)
-            .await
-            .status,
-        200
-    );
 }
 
 /// Health checks answer while the only sandbox slot waits on a slow Cloudsmith; SIGTERM
@@ -858,7 +707,7 @@ async fn health_while_busy_and_graceful_shutdown() {
         "--shutdown-timeout",
         "120",
     ]);
-    let addr = server.addr;
+    let addr = server.addr();
     let token = world.caller("apps", "eso");
     let slow = tokio::spawn({
         let (token, apps) = (token.clone(), world.ns("apps"));
@@ -876,7 +725,7 @@ async fn health_while_busy_and_graceful_shutdown() {
     assert!(busy.headers.contains_key("retry-after"));
     assert!(!slow.is_finished(), "the slow call is still in flight");
     let status = tokio::task::spawn_blocking(move || {
-        let status = server.terminate();
+        let status = server.stop("TERM");
         (status, server)
     });
     let reply = slow.await.unwrap();
@@ -921,7 +770,10 @@ async fn manifests_are_reloaded_when_they_change() {
     let world = World::new(Duration::from_secs(10)).await;
     let server = world.serve(&["--reload-interval", "0.1"]);
     let token = world.caller("apps", "eso");
-    assert_eq!(world.ask(server.addr, "apps", "added", &token).await.status, 422);
+    assert_eq!(
+        world.ask(server.addr(), "apps", "added", &token).await.status,
+        422
+    );
     let added = repo_file("deploy/serve/generators.yaml")
         .replace(
             "apiUrl: \"https://api.cloudsmith.io\"",
@@ -931,16 +783,16 @@ async fn manifests_are_reloaded_when_they_change() {
     let path = &world.manifests[1];
     let previous = std::fs::read_to_string(path).unwrap();
     std::fs::write(path, format!("{previous}---\n{added}")).unwrap();
-    wait_until(|| async { world.ask(server.addr, "apps", "added", &token).await.status == 200 }).await;
+    wait_until(|| async { world.ask(server.addr(), "apps", "added", &token).await.status == 200 }).await;
 
     std::fs::write(path, "kind: [unclosed").unwrap();
     wait_until(|| async { server.logs().contains("manifests not reloaded") }).await;
     assert_eq!(
-        world.ask(server.addr, "apps", "added", &token).await.status,
+        world.ask(server.addr(), "apps", "added", &token).await.status,
         200,
         "previous set kept"
     );
-    let metrics = request(server.addr, "GET", "/metrics", &[], b"").await.body;
+    let metrics = request(server.addr(), "GET", "/metrics", &[], b"").await.body;
     assert!(
         metrics.contains("cloudsmith_gen_manifest_reloads_total{result=\"failed\"}"),
         "{metrics}"
@@ -986,7 +838,7 @@ async fn https_and_certificate_renewal() {
     let world = World::new(Duration::from_secs(10)).await;
     let ca = testkit::tls::TestCa::new();
     let server = world.serve_https(&ca, &["--reload-interval", "0.1"]);
-    let mut sender = tls_client(server.addr, &ca)
+    let mut sender = tls_client(server.addr(), &ca)
         .await
         .expect("TLS handshake with the test CA");
     let token = world.caller("apps", "eso");
@@ -1002,7 +854,7 @@ async fn https_and_certificate_renewal() {
     assert_eq!(v["auth"], expected_auth(&world.ns("apps")));
 
     // Plain HTTP to the TLS port gets no answer.
-    let plain = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let plain = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     let handshake =
         hyper::client::conn::http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(plain)).await;
     if let Ok((mut sender, conn)) = handshake {
@@ -1018,96 +870,15 @@ async fn https_and_certificate_renewal() {
     let renewed = testkit::tls::TestCa::new();
     // The same paths serve_https wrote the first pair to.
     let (_, key) = renewed.write_server_pem(world.dir.path()).unwrap();
-    wait_until(|| async { tls_client(server.addr, &renewed).await.is_some() }).await;
+    wait_until(|| async { tls_client(server.addr(), &renewed).await.is_some() }).await;
     assert!(
-        tls_client(server.addr, &ca).await.is_none(),
+        tls_client(server.addr(), &ca).await.is_none(),
         "the old certificate is no longer served"
     );
     // A broken renewal keeps the working pair.
     std::fs::write(&key, "not a key").unwrap();
     wait_until(|| async { server.logs().contains("TLS certificate not reloaded") }).await;
-    assert!(tls_client(server.addr, &renewed).await.is_some());
-}
-
-/// When the Kubernetes API cannot review the caller, the answer is 503 with
-/// Retry-After (ESO retries), never a token.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reviews_unavailable_is_503() {
-    let world = World::new(Duration::from_secs(10)).await;
-    // A kubeconfig for a port nothing listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    world.redirect_kubeconfig(&format!("https://{closed}"));
-    let server = world.serve(&[]);
-    let reply = world
-        .ask(
-            server.addr,
-            "apps",
-            "cloudsmith-access-token",
-            &world.caller("apps", "eso"),
-        )
-        .await;
-    assert_eq!(reply.status, 503, "{}", reply.body);
-    assert_eq!(reply.case(), "unavailable");
-    assert!(reply.headers.contains_key("retry-after"));
-    assert!(world.cloudsmith.requests().is_empty());
-}
-
-/// Bad flags and bad manifests stop the server before it listens, with one error line.
-#[test]
-fn startup_errors_are_one_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n").unwrap();
-    let dup = dir.path().join("dup.yaml");
-    std::fs::write(
-        &dup,
-        format!(
-            "{}---\n{}",
-            repo_file("deploy/serve/generators.yaml"),
-            repo_file("deploy/serve/generators.yaml")
-        ),
-    )
-    .unwrap();
-    for (args, needle) in [
-        (
-            vec!["serve", "--manifest", bad.to_str().unwrap()],
-            "no generator document",
-        ),
-        (
-            vec!["serve", "--manifest", dup.to_str().unwrap()],
-            "names must be unique",
-        ),
-        (
-            vec!["serve", "--manifest", "/nonexistent.yaml"],
-            "/nonexistent.yaml",
-        ),
-        (
-            vec![
-                "serve",
-                "--manifest",
-                bad.to_str().unwrap(),
-                "--tls-cert",
-                "x.pem",
-            ],
-            "--tls-key",
-        ),
-    ] {
-        let out = Command::new(BIN)
-            .args(&args)
-            .env("KUBECONFIG", "/nonexistent")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(
-            stderr.starts_with("error: ") && stderr.contains(needle),
-            "{needle:?} not in {stderr}"
-        );
-    }
+    assert!(tls_client(server.addr(), &renewed).await.is_some());
 }
 
 /// The value of gauge `name` in /metrics.
@@ -1125,7 +896,7 @@ async fn callers_that_hang_up_give_back_their_places() {
     use tokio::io::AsyncWriteExt as _;
     let world = World::new(Duration::from_secs(30)).await;
     let server = world.serve(&["--max-concurrent-calls", "1", "--max-queued-calls", "2"]);
-    let addr = server.addr;
+    let addr = server.addr();
     let token = world.caller("apps", "eso");
     let mut hung_up = Vec::new();
     for _ in 0..6 {
@@ -1182,7 +953,7 @@ async fn a_hung_api_server_is_503_and_bounded() {
     // accepts and never answers can (the TLS handshake itself never ends).
     world.redirect_kubeconfig(&format!("https://{hung_addr}"));
     let server = world.serve(&["--kube-timeout", "2", "--max-pending-reviews", "2"]);
-    let addr = server.addr;
+    let addr = server.addr();
     let apps = world.ns("apps");
     let calls: Vec<_> = (0..6)
         .map(|i| {
@@ -1239,7 +1010,7 @@ async fn a_stalled_token_request_is_503_unavailable() {
     .unwrap();
     let server = world.serve(&["--kube-timeout", "1"]);
     let caller = testkit::oidc::token("system:serviceaccount:apps:eso", &[testkit::oidc::ISSUER]);
-    let reply = ask(server.addr, "apps", "cloudsmith-access-token", &caller).await;
+    let reply = ask(server.addr(), "apps", "cloudsmith-access-token", &caller).await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert_eq!(reply.case(), "unavailable", "{}", reply.body);
     assert!(reply.headers.contains_key("retry-after"));
@@ -1264,7 +1035,7 @@ async fn a_reconcile_wave_costs_one_review() {
     const N: usize = 20;
     let world = World::exclusive(Duration::from_secs(10)).await;
     let server = world.serve(&[]);
-    let addr = server.addr;
+    let addr = server.addr();
     let wave = |namespace: String, token: String| {
         (0..N)
             .map(|_| {
@@ -1354,10 +1125,10 @@ async fn serve_runs_a_component_pinned_in_a_registry() {
     let digest = String::from_utf8(push.stdout).unwrap().trim().to_string();
     let pinned = format!("oci://{}/plugins/cloudsmith-gen@{digest}", registry.authority());
 
-    let server = Server::start_with_env(&serve_args(&world, &["--component", &pinned]), &env);
+    let server = start_serve(&serve_args(&world, &["--component", &pinned]), &env);
     let token = world.caller("apps", "eso");
     let reply = world
-        .ask(server.addr, "apps", "cloudsmith-access-token", &token)
+        .ask(server.addr(), "apps", "cloudsmith-access-token", &token)
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(
@@ -1464,7 +1235,7 @@ async fn callers_that_hang_up_mid_review_leave_no_review_behind() {
             let token = format!("not-a-token-{wave}-{n}");
             held.push(
                 send_raw(
-                    server.addr,
+                    server.addr(),
                     &raw_ask("apps", "cloudsmith-access-token", &token, "content-length: 0\r\n"),
                 )
                 .await,
@@ -1477,9 +1248,10 @@ async fn callers_that_hang_up_mid_review_leave_no_review_behind() {
         drop(held);
     }
     assert_eq!(sent, 10_048);
-    wait_until(|| async { gauge(server.addr, "cloudsmith_gen_reviews_in_progress").await == Some(0) }).await;
+    wait_until(|| async { gauge(server.addr(), "cloudsmith_gen_reviews_in_progress").await == Some(0) })
+        .await;
     assert_eq!(
-        gauge(server.addr, "cloudsmith_gen_reviews_in_flight").await,
+        gauge(server.addr(), "cloudsmith_gen_reviews_in_flight").await,
         Some(0)
     );
     assert!(kube.token_reviews().is_empty(), "no review was answered");
@@ -1509,7 +1281,7 @@ async fn a_flood_of_bad_tokens_does_not_starve_authenticated_callers() {
         "--rate-limit",
         "0",
     ]);
-    let addr = server.addr;
+    let addr = server.addr();
     let good: Vec<(&str, String)> = ["apps", "team-b", "team-c"]
         .into_iter()
         .map(|ns| (ns, stand_in_caller(ns)))
@@ -1593,7 +1365,13 @@ async fn token_review_audiences_are_checked() {
     .await;
     let server = world.serve(&["--audience", "https://cloudsmith-gen.example"]);
     let api_server_token = stand_in_caller("apps");
-    let reply = ask(server.addr, "apps", "cloudsmith-access-token", &api_server_token).await;
+    let reply = ask(
+        server.addr(),
+        "apps",
+        "cloudsmith-access-token",
+        &api_server_token,
+    )
+    .await;
     assert_eq!(reply.status, 401, "{}", reply.body);
     assert_eq!(reply.case(), "unauthenticated");
     assert!(
@@ -1607,40 +1385,12 @@ async fn token_review_audiences_are_checked() {
         &["https://cloudsmith-gen.example"],
     );
     assert_eq!(
-        ask(server.addr, "apps", "cloudsmith-access-token", &ours)
+        ask(server.addr(), "apps", "cloudsmith-access-token", &ours)
             .await
             .status,
         200
     );
     assert_logs_clean(&server, &world, &[&api_server_token, &ours]);
-}
-
-/// A request body that stops arriving is answered 408 at `--read-timeout`. (Before, the
-/// body was read with no deadline: the call held its connection and task for as long as
-/// the client liked.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_that_stops_arriving_is_answered_408() {
-    let world = World::new(Duration::from_secs(10)).await;
-    let server = world.serve(&["--read-timeout", "1"]);
-    let token = world.caller("apps", "eso");
-    let apps = world.ns("apps");
-    let mut stream = send_raw(
-        server.addr,
-        &(raw_ask(
-            &apps,
-            "cloudsmith-access-token",
-            &token,
-            "content-length: 100\r\n",
-        ) + "{\"partial\":"),
-    )
-    .await;
-    let answer = read_all(&mut stream, Duration::from_secs(60))
-        .await
-        .expect("an answer before 60 s");
-    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
-    assert!(answer.contains("\"case\":\"request-timeout\""), "{answer}");
-    assert!(world.cloudsmith.requests().is_empty(), "nothing minted");
-    assert_logs_clean(&server, &world, &[&token]);
 }
 
 /// Past `--max-connections`, a connection is answered 503 at once; the places come back
@@ -1651,9 +1401,9 @@ async fn connections_past_the_cap_are_refused_at_once() {
     let server = world.serve(&["--max-connections", "4", "--read-timeout", "60"]);
     let mut idle = Vec::new();
     for _ in 0..4 {
-        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+        idle.push(tokio::net::TcpStream::connect(server.addr()).await.unwrap());
     }
-    let mut extra = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut extra = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     let answer = read_all(&mut extra, Duration::from_secs(30))
         .await
         .expect("answered at once");
@@ -1666,7 +1416,7 @@ async fn connections_past_the_cap_are_refused_at_once() {
     // whatever comes back.
     wait_until(|| async {
         let mut stream = send_raw(
-            server.addr,
+            server.addr(),
             "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
         )
         .await;
@@ -1685,7 +1435,7 @@ async fn connections_past_the_cap_are_refused_at_once() {
     let token = world.caller("apps", "eso");
     let apps = world.ns("apps");
     assert_eq!(
-        ask(server.addr, &apps, "cloudsmith-access-token", &token)
+        ask(server.addr(), &apps, "cloudsmith-access-token", &token)
             .await
             .status,
         200
@@ -1704,10 +1454,11 @@ async fn accept_errors_pause_and_the_server_recovers() {
     // The server with few descriptors: its own shell sets the limit, then execs it.
     let mut shell = Command::new("bash");
     shell
-        .args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\"", &serve_bin()])
+        .args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\""])
+        .arg(testkit::tools::cloudsmith_gen())
         .args(args);
-    let mut server = Server::spawn(shell);
-    let addr = server.addr;
+    let mut server = Listening::start(shell);
+    let addr = server.addr();
     // More connections than the server has descriptors for; the rest wait in the backlog
     // while every accept fails.
     let mut held = Vec::new();
@@ -1741,7 +1492,7 @@ async fn accept_errors_pause_and_the_server_recovers() {
         200
     );
     server.log_json();
-    let _ = server.terminate();
+    let _ = server.stop("TERM");
 }
 
 /// A guest that computes forever gives its worker back at every epoch tick: with every
@@ -1760,26 +1511,29 @@ async fn health_answers_while_every_slot_spins() {
     )
     .unwrap();
     let component = testkit::artifacts::wasm("hostile");
-    let server = Server::start(&[
-        "serve".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--kubeconfig".into(),
-        world.kubeconfig.display().to_string(),
-        "--manifest".into(),
-        spinning.display().to_string(),
-        "--component".into(),
-        component.display().to_string(),
-        "--cache-dir".into(),
-        cache_dir().display().to_string(),
-        "--max-concurrent-calls".into(),
-        slots.to_string(),
-        "--rate-limit".into(),
-        "0".into(),
-        "--timeout".into(),
-        "60".into(),
-    ]);
-    let addr = server.addr;
+    let server = start_serve(
+        &[
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--kubeconfig".into(),
+            world.kubeconfig.display().to_string(),
+            "--manifest".into(),
+            spinning.display().to_string(),
+            "--component".into(),
+            component.display().to_string(),
+            "--cache-dir".into(),
+            cache_dir().display().to_string(),
+            "--max-concurrent-calls".into(),
+            slots.to_string(),
+            "--rate-limit".into(),
+            "0".into(),
+            "--timeout".into(),
+            "60".into(),
+        ],
+        &[],
+    );
+    let addr = server.addr();
     let token = world.caller("apps", "eso");
     let apps = world.ns("apps");
     let calls: Vec<_> = (0..slots)
@@ -1839,7 +1593,7 @@ async fn a_manifest_cannot_widen_the_outbound_policy() {
     let server = world.serve(&["--manifest", manifest.to_str().unwrap()]);
     let token = world.caller("apps", "eso");
     let apps = world.ns("apps");
-    let reply = ask(server.addr, &apps, "elsewhere", &token).await;
+    let reply = ask(server.addr(), &apps, "elsewhere", &token).await;
     assert_eq!(reply.status, 422, "{}", reply.body);
     assert_eq!(reply.case(), "policy-denied");
     assert!(
@@ -1849,29 +1603,80 @@ async fn a_manifest_cannot_widen_the_outbound_policy() {
     assert_logs_clean(&server, &world, &[&token]);
 }
 
-/// A rate limit too small to compute a wait with is refused at start, in one line.
-/// (Before, it was taken, and the first caller over its burst panicked the server's
-/// connection task.)
+/// Bad flags and bad manifests stop the server before it listens: exit 2, one error
+/// line naming what is wrong, no panic. (A rate limit too small to compute a wait with
+/// was once taken, and the first caller over its burst panicked the server's connection
+/// task.)
 #[test]
-fn a_tiny_rate_limit_is_refused_at_start() {
-    let bin = serve_bin();
-    for rate in ["1e-300", "-1", "NaN"] {
+fn startup_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n").unwrap();
+    let dup = dir.path().join("dup.yaml");
+    std::fs::write(
+        &dup,
+        format!(
+            "{}---\n{}",
+            repo_file("deploy/serve/generators.yaml"),
+            repo_file("deploy/serve/generators.yaml")
+        ),
+    )
+    .unwrap();
+    let (bad, dup) = (bad.to_str().unwrap(), dup.to_str().unwrap());
+    let missing = "/nonexistent.yaml";
+    // (row, flags after `serve`, what the error line names)
+    let rows: Vec<(&str, Vec<&str>, &str)> = vec![
+        (
+            "a manifest without a generator",
+            vec!["--manifest", bad],
+            "no generator document",
+        ),
+        (
+            "a generator named twice",
+            vec!["--manifest", dup],
+            "names must be unique",
+        ),
+        (
+            "a manifest that is not there",
+            vec!["--manifest", missing],
+            missing,
+        ),
+        (
+            "--tls-cert without --tls-key",
+            vec!["--manifest", bad, "--tls-cert", "x.pem"],
+            "--tls-key",
+        ),
+        (
+            "a rate too small for a wait",
+            vec!["--manifest", missing, "--rate-limit=1e-300"],
+            "--rate-limit",
+        ),
+        (
+            "a negative rate",
+            vec!["--manifest", missing, "--rate-limit=-1"],
+            "--rate-limit",
+        ),
+        (
+            "a rate that is no number",
+            vec!["--manifest", missing, "--rate-limit=NaN"],
+            "--rate-limit",
+        ),
+    ];
+    let bin = testkit::tools::cloudsmith_gen();
+    for (row, flags, needle) in rows {
         let out = Command::new(&bin)
-            .args([
-                "serve",
-                "--manifest",
-                "/nonexistent.yaml",
-                &format!("--rate-limit={rate}"),
-            ])
+            .arg("serve")
+            .args(&flags)
+            .env("KUBECONFIG", "/nonexistent")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{rate}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{rate}: {stderr}");
+        assert_eq!(out.status.code(), Some(2), "{row}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{row}: {stderr}");
         assert!(
-            stderr.starts_with("error: ") && stderr.contains("--rate-limit"),
-            "{rate}: {stderr}"
+            stderr.starts_with("error: ") && stderr.contains(needle),
+            "{row}: {needle:?} not in {stderr}"
         );
-        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{row}: {stderr}");
     }
 }

@@ -37,9 +37,7 @@
 //! still reports all of them.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,14 +47,8 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use testkit::cloudsmith::{self, access_token_for, auth_for, FAULTS_ORG};
 use testkit::cluster::Cluster;
+use testkit::process::Listening;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cloudsmith-gen");
-
-/// The server binary: `CLOUDSMITH_GEN` when set (e.g. a release build), else the one
-/// cargo built with this test.
-fn server_binary() -> String {
-    std::env::var("CLOUDSMITH_GEN").unwrap_or_else(|_| BIN.to_string())
-}
 const CONCURRENCY: usize = 64;
 const NAMESPACES: [&str; 4] = ["apps", "team-b", "team-c", "team-d"];
 const MAX_GROWTH_BYTES: u64 = 1024 * 1024;
@@ -85,22 +77,6 @@ fn splitmix(n: u64) -> u64 {
 fn hangup_after(i: usize) -> Option<Duration> {
     let h = splitmix(i as u64 ^ SEED);
     (h % 100 < HANGUP_PERCENT).then(|| Duration::from_millis(50 + (h >> 8) % 1500))
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// What the soak saw, by outcome (`200`, `503 upstream`, `hung up`, ...).
@@ -208,10 +184,7 @@ fn gauge(metrics: &str) -> Option<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the soak under faults: cargo test --release -p cloudsmith-gen --test serve_faults -- --ignored --nocapture"]
 async fn soak_under_faults() {
-    let calls: usize = std::env::var("SOAK_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let calls = testkit::process::soak_calls(10_000);
     // The real API server: serve as the cloudsmith-gen service account under deploy/'s
     // RBAC, four namespaces opted in, a caller's token in each.
     let cluster = Cluster::shared();
@@ -249,56 +222,22 @@ async fn soak_under_faults() {
     )
     .unwrap();
 
-    let binary = server_binary();
-    println!("serve faults: server {binary}");
     println!(
         "serve faults: Cloudsmith faults per 100 exchanges: 500 {}, 502 {}, 503 {}, reset {}, stall {} ({:?}), stall forever {}; \
          hang-ups {HANGUP_PERCENT} per 100 calls; --timeout {CALL_BOUND_SECS}, {SLOTS} slots, {QUEUE} queued, {CONCURRENCY} callers",
         faults.error_500, faults.error_502, faults.error_503, faults.reset, faults.stall, faults.stall_delay, faults.stall_forever
     );
-    let mut child = Command::new(&binary)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--rate-limit",
-            "0",
-            "--allow-http",
-            "--no-cache",
-        ])
-        .args(["--timeout", &CALL_BOUND_SECS.to_string()])
-        .args(["--max-concurrent-calls", &SLOTS.to_string()])
-        .args(["--max-queued-calls", &QUEUE.to_string()])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--manifest")
-        .arg(&manifest)
-        .arg("--allow-host")
-        .arg(cloudsmith.authority())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start serve");
-    let stderr = child.stderr.take().unwrap();
-    let pid = child.id();
-    let child = Killed(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // Read every log line (the server must never block on a full pipe).
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["msg"] == "listening" {
-                    let _ = tx.send(v["address"].as_str().unwrap().to_string());
-                }
-            }
-        }
-    });
-    let addr: SocketAddr = rx
-        .recv_timeout(Duration::from_secs(300))
-        .expect("serve listens")
-        .parse()
-        .unwrap();
+    let flags = [
+        ("--timeout", CALL_BOUND_SECS),
+        ("--max-concurrent-calls", SLOTS as u64),
+        ("--max-queued-calls", QUEUE as u64),
+    ];
+    let extra: Vec<String> = flags
+        .iter()
+        .flat_map(|(f, n)| [f.to_string(), n.to_string()])
+        .collect();
+    let server = Listening::soak_serve(&kubeconfig, &manifest, &cloudsmith.authority(), &extra);
+    let addr = server.addr();
 
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
@@ -343,30 +282,9 @@ async fn soak_under_faults() {
             }
         });
     }
-    let mut samples = Vec::new();
-    let mut marks = vec![calls / 10, calls / 2, calls];
-    marks.reverse();
-    while let Some(mark) = marks.last().copied() {
-        if done.load(Ordering::Relaxed) >= mark || tasks.is_empty() {
-            let rss = rss_bytes(pid);
-            println!(
-                "serve faults: after {:>6} calls ({:>6.1}s): server RSS {:>6.1} MiB",
-                done.load(Ordering::Relaxed),
-                started.elapsed().as_secs_f64(),
-                rss as f64 / 1048576.0
-            );
-            samples.push(rss);
-            marks.pop();
-            continue;
-        }
-        tokio::select! {
-            joined = tasks.join_next() => { if let Some(r) = joined { r.expect("client task") } }
-            () = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.expect("client task");
-    }
+    let samples = server
+        .rss_at_marks(&mut tasks, &done, &[calls / 10, calls / 2, calls], "serve faults")
+        .await;
     let wall = started.elapsed();
 
     tokio::time::sleep(SETTLE).await;
@@ -390,7 +308,7 @@ async fn soak_under_faults() {
             break;
         }
     }
-    let rss_end = rss_bytes(pid);
+    let rss_end = server.rss_bytes();
 
     let outcomes = tally.outcomes.lock().unwrap().clone();
     let growth = samples[2].saturating_sub(samples[1]);
@@ -423,7 +341,7 @@ async fn soak_under_faults() {
     for wrong in tally.wrong.lock().unwrap().iter() {
         println!("serve faults: wrong answer: {wrong}");
     }
-    drop(child);
+    drop(server);
 
     assert_eq!(done.load(Ordering::Relaxed), calls, "every call ended");
     assert_eq!(

@@ -25,53 +25,25 @@
 //! request. The test fails if the server's RSS grows by 1 MiB or more between 50 % and
 //! 100 % of the calls.
 
-use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use testkit::cloudsmith::{self, access_token_for, auth_for};
+use testkit::process::Listening;
 use testkit::{kubernetes, oidc};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cloudsmith-gen");
-
-/// The server binary: `CLOUDSMITH_GEN` when set (e.g. a release build), else the one
-/// cargo built with this test.
-fn server_binary() -> String {
-    std::env::var("CLOUDSMITH_GEN").unwrap_or_else(|_| BIN.to_string())
-}
 const CONCURRENCY: usize = 64;
 const NAMESPACES: [&str; 4] = ["apps", "team-b", "team-c", "team-d"];
 const MAX_GROWTH_BYTES: u64 = 1024 * 1024;
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the soak: SOAK_CALLS=50000 cargo test --release -p cloudsmith-gen --test serve_soak -- --ignored --nocapture"]
 async fn soak() {
-    let calls: usize = std::env::var("SOAK_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
+    let calls = testkit::process::soak_calls(50_000);
     let cloudsmith = cloudsmith::StandIn::start(cloudsmith::StandInConfig::default())
         .await
         .unwrap();
@@ -103,48 +75,8 @@ async fn soak() {
     )
     .unwrap();
 
-    let binary = server_binary();
-    println!("serve soak: server {binary}");
-    let mut child = Command::new(&binary)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--rate-limit",
-            "0",
-            "--allow-http",
-            "--no-cache",
-        ])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--manifest")
-        .arg(&manifest)
-        .arg("--allow-host")
-        .arg(cloudsmith.authority())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start serve");
-    let stderr = child.stderr.take().unwrap();
-    let pid = child.id();
-    let child = Killed(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // Read every log line (the server must never block on a full pipe).
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["msg"] == "listening" {
-                    let _ = tx.send(v["address"].as_str().unwrap().to_string());
-                }
-            }
-        }
-    });
-    let addr: SocketAddr = rx
-        .recv_timeout(Duration::from_secs(300))
-        .expect("serve listens")
-        .parse()
-        .unwrap();
+    let server = Listening::soak_serve(&kubeconfig, &manifest, &cloudsmith.authority(), &[]);
+    let addr = server.addr();
 
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
@@ -196,30 +128,9 @@ async fn soak() {
             }
         });
     }
-    let mut samples = Vec::new();
-    let mut marks = vec![calls / 10, calls / 2, calls];
-    marks.reverse();
-    while let Some(mark) = marks.last().copied() {
-        if done.load(Ordering::Relaxed) >= mark || tasks.is_empty() {
-            let rss = rss_bytes(pid);
-            println!(
-                "serve soak: after {:>6} calls ({:>6.1}s): server RSS {:>6.1} MiB",
-                done.load(Ordering::Relaxed),
-                started.elapsed().as_secs_f64(),
-                rss as f64 / 1048576.0
-            );
-            samples.push(rss);
-            marks.pop();
-            continue;
-        }
-        tokio::select! {
-            joined = tasks.join_next() => { if let Some(r) = joined { r.expect("client task") } }
-            () = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.expect("client task");
-    }
+    let samples = server
+        .rss_at_marks(&mut tasks, &done, &[calls / 10, calls / 2, calls], "serve soak")
+        .await;
     assert_eq!(done.load(Ordering::Relaxed), calls, "every call answered");
     let growth = samples[2].saturating_sub(samples[1]);
     println!(
@@ -228,7 +139,7 @@ async fn soak() {
         growth as f64 / 1024.0,
         growth as f64 / (calls - calls / 2) as f64
     );
-    drop(child);
+    drop(server);
     assert!(
         growth < MAX_GROWTH_BYTES,
         "server RSS grew {growth} bytes over the second half"

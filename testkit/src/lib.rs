@@ -25,7 +25,9 @@
 //! - [`tls`] (feature `tls`): a throw-away CA and a server certificate for
 //!   `localhost` and `127.0.0.1`.
 //! - [`tools`], [`artifacts`], [`process`]: finding external tools, building
-//!   wasm artifacts once per process, and running commands with a time bound.
+//!   wasm artifacts once per process, running commands with a time bound, and
+//!   starting a server (`cloudsmith-gen serve`) and waiting for its listening line
+//!   ([`process::Listening`]).
 //! - [`wave`]: reading what the wasmtime CLI prints for `--invoke`.
 //!
 //! Servers listen on `127.0.0.1` only, on a port the OS picks, and stop when

@@ -666,6 +666,8 @@ fn routes() {
         ("/v1/namespaces/apps/secrets/a", 400),
         ("/v1/namespaces/Apps/generators/a", 400),
         ("/v1/namespaces/apps/generators/a_b", 400),
+        // A percent-encoded slash is no separator, and no name character either.
+        ("/v1/namespaces/apps/generators/a%2Fb", 400),
         ("/v1/namespaces/-a/generators/a", 400),
         ("/v1/namespaces//generators/a", 400),
     ] {
