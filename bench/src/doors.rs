@@ -29,9 +29,8 @@ use crate::cli::{self, median, ProcessRun};
 use crate::native::NativeClient;
 use crate::report::{human, verdict, Report};
 use crate::standin::StandInThread;
+use crate::{ORG, SERVICE};
 
-const ORG: &str = "bench-org";
-const SERVICE: &str = "bench-service";
 const SUBJECT: &str = "system:serviceaccount:bench:bench";
 /// The access tokens' lifetime: long past the run, well beyond both caches' margins.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(6 * 3600);
@@ -277,18 +276,7 @@ fn record(report: &mut Report, cases: &[Case], official_at: usize, round_trip: D
 /// Median of [`ROUND_TRIPS`] sequential exchanges by the native client (fresh
 /// connection each, as every process makes one).
 fn round_trip(standin: &StandInThread, oidc_token: &str) -> anyhow::Result<Duration> {
-    let manifest = json!({
-        "apiVersion": "generators.external-secrets.io/v1alpha1",
-        "kind": "CloudsmithAccessToken",
-        "metadata": {"name": "bench"},
-        "spec": {
-            "apiUrl": standin.url,
-            "orgSlug": ORG,
-            "serviceSlug": SERVICE,
-            "serviceAccountRef": {"name": "bench"},
-        },
-    })
-    .to_string();
+    let manifest = crate::manifest("bench", &standin.url, "bench", None);
     let client = NativeClient::new(&manifest, "bench", oidc_token);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -28,3 +28,30 @@ pub mod report;
 pub mod serve;
 pub mod standin;
 pub mod transport;
+
+/// The organisation every benchmark mints for.
+pub const ORG: &str = "bench-org";
+/// The service account slug every benchmark mints for.
+pub const SERVICE: &str = "bench-service";
+
+/// The generator manifest every benchmark runs, as ESO's example writes it: named `name`,
+/// pointed at `api_url`, for the account `account` with `audiences` (`None`: the
+/// component's default audience).
+pub fn manifest(name: &str, api_url: &str, account: &str, audiences: Option<&[&str]>) -> String {
+    let mut account_ref = serde_json::json!({ "name": account });
+    if let Some(audiences) = audiences {
+        account_ref["audiences"] = serde_json::json!(audiences);
+    }
+    serde_json::json!({
+        "apiVersion": "generators.external-secrets.io/v1alpha1",
+        "kind": "CloudsmithAccessToken",
+        "metadata": {"name": name},
+        "spec": {
+            "apiUrl": api_url,
+            "orgSlug": ORG,
+            "serviceSlug": SERVICE,
+            "serviceAccountRef": account_ref,
+        },
+    })
+    .to_string()
+}

@@ -41,9 +41,8 @@ use crate::load::{self, LoadRun};
 use crate::native::NativeClient;
 use crate::report::{human, Report};
 use crate::standin::{ServiceThread, StandInThread};
+use crate::{ORG, SERVICE};
 
-const ORG: &str = "bench-org";
-const SERVICE: &str = "bench-service";
 const NAMESPACE: &str = "bench";
 /// The generator's service account, minted for by TokenRequest.
 const ACCOUNT: &str = "bench";
@@ -96,18 +95,7 @@ fn measure_in(
     counts: &Counts,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let manifest = json!({
-        "apiVersion": "generators.external-secrets.io/v1alpha1",
-        "kind": "CloudsmithAccessToken",
-        "metadata": {"name": GENERATOR},
-        "spec": {
-            "apiUrl": standin.url,
-            "orgSlug": ORG,
-            "serviceSlug": SERVICE,
-            "serviceAccountRef": {"name": ACCOUNT, "audiences": [PRODUCTION_AUDIENCE]},
-        },
-    })
-    .to_string();
+    let manifest = crate::manifest(GENERATOR, &standin.url, ACCOUNT, Some(&[PRODUCTION_AUDIENCE]));
     let exp = standin.service().config().token_exp;
     let expected = auth_for(&access_token_for(
         &format!("system:serviceaccount:{NAMESPACE}:{ACCOUNT}"),
