@@ -300,68 +300,55 @@ async fn unreachable_api_and_unreadable_inputs() {
     let secret = "c2VjcmV0LXZhbHVl-not-base64!";
     let docker = w.dir.path().join("bad-config.json");
     let docker = docker.to_str().unwrap();
-    let bad_docker = |name: &'static str, text: String, needle: &'static str| InputCase {
-        name,
-        args: [
+    // A token that is not a JWT, and a token variable that is not set.
+    let bad_token = |name, token, needle| {
+        let args = vec!["--manifest", ok, "--no-exchange"];
+        InputCase::new(name, args, token, 1, ("token source", "FAIL"), &[needle])
+    };
+    let bad_docker = |name, text: String, needle| {
+        let args = [
             &["--manifest", ok, "--no-exchange", "--docker-config", docker][..],
             &policy,
         ]
-        .concat(),
-        token: Some(jwt.clone()),
-        docker: Some(text),
-        code: 1,
-        step: ("registry", "FAIL"),
-        needles: vec!["bad-config.json", needle],
+        .concat();
+        let needles = ["bad-config.json", needle];
+        InputCase {
+            docker: Some(text),
+            ..InputCase::new(name, args, Some(&jwt), 1, ("registry", "FAIL"), &needles)
+        }
     };
+    let closed_args = vec![
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--allow-http",
+        "--allow-host",
+        &closed_host,
+        "--connect-timeout",
+        "2",
+        "--timeout",
+        "10",
+    ];
     let cases = [
         // A port nothing listens on: the network item.
-        InputCase {
-            name: "closed port",
-            args: vec![
-                "--manifest",
-                manifest.to_str().unwrap(),
-                "--allow-http",
-                "--allow-host",
-                &closed_host,
-                "--connect-timeout",
-                "2",
-                "--timeout",
-                "10",
-            ],
-            token: Some(jwt.clone()),
-            docker: None,
-            code: 1,
-            step: ("exchange", "FAIL"),
-            needles: vec!["Network Issues"],
-        },
+        InputCase::new(
+            "closed port",
+            closed_args,
+            Some(&jwt),
+            1,
+            ("exchange", "FAIL"),
+            &["Network Issues"],
+        ),
         // No manifest: the manifest step fails, nothing else runs.
-        InputCase {
-            name: "no manifest",
-            args: vec!["--manifest", "/nonexistent.yaml"],
-            token: None,
-            docker: None,
-            code: 1,
-            step: ("manifest", "FAIL"),
-            needles: vec!["/nonexistent.yaml"],
-        },
-        InputCase {
-            name: "token not a JWT",
-            args: vec!["--manifest", ok, "--no-exchange"],
-            token: Some("not-a-jwt".into()),
-            docker: None,
-            code: 1,
-            step: ("token source", "FAIL"),
-            needles: vec!["not a JWT"],
-        },
-        InputCase {
-            name: "token variable not set",
-            args: vec!["--manifest", ok, "--no-exchange"],
-            token: None,
-            docker: None,
-            code: 1,
-            step: ("token source", "FAIL"),
-            needles: vec!["T"],
-        },
+        InputCase::new(
+            "no manifest",
+            vec!["--manifest", "/nonexistent.yaml"],
+            None,
+            1,
+            ("manifest", "FAIL"),
+            &["/nonexistent.yaml"],
+        ),
+        bad_token("token not a JWT", Some("not-a-jwt"), "not a JWT"),
+        bad_token("token variable not set", None, "T"),
         bad_docker(
             "Docker auth not base64",
             format!(r#"{{"auths": {{"ghcr.io": {{"auth": "{secret}"}}}}}}"#),
@@ -378,15 +365,14 @@ async fn unreachable_api_and_unreadable_inputs() {
             "not a JSON object",
         ),
         // --no-exchange with everything else right passes.
-        InputCase {
-            name: "--no-exchange",
-            args: [&["--manifest", ok, "--no-exchange"][..], &policy].concat(),
-            token: Some(jwt.clone()),
-            docker: None,
-            code: 0,
-            step: ("exchange", "skip"),
-            needles: vec![],
-        },
+        InputCase::new(
+            "--no-exchange",
+            [&["--manifest", ok, "--no-exchange"][..], &policy].concat(),
+            Some(&jwt),
+            0,
+            ("exchange", "skip"),
+            &[],
+        ),
     ];
     let mut failures = Vec::new();
     for case in &cases {
@@ -441,6 +427,28 @@ struct InputCase<'a> {
     code: i32,
     step: (&'static str, &'static str),
     needles: Vec<&'a str>,
+}
+
+impl<'a> InputCase<'a> {
+    /// A case with no Docker config of its own.
+    fn new(
+        name: &'static str,
+        args: Vec<&'a str>,
+        token: Option<&str>,
+        code: i32,
+        step: (&'static str, &'static str),
+        needles: &[&'a str],
+    ) -> InputCase<'a> {
+        InputCase {
+            name,
+            args,
+            token: token.map(str::to_string),
+            docker: None,
+            code,
+            step,
+            needles: needles.to_vec(),
+        }
+    }
 }
 
 /// `check` against a real cluster: the token step shows the `iss` and `sub` of the token
