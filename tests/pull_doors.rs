@@ -589,23 +589,10 @@ async fn docker_helper_protocol() {
     }
     // The same through the subcommand.
     let bin = testkit::tools::cloudsmith_gen();
-    let out = run(
-        &bin,
-        &strings(&["docker-credential-helper", "get"]),
-        &env,
-        "docker.cloudsmith.io",
-        &home,
-    )
-    .await;
+    let subcommand = strings(&["docker-credential-helper", "get"]);
+    let out = run(&bin, &subcommand, &env, "docker.cloudsmith.io", &home).await;
     assert_eq!(out.stdout_json()["Secret"], json!(secret), "{}", out.stderr);
-    let out = run(
-        &bin,
-        &strings(&["docker-credential-helper", "get"]),
-        &env,
-        "",
-        &home,
-    )
-    .await;
+    let out = run(&bin, &subcommand, &env, "", &home).await;
     assert_helper_fails(
         &out,
         2,
