@@ -75,6 +75,22 @@ impl Seen {
 struct Secrets(Vec<String>);
 
 impl Secrets {
+    /// The battery's secrets: the token handed to the host, the service account's own
+    /// token, every token the API server minted for the battery, and the access token
+    /// and auth of every org the stand-in answers for.
+    fn of_battery(oidc_token: &str, kube: &Kube, stand_in: &StandIn) -> Secrets {
+        let mut secrets = vec![oidc_token.to_string(), kube.service_token()];
+        let minted = kube.minted(stand_in);
+        assert!(!minted.is_empty(), "the API server minted tokens");
+        secrets.extend(minted);
+        for org in Scenario::ALL.iter().map(|s| s.org()).chain(["acme"]) {
+            let access = access_token_for(SUBJECT, org, SERVICE, EXP);
+            secrets.push(auth_for(&access));
+            secrets.push(access);
+        }
+        Secrets(secrets)
+    }
+
     fn assert_absent_from(&self, seen: &[Seen]) {
         let secrets: Vec<&str> = self.0.iter().map(String::as_str).collect();
         for s in seen {
@@ -442,17 +458,9 @@ async fn no_token_leaks_from_the_library_on_any_failure() {
         seen.push(Seen::of(format!("hostile: {mode}"), &r.result, &r.report));
     }
 
-    let mut secrets = vec![oidc_token.clone(), kube.service_token()];
-    let minted = kube.minted(&stand_in);
-    assert!(!minted.is_empty(), "the API server minted tokens");
-    secrets.extend(minted);
-    for org in Scenario::ALL.iter().map(|s| s.org()).chain(["acme"]) {
-        let access = access_token_for(SUBJECT, org, SERVICE, EXP);
-        secrets.push(auth_for(&access));
-        secrets.push(access);
-    }
+    let secrets = Secrets::of_battery(&oidc_token, &kube, &stand_in);
     assert!(seen.len() >= 50, "the battery ran {} cases", seen.len());
-    Secrets(secrets).assert_absent_from(&seen);
+    secrets.assert_absent_from(&seen);
     // What the user sees, for SECURITY.md's battery table (`--nocapture`).
     for s in &seen {
         println!("library | {} | {}", s.label, s.shown);
@@ -705,15 +713,7 @@ async fn no_token_leaks_from_the_cli_on_any_failure() {
     }
     outputs.extend(results);
 
-    let mut secrets = vec![oidc_token.clone(), kube.service_token()];
-    let minted = kube.minted(&stand_in);
-    assert!(!minted.is_empty(), "the API server minted tokens");
-    secrets.extend(minted);
-    for org in Scenario::ALL.iter().map(|s| s.org()).chain(["acme"]) {
-        let access = access_token_for(SUBJECT, org, SERVICE, EXP);
-        secrets.push(auth_for(&access));
-        secrets.push(access);
-    }
+    let Secrets(secrets) = Secrets::of_battery(&oidc_token, &kube, &stand_in);
     let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     assert!(outputs.len() >= 40, "the CLI battery ran {} cases", outputs.len());
     for (label, succeeds, out) in &outputs {

@@ -210,6 +210,21 @@ impl World {
         digest
     }
 
+    /// The Docker helper `helper` asked for docker.cloudsmith.io's credentials with
+    /// `env` (from [`World::helper`]), which must succeed.
+    async fn helper_get(&self, helper: &Path, env: &[(&str, String)]) -> Output {
+        let out = run(
+            helper,
+            &strings(&["get"]),
+            &self.env(),
+            &pairs(env),
+            "docker.cloudsmith.io",
+        )
+        .await;
+        assert!(out.success(), "{}", out.stderr);
+        out
+    }
+
     async fn generate(&self, component: &str) -> Output {
         let out = run(
             &testkit::tools::cloudsmith_gen(),
@@ -470,15 +485,7 @@ async fn every_door_runs_a_component_pinned_by_digest() {
     // The Docker helper takes no flags: CLOUDSMITH_GENERATOR_COMPONENT.
     let (helper, mut helper_env) = w.helper();
     helper_env.push(("CLOUDSMITH_GENERATOR_COMPONENT", pinned.clone()));
-    let out = run(
-        &helper,
-        &strings(&["get"]),
-        &w.env(),
-        &pairs(&helper_env),
-        "docker.cloudsmith.io",
-    )
-    .await;
-    assert!(out.success(), "{}", out.stderr);
+    let out = w.helper_get(&helper, &helper_env).await;
     assert_eq!(
         out.stdout_json(),
         json!({"ServerURL": "docker.cloudsmith.io", "Username": "token", "Secret": access})
@@ -607,15 +614,7 @@ async fn the_token_flow_and_our_own_helper_serve_the_registry() {
     // itself for the registry's credentials, and that inner helper mints with the
     // embedded generator. A recursion would never end (RUN_TIMEOUT would fail it).
     helper_env.push(("CLOUDSMITH_GENERATOR_COMPONENT", pinned));
-    let out = run(
-        &helper,
-        &strings(&["get"]),
-        &w.env(),
-        &pairs(&helper_env),
-        "docker.cloudsmith.io",
-    )
-    .await;
-    assert!(out.success(), "{}", out.stderr);
+    let out = w.helper_get(&helper, &helper_env).await;
     assert_eq!(out.stdout_json()["Secret"], json!(access));
     assert_no_secret(&[&out.stderr], &[&access, &w.oidc_token]);
 }

@@ -254,6 +254,13 @@ fn kubelet_request(image: &str, sa_token: Option<&str>) -> String {
     request.to_string()
 }
 
+/// `cloudsmith-gen kubelet-credential-provider` with `args`, asked for `image` with
+/// `sa_token` as the kubelet would ask.
+async fn kubelet(args: &[String], image: &str, sa_token: Option<&str>, home: &Path) -> Output {
+    let request = kubelet_request(image, sa_token);
+    run(&testkit::tools::cloudsmith_gen(), args, &[], &request, home).await
+}
+
 fn kubelet_args(w: &World, manifest: &Path, extra: &[&str]) -> Vec<String> {
     let mut args = strings(&["kubelet-credential-provider", "--manifest"]);
     args.push(manifest.display().to_string());
@@ -302,14 +309,7 @@ async fn kubelet_golden_end_to_end() {
     let sent = w.cloudsmith.as_ref().unwrap().requests();
     assert_eq!(sent[0].json().unwrap()["oidc_token"], json!(w.oidc_token));
 
-    let foreign = run(
-        &bin,
-        &args,
-        &[],
-        &kubelet_request("ghcr.io/acme/app:1", Some(&w.oidc_token)),
-        &home,
-    )
-    .await;
+    let foreign = kubelet(&args, "ghcr.io/acme/app:1", Some(&w.oidc_token), &home).await;
     assert!(foreign.success(), "{}", foreign.stderr);
     assert_eq!(
         foreign.stdout.trim_end(),
@@ -323,14 +323,7 @@ async fn kubelet_golden_end_to_end() {
         &w.file("m.yaml", &testkit::cloudsmith::documented_manifest(&w.url)),
         &["--oidc-token-file", w.token_file.to_str().unwrap()],
     );
-    let out = run(
-        &bin,
-        &with_file,
-        &[],
-        &kubelet_request("docker.cloudsmith.io/a/b/c:1", None),
-        &home,
-    )
-    .await;
+    let out = kubelet(&with_file, "docker.cloudsmith.io/a/b/c:1", None, &home).await;
     assert!(out.success(), "{}", out.stderr);
     assert_eq!(
         out.stdout_json()["auth"]["docker.cloudsmith.io"]["password"],
@@ -408,65 +401,69 @@ async fn kubelet_bad_input() {
     let args = kubelet_args(&w, &w.bare_manifest(ORG), &[]);
     let token = &w.oidc_token;
     let home = w.dir.path().to_path_buf();
-    let cases = [
-        ("not JSON".to_string(), "not valid JSON"),
+    let image = "docker.cloudsmith.io/a/b:1";
+    // Cloudsmith refuses this manifest's exchange: exit 5 with its detail, no token.
+    let refused = kubelet_args(&w, &w.bare_manifest("fail-401"), &[]);
+    // Name, arguments, stdin, exit code, a needle of the error line.
+    let cases: [(&str, &[String], String, i32, &str); 7] = [
+        ("not JSON", &args, "not JSON".to_string(), 2, "not valid JSON"),
         (
+            "v1alpha1",
+            &args,
             format!(
                 r#"{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1alpha1","kind":"CredentialProviderRequest","image":"docker.cloudsmith.io/a/b","serviceAccountToken":"{token}"}}"#
             ),
+            2,
             "is not credentialprovider.kubelet.k8s.io/v1",
         ),
         (
+            "kind Pod",
+            &args,
             format!(
                 r#"{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"Pod","image":"docker.cloudsmith.io/a/b","serviceAccountToken":"{token}"}}"#
             ),
+            2,
             "kind \"Pod\"",
         ),
         (
+            "no image",
+            &args,
             format!(
                 r#"{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","serviceAccountToken":"{token}"}}"#
             ),
+            2,
             "no image",
         ),
         // A token put where the apiVersion goes is not echoed.
         (
+            "token as apiVersion",
+            &args,
             format!(
                 r#"{{"apiVersion":"{token}","kind":"CredentialProviderRequest","image":"docker.cloudsmith.io/a/b"}}"#
             ),
+            2,
             "[redacted]",
         ),
+        // No token in the request and no fallback source.
+        (
+            "no token source",
+            &args,
+            kubelet_request(image, None),
+            3,
+            "no service account token",
+        ),
+        (
+            "401",
+            &refused,
+            kubelet_request(image, Some(token)),
+            5,
+            "OIDC token cannot be authenticated",
+        ),
     ];
-    for (stdin, needle) in &cases {
-        let out = run(&bin, &args, &[], stdin, &home).await;
-        assert_fails(&out, 2, needle, &w.secrets(), stdin);
+    for (name, args, stdin, code, needle) in &cases {
+        let out = run(&bin, args, &[], stdin, &home).await;
+        assert_fails(&out, *code, needle, &w.secrets(), name);
     }
-    // No token in the request and no fallback source.
-    let out = run(
-        &bin,
-        &args,
-        &[],
-        &kubelet_request("docker.cloudsmith.io/a/b:1", None),
-        &home,
-    )
-    .await;
-    assert_fails(
-        &out,
-        3,
-        "no service account token",
-        &w.secrets(),
-        "no token source",
-    );
-    // Cloudsmith refuses: exit 5 with its detail, no token.
-    let refused = kubelet_args(&w, &w.bare_manifest("fail-401"), &[]);
-    let out = run(
-        &bin,
-        &refused,
-        &[],
-        &kubelet_request("docker.cloudsmith.io/a/b:1", Some(token)),
-        &home,
-    )
-    .await;
-    assert_fails(&out, 5, "OIDC token cannot be authenticated", &w.secrets(), "401");
     assert_eq!(w.requests(), 1, "only the 401 case reached Cloudsmith");
 }
 
@@ -592,23 +589,10 @@ async fn docker_helper_protocol() {
     }
     // The same through the subcommand.
     let bin = testkit::tools::cloudsmith_gen();
-    let out = run(
-        &bin,
-        &strings(&["docker-credential-helper", "get"]),
-        &env,
-        "docker.cloudsmith.io",
-        &home,
-    )
-    .await;
+    let subcommand = strings(&["docker-credential-helper", "get"]);
+    let out = run(&bin, &subcommand, &env, "docker.cloudsmith.io", &home).await;
     assert_eq!(out.stdout_json()["Secret"], json!(secret), "{}", out.stderr);
-    let out = run(
-        &bin,
-        &strings(&["docker-credential-helper", "get"]),
-        &env,
-        "",
-        &home,
-    )
-    .await;
+    let out = run(&bin, &subcommand, &env, "", &home).await;
     assert_helper_fails(
         &out,
         2,

@@ -98,13 +98,16 @@ fn stdout(out: &Output) -> String {
 
 /// The line of step `label` (`ok`, `WARN`, `FAIL`, `skip` then the label).
 fn line<'a>(text: &'a str, label: &str) -> &'a str {
-    text.lines()
-        .find(|l| {
-            let rest = l.split_once(' ').map_or("", |(_, rest)| rest.trim_start());
-            rest.strip_prefix(label)
-                .is_some_and(|r| r.is_empty() || r.starts_with(':'))
-        })
-        .unwrap_or_else(|| panic!("no {label} step in:\n{text}"))
+    find_line(text, label).unwrap_or_else(|| panic!("no {label} step in:\n{text}"))
+}
+
+/// [`line`], or `None` when there is no such step.
+fn find_line<'a>(text: &'a str, label: &str) -> Option<&'a str> {
+    text.lines().find(|l| {
+        let rest = l.split_once(' ').map_or("", |(_, rest)| rest.trim_start());
+        rest.strip_prefix(label)
+            .is_some_and(|r| r.is_empty() || r.starts_with(':'))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,108 +289,166 @@ async fn unreachable_api_and_unreadable_inputs() {
         .replace("  apiHost:", "  apiUrl:");
     let manifest = w.dir.path().join("closed.yaml");
     std::fs::write(&manifest, text).unwrap();
-    let token = testkit::oidc::token(SUBJECT, &[PRODUCTION_AUDIENCE]);
-    let out = Command::new(BIN)
-        .args([
-            "check",
-            "--manifest",
-            manifest.to_str().unwrap(),
-            "--oidc-token-env",
-            "T",
-            "--allow-http",
-        ])
-        .args([
-            "--allow-host",
-            &format!("127.0.0.1:{port}"),
-            "--connect-timeout",
-            "2",
-            "--timeout",
-            "10",
-        ])
-        .env("T", &token)
-        .env("XDG_CACHE_HOME", w.dir.path().join("cache"))
-        .output()
-        .unwrap();
-    let report = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{report}");
-    assert!(line(&report, "exchange").starts_with("FAIL"), "{report}");
-    assert!(report.contains("Network Issues"), "{report}");
-
-    // No manifest: the manifest step fails, nothing else runs.
-    let out = Command::new(BIN)
-        .args([
-            "check",
-            "--manifest",
-            "/nonexistent.yaml",
-            "--oidc-token-env",
-            "T",
-        ])
-        .output()
-        .unwrap();
-    let report = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{report}");
-    assert!(line(&report, "manifest").starts_with("FAIL"), "{report}");
-    assert!(report.contains("/nonexistent.yaml"), "{report}");
-
-    // A token that is not a JWT, and a token variable that is not set.
+    let jwt = testkit::oidc::token(SUBJECT, &[PRODUCTION_AUDIENCE]);
     let ok = w.manifest("my-organization");
-    for (value, needle) in [(Some("not-a-jwt"), "not a JWT"), (None, "T")] {
-        let mut command = Command::new(BIN);
-        command.args([
-            "check",
-            "--manifest",
-            ok.to_str().unwrap(),
-            "--oidc-token-env",
-            "T",
-            "--no-exchange",
-        ]);
-        command.env_remove("T");
-        if let Some(value) = value {
-            command.env("T", value);
-        }
-        let out = command.output().unwrap();
-        let report = stdout(&out);
-        assert_eq!(out.status.code(), Some(1), "{report}");
-        assert!(line(&report, "token source").starts_with("FAIL"), "{report}");
-        assert!(report.contains(needle), "{needle}: {report}");
-    }
-
+    let ok = ok.to_str().unwrap();
+    let closed_host = format!("127.0.0.1:{port}");
+    let authority = w.stand_in.authority();
+    let policy = ["--allow-http", "--allow-host", authority.as_str()];
     // A Docker config that Docker itself would refuse: the registry step names the file
     // and the entry, never the entry's value.
     let secret = "c2VjcmV0LXZhbHVl-not-base64!";
-    for (text, needle) in [
-        (
+    let docker = w.dir.path().join("bad-config.json");
+    let docker = docker.to_str().unwrap();
+    // A token that is not a JWT, and a token variable that is not set.
+    let bad_token = |name, token, needle| {
+        let args = vec!["--manifest", ok, "--no-exchange"];
+        InputCase::new(name, args, token, 1, ("token source", "FAIL"), &[needle])
+    };
+    let bad_docker = |name, text: String, needle| {
+        let args = [
+            &["--manifest", ok, "--no-exchange", "--docker-config", docker][..],
+            &policy,
+        ]
+        .concat();
+        let needles = ["bad-config.json", needle];
+        InputCase {
+            docker: Some(text),
+            ..InputCase::new(name, args, Some(&jwt), 1, ("registry", "FAIL"), &needles)
+        }
+    };
+    let closed_args = vec![
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--allow-http",
+        "--allow-host",
+        &closed_host,
+        "--connect-timeout",
+        "2",
+        "--timeout",
+        "10",
+    ];
+    let cases = [
+        // A port nothing listens on: the network item.
+        InputCase::new(
+            "closed port",
+            closed_args,
+            Some(&jwt),
+            1,
+            ("exchange", "FAIL"),
+            &["Network Issues"],
+        ),
+        // No manifest: the manifest step fails, nothing else runs.
+        InputCase::new(
+            "no manifest",
+            vec!["--manifest", "/nonexistent.yaml"],
+            None,
+            1,
+            ("manifest", "FAIL"),
+            &["/nonexistent.yaml"],
+        ),
+        bad_token("token not a JWT", Some("not-a-jwt"), "not a JWT"),
+        bad_token("token variable not set", None, "T"),
+        bad_docker(
+            "Docker auth not base64",
             format!(r#"{{"auths": {{"ghcr.io": {{"auth": "{secret}"}}}}}}"#),
             "auths[\"ghcr.io\"]",
         ),
-        (
+        bad_docker(
+            "Docker credHelpers entry not a string",
             r#"{"credHelpers": {"docker.cloudsmith.io": 7}}"#.to_string(),
             "credHelpers",
         ),
-        ("[1, 2]".to_string(), "not a JSON object"),
-    ] {
-        let docker = w.dir.path().join("bad-config.json");
-        std::fs::write(&docker, &text).unwrap();
-        let (out, all) = w.check(
-            &ok,
-            SUBJECT,
-            &[PRODUCTION_AUDIENCE],
-            &["--no-exchange", "--docker-config", docker.to_str().unwrap()],
-        );
+        bad_docker(
+            "Docker config not an object",
+            "[1, 2]".to_string(),
+            "not a JSON object",
+        ),
+        // --no-exchange with everything else right passes.
+        InputCase::new(
+            "--no-exchange",
+            [&["--manifest", ok, "--no-exchange"][..], &policy].concat(),
+            Some(&jwt),
+            0,
+            ("exchange", "skip"),
+            &[],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for case in &cases {
+        let mut command = Command::new(BIN);
+        command
+            .arg("check")
+            .args(&case.args)
+            .args(["--oidc-token-env", "T"])
+            .env_remove("T");
+        if let Some(token) = &case.token {
+            command.env("T", token);
+        }
+        if let Some(text) = &case.docker {
+            std::fs::write(docker, text).unwrap();
+        }
+        let (out, all) = run(command, &w.dir.path().join("cache"));
         let report = stdout(&out);
-        assert_eq!(out.status.code(), Some(1), "{text}: {report}");
-        let registry = line(&report, "registry");
-        assert!(registry.starts_with("FAIL"), "{text}: {report}");
-        assert!(report.contains("bad-config.json"), "{text}: {report}");
-        assert!(report.contains(needle), "{needle}: {report}");
-        assert!(!all.contains(secret), "the entry's value in: {all}");
+        let (step, mark) = case.step;
+        let mut wrong = Vec::new();
+        if out.status.code() != Some(case.code) {
+            wrong.push(format!("exit {:?}, not {}", out.status.code(), case.code));
+        }
+        if !find_line(&report, step).is_some_and(|l| l.starts_with(mark)) {
+            wrong.push(format!("no {mark} {step} step"));
+        }
+        wrong.extend(
+            case.needles
+                .iter()
+                .filter(|n| !report.contains(*n))
+                .map(|n| format!("{n:?} not in the report")),
+        );
+        // Neither the token's parts nor the Docker entry's value, in any output.
+        if all.contains(secret) || jwt.split('.').any(|part| all.contains(part)) {
+            wrong.push("a secret in the output".to_string());
+        }
+        if !wrong.is_empty() {
+            failures.push(format!("{}: {}\n{all}", case.name, wrong.join("; ")));
+        }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
 
-    // --no-exchange with everything else right passes.
-    let (out, _) = w.check(&ok, SUBJECT, &[PRODUCTION_AUDIENCE], &["--no-exchange"]);
-    let report = stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{report}");
-    assert!(line(&report, "exchange").starts_with("skip"), "{report}");
+/// A `check` run that must exit `code` with `step` marked (FAIL, skip) and `needles` in
+/// its report: `args` after `check`, then `--oidc-token-env T` with `token` as `T`
+/// (unset: `None`), and `docker`, when given, written where the args' `--docker-config`
+/// points.
+struct InputCase<'a> {
+    name: &'static str,
+    args: Vec<&'a str>,
+    token: Option<String>,
+    docker: Option<String>,
+    code: i32,
+    step: (&'static str, &'static str),
+    needles: Vec<&'a str>,
+}
+
+impl<'a> InputCase<'a> {
+    /// A case with no Docker config of its own.
+    fn new(
+        name: &'static str,
+        args: Vec<&'a str>,
+        token: Option<&str>,
+        code: i32,
+        step: (&'static str, &'static str),
+        needles: &[&'a str],
+    ) -> InputCase<'a> {
+        InputCase {
+            name,
+            args,
+            token: token.map(str::to_string),
+            docker: None,
+            code,
+            step,
+            needles: needles.to_vec(),
+        }
+    }
 }
 
 /// `check` against a real cluster: the token step shows the `iss` and `sub` of the token

@@ -772,71 +772,53 @@ async fn failures_are_typed() {
     };
 
     let url = stand_in.url();
+    // A scenario of the stand-in: its org slug names the row.
+    let scenario = |s: Scenario, want: Want| (s.org().to_string(), manifest(s.org(), &url), want);
+    let refusal = |s: Scenario| scenario(s, Want::Exactly(GenerateError::Unauthorized(refused(s))));
+    let rejection = |s: Scenario| scenario(s, Want::Exactly(GenerateError::Rejected(status(s))));
     let cases: Vec<(String, String, Want)> = vec![
-        (
-            "fail-401".into(),
-            manifest("fail-401", &url),
-            Want::Exactly(GenerateError::Unauthorized(refused(Scenario::Fail401))),
-        ),
-        (
-            "fail-403".into(),
-            manifest("fail-403", &url),
-            Want::Exactly(GenerateError::Unauthorized(refused(Scenario::Fail403))),
-        ),
-        (
-            "fail-404".into(),
-            manifest("fail-404", &url),
-            Want::Exactly(GenerateError::Rejected(status(Scenario::Fail404))),
-        ),
-        (
-            "fail-422".into(),
-            manifest("fail-422", &url),
-            Want::Exactly(GenerateError::Rejected(status(Scenario::Fail422))),
-        ),
-        (
-            "rate-limited-long".into(),
-            manifest("rate-limited-long", &url),
+        refusal(Scenario::Fail401),
+        refusal(Scenario::Fail403),
+        rejection(Scenario::Fail404),
+        rejection(Scenario::Fail422),
+        scenario(
+            Scenario::RateLimitedLong,
             Want::Exactly(GenerateError::RateLimited {
                 retry_after_seconds: Some(3600),
                 detail: Scenario::RateLimitedLong.detail().unwrap().into(),
             }),
         ),
-        (
-            "echo-401".into(),
-            manifest("echo-401", &url),
+        scenario(
+            Scenario::Echo401,
             Want::Exactly(GenerateError::Unauthorized(UpstreamStatus {
                 status: 401,
                 detail: format!(r#"{{"oidc_token":"[redacted]","service_slug":"{SERVICE}"}}"#),
                 token: presented.clone(),
             })),
         ),
-        (
-            "fail-503".into(),
-            manifest("fail-503", &url),
+        scenario(
+            Scenario::Fail503,
             Want::Matches("Upstream 503, retried", |e| {
                 matches!(e, GenerateError::Upstream { status: Some(503), attempts, detail, .. }
                     if *attempts > 1 && detail == Scenario::Fail503.detail().unwrap())
             }),
         ),
-        (
-            "slow".into(),
-            manifest("slow", &url),
+        scenario(
+            Scenario::Slow,
             Want::Matches(
                 "Upstream without status (timeout)",
                 |e| matches!(e, GenerateError::Upstream { status: None, detail, .. } if detail.contains("timed out")),
             ),
         ),
-        (
-            "no-exp".into(),
-            manifest("no-exp", &url),
+        scenario(
+            Scenario::NoExp,
             Want::Matches(
                 "InvalidToken naming exp",
                 |e| matches!(e, GenerateError::InvalidToken(m) if m.contains("exp")),
             ),
         ),
-        (
-            "oversized".into(),
-            manifest("oversized", &url),
+        scenario(
+            Scenario::Oversized,
             Want::Matches("InvalidToken (too large)", |e| {
                 matches!(e, GenerateError::InvalidToken(_))
             }),

@@ -2,6 +2,8 @@
 //! scenario as documented. Requests go through a bare hyper client (or raw
 //! bytes on a socket), so the tests see exactly what is on the wire.
 
+mod common;
+
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -576,13 +578,7 @@ async fn concurrent_callers_each_get_their_own_token() {
 
 #[tokio::test]
 async fn tls_stand_in_is_trusted_with_its_ca_only() {
-    let s = StandIn::start(StandInConfig {
-        tls: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    assert!(s.url().starts_with("https://127.0.0.1:"));
+    let s = common::https_stand_in!(StandIn, StandInConfig);
     let pem = s.ca_pem().expect("a CA with TLS");
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
     let ca = s.ca().unwrap();

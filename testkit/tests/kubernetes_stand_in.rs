@@ -1,6 +1,8 @@
 //! The Kubernetes stand-in answers TokenRequests as an API server does, and
 //! kube-rs (the host's client) talks to it over plain HTTP and over TLS.
 
+mod common;
+
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
@@ -80,13 +82,7 @@ async fn kube_rs_mints_a_token_over_plain_http() {
 
 #[tokio::test]
 async fn kube_rs_mints_a_token_over_tls_with_the_kubeconfig_ca() {
-    let s = StandIn::start(StandInConfig {
-        tls: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    assert!(s.url().starts_with("https://127.0.0.1:"));
+    let s = common::https_stand_in!(StandIn, StandInConfig);
     assert!(s.kubeconfig_yaml().contains("certificate-authority-data: "));
     let answer = mint(&s, "default", "default", &token_request(&["aud"], None))
         .await

@@ -654,6 +654,18 @@ const COMPARED: [&str; 12] = [
     "allow",
 ];
 
+/// Connects to `authority` and writes `method path` with `headers` as raw HTTP/1.1.
+async fn raw_request(authority: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> TcpStream {
+    let mut stream = TcpStream::connect(authority).await.unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
 /// `method path` with `Connection: close` on a raw socket: the status, the headers
 /// (lower-case names) and every body byte before the server closed the connection (so a
 /// response that declares more than it sends is seen as it is).
@@ -663,13 +675,8 @@ async fn raw_exchange(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut stream = TcpStream::connect(authority).await.unwrap();
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let close = [("Connection", "close")];
+    let mut stream = raw_request(authority, method, path, &[&close, headers].concat()).await;
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
         .await
@@ -718,23 +725,18 @@ async fn assert_same_answers(real: &str, stand_in: &str, requests: &[Replay<'_>]
             );
         }
         // Nothing else a client could read, beyond the connection's own headers.
-        let extra: Vec<&String> = b_headers
-            .iter()
-            .map(|(n, _)| n)
-            .filter(|n| {
-                !COMPARED.contains(&n.as_str())
-                    && !["date", "connection", "transfer-encoding"].contains(&n.as_str())
-            })
-            .collect();
+        let uncompared = |all: &[(String, String)]| -> Vec<String> {
+            all.iter()
+                .map(|(n, _)| n.clone())
+                .filter(|n| {
+                    !COMPARED.contains(&n.as_str())
+                        && !["date", "connection", "transfer-encoding"].contains(&n.as_str())
+                })
+                .collect()
+        };
+        let extra = uncompared(&b_headers);
         assert!(extra.is_empty(), "{what}: the stand-in sent {extra:?}");
-        let missing: Vec<&String> = a_headers
-            .iter()
-            .map(|(n, _)| n)
-            .filter(|n| {
-                !COMPARED.contains(&n.as_str())
-                    && !["date", "connection", "transfer-encoding"].contains(&n.as_str())
-            })
-            .collect();
+        let missing = uncompared(&a_headers);
         assert!(
             missing.is_empty(),
             "{what}: the real registry sent {missing:?}, not compared"
@@ -898,6 +900,26 @@ async fn stand_in(fault: Fault) -> (FaultyRegistry, Artifact) {
     (registry, artifact)
 }
 
+/// `GET` of the manifest `reference` of [`REPO`], accepting OCI manifests.
+async fn manifest(registry: &FaultyRegistry, reference: &str) -> Reply {
+    get(
+        &registry.authority(),
+        &FaultyRegistry::manifest_path(REPO, reference),
+        &[ACCEPT_OCI],
+    )
+    .await
+}
+
+/// `GET` of the blob `digest` of [`REPO`].
+async fn blob(registry: &FaultyRegistry, digest: &str) -> Reply {
+    get(
+        &registry.authority(),
+        &FaultyRegistry::blob_path(REPO, digest),
+        &[],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn faithful_content_hashes_to_its_digests() {
     let (registry, artifact) = stand_in(Fault::None).await;
@@ -914,12 +936,7 @@ async fn faithful_content_hashes_to_its_digests() {
         artifact.config_digest().unwrap(),
         artifact.layer_digests()[0].clone(),
     ] {
-        let blob = get(
-            &registry.authority(),
-            &FaultyRegistry::blob_path(REPO, &digest),
-            &[],
-        )
-        .await;
+        let blob = blob(&registry, &digest).await;
         assert_eq!(blob.status, 200);
         assert_eq!(digest_of(&blob.body), digest);
     }
@@ -943,17 +960,23 @@ async fn faithful_content_hashes_to_its_digests() {
     assert_eq!(registry.fault(), Fault::None);
 }
 
+/// A stand-in with `fault`, and its answers for the manifest by tag and by digest, each
+/// a 200.
+async fn manifests_by_tag_and_digest(fault: Fault) -> (FaultyRegistry, Artifact, Vec<Reply>) {
+    let (registry, artifact) = stand_in(fault).await;
+    let mut replies = Vec::new();
+    for reference in ["1.0", artifact.digest()] {
+        let reply = manifest(&registry, reference).await;
+        assert_eq!(reply.status, 200, "{reference}");
+        replies.push(reply);
+    }
+    (registry, artifact, replies)
+}
+
 #[tokio::test]
 async fn wrong_manifest_bytes_do_not_hash_to_the_digest() {
-    let (registry, artifact) = stand_in(Fault::WrongManifestBytes).await;
-    for reference in ["1.0", artifact.digest()] {
-        let reply = get(
-            &registry.authority(),
-            &FaultyRegistry::manifest_path(REPO, reference),
-            &[ACCEPT_OCI],
-        )
-        .await;
-        assert_eq!(reply.status, 200);
+    let (registry, artifact, replies) = manifests_by_tag_and_digest(Fault::WrongManifestBytes).await;
+    for reply in replies {
         assert_eq!(
             reply.header("docker-content-digest").as_deref(),
             Some(artifact.digest())
@@ -965,12 +988,7 @@ async fn wrong_manifest_bytes_do_not_hash_to_the_digest() {
     }
     // Blobs are served faithfully.
     let layer = &artifact.layer_digests()[0];
-    let blob = get(
-        &registry.authority(),
-        &FaultyRegistry::blob_path(REPO, layer),
-        &[],
-    )
-    .await;
+    let blob = blob(&registry, layer).await;
     assert_eq!(digest_of(&blob.body), *layer);
 }
 
@@ -978,31 +996,16 @@ async fn wrong_manifest_bytes_do_not_hash_to_the_digest() {
 async fn wrong_blob_bytes_keep_the_length_and_miss_the_digest() {
     let (registry, artifact) = stand_in(Fault::WrongBlobBytes).await;
     let layer = artifact.layer_digests()[0].clone();
-    let reply = get(
-        &registry.authority(),
-        &FaultyRegistry::blob_path(REPO, &layer),
-        &[],
-    )
-    .await;
+    let reply = blob(&registry, &layer).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("docker-content-digest"), Some(layer.clone()));
     assert_eq!(reply.body.len(), artifact.blob(&layer).unwrap().len());
     assert_ne!(digest_of(&reply.body), layer);
     // The config (not a layer) is right, and so is the manifest.
     let config = artifact.config_digest().unwrap();
-    let reply = get(
-        &registry.authority(),
-        &FaultyRegistry::blob_path(REPO, &config),
-        &[],
-    )
-    .await;
+    let reply = blob(&registry, &config).await;
     assert_eq!(digest_of(&reply.body), config);
-    let manifest = get(
-        &registry.authority(),
-        &FaultyRegistry::manifest_path(REPO, "1.0"),
-        &[ACCEPT_OCI],
-    )
-    .await;
+    let manifest = manifest(&registry, "1.0").await;
     assert_eq!(digest_of(&manifest.body), artifact.digest());
 
     // Chosen blobs instead: the config wrong, the layer right.
@@ -1014,27 +1017,16 @@ async fn wrong_blob_bytes_keep_the_length_and_miss_the_digest() {
     })
     .await
     .unwrap();
-    let reply = get(
-        &chosen.authority(),
-        &FaultyRegistry::blob_path(REPO, &config),
-        &[],
-    )
-    .await;
+    let reply = blob(&chosen, &config).await;
     assert_ne!(digest_of(&reply.body), config);
-    let reply = get(&chosen.authority(), &FaultyRegistry::blob_path(REPO, &layer), &[]).await;
+    let reply = blob(&chosen, &layer).await;
     assert_eq!(digest_of(&reply.body), layer);
 }
 
 /// Sends `GET path` on a raw socket and reads the head of the answer: the status line
 /// and headers, and whatever body bytes came with them.
 async fn raw_get(authority: &str, path: &str, headers: &[(&str, &str)]) -> (TcpStream, String, Vec<u8>) {
-    let mut stream = TcpStream::connect(authority).await.unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut stream = raw_request(authority, "GET", path, headers).await;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -1061,12 +1053,12 @@ fn content_length(head: &str) -> usize {
         .expect("a Content-Length")
 }
 
-#[tokio::test]
-async fn a_cut_blob_sends_half_then_closes() {
-    let (registry, artifact) = stand_in(Fault::CutBlob).await;
+/// A raw `GET` of the artifact's layer, whose head must be a 200 with the layer's whole
+/// length: the layer's digest, its size, the stream, and the body bytes read so far.
+async fn raw_layer(registry: &FaultyRegistry, artifact: &Artifact) -> (String, usize, TcpStream, Vec<u8>) {
     let layer = artifact.layer_digests()[0].clone();
     let size = artifact.blob(&layer).unwrap().len();
-    let (mut stream, head, mut body) = raw_get(
+    let (stream, head, body) = raw_get(
         &registry.authority(),
         &FaultyRegistry::blob_path(REPO, &layer),
         &[],
@@ -1074,6 +1066,13 @@ async fn a_cut_blob_sends_half_then_closes() {
     .await;
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert_eq!(content_length(&head), size);
+    (layer, size, stream, body)
+}
+
+#[tokio::test]
+async fn a_cut_blob_sends_half_then_closes() {
+    let (registry, artifact) = stand_in(Fault::CutBlob).await;
+    let (layer, size, mut stream, mut body) = raw_layer(&registry, &artifact).await;
     // Read to the end: the connection closes after half the bytes.
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut body))
         .await
@@ -1107,16 +1106,7 @@ async fn a_cut_blob_sends_half_then_closes() {
 #[tokio::test]
 async fn a_stalled_blob_sends_half_then_nothing_until_dropped() {
     let (registry, artifact) = stand_in(Fault::StallBlob).await;
-    let layer = artifact.layer_digests()[0].clone();
-    let size = artifact.blob(&layer).unwrap().len();
-    let (mut stream, head, mut body) = raw_get(
-        &registry.authority(),
-        &FaultyRegistry::blob_path(REPO, &layer),
-        &[],
-    )
-    .await;
-    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    assert_eq!(content_length(&head), size);
+    let (layer, size, mut stream, mut body) = raw_layer(&registry, &artifact).await;
     let mut chunk = [0u8; 8192];
     while body.len() < size / 2 {
         let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
@@ -1167,12 +1157,7 @@ async fn unauthorized_refuses_everything_with_a_basic_challenge() {
 #[tokio::test]
 async fn not_found_answers_manifest_unknown() {
     let (registry, artifact) = stand_in(Fault::NotFound).await;
-    let by_tag = get(
-        &registry.authority(),
-        &FaultyRegistry::manifest_path(REPO, "1.0"),
-        &[ACCEPT_OCI],
-    )
-    .await;
+    let by_tag = manifest(&registry, "1.0").await;
     assert_eq!(by_tag.status, 404);
     assert_eq!(
         by_tag.json(),
@@ -1191,29 +1176,13 @@ async fn not_found_answers_manifest_unknown() {
     );
     // Blobs are still there.
     let layer = &artifact.layer_digests()[0];
-    assert_eq!(
-        get(
-            &registry.authority(),
-            &FaultyRegistry::blob_path(REPO, layer),
-            &[]
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(blob(&registry, layer).await.status, 200);
 }
 
 #[tokio::test]
 async fn garbage_is_html_with_a_200() {
-    let (registry, artifact) = stand_in(Fault::Garbage).await;
-    for reference in ["1.0", artifact.digest()] {
-        let reply = get(
-            &registry.authority(),
-            &FaultyRegistry::manifest_path(REPO, reference),
-            &[ACCEPT_OCI],
-        )
-        .await;
-        assert_eq!(reply.status, 200);
+    let (_registry, _, replies) = manifests_by_tag_and_digest(Fault::Garbage).await;
+    for reply in replies {
         assert_eq!(
             reply.header("content-type").as_deref(),
             Some("text/html; charset=utf-8")
@@ -1257,12 +1226,7 @@ async fn a_huge_manifest_is_chunked_and_does_not_end() {
         "not whitespace"
     );
     // Unknown manifests are still 404.
-    let unknown = get(
-        &registry.authority(),
-        &FaultyRegistry::manifest_path(REPO, "2.0"),
-        &[ACCEPT_OCI],
-    )
-    .await;
+    let unknown = manifest(&registry, "2.0").await;
     assert_eq!(unknown.status, 404);
 }
 
