@@ -797,17 +797,19 @@ async fn install_kubelet_credential_provider() {
     let first = run(&bin, &args, &[], "", w.dir.path()).await;
     assert!(first.success(), "{}", first.stderr);
     let installed = bin_dir.join("cloudsmith-gen");
-    assert_eq!(
-        first.stdout.lines().collect::<Vec<_>>(),
+    // What install reports: the binary and the config with `verb`, the user's own
+    // manifest kept.
+    let report = |verb: &str| {
         [
-            format!("installed {}", installed.display()),
-            format!("installed {}", config.display()),
+            format!("{verb} {}", installed.display()),
+            format!("{verb} {}", config.display()),
             format!(
                 "kept {} (differs; --overwrite-config replaces it)",
                 manifest.display()
             ),
         ]
-    );
+    };
+    assert_eq!(first.stdout.lines().collect::<Vec<_>>(), report("installed"));
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(
         std::fs::metadata(&installed).unwrap().permissions().mode() & 0o777,
@@ -852,17 +854,7 @@ async fn install_kubelet_credential_provider() {
     let before: Vec<_> = [&installed, &config, &manifest].map(|p| stat(p)).into();
     let second = run(&bin, &args, &[], "", w.dir.path()).await;
     assert!(second.success(), "{}", second.stderr);
-    assert_eq!(
-        second.stdout.lines().collect::<Vec<_>>(),
-        [
-            format!("unchanged {}", installed.display()),
-            format!("unchanged {}", config.display()),
-            format!(
-                "kept {} (differs; --overwrite-config replaces it)",
-                manifest.display()
-            ),
-        ]
-    );
+    assert_eq!(second.stdout.lines().collect::<Vec<_>>(), report("unchanged"));
     let after: Vec<_> = [&installed, &config, &manifest].map(|p| stat(p)).into();
     assert_eq!(before, after);
     assert_eq!(
