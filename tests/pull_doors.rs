@@ -33,6 +33,17 @@ const PAST_EXP: u64 = 1_700_000_000;
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A stand-in, a scratch directory, an OIDC token (file) for `SUBJECT`.
+/// The Docker helper's variables: mint for `org` at the stand-in `url` with the token in
+/// `token_file`.
+fn helper_env<'a>(org: &'a str, url: &'a str, token_file: &'a str) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("CLOUDSMITH_ORG", org),
+        ("CLOUDSMITH_SERVICE_SLUG", SERVICE),
+        ("CLOUDSMITH_API_HOST", url),
+        ("CLOUDSMITH_OIDC_TOKEN_FILE", token_file),
+    ]
+}
+
 struct World {
     cloudsmith: Option<StandIn>,
     url: String,
@@ -497,13 +508,8 @@ async fn the_lean_helper_answers_hits_itself_and_hands_off_the_rest() {
     let mut w = World::new(now() + 6 * 3600).await;
     let home = w.dir.path().to_path_buf();
     let (url, token_file) = (w.url.clone(), w.token_file.display().to_string());
-    let env: Vec<(&str, &str)> = vec![
-        ("CLOUDSMITH_ORG", ORG),
-        ("CLOUDSMITH_SERVICE_SLUG", SERVICE),
-        ("CLOUDSMITH_API_HOST", &url),
-        ("CLOUDSMITH_OIDC_TOKEN_FILE", &token_file),
-        ("CLOUDSMITH_REGISTRIES", "registry.acme.test:5000"),
-    ];
+    let mut env = helper_env(ORG, &url, &token_file);
+    env.push(("CLOUDSMITH_REGISTRIES", "registry.acme.test:5000"));
     let (_lone_dir, lone) = lone_helper();
     let get = |program: PathBuf, server: &'static str| {
         let (env, home) = (env.clone(), home.clone());
@@ -560,16 +566,11 @@ async fn docker_helper_protocol() {
     let helper = helper_link(&w);
     let home = w.dir.path().to_path_buf();
     let token_file = w.token_file.display().to_string();
-    let env: Vec<(&str, &str)> = vec![
-        ("CLOUDSMITH_ORG", ORG),
-        ("CLOUDSMITH_SERVICE_SLUG", SERVICE),
-        ("CLOUDSMITH_API_HOST", &w.url),
-        ("CLOUDSMITH_OIDC_TOKEN_FILE", &token_file),
-        (
-            "CLOUDSMITH_REGISTRIES",
-            "registry.acme.test:5000, other.acme.test",
-        ),
-    ];
+    let mut env = helper_env(ORG, &w.url, &token_file);
+    env.push((
+        "CLOUDSMITH_REGISTRIES",
+        "registry.acme.test:5000, other.acme.test",
+    ));
     let secret = w.access_token(ORG);
     for server in [
         "docker.cloudsmith.io",
@@ -928,12 +929,7 @@ async fn a_burst_of_helpers_exchanges_once() {
     let helper = helper_link(&w);
     let home = w.dir.path().to_path_buf();
     let token_file = w.token_file.display().to_string();
-    let env: Vec<(&str, &str)> = vec![
-        ("CLOUDSMITH_ORG", "slow"),
-        ("CLOUDSMITH_SERVICE_SLUG", SERVICE),
-        ("CLOUDSMITH_API_HOST", &w.url),
-        ("CLOUDSMITH_OIDC_TOKEN_FILE", &token_file),
-    ];
+    let env = helper_env("slow", &w.url, &token_file);
     // Compile once up front (a warm node), so the burst measures the token cache alone.
     let warm = run(&helper, &strings(&["version"]), &env, "", &home).await;
     assert!(warm.success(), "{}", warm.stderr);
@@ -1117,12 +1113,7 @@ async fn refused_credentials_name_the_claims() {
     assert_fails(&out, 5, &claims, &parts, "kubelet provider");
 
     let token_file = w.token_file.display().to_string();
-    let env: Vec<(&str, &str)> = vec![
-        ("CLOUDSMITH_ORG", ORG),
-        ("CLOUDSMITH_SERVICE_SLUG", SERVICE),
-        ("CLOUDSMITH_API_HOST", &w.url),
-        ("CLOUDSMITH_OIDC_TOKEN_FILE", &token_file),
-    ];
+    let env = helper_env(ORG, &w.url, &token_file);
     let out = run(
         &helper_link(&w),
         &strings(&["get"]),
