@@ -179,7 +179,7 @@ mod tests {
     #[test]
     fn profile_dir_of_a_test_executable_is_its_target_profile() {
         assert_eq!(
-            profile_dir(Path::new("/w/target/debug/deps/host_cli-0123abcd")),
+            profile_dir(Path::new("/w/target/debug/deps/cli-0123abcd")),
             Some(PathBuf::from("/w/target/debug"))
         );
         assert_eq!(
