@@ -16,17 +16,11 @@
 //!
 //! | test                                              | what it proves                                                        |
 //! |---------------------------------------------------|-----------------------------------------------------------------------|
-//! | [`a_manifest_that_is_not_the_pinned_one`]         | a manifest whose bytes do not hash to the pinned digest (`Fault::WrongManifestBytes`): refused before any layer GET, the line naming the manifest and the digest served |
-//! | [`a_layer_whose_bytes_are_not_its_digest`]        | a layer whose bytes do not hash to its digest (`Fault::WrongBlobBytes`): refused, naming the digest served and the one declared |
+//! | [`each_registry_fault_is_refused`]                | a table of the stand-in's faults, each refused with exit 10 within 15 s, with the layer GETs the row names (none after a bad manifest, one otherwise): a manifest whose bytes do not hash to the pinned digest (`Fault::WrongManifestBytes`), the line naming the manifest and the digest served; a layer whose bytes do not hash to its digest (`Fault::WrongBlobBytes`), naming both digests; an HTML page for the manifest (`Fault::Garbage`), saying the registry served no manifest but `text/html`, and not that it served another manifest; a manifest answered chunked and without end (`Fault::HugeManifest`, 1 GiB), refused at `MAX_MANIFEST_BYTES`; the layer's connection closed half-way (`Fault::CutBlob`), naming how far it got; the layer stalling half-way (`Fault::StallBlob`) under `--timeout 3`, saying it gave up waiting; a manifest declaring a layer of `MAX_COMPONENT_BYTES + 1`, refused naming the bound before any GET of the layer |
 //! | [`a_container_image_is_not_a_component`]          | a real registry serving a container image pinned by digest: refused as a container image |
-//! | [`a_layer_over_the_bound_is_never_downloaded`]    | a layer declaring `MAX_COMPONENT_BYTES + 1`: refused naming the bound, with no GET of the layer |
 //! | [`a_core_module_pushed_by_wkg_is_not_a_component`] | a core module pushed by the real `wkg` (a Wasm artifact in every media type): refused as a core module |
 //! | [`a_registry_that_answers_401`]                   | a real htpasswd registry, with no credentials and with wrong ones (which the registry saw): refused as 401, and wrong ones are not answered with "give credentials"; the right ones fetch it and the store keeps it (the control) |
 //! | [`a_digest_the_registry_does_not_have`]           | a real registry, an unknown digest and an unknown repository: not found |
-//! | [`garbage_instead_of_a_manifest`]                 | an HTML page answered for the manifest (`Fault::Garbage`): refused, the line saying the registry served no manifest but `text/html`, and not that it served another manifest |
-//! | [`a_manifest_without_end`]                        | a manifest answered chunked and without end (`Fault::HugeManifest`, 1 GiB): refused at `MAX_MANIFEST_BYTES`, the line naming the bound, with no GET of the layer |
-//! | [`a_registry_that_cuts_the_blob`]                 | the layer's connection closed half-way (`Fault::CutBlob`): refused, naming how far it got |
-//! | [`a_registry_that_stalls_mid_blob`]               | the layer stalls half-way (`Fault::StallBlob`) under `--timeout 3`: ends well within 15 s, saying it gave up waiting |
 //! | [`a_tag_is_refused_naming_its_digest`]            | `oci://REG/REPO:1.0` on a real registry: exit 2, naming `oci://REG/REPO@<the tag's digest>` |
 //! | [`malformed_references_are_usage_errors`]         | malformed `oci://` references: exit 2, one line, no request to the registry named |
 //! | [`a_burst_fetches_once_then_the_store_serves_offline`] | 8 concurrent first runs on an empty cache dir (TLS stand-in, the real generator): 8 exact ESO outputs, one GET of the layer, the store holding exactly the manifest and the layer as served; a 9th run with the registry stopped succeeds from the store |
@@ -374,66 +368,183 @@ fn ca_of_real(registry: &Distribution) -> &TestCa {
     registry.ca().expect("a TLS registry")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_manifest_that_is_not_the_pinned_one() {
-    let w = World::new().await;
-    let artifact = Artifact::wasm(generator());
-    let registry = faulty(Fault::WrongManifestBytes, &artifact).await;
-    let cache = w.cache("manifest");
-    let reference = artifact.oci_reference(&registry.authority(), REPO);
-    let out = w
-        .generate(
-            &reference,
-            &cache,
-            &w.access("manifest", ca_of(&registry), &[]),
-            &[],
-        )
-        .await;
-    // The stand-in serves the stored manifest with one more annotation (see
-    // `Fault::WrongManifestBytes`): the digest of that is what the registry served.
-    let mut tampered = artifact.manifest_json();
-    tampered["annotations"]["org.opencontainers.image.description"] = json!("tampered by testkit");
-    let served = digest_of(&serde_json::to_vec(&tampered).unwrap());
-    assert_eq!(
-        registry.count("GET", &FaultyRegistry::blob_path(REPO, &layer_of(&artifact))),
-        0,
-        "no layer fetched for a manifest that is not the pinned one"
-    );
-    // The line names what mismatched (the manifest, not the layer) and both digests.
-    w.assert_refused(
-        &out,
-        10,
-        &["manifest", &served, &reference],
-        &cache,
-        "wrong manifest bytes",
-    );
+/// One fault of the stand-in registry, and how `generate` must refuse it.
+struct FaultRow {
+    fault: Fault,
+    /// The artifact the registry holds, around the component's bytes.
+    artifact: fn(Vec<u8>) -> Artifact,
+    /// The row's name in failures, and its cache and access names.
+    name: &'static str,
+    /// Flags beyond [`World::args`].
+    extra: &'static [&'static str],
+    /// What the one error line must say, given what was pinned.
+    needles: fn(&Pinned) -> Vec<String>,
+    /// What it must not say.
+    never: &'static [&'static str],
+    /// GETs of the layer the refusal makes: none when the manifest is already wrong.
+    layer_gets: usize,
+}
+
+/// What a row pins: the reference, the artifact, and the component it wraps.
+struct Pinned {
+    reference: String,
+    artifact: Artifact,
+    component: Vec<u8>,
+}
+
+fn registry_faults() -> Vec<FaultRow> {
+    vec![
+        FaultRow {
+            artifact: Artifact::wasm,
+            fault: Fault::WrongManifestBytes,
+            name: "wrong manifest bytes",
+            extra: &[],
+            // The stand-in serves the stored manifest with one more annotation: the digest
+            // of that is what the registry served. The line names what mismatched (the
+            // manifest, not the layer) and both digests.
+            needles: |p| {
+                let mut tampered = p.artifact.manifest_json();
+                tampered["annotations"]["org.opencontainers.image.description"] =
+                    json!("tampered by testkit");
+                let served = digest_of(&serde_json::to_vec(&tampered).unwrap());
+                vec!["manifest".into(), served, p.reference.clone()]
+            },
+            never: &[],
+            layer_gets: 0,
+        },
+        FaultRow {
+            artifact: Artifact::wasm,
+            fault: Fault::WrongBlobBytes,
+            name: "wrong layer bytes",
+            extra: &[],
+            // The stand-in inverts the layer's last byte.
+            needles: |p| {
+                let mut served = p.component.clone();
+                *served.last_mut().unwrap() ^= 0xff;
+                vec![format!(
+                    "the registry served a component whose digest is {}, not {}",
+                    digest_of(&served),
+                    layer_of(&p.artifact)
+                )]
+            },
+            never: &[],
+            layer_gets: 1,
+        },
+        FaultRow {
+            artifact: Artifact::wasm,
+            fault: Fault::Garbage,
+            name: "garbage",
+            extra: &[],
+            needles: |p| vec![p.reference.clone(), "no manifest".into(), "text/html".into()],
+            // A page from a captive portal or a misrouted proxy is no manifest: the line
+            // must not call it another manifest.
+            never: &["digest is"],
+            layer_gets: 0,
+        },
+        FaultRow {
+            artifact: Artifact::wasm,
+            fault: Fault::HugeManifest,
+            name: "a manifest without end",
+            extra: &[],
+            // Read whole, the 1 GiB would end in a digest mismatch; the line names the bound.
+            needles: |p| {
+                vec![
+                    p.reference.clone(),
+                    "manifest over the bound".into(),
+                    cloudsmith_gen::oci::MAX_MANIFEST_BYTES.to_string(),
+                ]
+            },
+            never: &["digest is"],
+            layer_gets: 0,
+        },
+        FaultRow {
+            artifact: Artifact::wasm,
+            fault: Fault::CutBlob,
+            name: "cut blob",
+            extra: &[],
+            needles: |p| {
+                vec![
+                    "the registry stopped sending the component after".into(),
+                    format!("of {} bytes", p.component.len()),
+                ]
+            },
+            never: &[],
+            layer_gets: 1,
+        },
+        FaultRow {
+            artifact: Artifact::wasm,
+            fault: Fault::StallBlob,
+            name: "stalled blob",
+            extra: &["--timeout", "3"],
+            needles: |p| vec!["no answer within 3s".into(), p.reference.clone()],
+            never: &[],
+            layer_gets: 1,
+        },
+        FaultRow {
+            // No fault but the manifest's: it declares a layer one byte over the bound.
+            artifact: |component| {
+                WasmArtifact::new(component)
+                    .declared_layer_size(cloudsmith_gen::oci::MAX_COMPONENT_BYTES + 1)
+                    .build()
+            },
+            fault: Fault::None,
+            name: "layer over the bound",
+            extra: &[],
+            needles: |_| {
+                let max = cloudsmith_gen::oci::MAX_COMPONENT_BYTES;
+                vec![format!(
+                    "its layer of {} bytes is over the bound of {max} bytes",
+                    max + 1
+                )]
+            },
+            never: &[],
+            layer_gets: 0,
+        },
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_layer_whose_bytes_are_not_its_digest() {
+async fn each_registry_fault_is_refused() {
     let w = World::new().await;
-    let component = generator();
-    let artifact = Artifact::wasm(component.clone());
-    let registry = faulty(Fault::WrongBlobBytes, &artifact).await;
-    let cache = w.cache("layer");
-    let reference = artifact.oci_reference(&registry.authority(), REPO);
-    let out = w
-        .generate(&reference, &cache, &w.access("layer", ca_of(&registry), &[]), &[])
-        .await;
-    // `Fault::WrongBlobBytes` inverts the last byte.
-    let mut served = component;
-    *served.last_mut().unwrap() ^= 0xff;
-    w.assert_refused(
-        &out,
-        10,
-        &[&format!(
-            "the registry served a component whose digest is {}, not {}",
-            digest_of(&served),
-            layer_of(&artifact)
-        )],
-        &cache,
-        "wrong layer bytes",
-    );
+    let generator = generator();
+    for row in registry_faults() {
+        let component = generator.clone();
+        let artifact = (row.artifact)(component.clone());
+        let registry = faulty(row.fault, &artifact).await;
+        let cache = w.cache(row.name);
+        let pinned = Pinned {
+            reference: artifact.oci_reference(&registry.authority(), REPO),
+            artifact,
+            component,
+        };
+        let access = w.access(row.name, ca_of(&registry), &[]);
+        let started = Instant::now();
+        let out = w.generate(&pinned.reference, &cache, &access, row.extra).await;
+        let took = started.elapsed();
+        let needles = (row.needles)(&pinned);
+        let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+        w.assert_refused(&out, 10, &needles, &cache, row.name);
+        let line = out.stderr_lines()[0].to_ascii_lowercase();
+        for never in row.never {
+            assert!(!line.contains(never), "{}: {never:?} in {line}", row.name);
+        }
+        assert_eq!(
+            registry.count(
+                "GET",
+                &FaultyRegistry::blob_path(REPO, &layer_of(&pinned.artifact))
+            ),
+            row.layer_gets,
+            "{}: GETs of the layer among {:?}",
+            row.name,
+            registry.requests()
+        );
+        // A refusal is prompt; the stalled row's bound is its --timeout 3.
+        assert!(
+            took < Duration::from_secs(15),
+            "{}: ended after {took:?}",
+            row.name
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -456,41 +567,6 @@ async fn a_container_image_is_not_a_component() {
         &["it is a container image (config application/vnd.oci.image.config.v1+json), not a Wasm component"],
         &cache,
         "container image",
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_layer_over_the_bound_is_never_downloaded() {
-    let w = World::new().await;
-    let max = cloudsmith_gen::oci::MAX_COMPONENT_BYTES;
-    let artifact = WasmArtifact::new(generator())
-        .declared_layer_size(max + 1)
-        .build();
-    let registry = faulty(Fault::None, &artifact).await;
-    let cache = w.cache("bound");
-    let out = w
-        .generate(
-            &artifact.oci_reference(&registry.authority(), REPO),
-            &cache,
-            &w.access("bound", ca_of(&registry), &[]),
-            &[],
-        )
-        .await;
-    w.assert_refused(
-        &out,
-        10,
-        &[&format!(
-            "its layer of {} bytes is over the bound of {max} bytes",
-            max + 1
-        )],
-        &cache,
-        "layer over the bound",
-    );
-    assert_eq!(
-        registry.count("GET", &FaultyRegistry::blob_path(REPO, &layer_of(&artifact))),
-        0,
-        "refused before any GET of the layer: {:?}",
-        registry.requests()
     );
 }
 
@@ -648,112 +724,6 @@ async fn a_digest_the_registry_does_not_have() {
         let out = w.generate(&reference, &cache, &access, &[]).await;
         w.assert_refused(&out, 10, &["not found in the registry", &reference], &cache, name);
     }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn garbage_instead_of_a_manifest() {
-    let w = World::new().await;
-    let artifact = Artifact::wasm(generator());
-    let registry = faulty(Fault::Garbage, &artifact).await;
-    let cache = w.cache("garbage");
-    let reference = artifact.oci_reference(&registry.authority(), REPO);
-    let out = w
-        .generate(
-            &reference,
-            &cache,
-            &w.access("garbage", ca_of(&registry), &[]),
-            &[],
-        )
-        .await;
-    w.assert_refused(
-        &out,
-        10,
-        &[&reference, "no manifest", "text/html"],
-        &cache,
-        "garbage",
-    );
-    // A page from a captive portal or a misrouted proxy is no manifest: the line must
-    // not call it another manifest.
-    let line = out.stderr_lines()[0].to_ascii_lowercase();
-    assert!(!line.contains("digest is"), "garbage called a manifest: {line}");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_manifest_without_end() {
-    let w = World::new().await;
-    let artifact = Artifact::wasm(generator());
-    let registry = faulty(Fault::HugeManifest, &artifact).await;
-    let cache = w.cache("huge");
-    let reference = artifact.oci_reference(&registry.authority(), REPO);
-    let out = w
-        .generate(&reference, &cache, &w.access("huge", ca_of(&registry), &[]), &[])
-        .await;
-    assert_eq!(
-        registry.count("GET", &FaultyRegistry::blob_path(REPO, &layer_of(&artifact))),
-        0,
-        "no layer fetched after a manifest over the bound"
-    );
-    // Read whole, the 1 GiB would end in a digest mismatch; the line must name the bound.
-    w.assert_refused(
-        &out,
-        10,
-        &[
-            &reference,
-            "manifest over the bound",
-            &cloudsmith_gen::oci::MAX_MANIFEST_BYTES.to_string(),
-        ],
-        &cache,
-        "a manifest without end",
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_registry_that_cuts_the_blob() {
-    let w = World::new().await;
-    let component = generator();
-    let artifact = Artifact::wasm(component.clone());
-    let registry = faulty(Fault::CutBlob, &artifact).await;
-    let cache = w.cache("cut");
-    let reference = artifact.oci_reference(&registry.authority(), REPO);
-    let out = w
-        .generate(&reference, &cache, &w.access("cut", ca_of(&registry), &[]), &[])
-        .await;
-    w.assert_refused(
-        &out,
-        10,
-        &[
-            "the registry stopped sending the component after",
-            &format!("of {} bytes", component.len()),
-        ],
-        &cache,
-        "cut blob",
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_registry_that_stalls_mid_blob() {
-    let w = World::new().await;
-    let artifact = Artifact::wasm(generator());
-    let registry = faulty(Fault::StallBlob, &artifact).await;
-    let cache = w.cache("stall");
-    let reference = artifact.oci_reference(&registry.authority(), REPO);
-    let access = w.access("stall", ca_of(&registry), &[]);
-    let started = Instant::now();
-    let out = w.generate(&reference, &cache, &access, &["--timeout", "3"]).await;
-    let took = started.elapsed();
-    w.assert_refused(
-        &out,
-        10,
-        &["no answer within 3s", &reference],
-        &cache,
-        "stalled blob",
-    );
-    assert!(took < Duration::from_secs(15), "ended after {took:?}");
-    assert_eq!(
-        registry.count("GET", &FaultyRegistry::blob_path(REPO, &layer_of(&artifact))),
-        1,
-        "the stall was in the layer"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
