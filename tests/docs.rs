@@ -1,10 +1,11 @@
-//! Suite docs: the documentation's links and its folder tree hold.
+//! Suite docs: the documentation's links, its folder tree and the tests it names hold.
 //!
 //! | test | what it proves |
 //! |---|---|
 //! | [`every_relative_link_resolves`] | each relative link in `README.md`, `BENCHMARKS.md` and `docs/*.md` names a file or folder of the repository, and each `#anchor` a heading of its page |
 //! | [`the_folder_tree_matches_the_repository`] | every path in the folder tree of `docs/architecture.md` exists, and every folder the repository tracks, to two levels, is in it |
 //! | [`every_suite_file_is_a_test_target`] | every `tests/*.rs` but the library is a `[[test]]` of `tests/Cargo.toml` (which sets `autotests = false`), so no suite is silently never run |
+//! | [`every_test_the_docs_name_exists`] | every test or module named as a Rust path (`suite::test`) in `SECURITY.md`, the README, `BENCHMARKS.md` and `docs/*.md` is one that a tracked Rust file defines with `fn` or `mod` |
 //! | [`every_flag_of_the_cli_is_in_cli_md`] | every `--flag` that `cloudsmith-gen` and each of its commands print in `--help` is in `docs/cli.md`, and every one there is a flag the binary has |
 //!
 //! Links are read as GitHub renders them: outside code blocks and code spans, an anchor is
@@ -270,6 +271,25 @@ fn tree() -> (Vec<PathBuf>, BTreeSet<PathBuf>) {
     (paths, folders)
 }
 
+/// The files git tracks, relative to the root.
+fn tracked_files() -> Vec<String> {
+    let out = std::process::Command::new("git")
+        .args(["ls-files"])
+        .current_dir(root())
+        .output()
+        .expect("git runs (install git: the docs are checked against `git ls-files`)");
+    assert!(
+        out.status.success(),
+        "git ls-files failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("paths are UTF-8")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn the_folder_tree_matches_the_repository() {
     let root = root();
@@ -289,19 +309,8 @@ fn the_folder_tree_matches_the_repository() {
         "the folder tree names paths that do not exist: {missing:?}"
     );
 
-    let out = std::process::Command::new("git")
-        .args(["ls-files"])
-        .current_dir(&root)
-        .output()
-        .expect("git runs (install git: the folder tree is checked against `git ls-files`)");
-    assert!(
-        out.status.success(),
-        "git ls-files failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tracked: BTreeSet<PathBuf> = String::from_utf8(out.stdout)
-        .expect("paths are UTF-8")
-        .lines()
+    let tracked: BTreeSet<PathBuf> = tracked_files()
+        .iter()
         .flat_map(|file| {
             let parts: Vec<&str> = file.split('/').collect();
             // The folders that hold this file, to two levels.
@@ -492,5 +501,71 @@ fn every_suite_file_is_a_test_target() {
     assert!(
         undeclared.is_empty(),
         "tests/{undeclared:?} never run: add a [[test]] for each to tests/Cargo.toml"
+    );
+}
+
+/// The code spans of `line` that read as a Rust path to a test or module:
+/// `suite::test`, `oci::reference::tests::bad_references_are_named`.
+fn rust_paths(line: &str) -> Vec<&str> {
+    let segment = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    line.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|span| span.contains("::") && span.split("::").all(segment))
+        .collect()
+}
+
+/// Every name a tracked Rust file defines with `fn` or `mod`.
+fn defined_names() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for file in tracked_files().iter().filter(|f| f.ends_with(".rs")) {
+        let text = std::fs::read_to_string(root().join(file)).expect("a tracked .rs file");
+        let mut words = text
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty());
+        while let Some(word) = words.next() {
+            if word == "fn" || word == "mod" {
+                if let Some(name) = words.next() {
+                    names.insert(name.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn every_test_the_docs_name_exists() {
+    let defined = defined_names();
+    assert!(defined.len() > 500, "only {} names found", defined.len());
+    let mut pages = pages();
+    pages.push(PathBuf::from("SECURITY.md"));
+    let mut named = 0;
+    let mut missing = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(root().join(page)).expect("a page");
+        for (number, line) in prose(&text) {
+            for path in rust_paths(line) {
+                // SECURITY.md's own key to how its tests are named.
+                if path == "suite::test" {
+                    continue;
+                }
+                named += 1;
+                let name = path.rsplit("::").next().unwrap_or(path);
+                if !defined.contains(name) {
+                    missing.push(format!("{}:{number}: `{path}`", page.display()));
+                }
+            }
+        }
+    }
+    assert!(named > 50, "the docs name only {named} tests");
+    assert!(
+        missing.is_empty(),
+        "the docs name tests that no file defines (renamed or merged?):\n{}",
+        missing.join("\n")
     );
 }
