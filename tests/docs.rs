@@ -14,6 +14,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use testkit::process::expect_success;
+
+/// The bound on `git ls-files` and `cloudsmith-gen --help`, which take well under a second.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The repository's root.
 fn root() -> PathBuf {
@@ -273,18 +279,11 @@ fn tree() -> (Vec<PathBuf>, BTreeSet<PathBuf>) {
 
 /// The files git tracks, relative to the root.
 fn tracked_files() -> Vec<String> {
-    let out = std::process::Command::new("git")
-        .args(["ls-files"])
-        .current_dir(root())
-        .output()
-        .expect("git runs (install git: the docs are checked against `git ls-files`)");
-    assert!(
-        out.status.success(),
-        "git ls-files failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("paths are UTF-8")
+    let mut git = std::process::Command::new("git");
+    git.args(["ls-files"]).current_dir(root());
+    // Install git: the docs are checked against `git ls-files`.
+    expect_success("git ls-files", git, RUN_TIMEOUT)
+        .stdout
         .lines()
         .map(str::to_string)
         .collect()
@@ -355,17 +354,9 @@ fn flags_in(text: &str) -> BTreeSet<String> {
 
 /// `cloudsmith-gen ARGS --help`'s text.
 fn help(args: &[&str]) -> String {
-    let out = std::process::Command::new(testkit::tools::cloudsmith_gen())
-        .args(args)
-        .arg("--help")
-        .output()
-        .expect("cloudsmith-gen runs");
-    assert!(
-        out.status.success(),
-        "{args:?} --help: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("--help is UTF-8")
+    let mut command = std::process::Command::new(testkit::tools::cloudsmith_gen());
+    command.args(args).arg("--help");
+    expect_success(&format!("{args:?} --help"), command, RUN_TIMEOUT).stdout
 }
 
 /// The long flags of the options lists of a `--help` text (its option sections, lines
